@@ -1,0 +1,233 @@
+//! The product's error table, in one place: every failure a caller can see is one [`ErrorKind`],
+//! which fixes its gRPC code, its HTTP status and its OpenAI error `type`. Services build a
+//! [`tonic::Status`] with [`ApiError::into_status`]; the REST facade reads it back with
+//! [`ApiError::from_status`]. The kind travels as a `google.rpc.ErrorInfo` reason so that kinds
+//! sharing a gRPC code (502 and 503 are both `UNAVAILABLE`) stay distinct; the offending field
+//! travels as a `google.rpc.BadRequest` violation and becomes the OpenAI error's `param`.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every status Tollgate builds.
+pub const ERROR_DOMAIN: &str = "tollgate";
+
+/// Every kind of failure in the product's error table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Authentication,
+    Permission,
+    NotFound,
+    RateLimit,
+    Internal,
+    Upstream,
+    Unavailable,
+    UpstreamTimeout,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 9] = [
+        Self::InvalidRequest,
+        Self::Authentication,
+        Self::Permission,
+        Self::NotFound,
+        Self::RateLimit,
+        Self::Internal,
+        Self::Upstream,
+        Self::Unavailable,
+        Self::UpstreamTimeout,
+    ];
+
+    /// The row of the table: (gRPC code, HTTP status, OpenAI error type).
+    const fn row(self) -> (Code, u16, &'static str) {
+        match self {
+            Self::InvalidRequest => (Code::InvalidArgument, 400, "invalid_request_error"),
+            Self::Authentication => (Code::Unauthenticated, 401, "authentication_error"),
+            Self::Permission => (Code::PermissionDenied, 403, "permission_error"),
+            Self::NotFound => (Code::NotFound, 404, "not_found_error"),
+            Self::RateLimit => (Code::ResourceExhausted, 429, "rate_limit_error"),
+            Self::Internal => (Code::Internal, 500, "internal_error"),
+            Self::Upstream => (Code::Unavailable, 502, "upstream_error"),
+            Self::Unavailable => (Code::Unavailable, 503, "service_unavailable"),
+            Self::UpstreamTimeout => (Code::DeadlineExceeded, 504, "upstream_timeout"),
+        }
+    }
+
+    pub const fn grpc_code(self) -> Code {
+        self.row().0
+    }
+
+    pub const fn http_status(self) -> u16 {
+        self.row().1
+    }
+
+    /// The OpenAI error `type`; also the `ErrorInfo.reason` on the gRPC status.
+    pub const fn openai_type(self) -> &'static str {
+        self.row().2
+    }
+
+    fn from_reason(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.openai_type() == reason)
+    }
+
+    /// The kind of a status that carries no Tollgate `ErrorInfo` (a transport failure, or a
+    /// status from a foreign server).
+    fn from_code(code: Code) -> Self {
+        match code {
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                Self::InvalidRequest
+            }
+            Code::Unauthenticated => Self::Authentication,
+            Code::PermissionDenied => Self::Permission,
+            Code::NotFound => Self::NotFound,
+            Code::ResourceExhausted => Self::RateLimit,
+            Code::Unavailable => Self::Unavailable,
+            Code::DeadlineExceeded => Self::UpstreamTimeout,
+            _ => Self::Internal,
+        }
+    }
+}
+
+/// A failure as the caller sees it: kind, message, and optionally the offending request field
+/// (`param`) and a machine-readable `code` (`rate_limit_exceeded`, `invalid_api_key`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    /// A 400 about one request field, named as a JSON path (`messages[0].role`).
+    pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message).with_param(param)
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn into_status(self) -> Status {
+        let mut details = ErrorDetails::new();
+        let mut metadata = std::collections::HashMap::new();
+        if let Some(code) = &self.code {
+            metadata.insert("code".to_owned(), code.clone());
+        }
+        details.set_error_info(self.kind.openai_type(), ERROR_DOMAIN, metadata);
+        if let Some(param) = &self.param {
+            details.add_bad_request_violation(param.clone(), self.message.clone());
+        }
+        Status::with_error_details(self.kind.grpc_code(), self.message, details)
+    }
+
+    /// Reads a status back into the table. Statuses without Tollgate details fall back to their
+    /// gRPC code; their message is kept.
+    pub fn from_status(status: &Status) -> Self {
+        let details = status.get_error_details();
+        let info = details.error_info();
+        let kind = info
+            .and_then(|i| (i.domain == ERROR_DOMAIN).then(|| ErrorKind::from_reason(&i.reason)))
+            .flatten()
+            .unwrap_or_else(|| ErrorKind::from_code(status.code()));
+        let code = info.and_then(|i| i.metadata.get("code").cloned());
+        let param = details
+            .bad_request()
+            .and_then(|b| b.field_violations.first())
+            .map(|v| v.field.clone());
+        Self {
+            kind,
+            message: status.message().to_owned(),
+            param,
+            code,
+        }
+    }
+
+    /// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
+    pub fn to_openai_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind.openai_type(),
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.openai_type(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        e.into_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_a_status() {
+        for kind in ErrorKind::ALL {
+            let err = ApiError::new(kind, "boom")
+                .with_param("messages[0].role")
+                .with_code("c");
+            let back = ApiError::from_status(&err.clone().into_status());
+            assert_eq!(back, err, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn table_matches_the_product_error_table() {
+        let rows: Vec<_> = ErrorKind::ALL
+            .iter()
+            .map(|k| (k.http_status(), k.openai_type()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (400, "invalid_request_error"),
+                (401, "authentication_error"),
+                (403, "permission_error"),
+                (404, "not_found_error"),
+                (429, "rate_limit_error"),
+                (500, "internal_error"),
+                (502, "upstream_error"),
+                (503, "service_unavailable"),
+                (504, "upstream_timeout"),
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_statuses_fall_back_to_their_code() {
+        let e = ApiError::from_status(&Status::unavailable("connection refused"));
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert_eq!(e.message, "connection refused");
+        let e = ApiError::from_status(&Status::unknown("?"));
+        assert_eq!(e.kind, ErrorKind::Internal);
+    }
+}

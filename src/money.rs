@@ -1,0 +1,159 @@
+//! Exact money. Prices are integer micro-USD per one million tokens, so one token at price `P`
+//! costs exactly `P` picodollars (1e-12 USD) and every cost is an integer: no float ever holds
+//! money. Decimal strings are parsed and printed digit by digit.
+
+use crate::v1::{Pricing, Usage};
+
+/// Picodollars in one USD.
+pub const PICODOLLARS_PER_USD: i128 = 1_000_000_000_000;
+/// Micro-USD in one USD: the unit of a price per 1M tokens.
+pub const MICROS_PER_USD: i64 = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PriceError {
+    #[error("a price must be a non-negative decimal number of USD, got {0:?}")]
+    NotADecimal(String),
+    #[error("a price has at most 6 decimal places (micro-USD per 1M tokens), got {0:?}")]
+    TooPrecise(String),
+    #[error("price {0:?} is too large")]
+    TooLarge(String),
+}
+
+/// Parses a USD amount such as `"0.22"` or `"2.8"` into integer micro-USD.
+pub fn parse_usd_micros(text: &str) -> Result<i64, PriceError> {
+    let t = text.trim();
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return Err(PriceError::NotADecimal(text.to_owned()));
+    }
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > 6 {
+        return Err(PriceError::TooPrecise(text.to_owned()));
+    }
+    let too_large = || PriceError::TooLarge(text.to_owned());
+    let whole: i64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| too_large())?
+    };
+    let frac_micros: i64 = format!("{frac:0<6}").parse().map_err(|_| too_large())?;
+    whole
+        .checked_mul(MICROS_PER_USD)
+        .and_then(|w| w.checked_add(frac_micros))
+        .ok_or_else(too_large)
+}
+
+/// Prints `value / 10^scale` as a plain decimal without trailing zeros (`220000, 6` → `"0.22"`).
+fn format_scaled(value: i128, scale: u32) -> String {
+    let sign = if value < 0 { "-" } else { "" };
+    let v = value.unsigned_abs();
+    let unit = 10u128.pow(scale);
+    let frac = format!("{:0width$}", v % unit, width = scale as usize);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{sign}{}", v / unit)
+    } else {
+        format!("{sign}{}.{frac}", v / unit)
+    }
+}
+
+/// A price in micro-USD as a USD decimal string (`5000` → `"0.005"`).
+pub fn format_micros(micros: i64) -> String {
+    format_scaled(micros.into(), 6)
+}
+
+/// An amount in picodollars as a USD decimal string (`2640000000` → `"0.00264"`).
+pub fn format_picodollars(pico: i64) -> String {
+    format_scaled(pico.into(), 12)
+}
+
+/// A decimal string as a JSON number, for display fields. The string is exact and short, so the
+/// nearest double prints back as the same digits.
+pub fn json_number(decimal: &str) -> serde_json::Value {
+    decimal
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
+/// The exact cost of `usage` at `pricing`, in picodollars: uncached prompt tokens at the input
+/// price, cached prompt tokens at the cache-hit price, completion tokens (reasoning included) at
+/// the output price. Saturates instead of overflowing.
+pub fn cost_picodollars(usage: &Usage, pricing: &Pricing) -> i64 {
+    let cached = usage.cached_prompt_tokens.min(usage.prompt_tokens);
+    let uncached = usage.prompt_tokens - cached;
+    let total = i128::from(uncached) * i128::from(pricing.input_micros_per_mtok)
+        + i128::from(cached) * i128::from(pricing.cached_input_micros_per_mtok)
+        + i128::from(usage.completion_tokens) * i128::from(pricing.output_micros_per_mtok);
+    i64::try_from(total).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prices_exactly() {
+        assert_eq!(parse_usd_micros("0.22"), Ok(220_000));
+        assert_eq!(parse_usd_micros("0.005"), Ok(5_000));
+        assert_eq!(parse_usd_micros("2.8"), Ok(2_800_000));
+        assert_eq!(parse_usd_micros("15"), Ok(15_000_000));
+        assert_eq!(parse_usd_micros(".5"), Ok(500_000));
+        assert_eq!(parse_usd_micros("0.0000010"), Ok(1));
+        assert!(matches!(
+            parse_usd_micros("0.0000001"),
+            Err(PriceError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            parse_usd_micros("-1"),
+            Err(PriceError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            parse_usd_micros("1e3"),
+            Err(PriceError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            parse_usd_micros("."),
+            Err(PriceError::NotADecimal(_))
+        ));
+    }
+
+    #[test]
+    fn formats_without_float_noise() {
+        assert_eq!(format_micros(220_000), "0.22");
+        assert_eq!(format_micros(5_000), "0.005");
+        assert_eq!(format_micros(2_800_000), "2.8");
+        assert_eq!(format_micros(0), "0");
+        assert_eq!(format_picodollars(2_640_000_000), "0.00264");
+        assert_eq!(format_picodollars(1), "0.000000000001");
+        assert_eq!(json_number("0.22"), serde_json::json!(0.22));
+    }
+
+    #[test]
+    fn cost_bills_cached_tokens_at_the_cache_hit_price() {
+        // deepseek-v4-flash: 0.22 in, 0.005 cached, 0.44 out per 1M tokens.
+        let pricing = Pricing {
+            input_micros_per_mtok: 220_000,
+            cached_input_micros_per_mtok: 5_000,
+            output_micros_per_mtok: 440_000,
+        };
+        let usage = Usage {
+            prompt_tokens: 161,
+            cached_prompt_tokens: 128,
+            completion_tokens: 25,
+            total_tokens: 186,
+            ..Default::default()
+        };
+        // 33 * 220000 + 128 * 5000 + 25 * 440000 picodollars.
+        assert_eq!(
+            cost_picodollars(&usage, &pricing),
+            7_260_000 + 640_000 + 11_000_000
+        );
+        assert_eq!(
+            format_picodollars(cost_picodollars(&usage, &pricing)),
+            "0.0000189"
+        );
+    }
+}

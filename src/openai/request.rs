@@ -1,0 +1,739 @@
+//! `POST /v1/chat/completions` request bodies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{error::ApiError, v1};
+
+/// Top-level request fields this module names; anything else is kept in `extra`.
+pub const KNOWN_REQUEST_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "stop",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "seed",
+    "user",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+];
+
+/// An OpenAI chat completion request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptionsJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<ToolJson>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormatJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// Top-level fields not named above, kept for pass-through.
+    #[serde(skip)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleJson {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: RoleJson,
+    /// `None` is JSON `null` (or absent), allowed on assistant messages with tool calls.
+    #[serde(default)]
+    pub content: Option<ContentJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallJson>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
+/// Message content: a string or an array of typed parts (kept as JSON until converted, so that
+/// errors can name the part).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ContentJson {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptionsJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDefinitionJson,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDefinitionJson {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallJson {
+    pub id: String,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionCallJson,
+}
+
+fn function_type() -> String {
+    "function".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCallJson {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFormatJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<JsonSchemaJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaJson {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+impl ChatCompletionRequest {
+    /// Parses a request body. Type errors name the offending field as a JSON path
+    /// (`messages[0].role`); unknown top-level fields go to `extra`.
+    pub fn from_json(body: Value) -> Result<Self, ApiError> {
+        let Value::Object(mut object) = body else {
+            return Err(ApiError::invalid_param(
+                "body",
+                "the request body must be a JSON object",
+            ));
+        };
+        let extra: Map<String, Value> = object
+            .iter()
+            .filter(|(k, _)| !KNOWN_REQUEST_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        object.retain(|k, _| KNOWN_REQUEST_FIELDS.contains(&k.as_str()));
+        let mut request: Self =
+            serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                if path == "." {
+                    let field = missing_field(&inner).unwrap_or("body").to_owned();
+                    ApiError::invalid_param(field, inner)
+                } else {
+                    let field = missing_field(&inner)
+                        .map_or_else(|| path.clone(), |f| format!("{path}.{f}"));
+                    ApiError::invalid_param(field, format!("{path}: {inner}"))
+                }
+            })?;
+        request.extra = extra;
+        Ok(request)
+    }
+
+    /// The request as the `tollgate.v1` message.
+    pub fn into_proto(self) -> Result<v1::ChatRequest, ApiError> {
+        let messages = self
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| m.into_proto(i))
+            .collect::<Result<_, _>>()?;
+        let tools = self
+            .tools
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| v1::Tool {
+                r#type: t.kind,
+                function: Some(v1::FunctionDefinition {
+                    name: t.function.name,
+                    description: t.function.description,
+                    parameters_json: t
+                        .function
+                        .parameters
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    strict: t.function.strict,
+                }),
+            })
+            .collect();
+        Ok(v1::ChatRequest {
+            model: self.model,
+            messages,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            n: self.n,
+            stop: match self.stop {
+                None => vec![],
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(v)) => v,
+            },
+            stream_options: self.stream_options.map(|o| v1::StreamOptions {
+                include_usage: o.include_usage.unwrap_or(false),
+            }),
+            tools,
+            tool_choice: self.tool_choice.map(tool_choice_to_proto).transpose()?,
+            parallel_tool_calls: self.parallel_tool_calls,
+            response_format: self.response_format.map(|f| v1::ResponseFormat {
+                r#type: f.kind,
+                json_schema: f.json_schema.map(|s| v1::JsonSchemaFormat {
+                    name: s.name,
+                    description: s.description,
+                    schema_json: s.schema.map(|v| v.to_string()).unwrap_or_default(),
+                    strict: s.strict,
+                }),
+            }),
+            seed: self.seed,
+            user: self.user,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logprobs: self.logprobs,
+            top_logprobs: self.top_logprobs,
+            reasoning_effort: self.reasoning_effort,
+            extra_json: if self.extra.is_empty() {
+                String::new()
+            } else {
+                Value::Object(self.extra).to_string()
+            },
+        })
+    }
+
+    /// The `tollgate.v1` message as an OpenAI request (without `stream`), for OpenAI-style
+    /// upstreams. JSON-text fields that do not parse are reported with their field path.
+    pub fn from_proto(request: &v1::ChatRequest) -> Result<Self, ApiError> {
+        let messages = request
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage::from_proto(m, i))
+            .collect::<Result<_, _>>()?;
+        let tools = request
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let f = t.function.clone().unwrap_or_default();
+                Ok(ToolJson {
+                    kind: if t.r#type.is_empty() {
+                        function_type()
+                    } else {
+                        t.r#type.clone()
+                    },
+                    function: FunctionDefinitionJson {
+                        parameters: parse_json_text(
+                            &f.parameters_json,
+                            &format!("tools[{i}].function.parameters"),
+                        )?,
+                        name: f.name,
+                        description: f.description,
+                        strict: f.strict,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let extra = match parse_json_text(&request.extra_json, "extra_json")? {
+            None => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => {
+                return Err(ApiError::invalid_param(
+                    "extra_json",
+                    "extra_json must be a JSON object",
+                ));
+            }
+        };
+        Ok(Self {
+            model: request.model.clone(),
+            messages,
+            temperature: request.temperature,
+            top_p: request.top_p,
+            max_tokens: request.max_tokens,
+            max_completion_tokens: request.max_completion_tokens,
+            n: request.n,
+            stop: match request.stop.as_slice() {
+                [] => None,
+                stops => Some(Stop::Many(stops.to_vec())),
+            },
+            stream: None,
+            stream_options: None,
+            tools: (!tools.is_empty()).then_some(tools),
+            tool_choice: request
+                .tool_choice
+                .as_ref()
+                .map(tool_choice_from_proto)
+                .transpose()?
+                .flatten(),
+            parallel_tool_calls: request.parallel_tool_calls,
+            response_format: request
+                .response_format
+                .as_ref()
+                .map(|f| {
+                    Ok::<_, ApiError>(ResponseFormatJson {
+                        kind: f.r#type.clone(),
+                        json_schema: f
+                            .json_schema
+                            .as_ref()
+                            .map(|s| {
+                                Ok::<_, ApiError>(JsonSchemaJson {
+                                    name: s.name.clone(),
+                                    description: s.description.clone(),
+                                    schema: parse_json_text(
+                                        &s.schema_json,
+                                        "response_format.json_schema.schema",
+                                    )?,
+                                    strict: s.strict,
+                                })
+                            })
+                            .transpose()?,
+                    })
+                })
+                .transpose()?,
+            seed: request.seed,
+            user: request.user.clone(),
+            presence_penalty: request.presence_penalty,
+            frequency_penalty: request.frequency_penalty,
+            logprobs: request.logprobs,
+            top_logprobs: request.top_logprobs,
+            reasoning_effort: request.reasoning_effort.clone(),
+            extra,
+        })
+    }
+
+    /// The request as one JSON object, `extra` merged in at the top level (named fields win).
+    pub fn to_json(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(object) = &mut value {
+            for (k, v) in &self.extra {
+                object.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        value
+    }
+}
+
+/// `missing field `model`` → `model`.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+fn parse_json_text(text: &str, param: &str) -> Result<Option<Value>, ApiError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| ApiError::invalid_param(param, format!("{param} is not valid JSON: {e}")))
+}
+
+fn tool_choice_to_proto(choice: Value) -> Result<v1::ToolChoice, ApiError> {
+    use v1::tool_choice::Choice;
+    let choice = match choice {
+        Value::String(mode) => match mode.as_str() {
+            "none" | "auto" | "required" => Choice::Mode(mode),
+            other => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    format!(
+                        "tool_choice must be \"none\", \"auto\", \"required\" or an object, got {other:?}"
+                    ),
+                ));
+            }
+        },
+        Value::Object(object) => {
+            let name = object
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
+            match (object.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) => Choice::FunctionName(name.to_owned()),
+                (Some("function"), None) => {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice.function.name",
+                        "tool_choice of type function needs function.name",
+                    ));
+                }
+                (Some(_), _) => Choice::OtherJson(Value::Object(object).to_string()),
+                (None, _) => {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice.type",
+                        "tool_choice object needs a type",
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "tool_choice must be a string or an object",
+            ));
+        }
+    };
+    Ok(v1::ToolChoice {
+        choice: Some(choice),
+    })
+}
+
+fn tool_choice_from_proto(choice: &v1::ToolChoice) -> Result<Option<Value>, ApiError> {
+    use v1::tool_choice::Choice;
+    Ok(match &choice.choice {
+        None => None,
+        Some(Choice::Mode(mode)) => Some(Value::String(mode.clone())),
+        Some(Choice::FunctionName(name)) => Some(serde_json::json!({
+            "type": "function",
+            "function": {"name": name},
+        })),
+        Some(Choice::OtherJson(text)) => parse_json_text(text, "tool_choice")?,
+    })
+}
+
+impl RoleJson {
+    pub fn to_proto(self) -> v1::Role {
+        match self {
+            Self::System => v1::Role::System,
+            Self::Developer => v1::Role::Developer,
+            Self::User => v1::Role::User,
+            Self::Assistant => v1::Role::Assistant,
+            Self::Tool => v1::Role::Tool,
+        }
+    }
+
+    pub fn from_proto(role: v1::Role) -> Option<Self> {
+        Some(match role {
+            v1::Role::Unspecified => return None,
+            v1::Role::System => Self::System,
+            v1::Role::Developer => Self::Developer,
+            v1::Role::User => Self::User,
+            v1::Role::Assistant => Self::Assistant,
+            v1::Role::Tool => Self::Tool,
+        })
+    }
+}
+
+impl ChatMessage {
+    fn into_proto(self, index: usize) -> Result<v1::Message, ApiError> {
+        use v1::message::Content;
+        let content = match self.content {
+            None => None,
+            Some(ContentJson::Text(text)) => Some(Content::Text(text)),
+            Some(ContentJson::Parts(parts)) => Some(Content::Parts(v1::ContentParts {
+                parts: parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, part)| part_to_proto(part, &format!("messages[{index}].content[{j}]")))
+                    .collect::<Result<_, _>>()?,
+            })),
+        };
+        Ok(v1::Message {
+            role: self.role.to_proto().into(),
+            content,
+            name: self.name,
+            tool_calls: self
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| v1::ToolCall {
+                    id: c.id,
+                    r#type: c.kind,
+                    function: Some(v1::FunctionCall {
+                        name: c.function.name,
+                        arguments: c.function.arguments,
+                    }),
+                })
+                .collect(),
+            tool_call_id: self.tool_call_id,
+            reasoning_content: self.reasoning_content,
+            refusal: self.refusal,
+        })
+    }
+
+    fn from_proto(message: &v1::Message, index: usize) -> Result<Self, ApiError> {
+        use v1::{content_part::Part, message::Content};
+        let role = v1::Role::try_from(message.role)
+            .ok()
+            .and_then(RoleJson::from_proto)
+            .ok_or_else(|| {
+                ApiError::invalid_param(
+                    format!("messages[{index}].role"),
+                    format!("messages[{index}].role is missing or unknown"),
+                )
+            })?;
+        let content = match &message.content {
+            None => None,
+            Some(Content::Text(text)) => Some(ContentJson::Text(text.clone())),
+            Some(Content::Parts(parts)) => Some(ContentJson::Parts(
+                parts
+                    .parts
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, p)| {
+                        let param = format!("messages[{index}].content[{j}]");
+                        Some(match p.part.as_ref()? {
+                            Part::Text(text) => Ok(serde_json::json!({"type": "text", "text": text})),
+                            Part::ImageUrl(image) => {
+                                let mut url = serde_json::json!({"url": image.url});
+                                if let Some(detail) = &image.detail {
+                                    url["detail"] = Value::String(detail.clone());
+                                }
+                                Ok(serde_json::json!({"type": "image_url", "image_url": url}))
+                            }
+                            Part::OtherJson(text) => {
+                                parse_json_text(text, &param).map(|v| v.unwrap_or(Value::Null))
+                            }
+                        })
+                    })
+                    .collect::<Result<_, ApiError>>()?,
+            )),
+        };
+        Ok(Self {
+            role,
+            content,
+            name: message.name.clone(),
+            tool_calls: (!message.tool_calls.is_empty()).then(|| {
+                message
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        let f = c.function.clone().unwrap_or_default();
+                        ToolCallJson {
+                            id: c.id.clone(),
+                            kind: if c.r#type.is_empty() {
+                                function_type()
+                            } else {
+                                c.r#type.clone()
+                            },
+                            function: FunctionCallJson {
+                                name: f.name,
+                                arguments: f.arguments,
+                            },
+                        }
+                    })
+                    .collect()
+            }),
+            tool_call_id: message.tool_call_id.clone(),
+            reasoning_content: message.reasoning_content.clone(),
+            refusal: message.refusal.clone(),
+        })
+    }
+}
+
+fn part_to_proto(part: Value, param: &str) -> Result<v1::ContentPart, ApiError> {
+    use v1::content_part::Part;
+    let kind = part.get("type").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::invalid_param(
+            format!("{param}.type"),
+            format!("{param} must be an object with a string type"),
+        )
+    })?;
+    let part = match kind {
+        "text" => Part::Text(
+            part.get("text")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        format!("{param}.text"),
+                        format!("{param}.text must be a string"),
+                    )
+                })?
+                .to_owned(),
+        ),
+        "image_url" => {
+            let image = part.get("image_url");
+            let url = image
+                .and_then(|i| i.get("url"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        format!("{param}.image_url.url"),
+                        format!("{param}.image_url.url must be a string"),
+                    )
+                })?;
+            Part::ImageUrl(v1::ImageUrl {
+                url: url.to_owned(),
+                detail: image
+                    .and_then(|i| i.get("detail"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            })
+        }
+        _ => Part::OtherJson(part.to_string()),
+    };
+    Ok(v1::ContentPart { part: Some(part) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(body: Value) -> Result<ChatCompletionRequest, ApiError> {
+        ChatCompletionRequest::from_json(body)
+    }
+
+    #[test]
+    fn full_request_round_trips_through_proto() {
+        let body = json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "developer", "content": [{"type": "text", "text": "Policy X."}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO", "detail": "auto"}},
+                    {"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_abc123", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Boston, MA\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_abc123", "content": "{\"temperature\":22}"}
+            ],
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "max_tokens": 100,
+            "stop": ["END", "STOP"],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}},
+            "seed": 7,
+            "reasoning_effort": "high",
+            "logit_bias": {"50256": -100},
+            "metadata": {"a": "b"}
+        });
+        let parsed = parse(body.clone()).unwrap();
+        assert_eq!(parsed.extra.len(), 2);
+        let proto = parsed.clone().into_proto().unwrap();
+        assert_eq!(proto.stop, vec!["END", "STOP"]);
+        assert!(proto.stream_options.unwrap().include_usage);
+        let back = ChatCompletionRequest::from_proto(&proto).unwrap();
+        let mut expected = parsed;
+        expected.stream = None;
+        expected.stream_options = None;
+        assert_eq!(back, expected);
+        let json = back.to_json();
+        assert_eq!(json["logit_bias"], json!({"50256": -100}));
+        assert_eq!(json["tools"][0]["function"]["parameters"]["properties"]["n"]["maximum"], json!(3));
+        assert_eq!(json["messages"][3]["content"], Value::Null);
+        assert_eq!(json["messages"][2]["content"][2]["type"], json!("input_audio"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(json!({"messages": []})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = parse(json!({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        assert!(e.message.contains("wizard"), "{}", e.message);
+        let e = parse(json!({"model": "m", "messages": [], "temperature": "hot"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = parse(json!({"model": "m", "messages": [{"content": "hi"}]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}))
+            .unwrap()
+            .into_proto()
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].text"));
+        let e = parse(json!([1])).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn string_stop_becomes_a_list() {
+        let r = parse(json!({"model": "m", "messages": [], "stop": "END"}))
+            .unwrap()
+            .into_proto()
+            .unwrap();
+        assert_eq!(r.stop, vec!["END"]);
+    }
+}

@@ -1,0 +1,32 @@
+//! How one service reaches another: a gRPC client over either a network `Channel` or the other
+//! service's server value called in-process (monolithic mode: same protobuf contract, no socket).
+//! Both are boxed into one [`GrpcTransport`] so every client has one type whichever way it runs.
+
+use std::convert::Infallible;
+
+use tonic::body::Body;
+use tower::{ServiceExt, util::BoxCloneSyncService};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A gRPC transport: `XClient::new(transport)` works for every generated client.
+pub type GrpcTransport =
+    BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+
+/// Calls a generated tonic server (e.g. `BillingServer::new(svc)`) in-process.
+pub fn in_process<S>(server: S) -> GrpcTransport
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(server.map_err(|never| match never {}))
+}
+
+/// Calls a service over the network.
+pub fn network(channel: tonic::transport::Channel) -> GrpcTransport {
+    BoxCloneSyncService::new(channel.map_err(BoxError::from))
+}

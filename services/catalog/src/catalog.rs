@@ -1,0 +1,263 @@
+//! The validated catalogue: every id (model or alias) maps to one entry that already knows its
+//! upstream route and prices, so resolving a request is one map lookup.
+
+use std::collections::HashMap;
+
+use tollgate::v1::{Model, Pricing, ResolvedModel, ThinkingSupport};
+
+use crate::config::{AliasConfig, ModelConfig, ThinkingConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{field}: id {id:?} is used twice (model and alias ids share one namespace)")]
+    DuplicateId { field: String, id: String },
+    #[error("{field}: must not be empty")]
+    Empty { field: String },
+    #[error("{field}: provider {provider:?} is not configured in [[providers]]")]
+    UnknownProvider { field: String, provider: String },
+    #[error("{field}: target {target:?} is not a configured model (aliases point at models)")]
+    UnknownTarget { field: String, target: String },
+    #[error("{field}: alias forces thinking {wanted}, but model {target:?} has thinking = {has:?}")]
+    ThinkingUnsupported {
+        field: String,
+        target: String,
+        wanted: bool,
+        has: ThinkingConfig,
+    },
+    #[error("{field}: must be at least 1")]
+    Zero { field: String },
+}
+
+/// All models and aliases, by id, in configuration order.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    ids: Vec<String>,
+    models: HashMap<String, Model>,
+    routes: HashMap<String, ResolvedModel>,
+}
+
+fn thinking_support(t: ThinkingConfig) -> ThinkingSupport {
+    match t {
+        ThinkingConfig::None => ThinkingSupport::None,
+        ThinkingConfig::Optional => ThinkingSupport::Optional,
+        ThinkingConfig::Always => ThinkingSupport::Always,
+    }
+}
+
+impl Catalog {
+    /// Validates the configuration: unique non-empty ids, known providers, aliases that point at
+    /// models and only force thinking where the model allows it, non-zero limits.
+    pub fn new(
+        models: &[ModelConfig],
+        aliases: &[AliasConfig],
+        providers: &[&str],
+    ) -> Result<Self, CatalogError> {
+        let mut catalog = Self::default();
+        for (i, m) in models.iter().enumerate() {
+            let field = |name: &str| format!("models[{i}].{name}");
+            if m.id.trim().is_empty() {
+                return Err(CatalogError::Empty { field: field("id") });
+            }
+            if !providers.contains(&m.provider.as_str()) {
+                return Err(CatalogError::UnknownProvider {
+                    field: field("provider"),
+                    provider: m.provider.clone(),
+                });
+            }
+            for (name, value) in [
+                ("context_length", m.context_length),
+                ("max_output_tokens", m.max_output_tokens),
+            ] {
+                if value == 0 {
+                    return Err(CatalogError::Zero { field: field(name) });
+                }
+            }
+            let pricing = Pricing {
+                input_micros_per_mtok: m.input_price.0,
+                cached_input_micros_per_mtok: m.cached_input_price.unwrap_or(m.input_price).0,
+                output_micros_per_mtok: m.output_price.0,
+            };
+            let thinking = thinking_support(m.thinking);
+            let model = Model {
+                id: m.id.clone(),
+                created: m.created,
+                owned_by: m.owned_by.clone().unwrap_or_else(|| m.provider.clone()),
+                pricing: Some(pricing),
+                context_length: m.context_length,
+                max_output_tokens: m.max_output_tokens,
+                thinking: thinking.into(),
+                alias_of: None,
+                alias_thinking: None,
+            };
+            let route = ResolvedModel {
+                requested_id: m.id.clone(),
+                model_id: m.id.clone(),
+                provider: m.provider.clone(),
+                upstream_model: m.upstream_model.clone().unwrap_or_else(|| m.id.clone()),
+                pricing: Some(pricing),
+                context_length: m.context_length,
+                max_output_tokens: m.max_output_tokens,
+                thinking: thinking.into(),
+                thinking_override: None,
+            };
+            catalog.insert(field("id"), model, route)?;
+        }
+        for (i, a) in aliases.iter().enumerate() {
+            let field = |name: &str| format!("aliases[{i}].{name}");
+            if a.id.trim().is_empty() {
+                return Err(CatalogError::Empty { field: field("id") });
+            }
+            let target = models.iter().find(|m| m.id == a.target).ok_or_else(|| {
+                CatalogError::UnknownTarget {
+                    field: field("target"),
+                    target: a.target.clone(),
+                }
+            })?;
+            let allowed = match (a.thinking, target.thinking) {
+                (Some(true), ThinkingConfig::None) | (Some(false), ThinkingConfig::Always) => false,
+                _ => true,
+            };
+            if let (false, Some(wanted)) = (allowed, a.thinking) {
+                return Err(CatalogError::ThinkingUnsupported {
+                    field: field("thinking"),
+                    target: a.target.clone(),
+                    wanted,
+                    has: target.thinking,
+                });
+            }
+            let (Some(target_model), Some(target_route)) = (
+                catalog.models.get(&a.target).cloned(),
+                catalog.routes.get(&a.target).cloned(),
+            ) else {
+                return Err(CatalogError::UnknownTarget {
+                    field: field("target"),
+                    target: a.target.clone(),
+                });
+            };
+            let model = Model {
+                id: a.id.clone(),
+                owned_by: a.owned_by.clone().unwrap_or(target_model.owned_by.clone()),
+                alias_of: Some(a.target.clone()),
+                alias_thinking: a.thinking,
+                ..target_model
+            };
+            let route = ResolvedModel {
+                requested_id: a.id.clone(),
+                thinking_override: a.thinking,
+                ..target_route
+            };
+            catalog.insert(field("id"), model, route)?;
+        }
+        Ok(catalog)
+    }
+
+    fn insert(
+        &mut self,
+        field: String,
+        model: Model,
+        route: ResolvedModel,
+    ) -> Result<(), CatalogError> {
+        if self.models.contains_key(&model.id) {
+            return Err(CatalogError::DuplicateId {
+                field,
+                id: model.id,
+            });
+        }
+        self.ids.push(model.id.clone());
+        self.routes.insert(model.id.clone(), route);
+        self.models.insert(model.id.clone(), model);
+        Ok(())
+    }
+
+    /// Every model and alias, in configuration order (models first).
+    pub fn models(&self) -> impl Iterator<Item = &Model> {
+        self.ids.iter().filter_map(|id| self.models.get(id))
+    }
+
+    pub fn model(&self, id: &str) -> Option<&Model> {
+        self.models.get(id)
+    }
+
+    pub fn resolve(&self, id: &str) -> Option<&ResolvedModel> {
+        self.routes.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Price;
+
+    fn flash() -> ModelConfig {
+        ModelConfig {
+            id: "deepseek-v4-flash".into(),
+            provider: "deepseek".into(),
+            upstream_model: None,
+            owned_by: None,
+            created: 1,
+            context_length: 1_000_000,
+            max_output_tokens: 384_000,
+            input_price: Price(220_000),
+            cached_input_price: Some(Price(5_000)),
+            output_price: Price(440_000),
+            thinking: ThinkingConfig::Optional,
+        }
+    }
+
+    fn alias(id: &str, thinking: Option<bool>) -> AliasConfig {
+        AliasConfig {
+            id: id.into(),
+            target: "deepseek-v4-flash".into(),
+            thinking,
+            owned_by: None,
+        }
+    }
+
+    #[test]
+    fn aliases_resolve_to_their_target_with_the_thinking_override() {
+        let c = Catalog::new(
+            &[flash()],
+            &[
+                alias("deepseek-reasoner", Some(true)),
+                alias("gpt-4o", None),
+            ],
+            &["deepseek"],
+        )
+        .unwrap();
+        let r = c.resolve("deepseek-reasoner").unwrap();
+        assert_eq!(r.model_id, "deepseek-v4-flash");
+        assert_eq!(r.upstream_model, "deepseek-v4-flash");
+        assert_eq!(r.thinking_override, Some(true));
+        assert_eq!(r.pricing.unwrap().cached_input_micros_per_mtok, 5_000);
+        assert_eq!(c.resolve("gpt-4o").unwrap().thinking_override, None);
+        let m = c.model("gpt-4o").unwrap();
+        assert_eq!(m.alias_of.as_deref(), Some("deepseek-v4-flash"));
+        assert_eq!(m.owned_by, "deepseek");
+        let ids: Vec<_> = c.models().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["deepseek-v4-flash", "deepseek-reasoner", "gpt-4o"]);
+        assert!(c.resolve("nope").is_none());
+    }
+
+    #[test]
+    fn rejects_inconsistent_catalogues_naming_the_field() {
+        let e = Catalog::new(&[flash(), flash()], &[], &["deepseek"]).unwrap_err();
+        assert_eq!(e.to_string().split(':').next(), Some("models[1].id"));
+        let e = Catalog::new(&[flash()], &[], &["openai"]).unwrap_err();
+        assert!(matches!(e, CatalogError::UnknownProvider { .. }));
+        let mut bad = alias("x", None);
+        bad.target = "gpt-4o".into();
+        let e = Catalog::new(&[flash()], &[alias("gpt-4o", None), bad], &["deepseek"]).unwrap_err();
+        assert!(e.to_string().starts_with("aliases[1].target"), "{e}");
+        let mut none = flash();
+        none.thinking = ThinkingConfig::None;
+        let e = Catalog::new(&[none], &[alias("r", Some(true))], &["deepseek"]).unwrap_err();
+        assert!(matches!(e, CatalogError::ThinkingUnsupported { .. }));
+        let e = Catalog::new(
+            &[flash()],
+            &[alias("deepseek-v4-flash", None)],
+            &["deepseek"],
+        )
+        .unwrap_err();
+        assert!(matches!(e, CatalogError::DuplicateId { .. }));
+    }
+}

@@ -1,0 +1,109 @@
+//! The `[[models]]` and `[[aliases]]` sections of the configuration file.
+
+use serde::{Deserialize, Deserializer};
+use tollgate::money;
+
+/// A USD price per one million tokens, held as integer micro-USD. Accepts a TOML number
+/// (`0.22`) or a decimal string (`"0.22"`); at most 6 decimal places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Price(pub i64);
+
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Float(f64),
+            Text(String),
+        }
+        // A float's shortest round-trip form is the decimal the user wrote (0.22 -> "0.22"), so
+        // it is parsed as that decimal, never used as a float.
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(i) => i.to_string(),
+            Raw::Float(f) if f.is_finite() => format!("{f}"),
+            Raw::Float(f) => return Err(serde::de::Error::custom(format!("invalid price {f}"))),
+            Raw::Text(t) => t,
+        };
+        money::parse_usd_micros(&text)
+            .map(Price)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether a model can think (emit `reasoning_content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThinkingConfig {
+    #[default]
+    None,
+    Optional,
+    Always,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub id: String,
+    pub provider: String,
+    /// The model name sent upstream; defaults to `id`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Shown as `owned_by`; defaults to the provider name.
+    #[serde(default)]
+    pub owned_by: Option<String>,
+    /// Shown as `created` (unix seconds).
+    #[serde(default)]
+    pub created: i64,
+    pub context_length: u64,
+    pub max_output_tokens: u64,
+    pub input_price: Price,
+    /// Defaults to `input_price` (no cache discount).
+    #[serde(default)]
+    pub cached_input_price: Option<Price>,
+    pub output_price: Price,
+    #[serde(default)]
+    pub thinking: ThinkingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasConfig {
+    pub id: String,
+    pub target: String,
+    /// Forces thinking on (`true`) or off (`false`) for requests through this alias.
+    #[serde(default)]
+    pub thinking: Option<bool>,
+    /// Shown as `owned_by`; defaults to the target's.
+    #[serde(default)]
+    pub owned_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Prices {
+        a: Price,
+        b: Price,
+        c: Price,
+        d: Price,
+    }
+
+    #[test]
+    fn prices_parse_exactly_from_numbers_and_strings() {
+        let p: Prices = toml::from_str("a = 0.22\nb = \"0.005\"\nc = 15\nd = 2.80").unwrap();
+        assert_eq!(
+            (p.a, p.b, p.c, p.d),
+            (
+                Price(220_000),
+                Price(5_000),
+                Price(15_000_000),
+                Price(2_800_000)
+            )
+        );
+        assert!(toml::from_str::<Prices>("a = -1\nb = 0\nc = 0\nd = 0").is_err());
+        assert!(toml::from_str::<Prices>("a = 0.0000001\nb = 0\nc = 0\nd = 0").is_err());
+    }
+}

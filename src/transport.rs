@@ -7,11 +7,11 @@ use std::convert::Infallible;
 use tonic::body::Body;
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A gRPC transport: `XClient::new(transport)` works for every generated client.
+/// A gRPC transport: `XClient::new(transport)` works for every generated client. The error is a
+/// concrete type (in-process calls cannot fail at this layer), which keeps the futures of callers
+/// provably `Send`.
 pub type GrpcTransport =
-    BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+    BoxCloneSyncService<http::Request<Body>, http::Response<Body>, tonic::transport::Error>;
 
 /// Calls a generated tonic server (e.g. `BillingServer::new(svc)`) in-process.
 pub fn in_process<S>(server: S) -> GrpcTransport
@@ -28,5 +28,5 @@ where
 
 /// Calls a service over the network.
 pub fn network(channel: tonic::transport::Channel) -> GrpcTransport {
-    BoxCloneSyncService::new(channel.map_err(BoxError::from))
+    BoxCloneSyncService::new(channel)
 }

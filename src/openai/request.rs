@@ -508,7 +508,9 @@ impl ChatMessage {
                 parts: parts
                     .into_iter()
                     .enumerate()
-                    .map(|(j, part)| part_to_proto(part, &format!("messages[{index}].content[{j}]")))
+                    .map(|(j, part)| {
+                        part_to_proto(part, &format!("messages[{index}].content[{j}]"))
+                    })
                     .collect::<Result<_, _>>()?,
             })),
         };
@@ -557,7 +559,9 @@ impl ChatMessage {
                     .filter_map(|(j, p)| {
                         let param = format!("messages[{index}].content[{j}]");
                         Some(match p.part.as_ref()? {
-                            Part::Text(text) => Ok(serde_json::json!({"type": "text", "text": text})),
+                            Part::Text(text) => {
+                                Ok(serde_json::json!({"type": "text", "text": text}))
+                            }
                             Part::ImageUrl(image) => {
                                 let mut url = serde_json::json!({"url": image.url});
                                 if let Some(detail) = &image.detail {
@@ -702,9 +706,15 @@ mod tests {
         assert_eq!(back, expected);
         let json = back.to_json();
         assert_eq!(json["logit_bias"], json!({"50256": -100}));
-        assert_eq!(json["tools"][0]["function"]["parameters"]["properties"]["n"]["maximum"], json!(3));
+        assert_eq!(
+            json["tools"][0]["function"]["parameters"]["properties"]["n"]["maximum"],
+            json!(3)
+        );
         assert_eq!(json["messages"][3]["content"], Value::Null);
-        assert_eq!(json["messages"][2]["content"][2]["type"], json!("input_audio"));
+        assert_eq!(
+            json["messages"][2]["content"][2]["type"],
+            json!("input_audio")
+        );
     }
 
     #[test]
@@ -719,10 +729,12 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("temperature"));
         let e = parse(json!({"model": "m", "messages": [{"content": "hi"}]})).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
-        let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}))
-            .unwrap()
-            .into_proto()
-            .unwrap_err();
+        let e = parse(
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+        )
+        .unwrap()
+        .into_proto()
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].text"));
         let e = parse(json!([1])).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("body"));

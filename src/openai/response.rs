@@ -326,7 +326,12 @@ impl ChatCompletion {
                         role: v1::Role::Assistant.into(),
                         content: c.message.content.clone().map(v1::message::Content::Text),
                         name: None,
-                        tool_calls: c.message.tool_calls.iter().map(tool_call_to_proto).collect(),
+                        tool_calls: c
+                            .message
+                            .tool_calls
+                            .iter()
+                            .map(tool_call_to_proto)
+                            .collect(),
                         tool_call_id: None,
                         reasoning_content: c.message.reasoning_content.clone(),
                         refusal: c.message.refusal.clone(),
@@ -421,7 +426,12 @@ impl ChatCompletionChunk {
                     logprobs_json: logprobs_to_text(&c.logprobs),
                 })
                 .collect(),
-            usage: self.usage.clone().flatten().as_ref().map(UsageJson::to_proto),
+            usage: self
+                .usage
+                .clone()
+                .flatten()
+                .as_ref()
+                .map(UsageJson::to_proto),
             system_fingerprint: self.system_fingerprint.clone(),
         }
     }
@@ -499,7 +509,10 @@ mod tests {
             json!("{\n\"location\": \"Boston, MA\"\n}")
         );
         assert_eq!(rendered["object"], json!("chat.completion"));
-        assert_eq!(rendered["usage"]["prompt_tokens_details"]["cached_tokens"], json!(0));
+        assert_eq!(
+            rendered["usage"]["prompt_tokens_details"]["cached_tokens"],
+            json!(0)
+        );
     }
 
     #[test]
@@ -517,7 +530,8 @@ mod tests {
             rendered["choices"][0]["delta"]["tool_calls"][0],
             json!({"index":0,"id":"call_4XzlGBLtUe9dy3GVNV4jhq7h","type":"function","function":{"name":"get_weather","arguments":""}})
         );
-        let rendered = serde_json::to_value(ChatCompletionChunk::from_proto(&proto, false)).unwrap();
+        let rendered =
+            serde_json::to_value(ChatCompletionChunk::from_proto(&proto, false)).unwrap();
         assert!(rendered.get("usage").is_none());
 
         // A usage-only chunk with `choices: null` (vLLM) and usage riding on it.

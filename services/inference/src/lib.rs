@@ -1,1 +1,15 @@
-//! placeholder
+//! The Inference service: validates a chat request, resolves its model through Catalog, admits
+//! it through Billing, calls the upstream provider through one adapter per provider kind, streams
+//! the answer back chunk for chunk, and settles the usage with Billing before the response ends.
+
+pub mod config;
+pub mod error;
+pub mod providers;
+pub mod service;
+mod streaming;
+pub mod validate;
+
+pub use config::{ProviderConfig, ProviderKind};
+pub use error::UpstreamError;
+pub use providers::{Provider, Providers};
+pub use service::InferenceService;

@@ -1,0 +1,64 @@
+//! The `[[providers]]` section of the configuration file.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The wire protocol a provider speaks. Each kind is one adapter in `providers/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Openai,
+    Deepseek,
+    OpenaiCompatible,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Everything before the resource path (`https://api.deepseek.com`, `https://api.openai.com/v1`).
+    pub base_url: String,
+    /// The environment variable that holds the provider's API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// The upstream must answer (status and first event) within this, else 504.
+    #[serde(default = "default_first_token_timeout")]
+    pub first_token_timeout_secs: u64,
+    /// The whole upstream call must end within this, else 504.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+fn default_first_token_timeout() -> u64 {
+    120
+}
+
+fn default_request_timeout() -> u64 {
+    600
+}
+
+/// Upstream deadlines of one provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_token: Duration,
+    pub total: Duration,
+}
+
+impl ProviderConfig {
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(self.connect_timeout_secs),
+            first_token: Duration::from_secs(self.first_token_timeout_secs),
+            total: Duration::from_secs(self.request_timeout_secs),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! How an upstream call fails, and how each failure maps onto the product's error table. The
+//! provider's own key never reaches a message: upstream auth failures are reported generically.
+
+use tollgate::error::{ApiError, ErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream said the request itself is wrong (4xx other than auth and rate limits).
+    #[error("{provider} rejected the request: {message}")]
+    Rejected {
+        provider: String,
+        status: u16,
+        message: String,
+    },
+    /// The upstream refused the gateway's credentials (401/403) or account (402).
+    #[error("{provider} refused the gateway's credentials (HTTP {status})")]
+    Credentials { provider: String, status: u16 },
+    /// The upstream is overloaded or rate-limits the gateway (429, 503, 529).
+    #[error("{provider} is overloaded or rate limited (HTTP {status}); try again later")]
+    Overloaded { provider: String, status: u16 },
+    /// The upstream failed (other 5xx), sent something unreadable, or failed mid-stream.
+    #[error("{provider} failed: {message}")]
+    Failed { provider: String, message: String },
+    /// The connection could not be made or broke.
+    #[error("could not reach {provider}: {message}")]
+    Connect { provider: String, message: String },
+    /// No answer within the deadline.
+    #[error("{provider} did not answer within {seconds} s")]
+    Timeout { provider: String, seconds: u64 },
+    /// The provider has no key configured.
+    #[error("provider {provider} is not configured: set the environment variable {env}")]
+    NotConfigured { provider: String, env: String },
+    /// The request cannot be expressed for this provider.
+    #[error("{message}")]
+    Unsupported { param: String, message: String },
+}
+
+impl UpstreamError {
+    /// Maps an upstream HTTP error status (and the upstream's message) onto the error kinds.
+    pub fn from_status(provider: &str, status: u16, message: String) -> Self {
+        let provider = provider.to_owned();
+        match status {
+            401 | 402 | 403 => Self::Credentials { provider, status },
+            429 | 503 | 529 => Self::Overloaded { provider, status },
+            504 => Self::Timeout {
+                provider,
+                seconds: 0,
+            },
+            400..=499 => Self::Rejected {
+                provider,
+                status,
+                message,
+            },
+            _ => Self::Failed {
+                provider,
+                message: format!("HTTP {status}: {message}"),
+            },
+        }
+    }
+
+    pub fn to_api_error(&self) -> ApiError {
+        let message = self.to_string();
+        match self {
+            Self::Rejected { .. } => {
+                ApiError::new(ErrorKind::InvalidRequest, message).with_code("upstream_rejected")
+            }
+            Self::Unsupported { param, .. } => ApiError::invalid_param(param.clone(), message),
+            Self::Credentials { .. } | Self::Failed { .. } | Self::Connect { .. } => {
+                ApiError::new(ErrorKind::Upstream, message)
+            }
+            Self::Overloaded { .. } | Self::NotConfigured { .. } => {
+                ApiError::new(ErrorKind::Unavailable, message)
+            }
+            Self::Timeout { .. } => ApiError::new(ErrorKind::UpstreamTimeout, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_statuses_map_onto_the_table() {
+        let kind = |status| {
+            UpstreamError::from_status("p", status, "m".into())
+                .to_api_error()
+                .kind
+        };
+        assert_eq!(kind(400), ErrorKind::InvalidRequest);
+        assert_eq!(kind(422), ErrorKind::InvalidRequest);
+        assert_eq!(kind(401), ErrorKind::Upstream);
+        assert_eq!(kind(403), ErrorKind::Upstream);
+        assert_eq!(kind(429), ErrorKind::Unavailable);
+        assert_eq!(kind(529), ErrorKind::Unavailable);
+        assert_eq!(kind(503), ErrorKind::Unavailable);
+        assert_eq!(kind(500), ErrorKind::Upstream);
+        assert_eq!(kind(504), ErrorKind::UpstreamTimeout);
+        let e = UpstreamError::from_status("p", 400, "bad temperature".into()).to_api_error();
+        assert!(e.message.contains("bad temperature"));
+    }
+}

@@ -1,0 +1,131 @@
+//! Provider adapters: one file per provider kind, a closed enum over them, and one trait for
+//! their shape. Adding a provider is one file, one enum arm and one config `kind`.
+//!
+//! Adapters speak in `tollgate.v1` messages: a [`ChatRequest`] plus its resolved [`Target`] in,
+//! a [`ChatResponse`] or a stream of [`ChatChunk`]s (usage normalised, possibly attached to any
+//! chunk) out. Deadlines, ids, settlement and client-facing usage chunks are the service's job.
+
+mod deepseek;
+mod openai;
+mod openai_compatible;
+mod openai_wire;
+
+use std::{collections::HashMap, pin::Pin, sync::Arc};
+
+use futures::Stream;
+use tollgate::v1::{ChatChunk, ChatRequest, ChatResponse, ResolvedModel};
+
+use crate::{
+    UpstreamError,
+    config::{ProviderConfig, ProviderKind, Timeouts},
+};
+
+/// Why a provider's HTTP client could not be built.
+pub type BuildError = reqwest::Error;
+
+/// Upstream chunks, already converted; ends after the upstream's last event.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError>> + Send>>;
+
+/// Where and how one request goes upstream.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub route: &'a ResolvedModel,
+    /// Thinking forced on or off (by the alias or the request); `None` leaves the upstream default.
+    pub thinking: Option<bool>,
+}
+
+/// What every provider adapter does.
+pub trait ChatProvider {
+    fn chat(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> impl Future<Output = Result<ChatResponse, UpstreamError>> + Send;
+
+    /// Sends the request and returns once the upstream accepted it (status checked); chunks
+    /// follow on the stream.
+    fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> impl Future<Output = Result<ChunkStream, UpstreamError>> + Send;
+}
+
+/// Every provider kind this build speaks.
+#[derive(Debug)]
+pub enum Provider {
+    Openai(openai::OpenAi),
+    Deepseek(deepseek::DeepSeek),
+    OpenaiCompatible(openai_compatible::OpenAiCompatible),
+}
+
+impl Provider {
+    /// Builds the adapter (and its pooled HTTP client) for one configured provider. The API key
+    /// is read through `env` so tests never touch the process environment.
+    pub fn new(
+        config: &ProviderConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, BuildError> {
+        let wire = openai_wire::OpenAiWire::new(config, env)?;
+        Ok(match config.kind {
+            ProviderKind::Openai => Self::Openai(openai::OpenAi::new(wire)),
+            ProviderKind::Deepseek => Self::Deepseek(deepseek::DeepSeek::new(wire)),
+            ProviderKind::OpenaiCompatible => {
+                Self::OpenaiCompatible(openai_compatible::OpenAiCompatible::new(wire))
+            }
+        })
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        match self {
+            Self::Openai(p) => p.wire.timeouts(),
+            Self::Deepseek(p) => p.wire.timeouts(),
+            Self::OpenaiCompatible(p) => p.wire.timeouts(),
+        }
+    }
+
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> Result<ChatResponse, UpstreamError> {
+        match self {
+            Self::Openai(p) => p.chat(request, target).await,
+            Self::Deepseek(p) => p.chat(request, target).await,
+            Self::OpenaiCompatible(p) => p.chat(request, target).await,
+        }
+    }
+
+    pub async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> Result<ChunkStream, UpstreamError> {
+        match self {
+            Self::Openai(p) => p.chat_stream(request, target).await,
+            Self::Deepseek(p) => p.chat_stream(request, target).await,
+            Self::OpenaiCompatible(p) => p.chat_stream(request, target).await,
+        }
+    }
+}
+
+/// The configured providers by name.
+#[derive(Debug, Clone, Default)]
+pub struct Providers(HashMap<String, Arc<Provider>>);
+
+impl Providers {
+    pub fn new(
+        configs: &[ProviderConfig],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, BuildError> {
+        configs
+            .iter()
+            .map(|c| Ok((c.name.clone(), Arc::new(Provider::new(c, env)?))))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.0.get(name)
+    }
+}

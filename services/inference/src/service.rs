@@ -1,0 +1,255 @@
+//! `tollgate.v1.Inference`: the request path. For each call: validate, resolve the model through
+//! Catalog, admit the key through Billing (authentication, per-minute and monthly limits), call
+//! the provider, and settle the usage with Billing before the answer completes. Every admitted
+//! request is settled exactly once, whether it succeeded, failed or the client left.
+
+use std::{sync::Arc, time::Instant};
+
+use futures::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate::{
+    auth::AUTHORIZATION,
+    error::{ApiError, ErrorKind},
+    transport::GrpcTransport,
+    v1::{
+        AdmitRequest, ChatChunk, ChatRequest, ChatResponse, Outcome, ResolveModelRequest,
+        ResolvedModel, SettleRequest, Usage, billing_client::BillingClient,
+        catalog_client::CatalogClient, inference_server,
+    },
+};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use crate::{
+    Provider, Providers, UpstreamError,
+    providers::{ChunkStream, Target},
+    streaming, validate,
+};
+
+/// The Inference service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct InferenceService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    providers: Providers,
+    catalog: CatalogClient<GrpcTransport>,
+    billing: BillingClient<GrpcTransport>,
+}
+
+/// A request that Billing admitted: from here on it must be settled exactly once.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub request_id: String,
+    pub created: i64,
+    pub key_id: String,
+    pub route: ResolvedModel,
+    pub provider: Arc<Provider>,
+    pub thinking: Option<bool>,
+    pub streamed: bool,
+}
+
+impl Admitted {
+    fn target(&self) -> Target<'_> {
+        Target {
+            route: &self.route,
+            thinking: self.thinking,
+        }
+    }
+}
+
+impl InferenceService {
+    /// `catalog` and `billing` reach those services in-process or over the network.
+    pub fn new(providers: Providers, catalog: GrpcTransport, billing: GrpcTransport) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                providers,
+                catalog: CatalogClient::new(catalog),
+                billing: BillingClient::new(billing),
+            }),
+        }
+    }
+
+    async fn admit(
+        &self,
+        metadata: &MetadataMap,
+        request: &ChatRequest,
+        streamed: bool,
+    ) -> Result<Admitted, Status> {
+        validate::request(request)?;
+        let route = self
+            .inner
+            .catalog
+            .clone()
+            .resolve_model(ResolveModelRequest {
+                id: request.model.clone(),
+            })
+            .await?
+            .into_inner();
+        validate::for_model(request, &route)?;
+        let provider = self
+            .inner
+            .providers
+            .get(&route.provider)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    format!("model {} names an unknown provider", route.model_id),
+                )
+            })?;
+        let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+        let mut admit = Request::new(AdmitRequest {
+            request_id: request_id.clone(),
+            model: route.requested_id.clone(),
+        });
+        if let Some(auth) = metadata.get(AUTHORIZATION) {
+            admit.metadata_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        let admission = self.inner.billing.clone().admit(admit).await?.into_inner();
+        let thinking = route.thinking_override.or_else(|| {
+            request
+                .reasoning_effort
+                .as_deref()
+                .map(|effort| effort != "none")
+        });
+        Ok(Admitted {
+            request_id,
+            created: chrono::Utc::now().timestamp(),
+            key_id: admission.key.map(|k| k.key_id).unwrap_or_default(),
+            route,
+            provider,
+            thinking,
+            streamed,
+        })
+    }
+
+    /// Records the request in the ledger; returns its cost once the row is durable.
+    pub(crate) async fn settle(
+        &self,
+        admitted: &Admitted,
+        usage: Option<Usage>,
+        outcome: Outcome,
+    ) -> Result<i64, Status> {
+        let settlement = self
+            .inner
+            .billing
+            .clone()
+            .settle(SettleRequest {
+                request_id: admitted.request_id.clone(),
+                key_id: admitted.key_id.clone(),
+                requested_model: admitted.route.requested_id.clone(),
+                model_id: admitted.route.model_id.clone(),
+                provider: admitted.route.provider.clone(),
+                upstream_model: admitted.route.upstream_model.clone(),
+                usage,
+                pricing: admitted.route.pricing,
+                outcome: outcome.into(),
+                streamed: admitted.streamed,
+            })
+            .await
+            .inspect_err(|e| {
+                tracing::error!(request_id = %admitted.request_id, error = %e, "settlement failed");
+            })?;
+        Ok(settlement.into_inner().cost_picodollars)
+    }
+
+    /// Settles a request that failed upstream and returns the error to report.
+    async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
+        tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream call failed");
+        match self.settle(admitted, None, Outcome::Failed).await {
+            Ok(_) => error.to_api_error().into_status(),
+            Err(status) => status,
+        }
+    }
+
+    async fn open_stream(
+        admitted: &Admitted,
+        request: &ChatRequest,
+    ) -> Result<(ChatChunk, ChunkStream), UpstreamError> {
+        let mut stream = admitted
+            .provider
+            .chat_stream(request, &admitted.target())
+            .await?;
+        match stream.next().await {
+            Some(first) => Ok((first?, stream)),
+            None => Err(UpstreamError::Failed {
+                provider: admitted.route.provider.clone(),
+                message: "the stream ended before its first chunk".to_owned(),
+            }),
+        }
+    }
+}
+
+pub(crate) fn timeout_error(admitted: &Admitted, seconds: u64) -> UpstreamError {
+    UpstreamError::Timeout {
+        provider: admitted.route.provider.clone(),
+        seconds,
+    }
+}
+
+#[tonic::async_trait]
+impl inference_server::Inference for InferenceService {
+    async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let admitted = self.admit(&metadata, &request, false).await?;
+        let timeouts = admitted.provider.timeouts();
+        let called = tokio::time::timeout(
+            timeouts.total,
+            admitted.provider.chat(&request, &admitted.target()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.total.as_secs())));
+        let mut response = match called {
+            Ok(response) => response,
+            Err(error) => return Err(self.fail(&admitted, error).await),
+        };
+        let mut usage = response.usage.take().unwrap_or_default();
+        usage.cost_picodollars = Some(
+            self.settle(&admitted, Some(usage), Outcome::Succeeded)
+                .await?,
+        );
+        response.id = admitted.request_id;
+        response.created = admitted.created;
+        response.model = admitted.route.requested_id;
+        response.usage = Some(usage);
+        Ok(Response::new(response))
+    }
+
+    type ChatStreamStream = ReceiverStream<Result<ChatChunk, Status>>;
+
+    async fn chat_stream(
+        &self,
+        request: Request<ChatRequest>,
+    ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let admitted = self.admit(&metadata, &request, true).await?;
+        let timeouts = admitted.provider.timeouts();
+        let deadline = Instant::now() + timeouts.total;
+        // The first chunk is awaited before answering, so early upstream failures become real
+        // errors (an HTTP status over REST) instead of a broken stream.
+        let opened =
+            tokio::time::timeout(timeouts.first_token, Self::open_stream(&admitted, &request))
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.first_token.as_secs())));
+        let (first, rest) = match opened {
+            Ok(opened) => opened,
+            Err(error) => return Err(self.fail(&admitted, error).await),
+        };
+        let include_usage = request
+            .stream_options
+            .is_some_and(|options| options.include_usage);
+        Ok(Response::new(streaming::relay(
+            self.clone(),
+            admitted,
+            first,
+            rest,
+            streaming::Options {
+                include_usage,
+                deadline: deadline.into(),
+                total_secs: timeouts.total.as_secs(),
+            },
+        )))
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# End-to-end suite: builds the `tollgate` and `mock-upstream` binaries, prepares the Python venv
+# at .venv, and runs tests/python with pytest. Extra arguments go to pytest
+# (e.g. `scripts/e2e.sh -k billing -x`). Idempotent and non-interactive.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+# Reinstall only when requirements.txt changed since the last successful install.
+STAMP=.venv/.e2e-requirements
+if ! cmp -s tests/python/requirements.txt "$STAMP" 2>/dev/null; then
+    .venv/bin/python -m pip install -q -r tests/python/requirements.txt
+    cp tests/python/requirements.txt "$STAMP"
+fi
+
+cargo build --bins
+
+export TOLLGATE_BIN="${TOLLGATE_BIN:-$ROOT/target/debug/tollgate}"
+export MOCK_UPSTREAM_BIN="${MOCK_UPSTREAM_BIN:-$ROOT/target/debug/mock-upstream}"
+exec .venv/bin/python -m pytest -q tests/python "$@" </dev/null

@@ -1,0 +1,124 @@
+"""What the mock upstream answers, computed independently of it (tests/src/mock_upstream), and
+what that costs: the expectations every test asserts against.
+
+The mock's rules: the reply is `Echo: <last user text>`; a token is a whitespace-separated word;
+prompt_tokens counts the words of every message (at least 1); with thinking on (DeepSeek models)
+the reasoning is `Thinking about: <last user text>` and its words count as completion (and
+reasoning) tokens; `[cache=N]` in the last user text reports N cached prompt tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+TOOL_CALL_ID = "call_mock_0"
+TOOL_ARGUMENTS = '{"location":"Paris"}'
+MID_STREAM_ERROR = "mock mid-stream failure"
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and "text" in p)
+    return ""
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return message_text(m)
+    return ""
+
+
+def echo(messages: list[dict[str, Any]]) -> str:
+    return f"Echo: {last_user_text(messages)}"
+
+
+def reasoning(messages: list[dict[str, Any]]) -> str:
+    return f"Thinking about: {last_user_text(messages)}"
+
+
+def upstream_thinks(upstream_body: dict[str, Any]) -> bool:
+    """Whether the mock answered this upstream request in thinking mode (DeepSeek only; V4
+    models and `deepseek-reasoner` think unless told `thinking: {"type": "disabled"}`)."""
+    model = upstream_body.get("model", "")
+    if not model.startswith("deepseek"):
+        return False
+    thinking = upstream_body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "disabled"):
+        return thinking["type"] == "enabled"
+    return model.startswith("deepseek-v4") or model == "deepseek-reasoner"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+ZERO = Usage(0, 0)
+
+
+def expected_usage(messages: list[dict[str, Any]], thinking: bool, max_tokens: int | None = None) -> Usage:
+    prompt = max(1, sum(words(message_text(m)) for m in messages))
+    m = re.search(r"\[cache=(\d+)\]", last_user_text(messages))
+    cached = min(int(m.group(1)), prompt) if m else 0
+    content = words(echo(messages))
+    if max_tokens is not None:
+        content = min(content, max_tokens)
+    reasoning_tokens = words(reasoning(messages)) if thinking else 0
+    return Usage(prompt, content + reasoning_tokens, cached, reasoning_tokens)
+
+
+def usage_of(sdk_usage: Any) -> Usage:
+    """The SDK's `CompletionUsage` as a `Usage` (details missing count as 0)."""
+    details = sdk_usage.prompt_tokens_details
+    cdetails = sdk_usage.completion_tokens_details
+    return Usage(
+        sdk_usage.prompt_tokens,
+        sdk_usage.completion_tokens,
+        (details.cached_tokens or 0) if details else 0,
+        (cdetails.reasoning_tokens or 0) if cdetails else 0,
+    )
+
+
+MILLION = Decimal(1_000_000)
+
+
+def cost_usd(usage: Usage, prices: tuple[str, str, str]) -> Decimal:
+    """Exact cost: (prompt - cached) x input + cached x cached_input + completion x output, per 1M."""
+    input_price, cached_price, output_price = (Decimal(p) for p in prices)
+    return (
+        (usage.prompt_tokens - usage.cached_tokens) * input_price
+        + usage.cached_tokens * cached_price
+        + usage.completion_tokens * output_price
+    ) / MILLION
+
+
+def cost_picodollars(usage: Usage, prices: tuple[str, str, str]) -> int:
+    exact = cost_usd(usage, prices) * Decimal(10**12)
+    assert exact == exact.to_integral_value(), "prices with <= 6 decimals give whole picodollars"
+    return int(exact)

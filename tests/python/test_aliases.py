@@ -1,0 +1,128 @@
+"""Aliases and thinking: what the upstream receives for each alias, and the reasoning the client
+gets back (`reasoning_content` on the message and on deltas)."""
+
+from __future__ import annotations
+
+import uuid
+
+import openai
+import pytest
+
+from mock_rules import echo, expected_usage, reasoning, usage_of
+
+
+def nonce() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def extra(obj) -> dict:
+    return obj.model_extra or {}
+
+
+@pytest.mark.parametrize("alias", ["gpt-4o", "gpt-4o-mini"])
+def test_openai_named_alias_reaches_the_deepseek_upstream_as_the_target(client, mock, alias):
+    n = nonce()
+    messages = [{"role": "user", "content": f"who are you really? {n}"}]
+    resp = client.chat.completions.create(model=alias, messages=messages)
+    assert resp.model == alias, "the alias the client asked for stays visible"
+    assert resp.choices[0].message.content == echo(messages)
+
+    upstream = mock.single_request_with(n)
+    assert upstream["body"]["model"] == "deepseek-v4-flash"
+    assert upstream["path"] == "/chat/completions"
+    assert upstream["authorization"] == "Bearer mock-secret"
+
+
+def test_deepseek_reasoner_forces_thinking_on(client, mock):
+    n = nonce()
+    messages = [{"role": "user", "content": f"think about it {n}"}]
+    resp = client.chat.completions.create(model="deepseek-reasoner", messages=messages)
+
+    upstream = mock.single_request_with(n)["body"]
+    assert upstream["model"] == "deepseek-v4-flash"
+    assert upstream["thinking"] == {"type": "enabled"}
+
+    assert resp.model == "deepseek-reasoner"
+    message = resp.choices[0].message
+    assert message.content == echo(messages)
+    assert extra(message).get("reasoning_content") == reasoning(messages)
+    want = expected_usage(messages, thinking=True)
+    assert usage_of(resp.usage) == want
+    assert resp.usage.completion_tokens_details.reasoning_tokens == want.reasoning_tokens > 0
+
+
+def test_deepseek_reasoner_streams_reasoning_deltas_before_content(client, mock):
+    n = nonce()
+    messages = [{"role": "user", "content": f"think while streaming {n}"}]
+    chunks = list(client.chat.completions.create(model="deepseek-reasoner", messages=messages, stream=True))
+
+    assert mock.single_request_with(n)["body"]["thinking"] == {"type": "enabled"}
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning_parts = [extra(d).get("reasoning_content") or "" for d in deltas]
+    content_parts = [d.content or "" for d in deltas]
+    assert "".join(reasoning_parts) == reasoning(messages)
+    assert "".join(content_parts) == echo(messages)
+    last_reasoning = max(i for i, p in enumerate(reasoning_parts) if p)
+    first_content = min(i for i, p in enumerate(content_parts) if p)
+    assert last_reasoning < first_content, "reasoning deltas come before content deltas"
+
+
+def test_deepseek_chat_forces_thinking_off(client, mock):
+    n = nonce()
+    messages = [{"role": "user", "content": f"no thinking please {n}"}]
+    resp = client.chat.completions.create(model="deepseek-chat", messages=messages)
+    upstream = mock.single_request_with(n)["body"]
+    assert upstream["model"] == "deepseek-v4-flash"
+    assert upstream["thinking"] == {"type": "disabled"}
+    assert resp.model == "deepseek-chat"
+    assert resp.choices[0].message.content == echo(messages)
+    assert extra(resp.choices[0].message).get("reasoning_content") is None
+    assert usage_of(resp.usage) == expected_usage(messages, thinking=False)
+
+    n = nonce()
+    messages = [{"role": "user", "content": f"no thinking streamed {n}"}]
+    chunks = list(client.chat.completions.create(model="deepseek-chat", messages=messages, stream=True))
+    assert mock.single_request_with(n)["body"]["thinking"] == {"type": "disabled"}
+    assert all(not extra(c.choices[0].delta).get("reasoning_content") for c in chunks if c.choices)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == echo(messages)
+
+
+def test_alias_thinking_wins_over_the_request(client, mock):
+    """`deepseek-chat` is non-thinking by definition, whatever the body asks."""
+    n = nonce()
+    messages = [{"role": "user", "content": f"override attempt {n}"}]
+    try:
+        client.chat.completions.create(
+            model="deepseek-chat", messages=messages, extra_body={"thinking": {"type": "enabled"}}
+        )
+    except openai.BadRequestError:  # refusing the contradiction is acceptable too
+        pass
+    for r in mock.requests_with(n):
+        assert r["body"].get("thinking") == {"type": "disabled"}
+
+
+def test_openai_provider_never_receives_thinking(client, mock):
+    n = nonce()
+    messages = [{"role": "user", "content": f"plain openai {n}"}]
+    resp = client.chat.completions.create(model="gpt-4.1-mini", messages=messages)
+    assert resp.choices[0].message.content == echo(messages)
+    list(client.chat.completions.create(model="gpt-4.1-mini", messages=messages, stream=True))
+    sent = mock.requests_with(n)
+    assert len(sent) == 2
+    for r in sent:
+        assert r["path"] == "/v1/chat/completions"
+        assert r["body"]["model"] == "gpt-4.1-mini"
+        assert "thinking" not in r["body"]
+
+    # Even when the client asks for thinking, the OpenAI upstream must not see the field
+    # (the gateway may refuse with 400 or drop it; the mock would answer 400 otherwise).
+    n = nonce()
+    try:
+        client.chat.completions.create(
+            model="gpt-4.1-mini",
+            messages=[{"role": "user", "content": f"think anyway {n}"}],
+            extra_body={"thinking": {"type": "enabled"}},
+        )
+    except openai.BadRequestError:
+        pass
+    assert all("thinking" not in r["body"] for r in mock.requests_with(n))

@@ -1,0 +1,169 @@
+"""Per-key billing through `GET /v1/dashboard/billing/usage`: counts and token totals equal the
+sums of the responses' usage, cost is exact to the picodollar, and tier limits (requests per
+minute, requests per month) answer 429 without counting the refused request."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+import openai
+import pytest
+
+from harness import PRICES, TIERS, ApiKey, make_client
+from mock_rules import ZERO, Usage, cost_usd, expected_usage, upstream_thinks, usage_of
+
+
+def nonce() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def usage_report(gateway, key: ApiKey) -> dict:
+    r = gateway.usage(key)
+    assert r.status_code == 200, r.text
+    return json.loads(r.text, parse_float=Decimal)
+
+
+def assert_report(report: dict, key: ApiKey, requests: int, usage: Usage, cost: Decimal) -> None:
+    rpm, limit = TIERS[key.tier]
+    assert report["object"] == "billing.usage"
+    assert report["tier"] == key.tier
+    prefix = report["key_prefix"].rstrip(".…*")
+    assert len(prefix) >= 6 and key.secret.startswith(prefix), report["key_prefix"]
+    assert report["key_prefix"] != key.secret, "the usage report must not echo the whole secret"
+    assert report["monthly_requests"] == requests
+    assert report["monthly_limit"] == limit
+    assert report["remaining"] == limit - requests
+    assert abs(Decimal(report["usage_percent"]) - Decimal(requests * 100) / limit) < Decimal("0.05")
+    assert report["total_prompt_tokens"] == usage.prompt_tokens
+    assert report["total_completion_tokens"] == usage.completion_tokens
+    assert report["total_cached_prompt_tokens"] == usage.cached_tokens
+    assert isinstance(report["total_cost_usd"], (Decimal, int)), f"total_cost_usd is not a number: {report['total_cost_usd']!r}"
+    assert Decimal(report["total_cost_usd"]) == cost, f"{report['total_cost_usd']} != {cost}"
+
+
+def test_fresh_key_reports_zero(gateway):
+    key = gateway.create_key("pro")
+    assert_report(usage_report(gateway, key), key, 0, ZERO, Decimal(0))
+
+
+def test_usage_totals_equal_the_sum_of_responses(gateway, mock):
+    key = gateway.create_key("pro")
+    client = make_client(gateway, key)
+    total = ZERO
+    cost = Decimal(0)
+
+    # 1: non-streaming, with cached prompt tokens.
+    n = nonce()
+    messages = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": f"count me in {n} [cache=3]"}]
+    resp = client.chat.completions.create(model="deepseek-v4-flash", messages=messages)
+    got = usage_of(resp.usage)
+    assert got == expected_usage(messages, upstream_thinks(mock.single_request_with(n)["body"]))
+    assert got.cached_tokens == 3
+    total, cost = total + got, cost + cost_usd(got, PRICES["deepseek-v4-flash"])
+
+    # 2: streamed, usage from the final chunk.
+    n = nonce()
+    messages = [{"role": "user", "content": f"stream and count {n} [cache=1]"}]
+    chunks = list(
+        client.chat.completions.create(
+            model="deepseek-v4-flash", messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    got = usage_of(chunks[-1].usage)
+    assert got == expected_usage(messages, upstream_thinks(mock.single_request_with(n)["body"]))
+    total, cost = total + got, cost + cost_usd(got, PRICES["deepseek-v4-flash"])
+
+    # 3: another model, another price list.
+    n = nonce()
+    messages = [{"role": "user", "content": f"pro pricing please {n} [cache=2]"}]
+    resp = client.chat.completions.create(model="deepseek-v4-pro", messages=messages)
+    got = usage_of(resp.usage)
+    assert got == expected_usage(messages, upstream_thinks(mock.single_request_with(n)["body"]))
+    total, cost = total + got, cost + cost_usd(got, PRICES["deepseek-v4-pro"])
+
+    # 4: an alias is billed at its target's prices.
+    n = nonce()
+    messages = [{"role": "user", "content": f"alias pricing {n}"}]
+    resp = client.chat.completions.create(model="deepseek-chat", messages=messages)
+    got = usage_of(resp.usage)
+    assert got == expected_usage(messages, thinking=False)
+    total, cost = total + got, cost + cost_usd(got, PRICES["deepseek-v4-flash"])
+
+    assert_report(usage_report(gateway, key), key, 4, total, cost)
+    client.close()
+
+
+def test_stream_without_include_usage_is_billed_too(gateway, mock):
+    key = gateway.create_key("pro")
+    client = make_client(gateway, key)
+    n = nonce()
+    messages = [{"role": "user", "content": f"bill me silently {n} [cache=1]"}]
+    chunks = list(client.chat.completions.create(model="deepseek-v4-flash", messages=messages, stream=True))
+    assert chunks and all(c.usage is None for c in chunks)
+    want = expected_usage(messages, upstream_thinks(mock.single_request_with(n)["body"]))
+    assert_report(usage_report(gateway, key), key, 1, want, cost_usd(want, PRICES["deepseek-v4-flash"]))
+    client.close()
+
+
+def test_usage_endpoint_needs_a_valid_key(gateway):
+    r = gateway.usage(ApiKey(secret="sk-not-a-key-000000000000", key_id=None, tier="", name=""))
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error"
+
+
+def test_rpm_limit_refuses_the_fourth_request_and_does_not_count_it(gateway):
+    key = gateway.create_key("tight_rpm")
+    client = make_client(gateway, key)
+    usage = ZERO
+    for i in range(3):
+        messages = [{"role": "user", "content": f"rpm {i} {nonce()}"}]
+        resp = client.chat.completions.create(model="deepseek-chat", messages=messages)
+        usage = usage + usage_of(resp.usage)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "one too many"}])
+    assert err.value.status_code == 429
+    body = err.value.response.json()["error"]
+    assert body["type"] == "rate_limit_error"
+    assert body["code"] == "rate_limit_exceeded"
+
+    assert_report(usage_report(gateway, key), key, 3, usage, cost_usd(usage, PRICES["deepseek-v4-flash"]))
+    client.close()
+
+
+def test_monthly_quota_refuses_the_sixth_request(gateway):
+    key = gateway.create_key("tight_month")
+    client = make_client(gateway, key)
+    usage = ZERO
+    for i in range(5):
+        messages = [{"role": "user", "content": f"month {i} {nonce()}"}]
+        resp = client.chat.completions.create(model="deepseek-chat", messages=messages)
+        usage = usage + usage_of(resp.usage)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "sixth"}])
+    body = err.value.response.json()["error"]
+    assert body["type"] == "rate_limit_error"
+    assert body["code"] == "monthly_quota_exceeded"
+
+    report = usage_report(gateway, key)
+    assert report["remaining"] == 0
+    assert Decimal(report["usage_percent"]) == 100
+    assert_report(report, key, 5, usage, cost_usd(usage, PRICES["deepseek-v4-flash"]))
+
+    # A streamed request is refused the same way, before any stream starts.
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "seventh"}], stream=True
+        )
+    client.close()
+
+
+def test_keys_are_billed_separately(gateway):
+    a, b = gateway.create_key("basic"), gateway.create_key("basic")
+    ca = make_client(gateway, a)
+    messages = [{"role": "user", "content": f"only a pays {nonce()}"}]
+    got = usage_of(ca.chat.completions.create(model="deepseek-chat", messages=messages).usage)
+    assert_report(usage_report(gateway, a), a, 1, got, cost_usd(got, PRICES["deepseek-v4-flash"]))
+    assert_report(usage_report(gateway, b), b, 0, ZERO, Decimal(0))
+    ca.close()

@@ -1,0 +1,280 @@
+"""The gRPC API (package tollgate.v1) through grpcio stubs generated from proto/: the same answers,
+catalogue and billing as REST, and errors as gRPC status codes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+import grpc
+import httpx
+import pytest
+from tollgate.v1 import (
+    billing_pb2,
+    billing_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
+
+from harness import ALIASES, MODEL_IDS, PRICES, auth, make_client
+from mock_rules import Usage, cost_picodollars, cost_usd, echo, expected_usage, reasoning, usage_of
+
+TIMEOUT = 30
+
+
+def nonce() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def metadata(key) -> list[tuple[str, str]]:
+    secret = key if isinstance(key, str) else key.secret
+    return [("authorization", f"Bearer {secret}")]
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def proto_request(model: str, text: str, **fields) -> inference_pb2.ChatRequest:
+    return inference_pb2.ChatRequest(
+        model=model,
+        messages=[inference_pb2.Message(role=inference_pb2.ROLE_USER, text=text)],
+        **fields,
+    )
+
+
+def proto_usage(u) -> Usage:
+    return Usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens, u.reasoning_tokens)
+
+
+@pytest.fixture(scope="module")
+def inference(grpc_channel):
+    return inference_pb2_grpc.InferenceStub(grpc_channel)
+
+
+@pytest.fixture(scope="module")
+def catalog(grpc_channel):
+    return catalog_pb2_grpc.CatalogStub(grpc_channel)
+
+
+@pytest.fixture(scope="module")
+def billing(grpc_channel):
+    return billing_pb2_grpc.BillingStub(grpc_channel)
+
+
+@pytest.mark.parametrize("model", ["deepseek-chat", "gpt-4.1-mini"])
+def test_chat_answers_like_rest(inference, client, key, mock, model):
+    text = f"same answer everywhere {nonce()} [cache=1]"
+    rest = client.chat.completions.create(model=model, messages=user(text))
+    resp = inference.Chat(proto_request(model, text), metadata=metadata(key), timeout=TIMEOUT)
+
+    assert resp.id.startswith("chatcmpl-")
+    assert resp.id != rest.id
+    assert resp.model == model
+    assert len(resp.choices) == 1
+    assert resp.choices[0].message.role == inference_pb2.ROLE_ASSISTANT
+    assert resp.choices[0].message.text == rest.choices[0].message.content == echo(user(text))
+    assert resp.choices[0].finish_reason == "stop"
+    want = expected_usage(user(text), thinking=False)
+    assert proto_usage(resp.usage) == usage_of(rest.usage) == want
+    assert resp.usage.total_tokens == want.total_tokens
+
+
+def test_chat_stream_gives_the_same_content_and_a_usage_chunk(inference, key):
+    text = f"stream over grpc {nonce()}"
+    chunks = list(
+        inference.ChatStream(
+            proto_request("deepseek-chat", text, stream_options=inference_pb2.StreamOptions(include_usage=True)),
+            metadata=metadata(key),
+            timeout=TIMEOUT,
+        )
+    )
+    assert len(chunks) >= 3
+    assert {c.id for c in chunks} == {chunks[0].id}
+    assert chunks[0].id.startswith("chatcmpl-")
+    assert all(c.model == "deepseek-chat" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content for c in chunks if c.choices)
+    assert content == echo(user(text))
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].HasField("finish_reason")]
+    assert finishes == ["stop"]
+    last = chunks[-1]
+    assert len(last.choices) == 0
+    assert last.HasField("usage")
+    assert proto_usage(last.usage) == expected_usage(user(text), thinking=False)
+    assert [i for i, c in enumerate(chunks) if c.HasField("usage")] == [len(chunks) - 1]
+
+
+def test_chat_stream_carries_reasoning_for_deepseek_reasoner(inference, key, mock):
+    n = nonce()
+    text = f"reason over grpc {n}"
+    chunks = list(inference.ChatStream(proto_request("deepseek-reasoner", text), metadata=metadata(key), timeout=TIMEOUT))
+    assert mock.single_request_with(n)["body"]["thinking"] == {"type": "enabled"}
+    assert "".join(c.choices[0].delta.reasoning_content for c in chunks if c.choices) == reasoning(user(text))
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == echo(user(text))
+
+
+def test_list_models_matches_rest(catalog, gateway, key):
+    resp = catalog.ListModels(catalog_pb2.ListModelsRequest(), metadata=metadata(key), timeout=TIMEOUT)
+    grpc_ids = [m.id for m in resp.models]
+    rest = httpx.get(f"{gateway.base_url}/models", headers=auth(key), timeout=TIMEOUT).json()
+    assert sorted(grpc_ids) == sorted(m["id"] for m in rest["data"])
+    assert set(grpc_ids) == MODEL_IDS | set(ALIASES)
+
+    by_id = {m.id: m for m in resp.models}
+    flash = by_id["deepseek-v4-flash"]
+    assert (flash.pricing.input_micros_per_mtok, flash.pricing.cached_input_micros_per_mtok, flash.pricing.output_micros_per_mtok) == (
+        220000,
+        5000,
+        440000,
+    )
+    pro = by_id["deepseek-v4-pro"]
+    assert (pro.pricing.input_micros_per_mtok, pro.pricing.cached_input_micros_per_mtok, pro.pricing.output_micros_per_mtok) == (
+        2800000,
+        24000,
+        5600000,
+    )
+    assert flash.context_length == 1000000 and flash.max_output_tokens == 384000
+    assert not flash.HasField("alias_of")
+    for alias, target in ALIASES.items():
+        assert by_id[alias].alias_of == target
+    assert by_id["deepseek-chat"].HasField("alias_thinking") and by_id["deepseek-chat"].alias_thinking is False
+    assert by_id["deepseek-reasoner"].alias_thinking is True
+
+
+def test_get_model_and_not_found(catalog, key):
+    m = catalog.GetModel(catalog_pb2.GetModelRequest(id="gpt-4o"), metadata=metadata(key), timeout=TIMEOUT)
+    assert m.id == "gpt-4o" and m.alias_of == "deepseek-v4-flash"
+    with pytest.raises(grpc.RpcError) as err:
+        catalog.GetModel(catalog_pb2.GetModelRequest(id="no-such-model"), metadata=metadata(key), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def usage_json(gateway, key) -> dict:
+    r = gateway.usage(key)
+    assert r.status_code == 200, r.text
+    return json.loads(r.text, parse_float=Decimal)
+
+
+def test_rest_and_grpc_calls_are_counted_and_billed_identically(gateway, inference, billing, mock):
+    key = gateway.create_key("pro")
+    client = make_client(gateway, key)
+    n = nonce()
+    text = f"bill both doors the same {n} [cache=2]"
+    prices = PRICES["deepseek-v4-flash"]
+
+    rest = client.chat.completions.create(model="deepseek-chat", messages=user(text))
+    one = usage_of(rest.usage)
+    assert one == expected_usage(user(text), thinking=False)
+    report = usage_json(gateway, key)
+    assert report["monthly_requests"] == 1
+    assert Decimal(report["total_cost_usd"]) == cost_usd(one, prices)
+
+    resp = inference.Chat(proto_request("deepseek-chat", text), metadata=metadata(key), timeout=TIMEOUT)
+    assert proto_usage(resp.usage) == one
+    if resp.usage.HasField("cost_picodollars"):
+        assert resp.usage.cost_picodollars == cost_picodollars(one, prices)
+    assert len(mock.requests_with(n)) == 2
+
+    g = billing.GetUsage(billing_pb2.GetUsageRequest(), metadata=metadata(key), timeout=TIMEOUT)
+    assert g.tier == "pro"
+    assert g.monthly_requests == 2
+    assert g.monthly_limit == 3000
+    assert g.remaining == 2998
+    assert g.rpm_limit == 30
+    assert g.total_prompt_tokens == 2 * one.prompt_tokens
+    assert g.total_completion_tokens == 2 * one.completion_tokens
+    assert g.total_cached_prompt_tokens == 2 * one.cached_tokens
+    assert g.total_reasoning_tokens == 0
+    assert g.total_cost_picodollars == 2 * cost_picodollars(one, prices)
+
+    report = usage_json(gateway, key)
+    assert report["monthly_requests"] == 2
+    assert report["total_prompt_tokens"] == 2 * one.prompt_tokens
+    assert report["total_completion_tokens"] == 2 * one.completion_tokens
+    assert report["total_cached_prompt_tokens"] == 2 * one.cached_tokens
+    assert Decimal(report["total_cost_usd"]) == 2 * cost_usd(one, prices)
+    assert report["key_prefix"] == g.key_prefix
+    client.close()
+
+
+def test_streamed_grpc_call_is_billed(gateway, inference, billing):
+    key = gateway.create_key("pro")
+    text = f"stream bill {nonce()}"
+    list(inference.ChatStream(proto_request("deepseek-chat", text), metadata=metadata(key), timeout=TIMEOUT))
+    want = expected_usage(user(text), thinking=False)
+    g = billing.GetUsage(billing_pb2.GetUsageRequest(), metadata=metadata(key), timeout=TIMEOUT)
+    assert g.monthly_requests == 1
+    assert (g.total_prompt_tokens, g.total_completion_tokens) == (want.prompt_tokens, want.completion_tokens)
+    assert g.total_cost_picodollars == cost_picodollars(want, PRICES["deepseek-v4-flash"])
+
+
+# ---- status codes ------------------------------------------------------------------------
+
+
+def rpc_code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()
+
+
+def test_no_key_is_unauthenticated(inference, billing):
+    assert rpc_code(lambda: inference.Chat(proto_request("deepseek-chat", "hi"), timeout=TIMEOUT)) == grpc.StatusCode.UNAUTHENTICATED
+    assert rpc_code(lambda: billing.GetUsage(billing_pb2.GetUsageRequest(), timeout=TIMEOUT)) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        rpc_code(lambda: list(inference.ChatStream(proto_request("deepseek-chat", "hi"), timeout=TIMEOUT)))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+def test_bad_key_is_unauthenticated(inference):
+    md = metadata("sk-not-a-real-key-000000000")
+    assert rpc_code(lambda: inference.Chat(proto_request("deepseek-chat", "hi"), metadata=md, timeout=TIMEOUT)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_invalid_request_is_invalid_argument(inference, key, mock):
+    n = nonce()
+    empty = inference_pb2.ChatRequest(model="deepseek-chat", messages=[], user=n)
+    assert rpc_code(lambda: inference.Chat(empty, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.INVALID_ARGUMENT
+    hot = proto_request("deepseek-chat", n, temperature=3.0)
+    assert rpc_code(lambda: inference.Chat(hot, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert mock.requests_with(n) == []
+
+
+def test_unknown_model_is_not_found(inference, key):
+    call = lambda: inference.Chat(proto_request("no-such-model", "hi"), metadata=metadata(key), timeout=TIMEOUT)  # noqa: E731
+    assert rpc_code(call) == grpc.StatusCode.NOT_FOUND
+
+
+def test_rpm_limit_is_resource_exhausted(gateway, inference):
+    key = gateway.create_key("tight_rpm")
+    for i in range(3):
+        inference.Chat(proto_request("deepseek-chat", f"rpm {i} {nonce()}"), metadata=metadata(key), timeout=TIMEOUT)
+    call = lambda: inference.Chat(proto_request("deepseek-chat", "too many"), metadata=metadata(key), timeout=TIMEOUT)  # noqa: E731
+    assert rpc_code(call) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("upstream_status", [500, 503])
+def test_upstream_failure_is_unavailable(inference, key, upstream_status):
+    """502 upstream_error and 503 service_unavailable both travel as UNAVAILABLE."""
+    req = proto_request("deepseek-chat", f"{nonce()} [status={upstream_status}]")
+    assert rpc_code(lambda: inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_slow_upstream_is_deadline_exceeded(inference, key):
+    req = proto_request("deepseek-slow", f"{nonce()} [delay_ms=4000]")
+    assert rpc_code(lambda: inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_mid_stream_failure_ends_the_stream_with_an_error_status(inference, key):
+    req = proto_request("deepseek-chat", f"one two three {nonce()} [stream_error]")
+    received = []
+    with pytest.raises(grpc.RpcError) as err:
+        for chunk in inference.ChatStream(req, metadata=metadata(key), timeout=TIMEOUT):
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content)
+    assert "".join(received) == "Echo: one"
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,256 @@
+//! A mock upstream LLM server that speaks OpenAI Chat Completions the way OpenAI and DeepSeek do
+//! (DeepSeek for models named `deepseek*`, OpenAI for any other), deterministically: the answer
+//! is `Echo: <last user text>`, tokens are whitespace-separated words, and directives in the last
+//! user message (`[status=503]`, `[delay_ms=1500]`, `[cache=4]`, `[stream_error]`, `[tool]`, ...)
+//! steer it, so tests can drive it through a gateway. It records every chat request it receives.
+//!
+//! Routes: `POST …/chat/completions` (any prefix), `GET /_mock/requests` (the recorded requests
+//! as a JSON array), `DELETE /_mock/requests` (forget them).
+
+mod error;
+mod request;
+mod response;
+
+use std::{
+    convert::Infallible,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::get,
+    serve::ListenerExt,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+pub use error::MockError;
+pub use request::{
+    Answer, ChatPlan, Flavour, TOOL_ARGUMENT_FRAGMENTS, TOOL_CALL_ID, message_text, pieces, plan,
+    word_count,
+};
+pub use response::{ReplyIdentity, StreamScript};
+
+/// How the mock is started.
+#[derive(Debug, Clone, Default)]
+pub struct MockConfig {
+    /// When set, every chat request must carry `Authorization: Bearer <api_key>`, else 401.
+    pub api_key: Option<String>,
+    /// Where to listen; `127.0.0.1:0` (a free port) when unset.
+    pub addr: Option<SocketAddr>,
+}
+
+/// One chat request as the mock received it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub path: String,
+    /// The `Authorization` header, verbatim.
+    pub authorization: Option<String>,
+    /// The JSON body, or the raw text when it was not JSON.
+    pub body: Value,
+}
+
+#[derive(Debug, Default)]
+struct MockState {
+    api_key: Option<String>,
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+impl MockState {
+    fn requests(&self) -> std::sync::MutexGuard<'_, Vec<RecordedRequest>> {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running mock. Dropping it stops the listener.
+#[derive(Debug)]
+pub struct MockHandle {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    task: JoinHandle<()>,
+}
+
+impl MockHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, the base URL of a DeepSeek-style provider.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every chat request received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests().clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state.requests().clear();
+    }
+}
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds the mock and serves it on the current tokio runtime.
+pub async fn spawn(config: MockConfig) -> std::io::Result<MockHandle> {
+    let addr = config
+        .addr
+        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(MockState {
+        api_key: config.api_key,
+        requests: Mutex::default(),
+    });
+    let app = router(Arc::clone(&state));
+    // Chunks are small and must leave one by one: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!("set_nodelay failed: {err}");
+        }
+    });
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!("mock upstream stopped: {err}");
+        }
+    });
+    Ok(MockHandle { addr, state, task })
+}
+
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/_mock/requests", get(list_requests).delete(clear_requests))
+        .fallback(dispatch)
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(state)
+}
+
+async fn list_requests(State(state): State<Arc<MockState>>) -> Json<Vec<RecordedRequest>> {
+    Json(state.requests().clone())
+}
+
+async fn clear_requests(State(state): State<Arc<MockState>>) -> StatusCode {
+    state.requests().clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn dispatch(
+    State(state): State<Arc<MockState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method == Method::POST && uri.path().ends_with("/chat/completions") {
+        chat_completions(&state, &uri, &headers, &body).await
+    } else {
+        MockError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("Invalid URL ({method} {})", uri.path()),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
+        .into_response()
+    }
+}
+
+async fn chat_completions(
+    state: &MockState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let parsed: Result<Value, _> = serde_json::from_slice(body);
+    state.requests().push(RecordedRequest {
+        path: uri.path().to_owned(),
+        authorization: authorization.clone(),
+        body: match &parsed {
+            Ok(v) => v.clone(),
+            Err(_) => Value::String(String::from_utf8_lossy(body).into_owned()),
+        },
+    });
+
+    let given_key = authorization
+        .as_deref()
+        .map(|a| a.strip_prefix("Bearer ").unwrap_or(a))
+        .unwrap_or("");
+    if let Some(expected) = &state.api_key
+        && given_key != expected
+    {
+        return MockError::incorrect_api_key(given_key).into_response();
+    }
+    let Ok(body) = parsed else {
+        return MockError::invalid(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+        )
+        .into_response();
+    };
+    let plan = match request::plan(&body) {
+        Ok(plan) => plan,
+        Err(err) => return err.into_response(),
+    };
+
+    if !plan.stream {
+        tokio::time::sleep(plan.delay).await;
+        if let Some(status) = plan.status {
+            return MockError::directed(status, given_key).into_response();
+        }
+        let ident = ReplyIdentity::new(plan.flavour);
+        return Json(response::completion(&plan, &ident)).into_response();
+    }
+    if let Some(status) = plan.status {
+        tokio::time::sleep(plan.delay).await;
+        return MockError::directed(status, given_key).into_response();
+    }
+    sse_response(plan)
+}
+
+/// A raw `text/event-stream` body written chunk by chunk as `data: <json>\n\n`. The headers
+/// go out at once; `[delay_ms]` holds back the first event.
+fn sse_response(plan: ChatPlan) -> Response {
+    let ident = ReplyIdentity::new(plan.flavour);
+    let script = response::stream(&plan, &ident);
+    let events = async_stream::stream! {
+        tokio::time::sleep(plan.delay).await;
+        for (i, chunk) in script.chunks.iter().enumerate() {
+            if i > 0 && !plan.chunk_delay.is_zero() {
+                tokio::time::sleep(plan.chunk_delay).await;
+            }
+            if script.fail_at == Some(i) {
+                yield Ok::<Bytes, Infallible>(sse_event(&response::stream_error_body().to_string()));
+                return;
+            }
+            yield Ok(sse_event(&chunk.to_string()));
+        }
+        yield Ok(sse_event("[DONE]"));
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
+
+fn sse_event(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}

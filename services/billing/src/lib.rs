@@ -1,1 +1,39 @@
-//! placeholder
+//! Tollgate's billing service: API keys (hashed secrets, create/list/revoke), tiers, per-key
+//! limits (requests per minute, requests per calendar month), and the usage ledger every request
+//! is settled into.
+//!
+//! The hot path reads no database for a known key: keys live in [`keys::KeyCache`] (invalidated
+//! by the `InvalidateKey` RPC and by a poll of `api_keys.updated_at`), limits are in memory
+//! ([`limits`]), and settlements are group-committed by one writer ([`ledger`]).
+//!
+//! A process assembles it as:
+//! ```no_run
+//! # async fn run() -> Result<(), tollgate_billing::BillingError> {
+//! use tollgate_billing::{BillingService, DatabaseConfig, Tiers, TierConfig};
+//! let db = tollgate_billing::connect(&DatabaseConfig::default()).await?;
+//! tollgate_billing::migrate(&db).await?;
+//! let tiers = Tiers::new(vec![TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000 }])?;
+//! let billing = BillingService::new(db, tiers, tollgate_billing::DEFAULT_KEY_REFRESH_INTERVAL).await?;
+//! let server = tollgate::v1::billing_server::BillingServer::new(billing.clone());
+//! # let _ = server;
+//! billing.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod entity;
+pub mod error;
+pub mod keys;
+pub mod ledger;
+pub mod limits;
+pub mod migration;
+pub mod service;
+
+pub use config::{ConfigError, DatabaseConfig, Tier, TierConfig, Tiers};
+pub use db::{connect, migrate};
+pub use error::BillingError;
+pub use keys::{KeyRecord, SecretKey, create_key, list_keys, revoke_key};
+pub use migration::Migrator;
+pub use service::{BillingService, DEFAULT_KEY_REFRESH_INTERVAL};

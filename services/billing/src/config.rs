@@ -1,0 +1,200 @@
+//! The billing part of the user-facing config: `[[tiers]]` and `[database]`, parsed with serde and
+//! validated into [`Tiers`], a runtime type that cannot hold an invalid tier.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+/// One `[[tiers]]` entry as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub name: String,
+    /// Requests per minute per key (also the burst size).
+    pub rpm: u32,
+    /// Admitted requests per key per UTC calendar month.
+    pub monthly_requests: u64,
+}
+
+/// The `[database]` section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or `postgres://...`.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+}
+
+/// The embedded default store of monolithic mode.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/tollgate.db";
+
+fn default_database_url() -> String {
+    DEFAULT_DATABASE_URL.to_owned()
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`: a database URL is safe to log
+/// only without its password.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A validated tier: a non-empty unique name and an RPM of at least 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub name: String,
+    pub rpm: NonZeroU32,
+    pub monthly_requests: u64,
+}
+
+/// Why a `[[tiers]]` list was rejected. Messages name the offending field path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("tiers[{index}].name must not be empty")]
+    EmptyTierName { index: usize },
+    #[error("tiers[{index}].name {name:?} is already used by tiers[{first}]")]
+    DuplicateTierName {
+        index: usize,
+        first: usize,
+        name: String,
+    },
+    #[error("tiers[{index}].rpm must be at least 1")]
+    ZeroRpm { index: usize },
+}
+
+/// The configured tiers, validated. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Tiers {
+    tiers: Arc<[Arc<Tier>]>,
+}
+
+impl Tiers {
+    pub fn new(configs: Vec<TierConfig>) -> Result<Self, ConfigError> {
+        let mut tiers: Vec<Arc<Tier>> = Vec::with_capacity(configs.len());
+        for (index, cfg) in configs.into_iter().enumerate() {
+            if cfg.name.trim().is_empty() {
+                return Err(ConfigError::EmptyTierName { index });
+            }
+            if let Some(first) = tiers.iter().position(|t| t.name == cfg.name) {
+                return Err(ConfigError::DuplicateTierName {
+                    index,
+                    first,
+                    name: cfg.name,
+                });
+            }
+            let rpm = NonZeroU32::new(cfg.rpm).ok_or(ConfigError::ZeroRpm { index })?;
+            tiers.push(Arc::new(Tier {
+                name: cfg.name,
+                rpm,
+                monthly_requests: cfg.monthly_requests,
+            }));
+        }
+        Ok(Self {
+            tiers: tiers.into(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Tier>> {
+        self.tiers.iter().find(|t| t.name == name)
+    }
+
+    /// The tier names in config order (for error messages and CLI help).
+    pub fn names(&self) -> Vec<String> {
+        self.tiers.iter().map(|t| t.name.clone()).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Tier> {
+        self.tiers.iter().map(|t| t.as_ref())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn tier(name: &str, rpm: u32) -> TierConfig {
+        TierConfig {
+            name: name.to_owned(),
+            rpm,
+            monthly_requests: 100,
+        }
+    }
+
+    #[test]
+    fn accepts_valid_tiers() {
+        let tiers = Tiers::new(vec![tier("basic", 10), tier("pro", 30)]).unwrap();
+        assert_eq!(tiers.names(), ["basic", "pro"]);
+        assert_eq!(tiers.get("pro").unwrap().rpm.get(), 30);
+        assert!(tiers.get("gold").is_none());
+    }
+
+    #[test]
+    fn rejects_invalid_tiers_naming_the_field() {
+        let err = Tiers::new(vec![tier("basic", 10), tier("pro", 0)]).unwrap_err();
+        assert_eq!(err.to_string(), "tiers[1].rpm must be at least 1");
+        let err = Tiers::new(vec![tier(" ", 10)]).unwrap_err();
+        assert_eq!(err.to_string(), "tiers[0].name must not be empty");
+        let err = Tiers::new(vec![tier("pro", 1), tier("x", 1), tier("pro", 2)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tiers[2].name \"pro\" is already used by tiers[0]"
+        );
+    }
+
+    #[test]
+    fn tier_config_rejects_unknown_fields() {
+        let ok: TierConfig =
+            serde_json::from_str(r#"{"name":"pro","rpm":30,"monthly_requests":3000}"#).unwrap();
+        assert_eq!(ok.monthly_requests, 3000);
+        let err = serde_json::from_str::<TierConfig>(
+            r#"{"name":"pro","rpm":30,"monthly_requests":3000,"burst":5}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("burst"), "{err}");
+    }
+
+    #[test]
+    fn database_url_defaults_and_redacts() {
+        let cfg: DatabaseConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg.url, "sqlite://data/tollgate.db");
+        let cfg = DatabaseConfig {
+            url: "postgres://tollgate:hunter2@db:5432/tollgate".to_owned(),
+        };
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("postgres://tollgate:***@db:5432/tollgate"));
+        assert_eq!(
+            redact_url_password("sqlite://data/x.db"),
+            "sqlite://data/x.db"
+        );
+    }
+}

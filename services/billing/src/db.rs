@@ -1,0 +1,150 @@
+//! Opening the billing database and bringing its schema up to date. SQLite (the embedded default)
+//! is opened durable: WAL journal, `synchronous = FULL`, a 5 s busy timeout and foreign keys on;
+//! PostgreSQL goes through sea-orm's own pool.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, SqlxSqliteConnector};
+use sea_orm_migration::MigratorTrait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::{DatabaseConfig, redact_url_password};
+use crate::error::BillingError;
+use crate::migration::Migrator;
+
+/// Connections in the SQLite pool. WAL lets readers run beside the one writer.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+
+/// Opens the database named by `cfg.url`, creating a SQLite file (and its folder) if missing.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, BillingError> {
+    let url = cfg.url.trim();
+    if url.starts_with("sqlite:") {
+        connect_sqlite(url).await
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options.sqlx_logging(false);
+        Ok(Database::connect(options).await?)
+    } else {
+        Err(BillingError::UnsupportedDatabaseUrl(redact_url_password(
+            url,
+        )))
+    }
+}
+
+async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, BillingError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+        .synchronous(SqliteSynchronous::Full);
+    // An in-memory database lives only as long as a connection to it, so keep exactly one open.
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let pool = if in_memory {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?
+    } else {
+        if let Some(parent) = options.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        SqlitePoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?
+    };
+    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+/// Applies every pending migration; a no-op when the schema is current.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), BillingError> {
+    Migrator::up(db, None).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    use super::*;
+
+    async fn pragma(db: &DatabaseConnection, name: &str) -> String {
+        let row = db
+            .query_one(Statement::from_string(
+                db.get_database_backend(),
+                format!("PRAGMA {name}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0)
+            .map(|v| v.to_string())
+            .or_else(|_| row.try_get_by_index::<String>(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_is_created_durable_and_migrated_idempotently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/deeper/billing.db");
+        let cfg = DatabaseConfig {
+            url: format!("sqlite://{}", path.display()),
+        };
+        let db = connect(&cfg).await.unwrap();
+        assert!(path.exists());
+        assert_eq!(pragma(&db, "journal_mode").await, "wal");
+        assert_eq!(pragma(&db, "synchronous").await, "2"); // FULL
+        assert_eq!(pragma(&db, "foreign_keys").await, "1");
+        assert_eq!(pragma(&db, "busy_timeout").await, "5000");
+        migrate(&db).await.unwrap();
+        migrate(&db).await.unwrap();
+        db.execute(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, secret_hash, updated_at FROM api_keys",
+        ))
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn sqlite_colon_path_and_memory_urls_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.db");
+        let db = connect(&DatabaseConfig {
+            url: format!("sqlite:{}", path.display()),
+        })
+        .await
+        .unwrap();
+        migrate(&db).await.unwrap();
+        assert!(path.exists());
+
+        let db = connect(&DatabaseConfig {
+            url: "sqlite::memory:".to_owned(),
+        })
+        .await
+        .unwrap();
+        migrate(&db).await.unwrap();
+        migrate(&db).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rejects_unknown_schemes_without_leaking_passwords() {
+        let err = connect(&DatabaseConfig {
+            url: "mysql://root:hunter2@localhost/db".to_owned(),
+        })
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("mysql://root:***@localhost/db"), "{text}");
+        assert!(!text.contains("hunter2"));
+    }
+}

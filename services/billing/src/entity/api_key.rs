@@ -1,0 +1,29 @@
+//! `api_keys`: one row per issued key. Only the SHA-256 of the secret is stored.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "api_keys")]
+pub struct Model {
+    /// UUID v7, as text.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub name: String,
+    /// The first characters of the secret, safe to display (`sk-AbCd1234E`).
+    pub prefix: String,
+    /// Lowercase hex SHA-256 of the full secret.
+    #[sea_orm(unique)]
+    pub secret_hash: String,
+    pub tier: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; set once when the key is revoked.
+    pub revoked_at: Option<i64>,
+    /// Unix milliseconds, bumped on every change; caches poll it to notice changes.
+    pub updated_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

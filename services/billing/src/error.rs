@@ -1,0 +1,165 @@
+//! The billing crate's one error type, and the table that maps each failure onto the product's
+//! error table ([`ApiError`]). Database detail is logged here and never sent to callers.
+
+use std::sync::Arc;
+
+use sea_orm::DbErr;
+use tollgate::error::{ApiError, ErrorKind};
+
+/// Every way a billing operation can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    #[error("database connection error: {0}")]
+    Connect(#[from] sqlx::Error),
+    #[error("cannot prepare the database file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "unsupported database url {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://..."
+    )]
+    UnsupportedDatabaseUrl(String),
+    /// The batch holding this row failed to commit; every row of it gets this error.
+    #[error("ledger write failed: {0}")]
+    LedgerWrite(Arc<DbErr>),
+    #[error("the ledger writer has stopped")]
+    LedgerClosed,
+    #[error("missing API key")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("API key has been revoked")]
+    RevokedKey,
+    /// The key's tier was removed from the config after the key was created.
+    #[error("tier {tier:?} of key {key_id} is not configured")]
+    TierNotConfigured { key_id: String, tier: String },
+    #[error("unknown tier {tier:?}; configured tiers: {}", valid.join(", "))]
+    UnknownTier { tier: String, valid: Vec<String> },
+    #[error("no API key with id or prefix {0:?}")]
+    KeyNotFound(String),
+    #[error("{prefix:?} matches {} keys ({}); give the key id", ids.len(), ids.join(", "))]
+    AmbiguousPrefix { prefix: String, ids: Vec<String> },
+    #[error("rate limit reached: tier {tier} allows {rpm} requests per minute")]
+    RateLimited { tier: String, rpm: u32 },
+    #[error("monthly quota reached: tier {tier} allows {limit} requests per month")]
+    QuotaExceeded { tier: String, limit: u64 },
+    #[error("{param}: {message}")]
+    InvalidArgument {
+        param: &'static str,
+        message: String,
+    },
+}
+
+/// A generic message for failures whose detail stays in the logs.
+const INTERNAL_MESSAGE: &str = "Internal billing error";
+
+impl BillingError {
+    pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            param,
+            message: message.into(),
+        }
+    }
+
+    /// This failure as the caller sees it.
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            Self::Config(_)
+            | Self::Database(_)
+            | Self::Connect(_)
+            | Self::Io(_)
+            | Self::UnsupportedDatabaseUrl(_)
+            | Self::LedgerWrite(_) => ApiError::new(ErrorKind::Internal, INTERNAL_MESSAGE),
+            Self::LedgerClosed => ApiError::new(
+                ErrorKind::Unavailable,
+                "The billing service is shutting down",
+            ),
+            Self::MissingKey => ApiError::new(
+                ErrorKind::Authentication,
+                "Missing API key: send Authorization: Bearer sk-...",
+            )
+            .with_code("missing_api_key"),
+            Self::InvalidKey => {
+                ApiError::new(ErrorKind::Authentication, "Invalid API key provided")
+                    .with_code("invalid_api_key")
+            }
+            Self::RevokedKey => {
+                ApiError::new(ErrorKind::Authentication, "API key has been revoked")
+                    .with_code("invalid_api_key")
+            }
+            Self::TierNotConfigured { tier, .. } => ApiError::new(
+                ErrorKind::Permission,
+                format!("The tier {tier:?} of this API key is not configured on this gateway"),
+            )
+            .with_code("tier_not_configured"),
+            Self::UnknownTier { .. } | Self::AmbiguousPrefix { .. } => {
+                ApiError::new(ErrorKind::InvalidRequest, self.to_string())
+            }
+            Self::KeyNotFound(_) => ApiError::new(ErrorKind::NotFound, self.to_string()),
+            Self::RateLimited { tier, rpm } => ApiError::new(
+                ErrorKind::RateLimit,
+                format!("Rate limit reached: tier {tier} allows {rpm} requests per minute"),
+            )
+            .with_code("rate_limit_exceeded"),
+            Self::QuotaExceeded { tier, limit } => ApiError::new(
+                ErrorKind::RateLimit,
+                format!("Monthly quota reached: tier {tier} allows {limit} requests per month"),
+            )
+            .with_code("monthly_quota_exceeded"),
+            Self::InvalidArgument { param, message } => ApiError::invalid_param(*param, message),
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        self.to_api_error().kind == ErrorKind::Internal
+    }
+}
+
+impl From<BillingError> for tonic::Status {
+    fn from(err: BillingError) -> Self {
+        if err.is_internal() {
+            tracing::error!(error = %err, "billing request failed");
+        }
+        err.to_api_error().into_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_onto_the_error_table() {
+        let status = tonic::Status::from(BillingError::RevokedKey);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let api = ApiError::from_status(&status);
+        assert_eq!(api.code.as_deref(), Some("invalid_api_key"));
+
+        let status = tonic::Status::from(BillingError::QuotaExceeded {
+            tier: "basic".into(),
+            limit: 1000,
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "Monthly quota reached: tier basic allows 1000 requests per month"
+        );
+
+        let status = tonic::Status::from(BillingError::Database(DbErr::Custom(
+            "disk I/O error at /secret/path".into(),
+        )));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(!status.message().contains("/secret/path"));
+
+        let status = tonic::Status::from(BillingError::invalid("request_id", "must not be empty"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            ApiError::from_status(&status).param.as_deref(),
+            Some("request_id")
+        );
+        let status = tonic::Status::from(BillingError::KeyNotFound("sk-x".into()));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+}

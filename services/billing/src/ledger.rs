@@ -1,0 +1,397 @@
+//! The usage ledger: one row per settled request, written by a single group-commit writer, and
+//! the reads over it (the quota count, the usage sums).
+//!
+//! [`Ledger::record`] queues a row and waits. The writer takes one row, drains whatever else is
+//! already queued (up to [`MAX_BATCH`]), inserts the batch in one transaction with
+//! `ON CONFLICT (request_id) DO NOTHING`, commits, and answers every waiter with the cost stored
+//! for its request id. One fsync covers the whole batch, and a row is durable before its caller
+//! hears back. Settling a request id twice stores one row and answers both with the first cost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, SimpleExpr};
+use sea_orm::{
+    ActiveValue, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QuerySelect, TransactionTrait,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::Period;
+use crate::entity::usage_ledger;
+use crate::error::BillingError;
+
+/// Most rows committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// Rows that may wait for the writer before `record` itself waits (backpressure).
+const QUEUE_CAPACITY: usize = 4 * MAX_BATCH;
+
+/// How a settled request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Outcome {
+    /// The value stored in `usage_ledger.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One settled request, ready to store. Token counts and cost are already validated integers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub request_id: String,
+    pub key_id: String,
+    pub requested_model: String,
+    pub model_id: String,
+    pub provider: String,
+    pub upstream_model: String,
+    pub prompt_tokens: i64,
+    pub cached_prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_picodollars: i64,
+    pub outcome: Outcome,
+    pub streamed: bool,
+    /// Unix milliseconds of settlement.
+    pub created_at: i64,
+    pub period: Period,
+}
+
+impl LedgerRow {
+    fn into_active_model(self) -> usage_ledger::ActiveModel {
+        usage_ledger::ActiveModel {
+            id: ActiveValue::NotSet,
+            request_id: ActiveValue::Set(self.request_id),
+            key_id: ActiveValue::Set(self.key_id),
+            requested_model: ActiveValue::Set(self.requested_model),
+            model_id: ActiveValue::Set(self.model_id),
+            provider: ActiveValue::Set(self.provider),
+            upstream_model: ActiveValue::Set(self.upstream_model),
+            prompt_tokens: ActiveValue::Set(self.prompt_tokens),
+            cached_prompt_tokens: ActiveValue::Set(self.cached_prompt_tokens),
+            completion_tokens: ActiveValue::Set(self.completion_tokens),
+            reasoning_tokens: ActiveValue::Set(self.reasoning_tokens),
+            cost_picodollars: ActiveValue::Set(self.cost_picodollars),
+            outcome: ActiveValue::Set(self.outcome.as_str().to_owned()),
+            streamed: ActiveValue::Set(self.streamed),
+            created_at: ActiveValue::Set(self.created_at),
+            period: ActiveValue::Set(self.period.label()),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<i64, BillingError>>;
+
+/// The handle that queues rows for the writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    queue: mpsc::Sender<(LedgerRow, Reply)>,
+}
+
+/// The running writer task. [`shutdown`](Self::shutdown) flushes what is queued and stops it;
+/// it also stops, after flushing, once this handle and every [`Ledger`] are dropped.
+#[derive(Debug)]
+pub struct LedgerWriter {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Ledger {
+    /// Starts the writer on `db`.
+    pub fn start(db: DatabaseConnection) -> (Self, LedgerWriter) {
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_writer(db, rx, stop_rx));
+        (Self { queue }, LedgerWriter { stop, task })
+    }
+
+    /// Stores `row` (or finds the row already stored under its request id) and returns the cost
+    /// stored for that request id, once it is committed.
+    pub async fn record(&self, row: LedgerRow) -> Result<i64, BillingError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((row, reply))
+            .await
+            .map_err(|_| BillingError::LedgerClosed)?;
+        answer.await.map_err(|_| BillingError::LedgerClosed)?
+    }
+}
+
+impl LedgerWriter {
+    /// Refuses new rows, commits every queued one, and waits for the writer to end.
+    pub async fn shutdown(self) {
+        // An error means the writer already ended.
+        let _ = self.stop.send(true);
+        if let Err(err) = self.task.await {
+            tracing::error!(error = %err, "ledger writer panicked");
+        }
+    }
+}
+
+async fn run_writer(
+    db: DatabaseConnection,
+    mut rx: mpsc::Receiver<(LedgerRow, Reply)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut stopping = false;
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => match next {
+                Some(item) => item,
+                None => break,
+            },
+            // A stop request, or the writer handle dropped: take no new rows, flush the queue.
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                rx.close();
+                continue;
+            }
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        write_batch(&db, batch).await;
+    }
+    tracing::debug!("ledger writer stopped");
+}
+
+async fn write_batch(db: &DatabaseConnection, batch: Vec<(LedgerRow, Reply)>) {
+    let (rows, replies): (Vec<LedgerRow>, Vec<Reply>) = batch.into_iter().unzip();
+    let request_ids: Vec<String> = rows.iter().map(|r| r.request_id.clone()).collect();
+    match commit(db, rows).await {
+        Ok(costs) => {
+            for (request_id, reply) in request_ids.into_iter().zip(replies) {
+                let answer = costs.get(&request_id).copied().ok_or_else(|| {
+                    BillingError::Database(DbErr::RecordNotFound(format!(
+                        "ledger row {request_id} missing after commit"
+                    )))
+                });
+                // A waiter that went away needs no answer; its row is stored anyway.
+                let _ = reply.send(answer);
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, rows = replies.len(), "ledger batch failed");
+            let err = Arc::new(err);
+            for reply in replies {
+                let _ = reply.send(Err(BillingError::LedgerWrite(Arc::clone(&err))));
+            }
+        }
+    }
+}
+
+/// Inserts `rows` in one transaction and returns the cost stored under each request id.
+async fn commit(
+    db: &DatabaseConnection,
+    rows: Vec<LedgerRow>,
+) -> Result<HashMap<String, i64>, DbErr> {
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.request_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let txn = db.begin().await?;
+    usage_ledger::Entity::insert_many(rows.into_iter().map(LedgerRow::into_active_model))
+        .on_conflict(
+            OnConflict::column(usage_ledger::Column::RequestId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .do_nothing()
+        .exec_without_returning(&txn)
+        .await?;
+    let stored: Vec<(String, i64)> = usage_ledger::Entity::find()
+        .select_only()
+        .column(usage_ledger::Column::RequestId)
+        .column(usage_ledger::Column::CostPicodollars)
+        .filter(usage_ledger::Column::RequestId.is_in(ids))
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(stored.into_iter().collect())
+}
+
+/// Ledger rows of `key_id` in `period`: the requests it made that month.
+pub async fn count_requests(
+    db: &DatabaseConnection,
+    key_id: &str,
+    period: Period,
+) -> Result<u64, BillingError> {
+    Ok(usage_ledger::Entity::find()
+        .filter(usage_ledger::Column::KeyId.eq(key_id))
+        .filter(usage_ledger::Column::Period.eq(period.label()))
+        .count(db)
+        .await?)
+}
+
+/// Sums of one key's ledger rows over one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_picodollars: i64,
+}
+
+/// `CAST(COALESCE(SUM(col), 0) AS BIGINT)`: PostgreSQL sums BIGINT into NUMERIC, so cast back.
+fn sum(col: usage_ledger::Column) -> SimpleExpr {
+    Expr::expr(Func::coalesce([Expr::col(col).sum(), Expr::value(0i64)]))
+        .cast_as(Alias::new("BIGINT"))
+}
+
+/// Totals of `key_id`'s ledger rows in `period`.
+pub async fn usage_totals(
+    db: &DatabaseConnection,
+    key_id: &str,
+    period: Period,
+) -> Result<UsageTotals, BillingError> {
+    use usage_ledger::Column as C;
+    let row: Option<(i64, i64, i64, i64, i64, i64)> = usage_ledger::Entity::find()
+        .select_only()
+        .column_as(Expr::col(C::Id).count(), "requests")
+        .column_as(sum(C::PromptTokens), "prompt_tokens")
+        .column_as(sum(C::CachedPromptTokens), "cached_prompt_tokens")
+        .column_as(sum(C::CompletionTokens), "completion_tokens")
+        .column_as(sum(C::ReasoningTokens), "reasoning_tokens")
+        .column_as(sum(C::CostPicodollars), "cost_picodollars")
+        .filter(C::KeyId.eq(key_id))
+        .filter(C::Period.eq(period.label()))
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(row.map_or_else(UsageTotals::default, |r| UsageTotals {
+        requests: r.0,
+        prompt_tokens: r.1,
+        cached_prompt_tokens: r.2,
+        completion_tokens: r.3,
+        reasoning_tokens: r.4,
+        cost_picodollars: r.5,
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::db;
+
+    async fn open(path: &std::path::Path) -> DatabaseConnection {
+        let db = db::connect(&DatabaseConfig {
+            url: format!("sqlite://{}", path.display()),
+        })
+        .await
+        .unwrap();
+        db::migrate(&db).await.unwrap();
+        db
+    }
+
+    fn row(request_id: &str, cost: i64) -> LedgerRow {
+        LedgerRow {
+            request_id: request_id.to_owned(),
+            key_id: "key-1".to_owned(),
+            requested_model: "m".to_owned(),
+            model_id: "m".to_owned(),
+            provider: "p".to_owned(),
+            upstream_model: "um".to_owned(),
+            prompt_tokens: 10,
+            cached_prompt_tokens: 2,
+            completion_tokens: 5,
+            reasoning_tokens: 1,
+            cost_picodollars: cost,
+            outcome: Outcome::Succeeded,
+            streamed: false,
+            created_at: crate::clock::now_ms(),
+            period: Period::current(),
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicate_request_ids_keep_the_first_row_even_within_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let (ledger, writer) = Ledger::start(db.clone());
+        let (a, b) = tokio::join!(ledger.record(row("r1", 100)), ledger.record(row("r1", 999)));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            (a, b),
+            (100, 100),
+            "both settles answer with the first cost"
+        );
+        assert_eq!(ledger.record(row("r1", 5)).await.unwrap(), a);
+        assert_eq!(ledger.record(row("r2", 7)).await.unwrap(), 7);
+        writer.shutdown().await;
+        let totals = usage_totals(&db, "key-1", Period::current()).await.unwrap();
+        assert_eq!(totals.requests, 2);
+        assert_eq!(totals.cost_picodollars, a + 7);
+        assert_eq!(totals.prompt_tokens, 20);
+        assert_eq!(
+            count_requests(&db, "key-1", Period::current())
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            count_requests(&db, "key-2", Period::current())
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_flushes_queued_rows_and_refuses_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let db = open(&path).await;
+        let (ledger, writer) = Ledger::start(db.clone());
+        let waiters: Vec<_> = (0..300)
+            .map(|i| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move { ledger.record(row(&format!("r{i}"), i)).await })
+            })
+            .collect();
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        writer.shutdown().await;
+        assert!(matches!(
+            ledger.record(row("late", 1)).await,
+            Err(BillingError::LedgerClosed)
+        ));
+        drop(db);
+        let db = open(&path).await;
+        let totals = usage_totals(&db, "key-1", Period::current()).await.unwrap();
+        assert_eq!(totals.requests, 300);
+        assert_eq!(totals.cost_picodollars, (0..300).sum::<i64>());
+    }
+
+    #[tokio::test]
+    async fn empty_usage_sums_to_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let totals = usage_totals(&db, "nobody", Period::current())
+            .await
+            .unwrap();
+        assert_eq!(totals, UsageTotals::default());
+    }
+}

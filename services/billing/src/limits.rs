@@ -1,0 +1,231 @@
+//! Per-key limits, all in memory: the tier's requests-per-minute (a governor GCRA limiter whose
+//! burst is the RPM) and the monthly request quota (an atomic counter tagged with the month it
+//! counts). A rejected request is never counted against either limit.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::clock::Period;
+use crate::config::Tier;
+use crate::error::BillingError;
+
+/// Bits of the packed counter that hold the count; the rest hold the period ordinal.
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+/// Admitted requests of one key in one UTC month. The month and the count are packed into one
+/// `AtomicU64`, so a month rollover and an increment can never interleave.
+#[derive(Debug)]
+pub struct MonthlyCounter {
+    state: AtomicU64,
+}
+
+fn pack(period: Period, count: u64) -> u64 {
+    (period.ordinal() << COUNT_BITS) | count.min(COUNT_MASK)
+}
+
+fn count_in(state: u64, period: Period) -> u64 {
+    if state >> COUNT_BITS == period.ordinal() {
+        state & COUNT_MASK
+    } else {
+        // A counter of another month counts nothing in this one.
+        0
+    }
+}
+
+impl MonthlyCounter {
+    /// A counter of `period` starting at `count` (the key's ledger rows of that month).
+    pub fn new(period: Period, count: u64) -> Self {
+        Self {
+            state: AtomicU64::new(pack(period, count)),
+        }
+    }
+
+    /// Requests counted in `period`.
+    pub fn count(&self, period: Period) -> u64 {
+        count_in(self.state.load(Ordering::Acquire), period)
+    }
+
+    /// Counts one request in `period` if fewer than `limit` are counted; false when the quota is
+    /// used up. Concurrent callers never push the count past `limit`.
+    pub fn try_acquire(&self, period: Period, limit: u64) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let count = count_in(current, period);
+            if count >= limit || count >= COUNT_MASK {
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                pack(period, count + 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back a slot taken by [`try_acquire`](Self::try_acquire) in `period` (the request was
+    /// refused by another limit). A no-op once the month has rolled over.
+    pub fn release(&self, period: Period) {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current >> COUNT_BITS != period.ordinal() || current & COUNT_MASK == 0 {
+                return;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+/// The limits of one key: its tier, its RPM limiter and its monthly counter.
+pub struct KeyLimits {
+    tier: Arc<Tier>,
+    rpm: DefaultDirectRateLimiter,
+    monthly: MonthlyCounter,
+}
+
+impl std::fmt::Debug for KeyLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLimits")
+            .field("tier", &self.tier)
+            .field("monthly", &self.monthly)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyLimits {
+    /// Limits for a key of `tier` that already made `used` requests in `period`.
+    pub fn new(tier: Arc<Tier>, period: Period, used: u64) -> Self {
+        Self {
+            rpm: RateLimiter::direct(Quota::per_minute(tier.rpm)),
+            monthly: MonthlyCounter::new(period, used),
+            tier,
+        }
+    }
+
+    pub fn tier(&self) -> &Tier {
+        &self.tier
+    }
+
+    pub fn rpm_limit(&self) -> NonZeroU32 {
+        self.tier.rpm
+    }
+
+    /// Requests admitted in `period`.
+    pub fn used(&self, period: Period) -> u64 {
+        self.monthly.count(period)
+    }
+
+    /// Admits one request in `period`: takes a monthly slot, then an RPM cell. If the RPM
+    /// limiter refuses, the monthly slot is given back, so a refused request counts nowhere.
+    pub fn admit(&self, period: Period) -> Result<(), BillingError> {
+        if !self.monthly.try_acquire(period, self.tier.monthly_requests) {
+            return Err(BillingError::QuotaExceeded {
+                tier: self.tier.name.clone(),
+                limit: self.tier.monthly_requests,
+            });
+        }
+        if self.rpm.check().is_err() {
+            self.monthly.release(period);
+            return Err(BillingError::RateLimited {
+                tier: self.tier.name.clone(),
+                rpm: self.tier.rpm.get(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    fn nov() -> Period {
+        Period::of(Utc.with_ymd_and_hms(2026, 11, 15, 0, 0, 0).unwrap())
+    }
+
+    fn tier(rpm: u32, monthly_requests: u64) -> Arc<Tier> {
+        Arc::new(Tier {
+            name: "basic".to_owned(),
+            rpm: NonZeroU32::new(rpm).unwrap(),
+            monthly_requests,
+        })
+    }
+
+    #[test]
+    fn counter_stops_at_the_limit_and_resets_next_month() {
+        let c = MonthlyCounter::new(nov(), 3);
+        assert!(c.try_acquire(nov(), 5));
+        assert!(c.try_acquire(nov(), 5));
+        assert!(!c.try_acquire(nov(), 5));
+        assert_eq!(c.count(nov()), 5);
+        assert_eq!(c.count(nov().next()), 0);
+        assert!(c.try_acquire(nov().next(), 5));
+        assert_eq!(c.count(nov().next()), 1);
+        assert_eq!(c.count(nov()), 0);
+        // A slot of the old month cannot be given back into the new one.
+        c.release(nov());
+        assert_eq!(c.count(nov().next()), 1);
+        c.release(nov().next());
+        c.release(nov().next());
+        assert_eq!(c.count(nov().next()), 0);
+    }
+
+    #[test]
+    fn concurrent_acquires_never_overshoot() {
+        let c = Arc::new(MonthlyCounter::new(nov(), 0));
+        let granted: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let c = Arc::clone(&c);
+                    s.spawn(move || (0..1000).filter(|_| c.try_acquire(nov(), 2500)).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap() as u64).sum()
+        });
+        assert_eq!(granted, 2500);
+        assert_eq!(c.count(nov()), 2500);
+    }
+
+    #[test]
+    fn rpm_refusal_does_not_use_quota() {
+        let limits = KeyLimits::new(tier(3, 100), nov(), 0);
+        for _ in 0..3 {
+            limits.admit(nov()).unwrap();
+        }
+        let err = limits.admit(nov()).unwrap_err();
+        assert!(
+            matches!(err, BillingError::RateLimited { rpm: 3, .. }),
+            "{err:?}"
+        );
+        assert_eq!(limits.used(nov()), 3);
+    }
+
+    #[test]
+    fn quota_refusal_names_the_tier() {
+        let limits = KeyLimits::new(tier(100, 2), nov(), 1);
+        limits.admit(nov()).unwrap();
+        let err = limits.admit(nov()).unwrap_err();
+        assert_eq!(
+            err.to_api_error().message,
+            "Monthly quota reached: tier basic allows 2 requests per month"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! The billing schema as dated sea-orm migrations, portable across SQLite and PostgreSQL (schema
+//! builder only, no raw SQL). [`Migrator`] runs them in order and records them in
+//! `seaql_migrations`, so running it again is a no-op.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_api_keys;
+mod m20261123_000002_create_usage_ledger;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_create_api_keys::Migration),
+            Box::new(m20261123_000002_create_usage_ledger::Migration),
+        ]
+    }
+}

@@ -1,0 +1,389 @@
+//! The `tollgate.v1.Billing` gRPC service: authentication from the key cache, admission against
+//! the in-memory limits, settlement through the group-commit ledger, and usage reports.
+//! [`BillingService`] owns two background tasks (the ledger writer and the key-refresh poll);
+//! [`BillingService::shutdown`] stops both after flushing the ledger.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tollgate::money::cost_picodollars;
+use tollgate::v1::billing_server::Billing;
+use tollgate::v1::{
+    Admission, AdmitRequest, AuthenticateRequest, GetUsageRequest, InvalidateKeyRequest,
+    InvalidateKeyResponse, KeyInfo, Pricing, SettleRequest, Settlement, UsageReport,
+};
+use tonic::{Request, Response, Status};
+
+use crate::clock::{Period, now_ms};
+use crate::config::Tiers;
+use crate::entity::api_key;
+use crate::error::BillingError;
+use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
+use crate::ledger::{self, Ledger, LedgerRow, LedgerWriter, Outcome};
+
+/// How often a service polls `api_keys` for changes made elsewhere, unless told otherwise.
+pub const DEFAULT_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest accepted refresh interval.
+const MIN_KEY_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The billing service. Cheap to clone; clones share one cache, one ledger and one set of tasks.
+#[derive(Clone)]
+pub struct BillingService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    tiers: Tiers,
+    keys: Arc<KeyCache>,
+    ledger: Ledger,
+    tasks: Mutex<Option<Tasks>>,
+}
+
+struct Tasks {
+    ledger_writer: LedgerWriter,
+    /// Dropping or signalling it ends the refresh task.
+    stop_refresh: watch::Sender<bool>,
+    refresh: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for BillingService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BillingService")
+            .field("tiers", &self.inner.tiers)
+            .field("cached_keys", &self.inner.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BillingService {
+    /// Starts the service on a migrated database: spawns the ledger writer and a task that polls
+    /// `api_keys` every `key_refresh_interval` (see [`DEFAULT_KEY_REFRESH_INTERVAL`]) and evicts
+    /// keys changed by other processes. Fails when the schema is missing (run the migrations).
+    pub async fn new(
+        db: DatabaseConnection,
+        tiers: Tiers,
+        key_refresh_interval: Duration,
+    ) -> Result<Self, BillingError> {
+        api_key::Entity::find().limit(1).all(&db).await?;
+        let keys = Arc::new(KeyCache::new());
+        let (ledger, ledger_writer) = Ledger::start(db.clone());
+        let (stop_refresh, stop_rx) = watch::channel(false);
+        let refresh = tokio::spawn(refresh_keys(
+            db.clone(),
+            Arc::clone(&keys),
+            key_refresh_interval.max(MIN_KEY_REFRESH_INTERVAL),
+            stop_rx,
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                tiers,
+                keys,
+                ledger,
+                tasks: Mutex::new(Some(Tasks {
+                    ledger_writer,
+                    stop_refresh,
+                    refresh,
+                })),
+            }),
+        })
+    }
+
+    /// Stops the background tasks: the ledger commits every queued row first, then refuses new
+    /// ones (`Settle` answers UNAVAILABLE afterwards). Idempotent.
+    pub async fn shutdown(&self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Some(tasks) = tasks else { return };
+        let _ = tasks.stop_refresh.send(true);
+        tasks.ledger_writer.shutdown().await;
+        if let Err(err) = tasks.refresh.await {
+            tracing::error!(error = %err, "key refresh task panicked");
+        }
+    }
+
+    /// The configured tiers.
+    pub fn tiers(&self) -> &Tiers {
+        &self.inner.tiers
+    }
+
+    async fn authenticate_request<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Arc<ActiveKey>, BillingError> {
+        let secret = tollgate::auth::api_key(request.metadata()).ok_or(BillingError::MissingKey)?;
+        self.inner
+            .keys
+            .authenticate(&self.inner.db, &self.inner.tiers, secret)
+            .await
+    }
+
+    async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
+        let row = ledger_row(req, now_ms(), Period::current())?;
+        let request_id = row.request_id.clone();
+        let cost_picodollars = self.inner.ledger.record(row).await?;
+        Ok(Settlement {
+            request_id,
+            cost_picodollars,
+        })
+    }
+}
+
+fn key_info(key: &ActiveKey) -> KeyInfo {
+    KeyInfo {
+        key_id: key.record.id.clone(),
+        key_prefix: key.record.display_prefix(),
+        tier: key.record.tier.clone(),
+        name: key.record.name.clone(),
+    }
+}
+
+fn non_empty(param: &'static str, value: String) -> Result<String, BillingError> {
+    if value.trim().is_empty() {
+        Err(BillingError::invalid(
+            param,
+            format!("{param} must not be empty"),
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+fn tokens(param: &'static str, value: u64) -> Result<i64, BillingError> {
+    i64::try_from(value).map_err(|_| BillingError::invalid(param, format!("{param} is too large")))
+}
+
+/// Validates a `SettleRequest` and prices it.
+fn ledger_row(req: SettleRequest, now: i64, period: Period) -> Result<LedgerRow, BillingError> {
+    let request_id = non_empty("request_id", req.request_id)?;
+    let key_id = non_empty("key_id", req.key_id)?;
+    let outcome = match tollgate::v1::Outcome::try_from(req.outcome) {
+        Ok(tollgate::v1::Outcome::Succeeded) => Outcome::Succeeded,
+        Ok(tollgate::v1::Outcome::Failed) => Outcome::Failed,
+        Ok(tollgate::v1::Outcome::Cancelled) => Outcome::Cancelled,
+        Ok(tollgate::v1::Outcome::Unspecified) | Err(_) => {
+            return Err(BillingError::invalid(
+                "outcome",
+                "outcome must be succeeded, failed or cancelled",
+            ));
+        }
+    };
+    let usage = req.usage.unwrap_or_default();
+    let pricing = req.pricing.unwrap_or_default();
+    validate_pricing(&pricing)?;
+    Ok(LedgerRow {
+        request_id,
+        key_id,
+        requested_model: req.requested_model,
+        model_id: req.model_id,
+        provider: req.provider,
+        upstream_model: req.upstream_model,
+        prompt_tokens: tokens("usage.prompt_tokens", usage.prompt_tokens)?,
+        cached_prompt_tokens: tokens("usage.cached_prompt_tokens", usage.cached_prompt_tokens)?,
+        completion_tokens: tokens("usage.completion_tokens", usage.completion_tokens)?,
+        reasoning_tokens: tokens("usage.reasoning_tokens", usage.reasoning_tokens)?,
+        cost_picodollars: cost_picodollars(&usage, &pricing),
+        outcome,
+        streamed: req.streamed,
+        created_at: now,
+        period,
+    })
+}
+
+fn validate_pricing(pricing: &Pricing) -> Result<(), BillingError> {
+    let prices = [
+        (
+            "pricing.input_micros_per_mtok",
+            pricing.input_micros_per_mtok,
+        ),
+        (
+            "pricing.cached_input_micros_per_mtok",
+            pricing.cached_input_micros_per_mtok,
+        ),
+        (
+            "pricing.output_micros_per_mtok",
+            pricing.output_micros_per_mtok,
+        ),
+    ];
+    for (param, price) in prices {
+        if price < 0 {
+            return Err(BillingError::invalid(
+                param,
+                format!("{param} must not be negative"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Polls for key changes until told to stop (or until the service is dropped).
+async fn refresh_keys(
+    db: DatabaseConnection,
+    keys: Arc<KeyCache>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut refresher = KeyRefresher::new(now_ms());
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        match refresher.poll(&db, &keys).await {
+            Ok(0) => {}
+            Ok(changed) => {
+                tracing::debug!(changed, "api_keys changed; stale cache entries evicted")
+            }
+            Err(err) => tracing::warn!(error = %err, "polling api_keys for changes failed"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Billing for BillingService {
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<KeyInfo>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        Ok(Response::new(key_info(&key)))
+    }
+
+    async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        let request_id = non_empty("request_id", request.into_inner().request_id)?;
+        key.limits.admit(Period::current())?;
+        Ok(Response::new(Admission {
+            key: Some(key_info(&key)),
+            request_id,
+        }))
+    }
+
+    async fn settle(
+        &self,
+        request: Request<SettleRequest>,
+    ) -> Result<Response<Settlement>, Status> {
+        Ok(Response::new(self.settle_row(request.into_inner()).await?))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<GetUsageRequest>,
+    ) -> Result<Response<UsageReport>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        let period = Period::current();
+        let totals = ledger::usage_totals(&self.inner.db, &key.record.id, period)
+            .await
+            .map_err(Status::from)?;
+        let tier = key.limits.tier();
+        let used = key.limits.used(period);
+        let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Response::new(UsageReport {
+            key_prefix: key.record.display_prefix(),
+            tier: tier.name.clone(),
+            monthly_requests: used,
+            monthly_limit: tier.monthly_requests,
+            remaining: tier.monthly_requests.saturating_sub(used),
+            total_prompt_tokens: unsigned(totals.prompt_tokens),
+            total_completion_tokens: unsigned(totals.completion_tokens),
+            total_cached_prompt_tokens: unsigned(totals.cached_prompt_tokens),
+            total_reasoning_tokens: unsigned(totals.reasoning_tokens),
+            total_cost_picodollars: totals.cost_picodollars,
+            rpm_limit: tier.rpm.get(),
+            period_start: period.start_rfc3339(),
+        }))
+    }
+
+    async fn invalidate_key(
+        &self,
+        request: Request<InvalidateKeyRequest>,
+    ) -> Result<Response<InvalidateKeyResponse>, Status> {
+        self.inner.keys.invalidate(&request.into_inner().key_id);
+        Ok(Response::new(InvalidateKeyResponse {}))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use tollgate::v1::Usage;
+
+    use super::*;
+
+    fn settle_request() -> SettleRequest {
+        SettleRequest {
+            request_id: "chatcmpl-1".into(),
+            key_id: "k".into(),
+            usage: Some(Usage {
+                prompt_tokens: 161,
+                cached_prompt_tokens: 128,
+                completion_tokens: 25,
+                total_tokens: 186,
+                ..Default::default()
+            }),
+            pricing: Some(Pricing {
+                input_micros_per_mtok: 220_000,
+                cached_input_micros_per_mtok: 5_000,
+                output_micros_per_mtok: 440_000,
+            }),
+            outcome: tollgate::v1::Outcome::Succeeded as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settle_rows_are_priced_exactly() {
+        let row = ledger_row(settle_request(), 0, Period::current()).unwrap();
+        assert_eq!(
+            row.cost_picodollars,
+            33 * 220_000 + 128 * 5_000 + 25 * 440_000
+        );
+        let mut req = settle_request();
+        req.usage = None;
+        assert_eq!(
+            ledger_row(req, 0, Period::current())
+                .unwrap()
+                .cost_picodollars,
+            0
+        );
+    }
+
+    #[test]
+    fn settle_rows_are_validated() {
+        let param = |req: SettleRequest| match ledger_row(req, 0, Period::current()) {
+            Err(BillingError::InvalidArgument { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        let mut req = settle_request();
+        req.request_id = " ".into();
+        assert_eq!(param(req), "request_id");
+        let mut req = settle_request();
+        req.key_id.clear();
+        assert_eq!(param(req), "key_id");
+        let mut req = settle_request();
+        req.outcome = 0;
+        assert_eq!(param(req), "outcome");
+        let mut req = settle_request();
+        req.pricing = Some(Pricing {
+            output_micros_per_mtok: -1,
+            ..Default::default()
+        });
+        assert_eq!(param(req), "pricing.output_micros_per_mtok");
+        let mut req = settle_request();
+        req.usage = Some(Usage {
+            prompt_tokens: u64::MAX,
+            ..Default::default()
+        });
+        assert_eq!(param(req), "usage.prompt_tokens");
+    }
+}

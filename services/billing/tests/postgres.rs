@@ -1,0 +1,104 @@
+//! The same schema and service on PostgreSQL. Runs only when `TOLLGATE_TEST_POSTGRES_URL` names a
+//! database to use (e.g. `postgres://tollgate@localhost/billing_test`); it is skipped otherwise.
+//! Everything it writes is scoped to keys it creates, so the database may be reused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use tollgate::v1::{AdmitRequest, GetUsageRequest, Outcome, Pricing, SettleRequest, Usage};
+use tollgate_billing::{DatabaseConfig, create_key, list_keys, revoke_key};
+use tonic::Code;
+
+use support::{Harness, eventually, tier, tiers, with_key};
+
+#[tokio::test]
+async fn billing_works_on_postgres() {
+    let Ok(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL") else {
+        eprintln!("TOLLGATE_TEST_POSTGRES_URL is not set; skipping");
+        return;
+    };
+    let db = tollgate_billing::connect(&DatabaseConfig { url })
+        .await
+        .unwrap();
+    tollgate_billing::migrate(&db).await.unwrap();
+    tollgate_billing::migrate(&db).await.unwrap();
+
+    let h = Harness::start_on(
+        db,
+        tiers(vec![tier("basic", 100, 2)]),
+        Duration::from_millis(50),
+    )
+    .await;
+    let (record, secret) = create_key(&h.db, &h.tiers, "basic", Some("pg"))
+        .await
+        .unwrap();
+    assert!(list_keys(&h.db).await.unwrap().contains(&record));
+    let mut client = h.client.clone();
+
+    let run = uuid::Uuid::now_v7();
+    for i in 0..3 {
+        let request_id = format!("chatcmpl-{run}-{i}");
+        let admitted = client
+            .admit(with_key(
+                AdmitRequest {
+                    request_id: request_id.clone(),
+                    model: "m".into(),
+                },
+                secret.expose_secret(),
+            ))
+            .await;
+        if i == 2 {
+            assert_eq!(admitted.unwrap_err().code(), Code::ResourceExhausted);
+            continue;
+        }
+        admitted.unwrap();
+        let req = SettleRequest {
+            request_id,
+            key_id: record.id.clone(),
+            usage: Some(Usage {
+                prompt_tokens: 161,
+                cached_prompt_tokens: 128,
+                completion_tokens: 25,
+                ..Default::default()
+            }),
+            pricing: Some(Pricing {
+                input_micros_per_mtok: 220_000,
+                cached_input_micros_per_mtok: 5_000,
+                output_micros_per_mtok: 440_000,
+            }),
+            outcome: Outcome::Succeeded as i32,
+            ..Default::default()
+        };
+        // Settled twice: one row.
+        for _ in 0..2 {
+            let s = client.settle(req.clone()).await.unwrap().into_inner();
+            assert_eq!(s.cost_picodollars, 18_900_000);
+        }
+    }
+    let report = client
+        .get_usage(with_key(GetUsageRequest {}, secret.expose_secret()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.monthly_requests, 2);
+    assert_eq!(report.total_prompt_tokens, 322);
+    assert_eq!(report.total_cached_prompt_tokens, 256);
+    assert_eq!(report.total_cost_picodollars, 37_800_000);
+
+    revoke_key(&h.db, &record.display_prefix()).await.unwrap();
+    let refused = eventually(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        let secret = secret.expose_secret().to_owned();
+        async move {
+            client
+                .get_usage(with_key(GetUsageRequest {}, &secret))
+                .await
+                .is_err_and(|s| s.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+    assert!(refused);
+    h.stop().await;
+}

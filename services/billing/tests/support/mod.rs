@@ -1,0 +1,131 @@
+//! Shared set-up of the billing service tests: a SQLite file in a temp dir, the service behind a
+//! real tonic server on 127.0.0.1:0, and a generated client connected to it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate::error::ApiError;
+use tollgate::v1::billing_client::BillingClient;
+use tollgate::v1::billing_server::BillingServer;
+use tollgate_billing::{BillingService, DatabaseConfig, TierConfig, Tiers};
+use tonic::transport::Channel;
+
+pub fn tier(name: &str, rpm: u32, monthly_requests: u64) -> TierConfig {
+    TierConfig {
+        name: name.to_owned(),
+        rpm,
+        monthly_requests,
+    }
+}
+
+pub fn tiers(list: Vec<TierConfig>) -> Tiers {
+    Tiers::new(list).unwrap()
+}
+
+pub async fn open_db(path: &Path) -> DatabaseConnection {
+    let db = tollgate_billing::connect(&DatabaseConfig {
+        url: format!("sqlite://{}", path.display()),
+    })
+    .await
+    .unwrap();
+    tollgate_billing::migrate(&db).await.unwrap();
+    db
+}
+
+/// One running billing service and a client of it.
+pub struct Harness {
+    pub db: DatabaseConnection,
+    pub tiers: Tiers,
+    pub service: BillingService,
+    pub client: BillingClient<Channel>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Harness {
+    pub async fn start(db_path: &Path, tiers: Tiers, refresh: Duration) -> Self {
+        Self::start_on(open_db(db_path).await, tiers, refresh).await
+    }
+
+    /// Starts on an open, migrated database (PostgreSQL tests).
+    pub async fn start_on(db: DatabaseConnection, tiers: Tiers, refresh: Duration) -> Self {
+        let service = BillingService::new(db.clone(), tiers.clone(), refresh)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let service = service.clone();
+            async move {
+                tonic::transport::Server::builder()
+                    .add_service(BillingServer::new(service))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            }
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            db,
+            tiers,
+            service,
+            client: BillingClient::new(channel),
+            stop_server: Some(stop_server),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server and the service (flushing the ledger).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+        self.service.shutdown().await;
+    }
+}
+
+/// A request carrying `authorization: Bearer <secret>`.
+pub fn with_key<T>(message: T, secret: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    assert!(tollgate::auth::set_api_key(request.metadata_mut(), secret));
+    request
+}
+
+/// The machine-readable `code` of a status built from the error table.
+pub fn error_code(status: &tonic::Status) -> Option<String> {
+    ApiError::from_status(status).code
+}
+
+/// Polls `check` until it holds or `deadline` passes; true when it held.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,1 +1,14 @@
-//! placeholder
+//! The REST facade and the process that assembles Tollgate. The facade speaks OpenAI's JSON and
+//! SSE to clients and reaches the services only through their gRPC interfaces (called in-process
+//! in monolithic mode), so any service can move to its own process without changing the facade.
+
+pub mod app;
+mod chat_completions;
+pub mod config;
+mod error;
+mod models;
+pub mod server;
+mod usage;
+
+pub use app::{AppState, app};
+pub use config::{Config, ConfigError, Runtime};

@@ -464,12 +464,11 @@ impl ChatCompletionChunk {
                                     index: t.index,
                                     id: t.id,
                                     kind: t.r#type,
-                                    function: (t.name.is_some() || t.arguments.is_some()).then(
-                                        || FunctionDeltaJson {
+                                    function: (t.name.is_some() || t.arguments.is_some())
+                                        .then_some(FunctionDeltaJson {
                                             name: t.name,
                                             arguments: t.arguments,
-                                        },
-                                    ),
+                                        }),
                                 })
                                 .collect(),
                             refusal: d.refusal,

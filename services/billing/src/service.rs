@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate::money::cost_picodollars;
 use tollgate::v1::billing_server::Billing;
+use tollgate::v1::metering_server::Metering;
 use tollgate::v1::{
     Admission, AdmitRequest, AuthenticateRequest, GetUsageRequest, InvalidateKeyRequest,
     InvalidateKeyResponse, KeyInfo, Pricing, SettleRequest, Settlement, UsageReport,
@@ -251,31 +252,6 @@ async fn refresh_keys(
 
 #[tonic::async_trait]
 impl Billing for BillingService {
-    async fn authenticate(
-        &self,
-        request: Request<AuthenticateRequest>,
-    ) -> Result<Response<KeyInfo>, Status> {
-        let key = self.authenticate_request(&request).await?;
-        Ok(Response::new(key_info(&key)))
-    }
-
-    async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
-        let key = self.authenticate_request(&request).await?;
-        let request_id = non_empty("request_id", request.into_inner().request_id)?;
-        key.limits.admit(Period::current())?;
-        Ok(Response::new(Admission {
-            key: Some(key_info(&key)),
-            request_id,
-        }))
-    }
-
-    async fn settle(
-        &self,
-        request: Request<SettleRequest>,
-    ) -> Result<Response<Settlement>, Status> {
-        Ok(Response::new(self.settle_row(request.into_inner()).await?))
-    }
-
     async fn get_usage(
         &self,
         request: Request<GetUsageRequest>,
@@ -302,6 +278,34 @@ impl Billing for BillingService {
             rpm_limit: tier.rpm.get(),
             period_start: period.start_rfc3339(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Metering for BillingService {
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<KeyInfo>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        Ok(Response::new(key_info(&key)))
+    }
+
+    async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        let request_id = non_empty("request_id", request.into_inner().request_id)?;
+        key.limits.admit(Period::current())?;
+        Ok(Response::new(Admission {
+            key: Some(key_info(&key)),
+            request_id,
+        }))
+    }
+
+    async fn settle(
+        &self,
+        request: Request<SettleRequest>,
+    ) -> Result<Response<Settlement>, Status> {
+        Ok(Response::new(self.settle_row(request.into_inner()).await?))
     }
 
     async fn invalidate_key(

@@ -113,10 +113,10 @@ impl Catalog {
                     target: a.target.clone(),
                 }
             })?;
-            let allowed = match (a.thinking, target.thinking) {
-                (Some(true), ThinkingConfig::None) | (Some(false), ThinkingConfig::Always) => false,
-                _ => true,
-            };
+            let allowed = !matches!(
+                (a.thinking, target.thinking),
+                (Some(true), ThinkingConfig::None) | (Some(false), ThinkingConfig::Always)
+            );
             if let (false, Some(wanted)) = (allowed, a.thinking) {
                 return Err(CatalogError::ThinkingUnsupported {
                     field: field("thinking"),

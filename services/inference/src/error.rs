@@ -40,7 +40,7 @@ impl UpstreamError {
     pub fn from_status(provider: &str, status: u16, message: String) -> Self {
         let provider = provider.to_owned();
         match status {
-            401 | 402 | 403 => Self::Credentials { provider, status },
+            401..=403 => Self::Credentials { provider, status },
             429 | 503 | 529 => Self::Overloaded { provider, status },
             504 => Self::Timeout {
                 provider,

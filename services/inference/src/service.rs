@@ -13,8 +13,8 @@ use tollgate::{
     transport::GrpcTransport,
     v1::{
         AdmitRequest, ChatChunk, ChatRequest, ChatResponse, Outcome, ResolveModelRequest,
-        ResolvedModel, SettleRequest, Usage, billing_client::BillingClient,
-        catalog_client::CatalogClient, inference_server,
+        ResolvedModel, SettleRequest, Usage, catalog_client::CatalogClient, inference_server,
+        metering_client::MeteringClient,
     },
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -35,7 +35,7 @@ pub struct InferenceService {
 struct Inner {
     providers: Providers,
     catalog: CatalogClient<GrpcTransport>,
-    billing: BillingClient<GrpcTransport>,
+    metering: MeteringClient<GrpcTransport>,
 }
 
 /// A request that Billing admitted: from here on it must be settled exactly once.
@@ -60,13 +60,13 @@ impl Admitted {
 }
 
 impl InferenceService {
-    /// `catalog` and `billing` reach those services in-process or over the network.
-    pub fn new(providers: Providers, catalog: GrpcTransport, billing: GrpcTransport) -> Self {
+    /// `catalog` and `metering` (Billing's internal API) reach those services in-process or over the network.
+    pub fn new(providers: Providers, catalog: GrpcTransport, metering: GrpcTransport) -> Self {
         Self {
             inner: Arc::new(Inner {
                 providers,
                 catalog: CatalogClient::new(catalog),
-                billing: BillingClient::new(billing),
+                metering: MeteringClient::new(metering),
             }),
         }
     }
@@ -107,7 +107,7 @@ impl InferenceService {
         if let Some(auth) = metadata.get(AUTHORIZATION) {
             admit.metadata_mut().insert(AUTHORIZATION, auth.clone());
         }
-        let admission = self.inner.billing.clone().admit(admit).await?.into_inner();
+        let admission = self.inner.metering.clone().admit(admit).await?.into_inner();
         let thinking = route.thinking_override.or_else(|| {
             request
                 .reasoning_effort
@@ -134,7 +134,7 @@ impl InferenceService {
     ) -> Result<i64, Status> {
         let settlement = self
             .inner
-            .billing
+            .metering
             .clone()
             .settle(SettleRequest {
                 request_id: admitted.request_id.clone(),

@@ -49,17 +49,16 @@ pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
                     format!("{} is required on tool messages", param("tool_call_id")),
                 ));
             }
-            Role::Assistant => {
-                if message.content.is_none() && message.tool_calls.is_empty() {
-                    return Err(ApiError::invalid_param(
-                        param("content"),
-                        format!(
-                            "{} is required unless the assistant message has tool_calls",
-                            param("content")
-                        ),
-                    ));
-                }
+            Role::Assistant if message.content.is_none() && message.tool_calls.is_empty() => {
+                return Err(ApiError::invalid_param(
+                    param("content"),
+                    format!(
+                        "{} is required unless the assistant message has tool_calls",
+                        param("content")
+                    ),
+                ));
             }
+            Role::Assistant => {}
             _ if message.content.is_none() => {
                 return Err(ApiError::invalid_param(
                     param("content"),

@@ -13,6 +13,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tollgate::error::ApiError;
 use tollgate::v1::billing_client::BillingClient;
 use tollgate::v1::billing_server::BillingServer;
+use tollgate::v1::metering_client::MeteringClient;
+use tollgate::v1::metering_server::MeteringServer;
 use tollgate_billing::{BillingService, DatabaseConfig, TierConfig, Tiers};
 use tonic::transport::Channel;
 
@@ -43,7 +45,7 @@ pub struct Harness {
     pub db: DatabaseConnection,
     pub tiers: Tiers,
     pub service: BillingService,
-    pub client: BillingClient<Channel>,
+    pub client: Clients,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -65,7 +67,8 @@ impl Harness {
             let service = service.clone();
             async move {
                 tonic::transport::Server::builder()
-                    .add_service(BillingServer::new(service))
+                    .add_service(BillingServer::new(service.clone()))
+                    .add_service(MeteringServer::new(service))
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                         let _ = stopped.await;
                     })
@@ -82,7 +85,10 @@ impl Harness {
             db,
             tiers,
             service,
-            client: BillingClient::new(channel),
+            client: Clients {
+                metering: MeteringClient::new(channel.clone()),
+                billing: BillingClient::new(channel),
+            },
             stop_server: Some(stop_server),
             server: Some(server),
         }
@@ -127,5 +133,50 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Clients of both billing services (the public `Billing` and the internal `Metering`), so a test
+/// calls every RPC on one value.
+#[derive(Clone)]
+pub struct Clients {
+    pub metering: MeteringClient<Channel>,
+    pub billing: BillingClient<Channel>,
+}
+
+impl Clients {
+    pub async fn authenticate(
+        &mut self,
+        request: impl tonic::IntoRequest<tollgate::v1::AuthenticateRequest>,
+    ) -> Result<tonic::Response<tollgate::v1::KeyInfo>, tonic::Status> {
+        self.metering.authenticate(request).await
+    }
+
+    pub async fn admit(
+        &mut self,
+        request: impl tonic::IntoRequest<tollgate::v1::AdmitRequest>,
+    ) -> Result<tonic::Response<tollgate::v1::Admission>, tonic::Status> {
+        self.metering.admit(request).await
+    }
+
+    pub async fn settle(
+        &mut self,
+        request: impl tonic::IntoRequest<tollgate::v1::SettleRequest>,
+    ) -> Result<tonic::Response<tollgate::v1::Settlement>, tonic::Status> {
+        self.metering.settle(request).await
+    }
+
+    pub async fn invalidate_key(
+        &mut self,
+        request: impl tonic::IntoRequest<tollgate::v1::InvalidateKeyRequest>,
+    ) -> Result<tonic::Response<tollgate::v1::InvalidateKeyResponse>, tonic::Status> {
+        self.metering.invalidate_key(request).await
+    }
+
+    pub async fn get_usage(
+        &mut self,
+        request: impl tonic::IntoRequest<tollgate::v1::GetUsageRequest>,
+    ) -> Result<tonic::Response<tollgate::v1::UsageReport>, tonic::Status> {
+        self.billing.get_usage(request).await
     }
 }

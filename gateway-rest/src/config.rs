@@ -1,0 +1,307 @@
+//! The configuration file, in two phases: [`Config`] is what the TOML says (unknown keys are
+//! errors naming their path), [`Runtime`] is the validated form the process runs on. Values can be
+//! overridden from the environment as `TOLLGATE__SECTION__KEY`; the environment is passed in, so
+//! tests never touch the process's own.
+
+use std::net::SocketAddr;
+
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+use tollgate_billing::config::{DatabaseConfig, TierConfig};
+use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
+use tollgate_inference::ProviderConfig;
+
+/// Prefix of environment overrides: `TOLLGATE__SERVER__HTTP_ADDR=0.0.0.0:8080`.
+pub const ENV_PREFIX: &str = "TOLLGATE__";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_http_addr")]
+    pub http_addr: SocketAddr,
+    #[serde(default = "default_grpc_addr")]
+    pub grpc_addr: SocketAddr,
+    /// Larger request bodies are refused with 400.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How long a shutdown waits for in-flight requests.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// How often a process re-reads keys changed by another process (revocations).
+    #[serde(default = "default_key_refresh_ms")]
+    pub key_refresh_ms: u64,
+}
+
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_grpc_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+
+fn default_key_refresh_ms() -> u64 {
+    1000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: default_http_addr(),
+            grpc_addr: default_grpc_addr(),
+            max_body_bytes: default_max_body_bytes(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+            key_refresh_ms: default_key_refresh_ms(),
+        }
+    }
+}
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub aliases: Vec<AliasConfig>,
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Catalog(#[from] tollgate_catalog::CatalogError),
+    #[error("invalid configuration: {0}")]
+    Tiers(#[from] tollgate_billing::config::ConfigError),
+    #[error("invalid configuration: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub catalog: Catalog,
+    pub tiers: tollgate_billing::Tiers,
+}
+
+impl Config {
+    /// Reads `path` and applies `TOLLGATE__…` overrides from `env`.
+    pub fn load(
+        path: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, env)
+    }
+
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        // Figment's Env provider reads the process environment; the overrides are collected
+        // from the given pairs instead and merged as one nested dictionary.
+        let mut overrides = figment::value::Dict::new();
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            // Parsed as figment parses environment values: numbers, booleans, arrays, strings.
+            let value = value
+                .parse::<figment::value::Value>()
+                .unwrap_or_else(|never| match never {});
+            insert_path(&mut overrides, &parts, value);
+        }
+        Figment::new()
+            .merge(Serialized::defaults(ServerSection::default()))
+            .merge(Toml::string(text))
+            .merge(Serialized::globals(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))
+    }
+
+    /// Checks everything that can be wrong and builds the runtime form.
+    pub fn validate(self) -> Result<Runtime, ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            if p.name.trim().is_empty() || !names.insert(p.name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    field: format!("providers[{i}].name"),
+                    message: format!("provider name {:?} is empty or used twice", p.name),
+                });
+            }
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    field: format!("providers[{i}].base_url"),
+                    message: format!("{:?} is not an http(s) URL", p.base_url),
+                });
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "server.max_body_bytes".to_owned(),
+                message: "must be at least 1".to_owned(),
+            });
+        }
+        let provider_names: Vec<&str> = self.providers.iter().map(|p| p.name.as_str()).collect();
+        let catalog = Catalog::new(&self.models, &self.aliases, &provider_names)?;
+        let tiers = tollgate_billing::Tiers::new(self.tiers)?;
+        Ok(Runtime {
+            server: self.server,
+            database: self.database,
+            providers: self.providers,
+            catalog,
+            tiers,
+        })
+    }
+}
+
+/// Defaults for `[server]`, so an override of one key keeps the others' defaults.
+#[derive(Default, Serialize)]
+struct ServerSection {
+    server: ServerConfig,
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| figment::value::Dict::new().into());
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[providers]]
+name = "deepseek"
+kind = "deepseek"
+base_url = "https://api.deepseek.com"
+api_key_env = "DEEPSEEK_API_KEY"
+
+[[models]]
+id = "deepseek-v4-flash"
+provider = "deepseek"
+context_length = 1000000
+max_output_tokens = 384000
+input_price = 0.22
+cached_input_price = 0.005
+output_price = 0.44
+thinking = "optional"
+
+[[tiers]]
+name = "basic"
+rpm = 10
+monthly_requests = 1000
+"#;
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../examples/tollgate.toml");
+        let runtime = Config::from_toml(text, []).unwrap().validate().unwrap();
+        let ids: Vec<_> = runtime.catalog.models().map(|m| m.id.clone()).collect();
+        for id in [
+            "deepseek-v4-flash",
+            "deepseek-v4-pro",
+            "deepseek-chat",
+            "deepseek-reasoner",
+            "gpt-4o",
+            "gpt-4o-mini",
+        ] {
+            assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
+        }
+        assert_eq!(
+            runtime
+                .catalog
+                .resolve("deepseek-reasoner")
+                .unwrap()
+                .thinking_override,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn defaults_and_env_overrides_apply() {
+        let c = Config::from_toml(MINIMAL, []).unwrap();
+        assert_eq!(c.server.http_addr, default_http_addr());
+        assert_eq!(c.database.url, "sqlite://data/tollgate.db");
+        let env = [
+            (
+                "TOLLGATE__SERVER__HTTP_ADDR".to_owned(),
+                "0.0.0.0:9000".to_owned(),
+            ),
+            (
+                "TOLLGATE__DATABASE__URL".to_owned(),
+                "sqlite://x.db".to_owned(),
+            ),
+            ("OTHER".to_owned(), "ignored".to_owned()),
+        ];
+        let c = Config::from_toml(MINIMAL, env).unwrap();
+        assert_eq!(c.server.http_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.server.grpc_addr, default_grpc_addr());
+        assert_eq!(c.database.url, "sqlite://x.db");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_toml(&format!("{MINIMAL}\n[server]\nhttp_adr = \"x\""), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http_adr"), "{e}");
+        let e = Config::from_toml(&MINIMAL.replace("0.22", "\"abc\""), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("input_price"), "{e}");
+        let e = Config::from_toml(
+            &MINIMAL.replace("provider = \"deepseek\"", "provider = \"x\""),
+            [],
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("models[0].provider"), "{e}");
+    }
+}

@@ -1,0 +1,42 @@
+//! Errors as HTTP responses: the status and OpenAI `type` come from the one table in
+//! `tollgate::error`; the body is OpenAI's `{"error":{"message","type","param","code"}}`.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use tollgate::error::{ApiError, ErrorKind};
+
+/// An error on its way to a REST client.
+#[derive(Debug)]
+pub struct RestError(pub ApiError);
+
+impl From<ApiError> for RestError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<tonic::Status> for RestError {
+    fn from(status: tonic::Status) -> Self {
+        Self(ApiError::from_status(&status))
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // The OpenAI SDKs retry 429 and 5xx; a spent monthly quota will not come back by retrying.
+        let retry = !matches!(self.0.code.as_deref(), Some("monthly_quota_exceeded"));
+        let mut response = (status, Json(self.0.to_openai_json())).into_response();
+        if self.0.kind == ErrorKind::RateLimit || status.is_server_error() {
+            response.headers_mut().insert(
+                "x-should-retry",
+                HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+        }
+        response
+    }
+}

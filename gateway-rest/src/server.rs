@@ -1,0 +1,164 @@
+//! Assembles a monolithic Tollgate process: the three services wired to each other in-process
+//! over their gRPC interfaces, the REST facade on one listener and the gRPC API (with health and
+//! reflection) on another. Shutdown stops accepting, lets in-flight requests finish within the
+//! grace period, then flushes the ledger.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tollgate::{
+    transport::in_process,
+    v1::{
+        billing_server::BillingServer, catalog_server::CatalogServer,
+        inference_server::InferenceServer, metering_server::MeteringServer,
+    },
+};
+use tollgate_billing::BillingService;
+use tollgate_catalog::CatalogService;
+use tollgate_inference::{InferenceService, Providers};
+use tonic::transport::server::TcpIncoming;
+
+use crate::{AppState, Runtime, app};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("database: {0}")]
+    Database(#[from] tollgate_billing::BillingError),
+    #[error("cannot build the HTTP client of a provider: {0}")]
+    Http(#[from] tollgate_inference::providers::BuildError),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The services of one process.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub inference: InferenceService,
+    pub catalog: CatalogService,
+    pub billing: BillingService,
+}
+
+impl Services {
+    /// Connects the database (running migrations) and wires the services together in-process.
+    pub async fn start(
+        runtime: &Runtime,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ServeError> {
+        let db = tollgate_billing::connect(&runtime.database).await?;
+        tollgate_billing::migrate(&db).await?;
+        let billing = BillingService::new(
+            db,
+            runtime.tiers.clone(),
+            Duration::from_millis(runtime.server.key_refresh_ms),
+        )
+        .await?;
+        let catalog = CatalogService::new(runtime.catalog.clone());
+        let providers = Providers::new(&runtime.providers, env)?;
+        let inference = InferenceService::new(
+            providers,
+            in_process(CatalogServer::new(catalog.clone())),
+            // Metering is internal: in-process only, never on the public listener.
+            in_process(MeteringServer::new(billing.clone())),
+        );
+        Ok(Self {
+            inference,
+            catalog,
+            billing,
+        })
+    }
+
+    /// The REST facade's state: clients of these services, called in-process.
+    pub fn app_state(&self, max_body_bytes: usize) -> AppState {
+        AppState::new(
+            in_process(InferenceServer::new(self.inference.clone())),
+            in_process(CatalogServer::new(self.catalog.clone())),
+            in_process(BillingServer::new(self.billing.clone())),
+            max_body_bytes,
+        )
+    }
+}
+
+/// Runs the monolith on the given listeners until `shutdown` resolves. `ready` is called with the
+/// bound addresses once both listeners serve.
+pub async fn serve(
+    runtime: Runtime,
+    http: TcpListener,
+    grpc: TcpListener,
+    env: &dyn Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr, SocketAddr),
+) -> Result<(), ServeError> {
+    let services = Services::start(&runtime, env).await?;
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    let grace = Duration::from_secs(runtime.server.shutdown_grace_secs);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<InferenceServer<InferenceService>>()
+        .await;
+    health.set_serving::<CatalogServer<CatalogService>>().await;
+    health.set_serving::<BillingServer<BillingService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InferenceServer::new(services.inference.clone()))
+        .add_service(CatalogServer::new(services.catalog.clone()))
+        .add_service(BillingServer::new(services.billing.clone()))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let rest = app(services.app_state(runtime.server.max_body_bytes));
+    let http_server = axum::serve(
+        http.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        rest,
+    )
+    .with_graceful_shutdown(stopped(stop_rx));
+
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(async move { http_server.await });
+    ready(http_addr, grpc_addr);
+
+    shutdown.await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    match drained {
+        Ok((grpc, http)) => {
+            if let Ok(Err(e)) = grpc {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+            if let Ok(Err(e)) = http {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }
+        Err(_) => tracing::warn!("grace period over; abandoning the remaining requests"),
+    }
+    services.billing.shutdown().await;
+    Ok(())
+}

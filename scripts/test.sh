@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every Rust test, then the end-to-end suite that drives
+# the real `tollgate` binary with the official OpenAI Python SDK and a grpcio client against a
+# mock upstream. Installs what it needs (a Python venv under .venv); runs unattended.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+
+echo "==> cargo clippy (-D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "==> cargo test"
+cargo test --workspace --all-targets
+
+echo "==> end-to-end (OpenAI SDK, grpcio)"
+scripts/e2e.sh "$@"

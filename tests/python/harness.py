@@ -351,10 +351,15 @@ def parse_created_key(stdout: str, list_keys: Callable[[], str]) -> tuple[str, s
     lines = [line.strip() for line in stdout.splitlines() if line.strip()]
     assert lines, "keys create printed nothing"
     secret = lines[-1]
-    for line in lines[:-1]:
-        m = re.search(r"\b(?:key[_ -]?)?id\b\s*[:=]?\s*\"?([A-Za-z0-9][A-Za-z0-9_\-]*)", line, re.IGNORECASE)
-        if m and not m.group(1).startswith("sk-"):
-            return secret, m.group(1)
+    patterns = [
+        r"\b(?:key[_ -]?)?id\b\s*[:=]?\s*\"?([A-Za-z0-9][A-Za-z0-9_\-]*)",  # "id: X", "key_id=X"
+        r"\bkey\s+([0-9a-fA-F][0-9a-fA-F\-]{7,})\b",  # "created key 0192f0c4-..."
+    ]
+    for pattern in patterns:
+        for line in lines[:-1]:
+            m = re.search(pattern, line, re.IGNORECASE)
+            if m and not m.group(1).startswith("sk-"):
+                return secret, m.group(1)
     return secret, key_id_from_list(list_keys(), secret)
 
 

@@ -95,15 +95,18 @@ def test_usage_totals_equal_the_sum_of_responses(gateway, mock):
     client.close()
 
 
-def test_stream_without_include_usage_is_billed_too(gateway, mock):
+@pytest.mark.parametrize("model", ["deepseek-v4-flash", "gpt-4.1-mini"])
+def test_stream_without_include_usage_is_billed_too(gateway, mock, model):
+    """The client did not ask for usage, but the gateway must still learn it from the upstream
+    (for an OpenAI upstream that means asking for `stream_options.include_usage` itself)."""
     key = gateway.create_key("pro")
     client = make_client(gateway, key)
     n = nonce()
     messages = [{"role": "user", "content": f"bill me silently {n} [cache=1]"}]
-    chunks = list(client.chat.completions.create(model="deepseek-v4-flash", messages=messages, stream=True))
+    chunks = list(client.chat.completions.create(model=model, messages=messages, stream=True))
     assert chunks and all(c.usage is None for c in chunks)
     want = expected_usage(messages, upstream_thinks(mock.single_request_with(n)["body"]))
-    assert_report(usage_report(gateway, key), key, 1, want, cost_usd(want, PRICES["deepseek-v4-flash"]))
+    assert_report(usage_report(gateway, key), key, 1, want, cost_usd(want, PRICES[model]))
     client.close()
 
 

@@ -28,6 +28,7 @@ pub const KNOWN_REQUEST_FIELDS: &[&str] = &[
     "logprobs",
     "top_logprobs",
     "reasoning_effort",
+    "thinking",
 ];
 
 /// An OpenAI chat completion request.
@@ -73,6 +74,10 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_effort: Option<String>,
+    /// DeepSeek-style thinking switch. Not rendered upstream as is: each provider expresses
+    /// thinking its own way.
+    #[serde(default, skip_serializing)]
+    pub thinking: Option<ThinkingJson>,
     /// Top-level fields not named above, kept for pass-through.
     #[serde(skip)]
     pub extra: Map<String, Value>,
@@ -113,6 +118,20 @@ pub struct ChatMessage {
 pub enum ContentJson {
     Text(String),
     Parts(Vec<Value>),
+}
+
+/// `{"type": "enabled" | "disabled"}`; other keys (budgets) are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThinkingJson {
+    #[serde(rename = "type")]
+    pub kind: ThinkingType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThinkingType {
+    Enabled,
+    Disabled,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +297,7 @@ impl ChatCompletionRequest {
             logprobs: self.logprobs,
             top_logprobs: self.top_logprobs,
             reasoning_effort: self.reasoning_effort,
+            thinking: self.thinking.map(|t| t.kind == ThinkingType::Enabled),
             extra_json: if self.extra.is_empty() {
                 String::new()
             } else {
@@ -382,6 +402,13 @@ impl ChatCompletionRequest {
             logprobs: request.logprobs,
             top_logprobs: request.top_logprobs,
             reasoning_effort: request.reasoning_effort.clone(),
+            thinking: request.thinking.map(|on| ThinkingJson {
+                kind: if on {
+                    ThinkingType::Enabled
+                } else {
+                    ThinkingType::Disabled
+                },
+            }),
             extra,
         })
     }
@@ -738,6 +765,20 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].text"));
         let e = parse(json!([1])).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn thinking_is_a_field_not_a_pass_through() {
+        let r = parse(json!({"model": "m", "messages": [], "thinking": {"type": "enabled", "budget_tokens": 5}}))
+            .unwrap();
+        assert!(r.extra.is_empty());
+        let proto = r.into_proto().unwrap();
+        assert_eq!(proto.thinking, Some(true));
+        let back = ChatCompletionRequest::from_proto(&proto).unwrap();
+        assert!(back.to_json().get("thinking").is_none());
+        let e = parse(json!({"model": "m", "messages": [], "thinking": {"type": "maybe"}}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("thinking.type"));
     }
 
     #[test]

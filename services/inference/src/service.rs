@@ -108,7 +108,8 @@ impl InferenceService {
             admit.metadata_mut().insert(AUTHORIZATION, auth.clone());
         }
         let admission = self.inner.metering.clone().admit(admit).await?.into_inner();
-        let thinking = route.thinking_override.or_else(|| {
+        // The alias decides first, then the caller's thinking switch, then reasoning_effort.
+        let thinking = route.thinking_override.or(request.thinking).or_else(|| {
             request
                 .reasoning_effort
                 .as_deref()

@@ -174,7 +174,8 @@ connect_timeout_secs = 5
 first_token_timeout_secs = 20
 request_timeout_secs = 60
 
-# Same mock, but the upstream must produce its first event within 1 s: the 504 tests.
+# Same mock, but the upstream must produce its first event within 1 s and finish within 3 s:
+# the 504 tests.
 [[providers]]
 name = "slow"
 kind = "deepseek"
@@ -182,7 +183,7 @@ base_url = "{mock}"
 api_key_env = "MOCK_DEEPSEEK_KEY"
 connect_timeout_secs = 5
 first_token_timeout_secs = 1
-request_timeout_secs = 20
+request_timeout_secs = 3
 
 # Same mock with a key it rejects: the upstream-401 tests.
 [[providers]]

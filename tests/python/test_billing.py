@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import openai
@@ -133,6 +134,26 @@ def test_rpm_limit_refuses_the_fourth_request_and_does_not_count_it(gateway):
 
     assert_report(usage_report(gateway, key), key, 3, usage, cost_usd(usage, PRICES["deepseek-v4-flash"]))
     client.close()
+
+
+def test_rpm_limit_holds_under_concurrent_requests(gateway):
+    """Six requests at once on a 3-rpm key: exactly three are admitted."""
+    key = gateway.create_key("tight_rpm")
+
+    def one(i: int) -> int:
+        c = make_client(gateway, key)
+        try:
+            c.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": f"race {i} {nonce()}"}])
+            return 200
+        except openai.RateLimitError:
+            return 429
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = sorted(pool.map(one, range(6)))
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    assert usage_report(gateway, key)["monthly_requests"] == 3
 
 
 def test_monthly_quota_refuses_the_sixth_request(gateway):

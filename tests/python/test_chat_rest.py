@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from harness import auth
+from harness import MAX_BODY_BYTES, auth, make_client
 from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, echo, expected_usage, reasoning, upstream_thinks, usage_of
 
 # One DeepSeek-kind model (thinking by default upstream) and one OpenAI-kind model.
@@ -183,6 +184,52 @@ def test_chunks_arrive_incrementally(client):
     # 7 gaps of ~0.3 s upstream; a buffering gateway delivers them all at once.
     assert arrivals[-1] - arrivals[0] >= 1.4, gaps
     assert sum(1 for g in gaps if g >= 0.15) >= 6, gaps
+
+
+def test_concurrent_streams_are_served_in_parallel(gateway, key):
+    """Five streams of ~1.5 s each, at once: a gateway that serialises them takes 7.5 s."""
+
+    def one(i: int) -> tuple[str, str]:
+        messages = [{"role": "user", "content": f"parallel {i} {nonce()} [chunk_delay_ms=300]"}]
+        c = make_client(gateway, key)
+        try:
+            chunks = c.chat.completions.create(model="gpt-4.1-mini", messages=messages, stream=True)
+            return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices), echo(messages)
+        finally:
+            c.close()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        results = list(pool.map(one, range(5)))
+    elapsed = time.monotonic() - started
+    for got, want in results:
+        assert got == want
+    assert elapsed < 4.5, f"5 concurrent 1.5 s streams took {elapsed:.1f}s"
+
+
+def test_content_parts_are_accepted(client, mock):
+    n = nonce()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "first part"}, {"type": "text", "text": f"second {n}"}]}]
+    resp = client.chat.completions.create(model="deepseek-chat", messages=messages)
+    # The gateway may keep the parts or join them; the words are what matter.
+    assert resp.choices[0].message.content.split() == echo(messages).split()
+    assert resp.usage.prompt_tokens == expected_usage(messages, False).prompt_tokens
+    assert len(mock.requests_with(n)) == 1
+
+
+def test_large_body_under_the_limit_is_accepted(gateway, key, mock):
+    n = nonce()
+    filler = "y" * (MAX_BODY_BYTES // 2)
+    messages = [{"role": "user", "content": f"{n} {filler}"}]
+    r = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "gpt-4.1-mini", "messages": messages, "max_tokens": 2},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["choices"][0]["message"]["content"] == f"Echo: {n}"
+    assert r.json()["usage"]["prompt_tokens"] == 2
 
 
 def test_max_tokens_truncates_with_finish_reason_length(client):

@@ -274,6 +274,29 @@ def test_slow_upstream_stream_is_504_before_any_chunk(gateway, key, client):
     assert err.value.status_code == 504
 
 
+def test_stream_past_the_total_deadline_ends_with_an_upstream_timeout_event(gateway, key):
+    """request_timeout_secs (3 s on the slow provider) bounds the whole request: a stream that
+    started in time but runs longer is cut with an in-band upstream_timeout error."""
+    text = f"a b c d e f g h {nonce()} [chunk_delay_ms=700]"  # ~20 chunks, 0.7 s apart
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-slow", "messages": user(text), "stream": True},
+        timeout=30,
+    ) as r:
+        assert r.status_code == 200
+        body = r.read().decode()
+    elapsed = time.monotonic() - started
+    events = [e for e in body.split("\n\n") if e]
+    assert "data: [DONE]" not in events
+    last = json.loads(events[-1][len("data: ") :])
+    assert set(last) == {"error"}, last
+    assert last["error"]["type"] == "upstream_timeout"
+    assert 2.5 <= elapsed < 5.5, f"stream cut after {elapsed:.1f}s; request_timeout_secs is 3"
+
+
 def test_mid_stream_failure_raises_in_the_sdk(client):
     messages = user(f"one two three four {nonce()} [stream_error]")
     received = []

@@ -12,7 +12,7 @@ from tollgate.v1 import billing_pb2, billing_pb2_grpc
 
 from harness import auth, key_line_in_list, make_client, wait_until
 
-REVOCATION_DEADLINE_SECS = 3.0  # the contract says ~1 s; allow slack for a loaded CI machine
+REVOCATION_DEADLINE_SECS = 1.5  # the contract: ~1 s at most, plus a little slack for a loaded machine
 
 
 def status_of(gateway, secret: str) -> int:

@@ -5,28 +5,17 @@
 
 use serde_json::{Value, json};
 use tollgate::{
-    openai::{RoleJson, UsageJson},
-    v1::{ChatRequest, ChatResponse, Usage},
+    openai::{ChatCompletionRequest, RoleJson, UsageJson},
+    v1::Usage,
 };
 
-use super::{
-    ChatProvider, ChunkStream, Target,
-    openai_wire::{self, OpenAiWire},
-};
-use crate::UpstreamError;
+use super::{Target, openai_wire::Dialect};
 
 #[derive(Debug)]
-pub struct DeepSeek {
-    pub(super) wire: OpenAiWire,
-}
+pub struct DeepSeek;
 
-impl DeepSeek {
-    pub fn new(wire: OpenAiWire) -> Self {
-        Self { wire }
-    }
-
-    fn body(&self, request: &ChatRequest, target: &Target<'_>) -> Result<Value, UpstreamError> {
-        let mut body = openai_wire::request_body(request, target)?;
+impl Dialect for DeepSeek {
+    fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) {
         for message in &mut body.messages {
             if message.role == RoleJson::Developer {
                 message.role = RoleJson::System;
@@ -37,43 +26,20 @@ impl DeepSeek {
             body.extra
                 .insert("thinking".to_owned(), json!({"type": kind}));
         }
-        Ok(body.to_json())
-    }
-}
-
-/// DeepSeek's usage: cache hits may come only as `prompt_cache_hit_tokens`.
-fn read_usage(usage: &UsageJson) -> Usage {
-    let mut normalised = usage.to_proto();
-    if normalised.cached_prompt_tokens == 0 {
-        normalised.cached_prompt_tokens = usage
-            .extra
-            .get("prompt_cache_hit_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-            .min(normalised.prompt_tokens);
-    }
-    normalised
-}
-
-impl ChatProvider for DeepSeek {
-    async fn chat(
-        &self,
-        request: &ChatRequest,
-        target: &Target<'_>,
-    ) -> Result<ChatResponse, UpstreamError> {
-        self.wire
-            .chat(self.body(request, target)?, read_usage)
-            .await
     }
 
-    async fn chat_stream(
-        &self,
-        request: &ChatRequest,
-        target: &Target<'_>,
-    ) -> Result<ChunkStream, UpstreamError> {
-        self.wire
-            .chat_stream(self.body(request, target)?, read_usage)
-            .await
+    /// DeepSeek's usage: cache hits may come only as `prompt_cache_hit_tokens`.
+    fn read_usage(usage: &UsageJson) -> Usage {
+        let mut normalised = usage.to_proto();
+        if normalised.cached_prompt_tokens == 0 {
+            normalised.cached_prompt_tokens = usage
+                .extra
+                .get("prompt_cache_hit_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(normalised.prompt_tokens);
+        }
+        normalised
     }
 }
 
@@ -88,7 +54,7 @@ mod tests {
             r#"{"prompt_tokens":161,"completion_tokens":25,"total_tokens":186,"prompt_cache_hit_tokens":128,"prompt_cache_miss_tokens":33}"#,
         )
         .unwrap();
-        let u = read_usage(&usage);
+        let u = DeepSeek::read_usage(&usage);
         assert_eq!(
             (u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens),
             (161, 128, 25)
@@ -102,7 +68,7 @@ mod tests {
             r#"{"prompt_tokens":6,"completion_tokens":169,"total_tokens":175,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":117},"prompt_cache_hit_tokens":1,"prompt_cache_miss_tokens":5}"#,
         )
         .unwrap();
-        let u = read_usage(&usage);
+        let u = DeepSeek::read_usage(&usage);
         assert_eq!((u.cached_prompt_tokens, u.reasoning_tokens), (1, 117));
     }
 }

@@ -15,6 +15,8 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 use futures::Stream;
 use tollgate::v1::{ChatChunk, ChatRequest, ChatResponse, ResolvedModel};
 
+use openai_wire::OpenAiFamily;
+
 use crate::{
     UpstreamError,
     config::{ProviderConfig, ProviderKind, Timeouts},
@@ -54,9 +56,9 @@ pub trait ChatProvider {
 /// Every provider kind this build speaks.
 #[derive(Debug)]
 pub enum Provider {
-    Openai(openai::OpenAi),
-    Deepseek(deepseek::DeepSeek),
-    OpenaiCompatible(openai_compatible::OpenAiCompatible),
+    Openai(OpenAiFamily<openai::OpenAi>),
+    Deepseek(OpenAiFamily<deepseek::DeepSeek>),
+    OpenaiCompatible(OpenAiFamily<openai_compatible::OpenAiCompatible>),
 }
 
 impl Provider {
@@ -68,11 +70,9 @@ impl Provider {
     ) -> Result<Self, BuildError> {
         let wire = openai_wire::OpenAiWire::new(config, env)?;
         Ok(match config.kind {
-            ProviderKind::Openai => Self::Openai(openai::OpenAi::new(wire)),
-            ProviderKind::Deepseek => Self::Deepseek(deepseek::DeepSeek::new(wire)),
-            ProviderKind::OpenaiCompatible => {
-                Self::OpenaiCompatible(openai_compatible::OpenAiCompatible::new(wire))
-            }
+            ProviderKind::Openai => Self::Openai(OpenAiFamily::new(wire)),
+            ProviderKind::Deepseek => Self::Deepseek(OpenAiFamily::new(wire)),
+            ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire)),
         })
     }
 

@@ -3,17 +3,17 @@
 //! provider, the request as JSON, the response or the SSE stream parsed back into `tollgate.v1`
 //! messages, upstream errors mapped. What differs between those providers lives in their files.
 
-use std::fmt;
+use std::{fmt, marker::PhantomData};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::Value;
 use tollgate::{
     openai::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, UsageJson},
-    v1::{ChatResponse, Usage},
+    v1::{ChatRequest, ChatResponse, Usage},
 };
 
-use super::ChunkStream;
+use super::{ChatProvider, ChunkStream, Target};
 use crate::{
     UpstreamError,
     config::{ProviderConfig, Timeouts},
@@ -21,9 +21,9 @@ use crate::{
 
 /// The request in OpenAI's JSON shape, addressed to the upstream model; each provider adjusts it
 /// from there.
-pub fn request_body(
-    request: &tollgate::v1::ChatRequest,
-    target: &super::Target<'_>,
+fn request_body(
+    request: &ChatRequest,
+    target: &Target<'_>,
 ) -> Result<ChatCompletionRequest, UpstreamError> {
     let mut body =
         ChatCompletionRequest::from_proto(request).map_err(|e| UpstreamError::Unsupported {
@@ -36,6 +36,61 @@ pub fn request_body(
 
 /// How a provider reads OpenAI's `usage` object into the normalised one.
 pub type UsageReader = fn(&UsageJson) -> Usage;
+
+/// What sets one OpenAI-protocol provider apart from another: how the request body is adjusted
+/// and how usage is read. Each provider file implements this for a unit type.
+pub trait Dialect: fmt::Debug + Send + Sync + 'static {
+    /// Adjusts the OpenAI-shaped body (already addressed to the upstream model).
+    fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>);
+
+    fn read_usage(usage: &UsageJson) -> Usage {
+        usage.to_proto()
+    }
+}
+
+/// A provider that speaks OpenAI's protocol in dialect `D`.
+#[derive(Debug)]
+pub struct OpenAiFamily<D> {
+    pub(super) wire: OpenAiWire,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> OpenAiFamily<D> {
+    pub fn new(wire: OpenAiWire) -> Self {
+        Self {
+            wire,
+            dialect: PhantomData,
+        }
+    }
+
+    fn body(&self, request: &ChatRequest, target: &Target<'_>) -> Result<Value, UpstreamError> {
+        let mut body = request_body(request, target)?;
+        D::prepare(&mut body, target);
+        Ok(body.to_json())
+    }
+}
+
+impl<D: Dialect> ChatProvider for OpenAiFamily<D> {
+    async fn chat(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> Result<ChatResponse, UpstreamError> {
+        self.wire
+            .chat(self.body(request, target)?, D::read_usage)
+            .await
+    }
+
+    async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> Result<ChunkStream, UpstreamError> {
+        self.wire
+            .chat_stream(self.body(request, target)?, D::read_usage)
+            .await
+    }
+}
 
 /// A provider API key; never printed.
 #[derive(Clone)]
@@ -84,10 +139,6 @@ impl OpenAiWire {
             client,
             timeouts,
         })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     pub fn timeouts(&self) -> Timeouts {

@@ -126,3 +126,17 @@ def test_openai_provider_never_receives_thinking(client, mock):
     except openai.BadRequestError:
         pass
     assert all("thinking" not in r["body"] for r in mock.requests_with(n))
+
+
+@pytest.mark.parametrize("switch", ["enabled", "disabled"])
+def test_caller_switches_thinking_on_a_plain_model(client, mock, switch):
+    """On a model without an alias override, DeepSeek's `thinking` field from the caller decides."""
+    n = nonce()
+    messages = [{"role": "user", "content": f"your choice {n}"}]
+    resp = client.chat.completions.create(
+        model="deepseek-v4-flash", messages=messages, extra_body={"thinking": {"type": switch}}
+    )
+    assert mock.single_request_with(n)["body"]["thinking"] == {"type": switch}
+    thinking = switch == "enabled"
+    assert extra(resp.choices[0].message).get("reasoning_content") == (reasoning(messages) if thinking else None)
+    assert usage_of(resp.usage) == expected_usage(messages, thinking)

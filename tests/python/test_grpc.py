@@ -117,6 +117,21 @@ def test_chat_stream_carries_reasoning_for_deepseek_reasoner(inference, key, moc
     assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == echo(user(text))
 
 
+@pytest.mark.parametrize("thinking", [True, False])
+def test_chat_thinking_switch_reaches_the_deepseek_upstream(inference, key, mock, thinking):
+    n = nonce()
+    text = f"grpc thinking switch {n}"
+    resp = inference.Chat(proto_request("deepseek-v4-flash", text, thinking=thinking), metadata=metadata(key), timeout=TIMEOUT)
+    assert mock.single_request_with(n)["body"]["thinking"] == {"type": "enabled" if thinking else "disabled"}
+    message = resp.choices[0].message
+    assert message.text == echo(user(text))
+    if thinking:
+        assert message.reasoning_content == reasoning(user(text))
+    else:
+        assert not message.HasField("reasoning_content")
+    assert proto_usage(resp.usage) == expected_usage(user(text), thinking)
+
+
 def test_list_models_matches_rest(catalog, gateway, key):
     resp = catalog.ListModels(catalog_pb2.ListModelsRequest(), metadata=metadata(key), timeout=TIMEOUT)
     grpc_ids = [m.id for m in resp.models]

@@ -192,6 +192,24 @@ kind = "deepseek"
 base_url = "{mock}"
 api_key_env = "MOCK_WRONG_KEY"
 
+# A provider whose key variable is not set in the gateway's environment.
+[[providers]]
+name = "nokey"
+kind = "deepseek"
+base_url = "{mock}"
+api_key_env = "MOCK_UNSET_KEY"
+
+[[models]]
+id = "deepseek-nokey"
+provider = "nokey"
+upstream_model = "deepseek-v4-flash"
+owned_by = "deepseek"
+created = {CREATED}
+context_length = 1000000
+max_output_tokens = 384000
+{flash_prices}
+thinking = "optional"
+
 [[models]]
 id = "deepseek-v4-flash"
 provider = "deepseek"

@@ -230,6 +230,16 @@ def test_misconfigured_provider_key_is_502_without_leaking_it(gateway, key, mock
     assert mock.single_request_with(n)["authorization"] == f"Bearer {WRONG_PROVIDER_KEY}"
 
 
+def test_provider_without_a_key_is_503_naming_the_variable(gateway, key, mock):
+    """A provider whose api_key_env is unset is not called at all: 503, telling the operator
+    which variable to set."""
+    n = nonce()
+    r = post_chat(gateway, auth(key), {"model": "deepseek-nokey", "messages": user(n)})
+    assert_error(r, 503, "service_unavailable")
+    assert "MOCK_UNSET_KEY" in r.json()["error"]["message"]
+    assert mock.requests_with(n) == []
+
+
 def test_upstream_error_before_the_stream_starts_is_a_real_http_error(gateway, key):
     """The gateway awaits the first upstream event before answering, so an upstream 503 on a
     stream request is an HTTP 503, not a 200 stream that fails."""

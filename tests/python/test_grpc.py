@@ -10,6 +10,7 @@ from decimal import Decimal
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tollgate.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -293,3 +294,31 @@ def test_mid_stream_failure_ends_the_stream_with_an_error_status(inference, key)
                 received.append(chunk.choices[0].delta.content)
     assert "".join(received) == "Echo: one"
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("method", ["Settle", "Admit", "Authenticate", "InvalidateKey"])
+def test_metering_is_not_served_on_the_public_listener(grpc_channel, key, method):
+    """Admission and settlement are internal: a client able to call Settle could settle its own
+    request id at zero tokens before the gateway does."""
+    messages = {
+        "Settle": (billing_pb2.SettleRequest(request_id="chatcmpl-x", key_id="k"), billing_pb2.Settlement),
+        "Admit": (billing_pb2.AdmitRequest(request_id="chatcmpl-x", model="gpt-4o"), billing_pb2.Admission),
+        "Authenticate": (billing_pb2.AuthenticateRequest(), billing_pb2.KeyInfo),
+        "InvalidateKey": (billing_pb2.InvalidateKeyRequest(key_id="k"), billing_pb2.InvalidateKeyResponse),
+    }
+    request, response = messages[method]
+    call = grpc_channel.unary_unary(
+        f"/tollgate.v1.Metering/{method}",
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=response.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        call(request, metadata=metadata(key), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("service", ["", "tollgate.v1.Inference", "tollgate.v1.Catalog", "tollgate.v1.Billing"])
+def test_health_reports_serving(grpc_channel, service):
+    health = health_pb2_grpc.HealthStub(grpc_channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING

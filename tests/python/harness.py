@@ -404,10 +404,10 @@ class Gateway:
     """One `tollgate serve` process on ports chosen by the OS, with its config and database in
     a temporary directory, and the `tollgate keys` CLI against the same config."""
 
-    def __init__(self, tmp_dir: Path, mock: MockUpstream):
+    def __init__(self, tmp_dir: Path, mock: MockUpstream, extra_config: str = ""):
         self.tmp_dir = tmp_dir
         self.config_path = tmp_dir / "tollgate.toml"
-        self.config_path.write_text(gateway_config(tmp_dir, mock.port))
+        self.config_path.write_text(gateway_config(tmp_dir, mock.port) + extra_config)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE__")}
         self.env.update(
             MOCK_DEEPSEEK_KEY=PROVIDER_KEY,

@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from harness import MAX_BODY_BYTES, PROVIDER_KEY, WRONG_PROVIDER_KEY, auth, make_client
+from harness import MAX_BODY_BYTES, PROVIDER_KEY, WRONG_PROVIDER_KEY, Gateway, auth, make_client
 
 
 def nonce() -> str:
@@ -335,3 +335,26 @@ def test_mid_stream_failure_ends_with_an_error_event_and_no_done(gateway, key):
     assert set(last) == {"error"}, last
     assert last["error"]["type"] == "upstream_error"
     assert isinstance(last["error"]["message"], str) and last["error"]["message"]
+
+
+def test_key_of_a_tier_no_longer_configured_is_403(tmp_path, mock):
+    """A key whose tier was removed from the configuration keeps existing but may not be used:
+    403 permission_error (the operator must move it to a configured tier)."""
+    retired = '\n[[tiers]]\nname = "retired"\nrpm = 10\nmonthly_requests = 10\n'
+    before = Gateway(tmp_path, mock, extra_config=retired)
+    try:
+        key = before.create_key("retired")
+        ok = post_chat(before, auth(key), {"model": "deepseek-chat", "messages": user(nonce())})
+        assert ok.status_code == 200, ok.text
+    finally:
+        before.stop()
+    # The same database, the configuration without the tier.
+    after = Gateway(tmp_path, mock)
+    try:
+        n = nonce()
+        r = post_chat(after, auth(key), {"model": "deepseek-chat", "messages": user(n)})
+        assert_error(r, 403, "permission_error")
+        assert r.json()["error"]["code"] == "tier_not_configured"
+        assert mock.requests_with(n) == []
+    finally:
+        after.stop()

@@ -17,6 +17,7 @@ Decisions this suite holds the gateway to (where the product pages leave room):
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 
@@ -358,3 +359,31 @@ def test_key_of_a_tier_no_longer_configured_is_403(tmp_path, mock):
         assert mock.requests_with(n) == []
     finally:
         after.stop()
+
+
+def test_a_failed_ledger_write_is_500_and_the_answer_is_withheld(tmp_path, mock):
+    """Usage is durable before a response completes: when the ledger cannot be written, the
+    client gets 500 internal_error instead of an answer nobody was billed for, and a stream ends
+    with an in-band error instead of its usage chunk and [DONE]."""
+    gateway = Gateway(tmp_path, mock)
+    try:
+        key = gateway.create_key("enterprise")
+        # A first request warms the key (its monthly count is read from the ledger once), so the
+        # failures below happen at settlement, after the upstream answered.
+        warm = post_chat(gateway, auth(key), {"model": "deepseek-chat", "messages": user(nonce())})
+        assert warm.status_code == 200, warm.text
+        db = sqlite3.connect(tmp_path / "tollgate.db", timeout=10)
+        db.execute("ALTER TABLE usage_ledger RENAME TO usage_ledger_gone")
+        db.commit()
+        db.close()
+        r = post_chat(gateway, auth(key), {"model": "deepseek-chat", "messages": user(nonce())})
+        assert_error(r, 500, "internal_error")
+        assert "Echo:" not in r.text
+        body = {"model": "deepseek-chat", "messages": user(nonce()), "stream": True}
+        with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers=auth(key), json=body, timeout=30) as s:
+            assert s.status_code == 200
+            lines = [line for line in s.iter_lines() if line.startswith("data: ")]
+        assert "data: [DONE]" not in lines
+        assert json.loads(lines[-1][len("data: "):])["error"]["type"] == "internal_error"
+    finally:
+        gateway.stop()

@@ -15,26 +15,15 @@ use axum::{
 };
 use futures::{Stream, StreamExt};
 use tollgate::{
-    auth::AUTHORIZATION,
     error::ApiError,
     openai::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest},
     v1::ChatRequest,
 };
 
-use crate::{app::AppState, error::RestError};
-
-/// A gRPC request carrying the caller's `authorization` header as metadata.
-pub(crate) fn with_key<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(value) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    {
-        request.metadata_mut().insert(AUTHORIZATION, value);
-    }
-    request
-}
+use crate::{
+    app::{AppState, with_key},
+    error::RestError,
+};
 
 /// Reads and parses the body: too large, not JSON, or the wrong shape are each a 400 that says
 /// what is wrong and where.

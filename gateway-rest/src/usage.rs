@@ -8,7 +8,10 @@ use tollgate::{
     v1::GetUsageRequest,
 };
 
-use crate::{app::AppState, chat_completions::with_key, error::RestError};
+use crate::{
+    app::{AppState, with_key},
+    error::RestError,
+};
 
 pub(crate) async fn report(
     State(state): State<AppState>,

@@ -234,11 +234,14 @@ def test_misconfigured_provider_key_is_502_without_leaking_it(gateway, key, mock
 def test_provider_without_a_key_is_503_naming_the_variable(gateway, key, mock):
     """A provider whose api_key_env is unset is not called at all: 503, telling the operator
     which variable to set."""
+    fresh = gateway.create_key("basic")
     n = nonce()
-    r = post_chat(gateway, auth(key), {"model": "deepseek-nokey", "messages": user(n)})
+    r = post_chat(gateway, auth(fresh), {"model": "deepseek-nokey", "messages": user(n)})
     assert_error(r, 503, "service_unavailable")
     assert "MOCK_UNSET_KEY" in r.json()["error"]["message"]
     assert mock.requests_with(n) == []
+    # Refused by the gateway itself: not counted against the key's quota.
+    assert gateway.usage(fresh).json()["monthly_requests"] == 0
 
 
 def test_upstream_error_before_the_stream_starts_is_a_real_http_error(gateway, key):

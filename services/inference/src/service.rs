@@ -99,6 +99,7 @@ impl InferenceService {
                     format!("model {} names an unknown provider", route.model_id),
                 )
             })?;
+        provider.ready().map_err(|e| e.to_api_error())?;
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let mut admit = Request::new(AdmitRequest {
             request_id: request_id.clone(),

@@ -76,6 +76,16 @@ impl Provider {
         })
     }
 
+    /// Refuses at once when the provider cannot be called (its key is not configured), so such a
+    /// request is never admitted nor counted.
+    pub fn ready(&self) -> Result<(), UpstreamError> {
+        match self {
+            Self::Openai(p) => p.wire.ready(),
+            Self::Deepseek(p) => p.wire.ready(),
+            Self::OpenaiCompatible(p) => p.wire.ready(),
+        }
+    }
+
     pub fn timeouts(&self) -> Timeouts {
         match self {
             Self::Openai(p) => p.wire.timeouts(),

@@ -145,18 +145,23 @@ impl OpenAiWire {
         self.timeouts
     }
 
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.client.post(&self.url).json(body);
+    /// Whether the provider can be called: its key is set, or it needs none (a keyless local
+    /// server such as Ollama or llama.cpp).
+    pub fn ready(&self) -> Result<(), UpstreamError> {
         match (&self.key, &self.key_env) {
-            (Some(key), _) => request = request.bearer_auth(&key.0),
-            (None, Some(env)) => {
-                return Err(UpstreamError::NotConfigured {
-                    provider: self.name.clone(),
-                    env: env.clone(),
-                });
-            }
-            // A keyless local server (Ollama, llama.cpp).
-            (None, None) => {}
+            (None, Some(env)) => Err(UpstreamError::NotConfigured {
+                provider: self.name.clone(),
+                env: env.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
+        self.ready()?;
+        let mut request = self.client.post(&self.url).json(body);
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(&key.0);
         }
         // The upstream must start answering within the first-token deadline.
         let response = tokio::time::timeout(self.timeouts.first_token, request.send())

@@ -317,7 +317,7 @@ monthly_requests = 5
 # Facts of the config above that tests assert against.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CREATED = 1745971200
-MODEL_IDS = {"deepseek-v4-flash", "deepseek-v4-pro", "gpt-4.1-mini", "deepseek-slow", "deepseek-badkey"}
+MODEL_IDS = {"deepseek-v4-flash", "deepseek-v4-pro", "gpt-4.1-mini", "deepseek-slow", "deepseek-badkey", "deepseek-nokey"}
 ALIASES = {
     "deepseek-chat": "deepseek-v4-flash",
     "deepseek-reasoner": "deepseek-v4-flash",
@@ -331,6 +331,7 @@ PRICES = {
     "gpt-4.1-mini": ("0.40", "0.10", "1.60"),
     "deepseek-slow": ("0.22", "0.005", "0.44"),
     "deepseek-badkey": ("0.22", "0.005", "0.44"),
+    "deepseek-nokey": ("0.22", "0.005", "0.44"),
 }
 OWNED_BY = {
     "deepseek-v4-flash": "deepseek",
@@ -338,6 +339,7 @@ OWNED_BY = {
     "gpt-4.1-mini": "openai",
     "deepseek-slow": "deepseek",
     "deepseek-badkey": "deepseek",
+    "deepseek-nokey": "deepseek",
 }
 LIMITS = {
     "deepseek-v4-flash": (1000000, 384000),
@@ -345,6 +347,7 @@ LIMITS = {
     "gpt-4.1-mini": (1047576, 32768),
     "deepseek-slow": (1000000, 384000),
     "deepseek-badkey": (1000000, 384000),
+    "deepseek-nokey": (1000000, 384000),
 }
 TIERS = {
     "basic": (10, 1000),

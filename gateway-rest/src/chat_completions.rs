@@ -25,14 +25,25 @@ use crate::{
     error::RestError,
 };
 
+/// A parsed request and how to answer it.
+struct Parsed {
+    request: ChatRequest,
+    stream: bool,
+    include_usage: bool,
+}
+
 /// Reads and parses the body: too large, not JSON, or the wrong shape are each a 400 that says
 /// what is wrong and where.
-async fn parse(body: Body, limit: usize) -> Result<(ChatRequest, bool, bool), ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::invalid_param(
-            "body",
-            format!("The request body is larger than the limit of {limit} bytes"),
-        )
+async fn parse(body: Body, limit: usize) -> Result<Parsed, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let message = if too_large {
+            format!("The request body is larger than the limit of {limit} bytes")
+        } else {
+            format!("The request body could not be read: {e}")
+        };
+        ApiError::invalid_param("body", message)
     })?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::invalid_param(
@@ -53,7 +64,11 @@ async fn parse(body: Body, limit: usize) -> Result<(ChatRequest, bool, bool), Ap
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    Ok((request.into_proto()?, stream, include_usage))
+    Ok(Parsed {
+        request: request.into_proto()?,
+        stream,
+        include_usage,
+    })
 }
 
 pub(crate) async fn create(
@@ -61,7 +76,11 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RestError> {
-    let (request, stream, include_usage) = parse(body, state.max_body_bytes).await?;
+    let Parsed {
+        request,
+        stream,
+        include_usage,
+    } = parse(body, state.max_body_bytes).await?;
     let mut inference = state.inference.clone();
     if !stream {
         let response = inference

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use sea_orm::{EntityTrait, PaginatorTrait};
 use tollgate::v1::{
-    AdmitRequest, AuthenticateRequest, GetUsageRequest, InvalidateKeyRequest, Outcome, Pricing,
-    SettleRequest, Usage,
+    AdmitRequest, AuthenticateRequest, InvalidateKeyRequest, Outcome, Pricing, SettleRequest, Usage,
 };
 use tollgate_billing::entity::usage_ledger;
 use tollgate_billing::{create_key, revoke_key};
@@ -233,11 +232,7 @@ async fn rpm_limit_refuses_the_fourth_request_of_the_minute() {
     );
 
     // The refused request did not use quota.
-    let report = client
-        .get_usage(with_key(GetUsageRequest {}, secret.expose_secret()))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = h.usage(secret.expose_secret()).await;
     assert_eq!(report.monthly_requests, 3);
     assert_eq!(report.remaining, 997);
     assert_eq!(report.rpm_limit, 3);
@@ -285,13 +280,7 @@ async fn monthly_quota_admits_exactly_the_limit_under_concurrency() {
         }
     }
     assert_eq!(admitted, 5);
-    let report = h
-        .client
-        .clone()
-        .get_usage(with_key(GetUsageRequest {}, secret.expose_secret()))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = h.usage(secret.expose_secret()).await;
     assert_eq!((report.monthly_requests, report.remaining), (5, 0));
     h.stop().await;
 }
@@ -318,13 +307,7 @@ async fn quota_counter_is_restored_from_the_ledger_after_a_restart() {
     h.stop().await;
 
     let h = Harness::start(&path, tiers, NO_REFRESH).await;
-    let report = h
-        .client
-        .clone()
-        .get_usage(with_key(GetUsageRequest {}, secret.expose_secret()))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = h.usage(secret.expose_secret()).await;
     assert_eq!(report.monthly_requests, 3);
     assert_eq!(report.monthly_limit, 10);
     assert_eq!(report.remaining, 7);
@@ -362,11 +345,7 @@ async fn settle_is_idempotent_by_request_id() {
     assert_eq!(second, first);
 
     assert_eq!(usage_ledger::Entity::find().count(&h.db).await.unwrap(), 1);
-    let report = client
-        .get_usage(with_key(GetUsageRequest {}, secret.expose_secret()))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = h.usage(secret.expose_secret()).await;
     assert_eq!(report.total_prompt_tokens, 1000);
     assert_eq!(report.total_completion_tokens, 100);
     assert_eq!(report.total_cost_picodollars, first.cost_picodollars);
@@ -418,11 +397,7 @@ async fn costs_are_exact_and_sum_to_the_reported_total() {
         0
     );
 
-    let report = client
-        .get_usage(with_key(GetUsageRequest {}, secret.expose_secret()))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = h.usage(secret.expose_secret()).await;
     assert_eq!(report.total_cost_picodollars, sum);
     assert_eq!(report.total_prompt_tokens, 161 + 1 + 12_345);
     assert_eq!(report.total_cached_prompt_tokens, 128 + 12_000);

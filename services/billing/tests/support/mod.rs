@@ -94,6 +94,16 @@ impl Harness {
         }
     }
 
+    /// The key's usage report, through the public `Billing.GetUsage`.
+    pub async fn usage(&self, secret: &str) -> tollgate::v1::UsageReport {
+        self.client
+            .clone()
+            .get_usage(with_key(tollgate::v1::GetUsageRequest {}, secret))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Stops the server and the service (flushing the ledger).
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop_server.take() {

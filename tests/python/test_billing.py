@@ -5,14 +5,16 @@ minute, requests per month) answer 429 without counting the refused request."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 
-from harness import PRICES, TIERS, ApiKey, make_client
+from harness import PRICES, TIERS, ApiKey, auth, make_client, wait_until
 from mock_rules import ZERO, Usage, cost_usd, expected_usage, upstream_thinks, usage_of
 
 
@@ -191,3 +193,38 @@ def test_keys_are_billed_separately(gateway):
     assert_report(usage_report(gateway, a), a, 1, got, cost_usd(got, PRICES["deepseek-v4-flash"]))
     assert_report(usage_report(gateway, b), b, 0, ZERO, Decimal(0))
     ca.close()
+
+
+def ledger_rows(gateway, key: ApiKey) -> list[tuple[str, int, int]]:
+    """(outcome, prompt_tokens, completion_tokens) of the key's ledger rows, read from the
+    gateway's SQLite file."""
+    db = sqlite3.connect(f"file:{gateway.tmp_dir / 'tollgate.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(
+            "SELECT outcome, prompt_tokens, completion_tokens FROM usage_ledger WHERE key_id = ?",
+            (key.key_id,),
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_a_client_that_hangs_up_is_still_billed(gateway, mock):
+    """The upstream call and its settlement outlive the client: a non-streaming caller that gives
+    up while the upstream works is billed what the upstream reports, and a streaming caller that
+    leaves before the first chunk leaves a cancelled ledger row (no admitted request goes
+    unrecorded)."""
+    key = gateway.create_key("pro")
+    assert key.key_id
+    url = f"{gateway.base_url}/chat/completions"
+    messages = [{"role": "user", "content": f"slow answer {nonce()} [delay_ms=1500]"}]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(url, headers=auth(key), json={"model": "deepseek-chat", "messages": messages}, timeout=0.3)
+    wait_until(lambda: len(ledger_rows(gateway, key)) == 1, timeout=10, what="the hung-up call is settled")
+    expected = expected_usage(messages, thinking=False)
+    assert ledger_rows(gateway, key) == [("succeeded", expected.prompt_tokens, expected.completion_tokens)]
+
+    body = {"model": "deepseek-chat", "messages": messages, "stream": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(url, headers=auth(key), json=body, timeout=0.3)
+    wait_until(lambda: len(ledger_rows(gateway, key)) == 2, timeout=10, what="the hung-up stream is settled")
+    assert sorted(r[0] for r in ledger_rows(gateway, key)) == ["cancelled", "succeeded"]

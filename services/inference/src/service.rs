@@ -3,9 +3,8 @@
 //! the provider, and settle the usage with Billing before the answer completes. Every admitted
 //! request is settled exactly once, whether it succeeded, failed or the client left.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::{
     auth::AUTHORIZATION,
@@ -19,11 +18,7 @@ use tollgate::{
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
-use crate::{
-    Provider, Providers, UpstreamError,
-    providers::{ChunkStream, Target},
-    streaming, validate,
-};
+use crate::{Provider, Providers, UpstreamError, providers::Target, streaming, validate};
 
 /// The Inference service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -51,7 +46,7 @@ pub(crate) struct Admitted {
 }
 
 impl Admitted {
-    fn target(&self) -> Target<'_> {
+    pub(crate) fn target(&self) -> Target<'_> {
         Target {
             route: &self.route,
             thinking: self.thinking,
@@ -71,7 +66,7 @@ impl InferenceService {
         }
     }
 
-    async fn admit(
+    pub(crate) async fn admit(
         &self,
         metadata: &MetadataMap,
         request: &ChatRequest,
@@ -158,28 +153,11 @@ impl InferenceService {
     }
 
     /// Settles a request that failed upstream and returns the error to report.
-    async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
+    pub(crate) async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
         tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream call failed");
         match self.settle(admitted, None, Outcome::Failed).await {
             Ok(_) => error.to_api_error().into_status(),
             Err(status) => status,
-        }
-    }
-
-    async fn open_stream(
-        admitted: &Admitted,
-        request: &ChatRequest,
-    ) -> Result<(ChatChunk, ChunkStream), UpstreamError> {
-        let mut stream = admitted
-            .provider
-            .chat_stream(request, &admitted.target())
-            .await?;
-        match stream.next().await {
-            Some(first) => Ok((first?, stream)),
-            None => Err(UpstreamError::Failed {
-                provider: admitted.route.provider.clone(),
-                message: "the stream ended before its first chunk".to_owned(),
-            }),
         }
     }
 }
@@ -191,10 +169,26 @@ pub(crate) fn timeout_error(admitted: &Admitted, seconds: u64) -> UpstreamError 
     }
 }
 
-#[tonic::async_trait]
-impl inference_server::Inference for InferenceService {
-    async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+/// Runs the rest of a request in a task of its own, so that once admitted it is settled even if
+/// the caller goes away (a REST client hanging up drops the handler, and with it this future).
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(
+            ApiError::new(ErrorKind::Internal, format!("the request task failed: {e}"))
+                .into_status(),
+        )
+    })
+}
+
+impl InferenceService {
+    /// A non-streaming call from admission to settlement.
+    async fn complete(
+        &self,
+        metadata: MetadataMap,
+        request: ChatRequest,
+    ) -> Result<ChatResponse, Status> {
         let admitted = self.admit(&metadata, &request, false).await?;
         let timeouts = admitted.provider.timeouts();
         let called = tokio::time::timeout(
@@ -216,42 +210,36 @@ impl inference_server::Inference for InferenceService {
         response.created = admitted.created;
         response.model = admitted.route.requested_id;
         response.usage = Some(usage);
-        Ok(Response::new(response))
+        Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl inference_server::Inference for InferenceService {
+    async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let service = self.clone();
+        detached(async move { service.complete(metadata, request).await })
+            .await
+            .map(Response::new)
     }
 
     type ChatStreamStream = ReceiverStream<Result<ChatChunk, Status>>;
 
+    /// Answers once the first upstream chunk exists, so early upstream failures become real
+    /// errors (an HTTP status over REST) instead of a broken stream.
     async fn chat_stream(
         &self,
         request: Request<ChatRequest>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let admitted = self.admit(&metadata, &request, true).await?;
-        let timeouts = admitted.provider.timeouts();
-        let deadline = Instant::now() + timeouts.total;
-        // The first chunk is awaited before answering, so early upstream failures become real
-        // errors (an HTTP status over REST) instead of a broken stream.
-        let opened =
-            tokio::time::timeout(timeouts.first_token, Self::open_stream(&admitted, &request))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.first_token.as_secs())));
-        let (first, rest) = match opened {
-            Ok(opened) => opened,
-            Err(error) => return Err(self.fail(&admitted, error).await),
-        };
-        let include_usage = request
-            .stream_options
-            .is_some_and(|options| options.include_usage);
-        Ok(Response::new(streaming::relay(
-            self.clone(),
-            admitted,
-            first,
-            rest,
-            streaming::Options {
-                include_usage,
-                deadline: deadline.into(),
-                total_secs: timeouts.total.as_secs(),
-            },
-        )))
+        let started = streaming::start(self.clone(), metadata, request);
+        match started.opened.await {
+            Ok(Ok(())) => Ok(Response::new(started.chunks)),
+            Ok(Err(status)) => Err(status),
+            Err(_) => {
+                Err(ApiError::new(ErrorKind::Internal, "the stream task failed").into_status())
+            }
+        }
     }
 }

@@ -1,14 +1,19 @@
-//! The streaming relay: a task that reads the upstream stream and writes each chunk, re-labelled
-//! with the gateway's id, into a bounded channel the client reads. A failed send means the client
+//! The streaming relay: a task that admits the request, opens the upstream stream (reporting the
+//! outcome of that first step on a oneshot, so early failures are real errors), then reads the
+//! upstream and writes each chunk, re-labelled with the gateway's id, into a bounded channel the
+//! client reads. The task outlives the caller, so an admitted stream is always settled. A failed send means the client
 //! left: the upstream request is dropped at once. Upstream usage is taken off the chunks and, once
 //! the upstream is done, settled with Billing; the client gets its usage chunk (with the cost)
 //! only after the ledger row is durable, then the stream ends.
 
 use futures::StreamExt;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate::v1::{ChatChunk, Outcome, Usage};
-use tonic::Status;
+use tollgate::v1::{ChatChunk, ChatRequest, Outcome, Usage};
+use tonic::{Status, metadata::MetadataMap};
 
 use crate::{
     InferenceService, UpstreamError,
@@ -19,22 +24,91 @@ use crate::{
 /// Chunks buffered between the upstream reader and the client before the reader waits.
 const CHANNEL_CHUNKS: usize = 32;
 
-pub(crate) struct Options {
-    pub include_usage: bool,
-    pub deadline: Instant,
-    pub total_secs: u64,
+/// A started stream: `opened` says whether it opened (admitted, and the upstream's first chunk
+/// arrived); the chunks follow on `chunks`.
+pub(crate) struct Started {
+    pub opened: oneshot::Receiver<Result<(), Status>>,
+    pub chunks: ReceiverStream<Result<ChatChunk, Status>>,
 }
 
-pub(crate) fn relay(
-    service: InferenceService,
+/// A stream that is admitted and has its first upstream chunk.
+struct Opened {
     admitted: Admitted,
     first: ChatChunk,
     rest: ChunkStream,
-    options: Options,
-) -> ReceiverStream<Result<ChatChunk, Status>> {
+    deadline: Instant,
+}
+
+/// Starts a stream's task.
+pub(crate) fn start(
+    service: InferenceService,
+    metadata: MetadataMap,
+    request: ChatRequest,
+) -> Started {
+    let (opened_tx, opened_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    tokio::spawn(run(service, admitted, first, rest, options, tx));
-    ReceiverStream::new(rx)
+    tokio::spawn(async move {
+        match open(&service, &metadata, &request).await {
+            Ok(Opened {
+                admitted,
+                first,
+                rest,
+                deadline,
+            }) => {
+                let include_usage = request
+                    .stream_options
+                    .is_some_and(|options| options.include_usage);
+                // If the caller is gone already, the first send fails and the stream is settled
+                // as cancelled.
+                let _ = opened_tx.send(Ok(()));
+                run(service, admitted, first, rest, include_usage, deadline, tx).await;
+            }
+            Err(status) => {
+                let _ = opened_tx.send(Err(status));
+            }
+        }
+    });
+    Started {
+        opened: opened_rx,
+        chunks: ReceiverStream::new(rx),
+    }
+}
+
+/// Admits the request and waits, within the first-token deadline, for the upstream's first chunk.
+/// A failure after admission is settled here.
+async fn open(
+    service: &InferenceService,
+    metadata: &MetadataMap,
+    request: &ChatRequest,
+) -> Result<Opened, Status> {
+    let admitted = service.admit(metadata, request, true).await?;
+    let timeouts = admitted.provider.timeouts();
+    let deadline = Instant::now() + timeouts.total;
+    let first = async {
+        let mut stream = admitted
+            .provider
+            .chat_stream(request, &admitted.target())
+            .await?;
+        match stream.next().await {
+            Some(first) => Ok((first?, stream)),
+            None => Err(UpstreamError::Failed {
+                provider: admitted.route.provider.clone(),
+                message: "the stream ended before its first chunk".to_owned(),
+            }),
+        }
+    };
+    let opened = tokio::time::timeout(timeouts.first_token, first)
+        .await
+        .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.first_token.as_secs())));
+    match opened {
+        Ok((first, rest)) => Ok(Opened {
+            admitted,
+            first,
+            rest,
+            deadline,
+        }),
+        Err(error) => Err(service.fail(&admitted, error).await),
+    }
 }
 
 /// How the upstream part of a stream ended.
@@ -49,17 +123,19 @@ async fn run(
     admitted: Admitted,
     first: ChatChunk,
     mut rest: ChunkStream,
-    options: Options,
+    include_usage: bool,
+    deadline: Instant,
     tx: mpsc::Sender<Result<ChatChunk, Status>>,
 ) {
+    let total_secs = admitted.provider.timeouts().total.as_secs();
     let mut usage: Option<Usage> = None;
     let mut finished = false;
     let mut next = Some(first);
     let end = loop {
         let mut chunk = match next.take() {
             Some(chunk) => chunk,
-            None => match tokio::time::timeout_at(options.deadline, rest.next()).await {
-                Err(_) => break End::Failed(timeout_error(&admitted, options.total_secs)),
+            None => match tokio::time::timeout_at(deadline, rest.next()).await {
+                Err(_) => break End::Failed(timeout_error(&admitted, total_secs)),
                 Ok(None) if finished => break End::Finished,
                 Ok(None) => {
                     break End::Failed(UpstreamError::Failed {
@@ -102,7 +178,7 @@ async fn run(
             Err(error.to_api_error().into_status())
         }
         (End::Finished, Err(status)) => Err(status),
-        (End::Finished, Ok(_)) if !options.include_usage => return,
+        (End::Finished, Ok(_)) if !include_usage => return,
         (End::Finished, Ok(cost)) => {
             let mut usage = usage.unwrap_or_default();
             usage.cost_picodollars = Some(cost);

@@ -113,11 +113,38 @@ pub struct ChatMessage {
 
 /// Message content: a string or an array of typed parts (kept as JSON until converted, so that
 /// errors can name the part).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ContentJson {
     Text(String),
     Parts(Vec<Value>),
+}
+
+/// The JSON type of a value, for error messages.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+// Hand-written so that a wrong type says what is expected (serde's untagged enums only say
+// "data did not match any variant").
+impl<'de> Deserialize<'de> for ContentJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(text) => Ok(Self::Text(text)),
+            Value::Array(parts) => Ok(Self::Parts(parts)),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a string or an array of content parts, got {}",
+                json_type(&other)
+            ))),
+        }
+    }
 }
 
 /// `{"type": "enabled" | "disabled"}`; other keys (budgets) are ignored.
@@ -134,11 +161,35 @@ pub enum ThinkingType {
     Disabled,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let expected = "expected a string or an array of strings";
+        match Value::deserialize(d)? {
+            Value::String(stop) => Ok(Self::One(stop)),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(stop) => Ok(stop),
+                    other => Err(serde::de::Error::custom(format!(
+                        "{expected}, got an array holding {}",
+                        json_type(&other)
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(Self::Many),
+            other => Err(serde::de::Error::custom(format!(
+                "{expected}, got {}",
+                json_type(&other)
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -779,6 +830,26 @@ mod tests {
         let e = parse(json!({"model": "m", "messages": [], "thinking": {"type": "maybe"}}))
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("thinking.type"));
+    }
+
+    #[test]
+    fn wrong_content_and_stop_types_say_what_is_expected() {
+        let e =
+            parse(json!({"model": "m", "messages": [{"role": "user", "content": 5}]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        assert!(
+            e.message
+                .contains("a string or an array of content parts, got a number"),
+            "{}",
+            e.message
+        );
+        let e = parse(json!({"model": "m", "messages": [], "stop": [1]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        assert!(
+            e.message.contains("array holding a number"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -95,6 +95,31 @@ pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
             "top_logprobs must be between 0 and 20",
         ));
     }
+    if let Some(format) = &request.response_format {
+        match format.r#type.as_str() {
+            "text" | "json_object" => {}
+            "json_schema" => {
+                let named = format
+                    .json_schema
+                    .as_ref()
+                    .is_some_and(|s| !s.name.is_empty());
+                if !named {
+                    return Err(ApiError::invalid_param(
+                        "response_format.json_schema",
+                        "response_format of type json_schema needs json_schema with a name and a schema",
+                    ));
+                }
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    "response_format.type",
+                    format!(
+                        "response_format.type must be text, json_object or json_schema, got {other:?}"
+                    ),
+                ));
+            }
+        }
+    }
     for (i, tool) in request.tools.iter().enumerate() {
         let name = tool.function.as_ref().map_or("", |f| f.name.as_str());
         let valid = (1..=64).contains(&name.len())
@@ -187,6 +212,18 @@ mod tests {
         let mut r = valid();
         r.stop = vec!["a".into(); 5];
         assert_eq!(param(&r).as_deref(), Some("stop"));
+        let mut r = valid();
+        r.response_format = Some(tollgate::v1::ResponseFormat {
+            r#type: "json_schema".into(),
+            json_schema: None,
+        });
+        assert_eq!(param(&r).as_deref(), Some("response_format.json_schema"));
+        let mut r = valid();
+        r.response_format = Some(tollgate::v1::ResponseFormat {
+            r#type: "yaml".into(),
+            json_schema: None,
+        });
+        assert_eq!(param(&r).as_deref(), Some("response_format.type"));
     }
 
     #[test]

@@ -4,8 +4,6 @@
 
 use crate::v1::{Pricing, Usage};
 
-/// Picodollars in one USD.
-pub const PICODOLLARS_PER_USD: i128 = 1_000_000_000_000;
 /// Micro-USD in one USD: the unit of a price per 1M tokens.
 pub const MICROS_PER_USD: i64 = 1_000_000;
 

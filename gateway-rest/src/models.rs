@@ -29,11 +29,13 @@ fn model_json(m: &Model) -> Value {
             "input": json_number(&format_micros(pricing.input_micros_per_mtok)),
             "cached_input": json_number(&format_micros(pricing.cached_input_micros_per_mtok)),
             "output": json_number(&format_micros(pricing.output_micros_per_mtok)),
+            "cache_write": json_number(&format_micros(pricing.cache_write_micros_per_mtok)),
             "unit": "USD per 1M tokens",
         },
         "context_length": m.context_length,
         "max_output_tokens": m.max_output_tokens,
         "thinking": thinking,
+        "vision": m.vision,
     });
     if let Some(target) = &m.alias_of {
         value["alias_of"] = json!(target);

@@ -109,6 +109,55 @@ pub struct ChatMessage {
     pub reasoning_content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    /// Provider reasoning state returned on an earlier answer (signatures, thought signatures),
+    /// sent back unchanged on assistant messages of a tool loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_details: Option<Vec<ReasoningDetailJson>>,
+}
+
+/// One element of `reasoning_details` (OpenRouter's convention; see `tollgate.v1.ReasoningDetail`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReasoningDetailJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+}
+
+impl ReasoningDetailJson {
+    pub fn to_proto(&self) -> v1::ReasoningDetail {
+        v1::ReasoningDetail {
+            r#type: self.kind.clone(),
+            text: self.text.clone(),
+            signature: self.signature.clone(),
+            data: self.data.clone(),
+            id: self.id.clone(),
+            format: self.format.clone(),
+            index: self.index,
+        }
+    }
+
+    pub fn from_proto(detail: &v1::ReasoningDetail) -> Self {
+        Self {
+            kind: detail.r#type.clone(),
+            text: detail.text.clone(),
+            signature: detail.signature.clone(),
+            data: detail.data.clone(),
+            id: detail.id.clone(),
+            format: detail.format.clone(),
+            index: detail.index,
+        }
+    }
 }
 
 /// Message content: a string or an array of typed parts (kept as JSON until converted, so that
@@ -612,6 +661,12 @@ impl ChatMessage {
             tool_call_id: self.tool_call_id,
             reasoning_content: self.reasoning_content,
             refusal: self.refusal,
+            reasoning_details: self
+                .reasoning_details
+                .unwrap_or_default()
+                .iter()
+                .map(ReasoningDetailJson::to_proto)
+                .collect(),
         })
     }
 
@@ -683,6 +738,13 @@ impl ChatMessage {
             tool_call_id: message.tool_call_id.clone(),
             reasoning_content: message.reasoning_content.clone(),
             refusal: message.refusal.clone(),
+            reasoning_details: (!message.reasoning_details.is_empty()).then(|| {
+                message
+                    .reasoning_details
+                    .iter()
+                    .map(ReasoningDetailJson::from_proto)
+                    .collect()
+            }),
         })
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::request::{FunctionCallJson, ToolCallJson};
+use super::request::{FunctionCallJson, ReasoningDetailJson, ToolCallJson};
 use crate::v1;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,12 @@ pub struct ResponseMessage {
     pub tool_calls: Vec<ToolCallJson>,
     #[serde(default)]
     pub refusal: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default"
+    )]
+    pub reasoning_details: Vec<ReasoningDetailJson>,
 }
 
 impl Default for ResponseMessage {
@@ -77,6 +83,7 @@ impl Default for ResponseMessage {
             reasoning_content: None,
             tool_calls: vec![],
             refusal: None,
+            reasoning_details: vec![],
         }
     }
 }
@@ -103,6 +110,9 @@ pub struct UsageJson {
 pub struct PromptTokensDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the provider's cache (Anthropic), billed at the cache-write price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -164,6 +174,12 @@ pub struct DeltaJson {
     pub tool_calls: Vec<ToolCallDeltaJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default"
+    )]
+    pub reasoning_details: Vec<ReasoningDetailJson>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -234,6 +250,8 @@ impl UsageJson {
             total_tokens: usage.total_tokens,
             prompt_tokens_details: Some(PromptTokensDetails {
                 cached_tokens: Some(usage.cached_prompt_tokens),
+                cache_write_tokens: (usage.cache_write_tokens > 0)
+                    .then_some(usage.cache_write_tokens),
             }),
             completion_tokens_details: Some(CompletionTokensDetails {
                 reasoning_tokens: Some(usage.reasoning_tokens),
@@ -265,6 +283,11 @@ impl UsageJson {
             cached_prompt_tokens: cached,
             reasoning_tokens: reasoning,
             cost_picodollars: None,
+            cache_write_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cache_write_tokens)
+                .unwrap_or(0),
         }
     }
 }
@@ -335,6 +358,12 @@ impl ChatCompletion {
                         tool_call_id: None,
                         reasoning_content: c.message.reasoning_content.clone(),
                         refusal: c.message.refusal.clone(),
+                        reasoning_details: c
+                            .message
+                            .reasoning_details
+                            .iter()
+                            .map(ReasoningDetailJson::to_proto)
+                            .collect(),
                     }),
                     finish_reason: c.finish_reason.clone().unwrap_or_default(),
                     logprobs_json: logprobs_to_text(&c.logprobs),
@@ -379,6 +408,11 @@ impl ChatCompletion {
                             reasoning_content: m.reasoning_content,
                             tool_calls: m.tool_calls.iter().map(tool_call_from_proto).collect(),
                             refusal: m.refusal,
+                            reasoning_details: m
+                                .reasoning_details
+                                .iter()
+                                .map(ReasoningDetailJson::from_proto)
+                                .collect(),
                         },
                         logprobs: logprobs_from_text(&c.logprobs_json),
                         finish_reason: (!c.finish_reason.is_empty())
@@ -421,6 +455,12 @@ impl ChatCompletionChunk {
                             })
                             .collect(),
                         refusal: c.delta.refusal.clone(),
+                        reasoning_details: c
+                            .delta
+                            .reasoning_details
+                            .iter()
+                            .map(ReasoningDetailJson::to_proto)
+                            .collect(),
                     }),
                     finish_reason: c.finish_reason.clone(),
                     logprobs_json: logprobs_to_text(&c.logprobs),
@@ -472,6 +512,11 @@ impl ChatCompletionChunk {
                                 })
                                 .collect(),
                             refusal: d.refusal,
+                            reasoning_details: d
+                                .reasoning_details
+                                .iter()
+                                .map(ReasoningDetailJson::from_proto)
+                                .collect(),
                         },
                         logprobs: logprobs_from_text(&c.logprobs_json),
                         finish_reason: c.finish_reason.clone(),

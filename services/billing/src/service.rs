@@ -213,6 +213,10 @@ fn validate_pricing(pricing: &Pricing) -> Result<(), BillingError> {
             "pricing.output_micros_per_mtok",
             pricing.output_micros_per_mtok,
         ),
+        (
+            "pricing.cache_write_micros_per_mtok",
+            pricing.cache_write_micros_per_mtok,
+        ),
     ];
     for (param, price) in prices {
         if price < 0 {
@@ -339,6 +343,7 @@ mod tests {
                 input_micros_per_mtok: 220_000,
                 cached_input_micros_per_mtok: 5_000,
                 output_micros_per_mtok: 440_000,
+                cache_write_micros_per_mtok: 220_000,
             }),
             outcome: tollgate::v1::Outcome::Succeeded as i32,
             ..Default::default()

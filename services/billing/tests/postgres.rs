@@ -69,6 +69,7 @@ async fn billing_works_on_postgres() {
                 input_micros_per_mtok: 220_000,
                 cached_input_micros_per_mtok: 5_000,
                 output_micros_per_mtok: 440_000,
+                cache_write_micros_per_mtok: 220_000,
             }),
             outcome: Outcome::Succeeded as i32,
             ..Default::default()

@@ -33,6 +33,7 @@ fn flash_pricing() -> Pricing {
         input_micros_per_mtok: 220_000,
         cached_input_micros_per_mtok: 5_000,
         output_micros_per_mtok: 440_000,
+        cache_write_micros_per_mtok: 220_000,
     }
 }
 
@@ -58,7 +59,7 @@ fn usage(prompt: u64, cached: u64, completion: u64, reasoning: u64) -> Usage {
         completion_tokens: completion,
         reasoning_tokens: reasoning,
         total_tokens: prompt + completion,
-        cost_picodollars: None,
+        ..Default::default()
     }
 }
 

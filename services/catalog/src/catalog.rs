@@ -76,6 +76,7 @@ impl Catalog {
                 input_micros_per_mtok: m.input_price.0,
                 cached_input_micros_per_mtok: m.cached_input_price.unwrap_or(m.input_price).0,
                 output_micros_per_mtok: m.output_price.0,
+                cache_write_micros_per_mtok: m.cache_write_price.unwrap_or(m.input_price).0,
             };
             let thinking = thinking_support(m.thinking);
             let model = Model {
@@ -88,6 +89,7 @@ impl Catalog {
                 thinking: thinking.into(),
                 alias_of: None,
                 alias_thinking: None,
+                vision: m.vision,
             };
             let route = ResolvedModel {
                 requested_id: m.id.clone(),
@@ -99,6 +101,7 @@ impl Catalog {
                 max_output_tokens: m.max_output_tokens,
                 thinking: thinking.into(),
                 thinking_override: None,
+                vision: m.vision,
             };
             catalog.insert(field("id"), model, route)?;
         }
@@ -200,6 +203,8 @@ mod tests {
             input_price: Price(220_000),
             cached_input_price: Some(Price(5_000)),
             output_price: Price(440_000),
+            cache_write_price: None,
+            vision: true,
             thinking: ThinkingConfig::Optional,
         }
     }

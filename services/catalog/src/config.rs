@@ -62,8 +62,20 @@ pub struct ModelConfig {
     #[serde(default)]
     pub cached_input_price: Option<Price>,
     pub output_price: Price,
+    /// Price of prompt tokens written to the provider's cache (Anthropic); defaults to
+    /// `input_price`.
+    #[serde(default)]
+    pub cache_write_price: Option<Price>,
     #[serde(default)]
     pub thinking: ThinkingConfig,
+    /// Whether the model accepts image inputs (default true). Image parts sent to a model
+    /// without vision are refused with a 400 before anything is sent upstream.
+    #[serde(default = "vision_default")]
+    pub vision: bool,
+}
+
+fn vision_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -92,6 +92,8 @@ mod tests {
             input_price: Price(1),
             cached_input_price: None,
             output_price: Price(2),
+            cache_write_price: None,
+            vision: true,
             thinking: ThinkingConfig::None,
         };
         let catalog = Catalog::new(&[model], &[], &["p"]).unwrap();

@@ -3,7 +3,7 @@
 
 use tollgate::{
     error::ApiError,
-    v1::{ChatRequest, ResolvedModel, Role, message::Content},
+    v1::{ChatRequest, ResolvedModel, Role, content_part::Part, message::Content},
 };
 
 /// OpenAI's limit on stop sequences.
@@ -161,6 +161,27 @@ pub fn for_model(request: &ChatRequest, model: &ResolvedModel) -> Result<(), Api
             _ => {}
         }
     }
+    if !model.vision {
+        for (i, message) in request.messages.iter().enumerate() {
+            let Some(Content::Parts(parts)) = &message.content else {
+                continue;
+            };
+            let image = parts
+                .parts
+                .iter()
+                .position(|p| matches!(p.part, Some(Part::ImageUrl(_))));
+            if let Some(j) = image {
+                return Err(ApiError::invalid_param(
+                    format!("messages[{i}].content[{j}]"),
+                    format!(
+                        "Model {} does not accept image inputs; send text only or choose a \
+                         model with vision",
+                        model.requested_id
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -246,6 +267,36 @@ mod tests {
         assert_eq!(
             for_model(&r, &model).unwrap_err().param.as_deref(),
             Some("max_completion_tokens")
+        );
+    }
+
+    #[test]
+    fn images_need_a_vision_model() {
+        let mut model = ResolvedModel {
+            requested_id: "m".into(),
+            max_output_tokens: 100,
+            vision: true,
+            ..Default::default()
+        };
+        let mut r = valid();
+        r.messages[0].content = Some(Content::Parts(tollgate::v1::ContentParts {
+            parts: vec![
+                tollgate::v1::ContentPart {
+                    part: Some(Part::Text("what is this?".into())),
+                },
+                tollgate::v1::ContentPart {
+                    part: Some(Part::ImageUrl(tollgate::v1::ImageUrl {
+                        url: "https://example.com/a.png".into(),
+                        detail: None,
+                    })),
+                },
+            ],
+        }));
+        assert!(for_model(&r, &model).is_ok());
+        model.vision = false;
+        assert_eq!(
+            for_model(&r, &model).unwrap_err().param.as_deref(),
+            Some("messages[0].content[1]")
         );
     }
 }

@@ -6,6 +6,7 @@
 //! chunk) out. Deadlines, ids, settlement and client-facing usage chunks are the service's job.
 
 mod deepseek;
+mod http;
 mod openai;
 mod openai_compatible;
 mod openai_wire;

@@ -5,7 +5,6 @@
 
 use std::{fmt, marker::PhantomData};
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::Value;
 use tollgate::{
@@ -13,7 +12,10 @@ use tollgate::{
     v1::{ChatRequest, ChatResponse, Usage},
 };
 
-use super::{ChatProvider, ChunkStream, Target};
+use super::{
+    ChatProvider, ChunkStream, Target,
+    http::{KeyPlacement, Upstream, error_text},
+};
 use crate::{
     UpstreamError,
     config::{ProviderConfig, Timeouts},
@@ -92,27 +94,11 @@ impl<D: Dialect> ChatProvider for OpenAiFamily<D> {
     }
 }
 
-/// A provider API key; never printed.
-#[derive(Clone)]
-struct ProviderKey(String);
-
-impl fmt::Debug for ProviderKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ProviderKey(***)")
-    }
-}
-
-/// Most of an upstream error body that is kept for the message.
-const MAX_ERROR_BODY: usize = 2048;
-
+/// The OpenAI protocol over one [`Upstream`]: `POST {base_url}/chat/completions`, Bearer auth.
 #[derive(Debug)]
 pub struct OpenAiWire {
-    name: String,
+    upstream: Upstream,
     url: String,
-    key: Option<ProviderKey>,
-    key_env: Option<String>,
-    client: reqwest::Client,
-    timeouts: Timeouts,
 }
 
 impl OpenAiWire {
@@ -120,89 +106,23 @@ impl OpenAiWire {
         config: &ProviderConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, reqwest::Error> {
-        let timeouts = config.timeouts();
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build()?;
-        Ok(Self {
-            name: config.name.clone(),
-            url: format!("{}/chat/completions", config.base_url.trim_end_matches('/')),
-            key: config
-                .api_key_env
-                .as_deref()
-                .and_then(env)
-                .filter(|k| !k.is_empty())
-                .map(ProviderKey),
-            key_env: config.api_key_env.clone(),
-            client,
-            timeouts,
-        })
+        let upstream = Upstream::new(config, env)?;
+        let url = format!("{}/chat/completions", upstream.base_url());
+        Ok(Self { upstream, url })
     }
 
     pub fn timeouts(&self) -> Timeouts {
-        self.timeouts
+        self.upstream.timeouts()
     }
 
-    /// Whether the provider can be called: its key is set, or it needs none (a keyless local
-    /// server such as Ollama or llama.cpp).
     pub fn ready(&self) -> Result<(), UpstreamError> {
-        match (&self.key, &self.key_env) {
-            (None, Some(env)) => Err(UpstreamError::NotConfigured {
-                provider: self.name.clone(),
-                env: env.clone(),
-            }),
-            _ => Ok(()),
-        }
+        self.upstream.ready()
     }
 
     async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
-        self.ready()?;
-        let mut request = self.client.post(&self.url).json(body);
-        if let Some(key) = &self.key {
-            request = request.bearer_auth(&key.0);
-        }
-        // The upstream must start answering within the first-token deadline.
-        let response = tokio::time::timeout(self.timeouts.first_token, request.send())
+        self.upstream
+            .post_json(&self.url, KeyPlacement::Bearer, &[], body)
             .await
-            .map_err(|_| UpstreamError::Timeout {
-                provider: self.name.clone(),
-                seconds: self.timeouts.first_token.as_secs(),
-            })?
-            .map_err(|e| self.transport_error(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        Err(UpstreamError::from_status(
-            &self.name,
-            status,
-            error_message(&text),
-        ))
-    }
-
-    fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
-        if e.is_timeout() {
-            UpstreamError::Timeout {
-                provider: self.name.clone(),
-                seconds: self.timeouts.connect.as_secs(),
-            }
-        } else {
-            UpstreamError::Connect {
-                provider: self.name.clone(),
-                // Without the URL: clients need not learn where upstreams live.
-                message: transport_message(e),
-            }
-        }
-    }
-
-    fn failed(&self, message: impl Into<String>) -> UpstreamError {
-        UpstreamError::Failed {
-            provider: self.name.clone(),
-            message: message.into(),
-        }
     }
 
     /// A non-streaming call.
@@ -212,17 +132,12 @@ impl OpenAiWire {
         read_usage: UsageReader,
     ) -> Result<ChatResponse, UpstreamError> {
         let response = self.send(&body).await?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| self.failed(format!("unreadable response: {e}")))?;
+        let value = self.upstream.read_json(response).await?;
         if let Some(error) = value.get("error") {
-            return Err(self.failed(error_text(error)));
+            return Err(self.upstream.failed(error_text(error)));
         }
         let completion: ChatCompletion = serde_json::from_value(value)
-            .map_err(|e| self.failed(format!("unreadable response: {e}")))?;
+            .map_err(|e| self.upstream.failed(format!("unreadable response: {e}")))?;
         let mut proto = completion.to_proto();
         proto.usage = completion.usage.as_ref().map(read_usage);
         Ok(proto)
@@ -238,40 +153,16 @@ impl OpenAiWire {
         body["stream"] = Value::Bool(true);
         body["stream_options"] = serde_json::json!({"include_usage": true});
         let response = self.send(&body).await?;
-        let name = self.name.clone();
-        let events = response.bytes_stream().eventsource();
-        let stream = events
+        let name = self.upstream.name().to_owned();
+        let stream = self
+            .upstream
+            .events(response)
             .take_while(|event| {
                 let done = matches!(event, Ok(e) if e.data.trim() == "[DONE]");
                 futures::future::ready(!done)
             })
-            .filter_map(move |event| {
-                let name = name.clone();
-                futures::future::ready(match event {
-                    Err(e) => Some(Err(UpstreamError::Failed {
-                        provider: name,
-                        message: format!("stream broke: {e}"),
-                    })),
-                    Ok(event) if event.data.trim().is_empty() => None,
-                    Ok(event) => Some(parse_chunk(&name, &event.data, read_usage)),
-                })
-            });
+            .map(move |event| event.and_then(|e| parse_chunk(&name, &e.data, read_usage)));
         Ok(Box::pin(stream))
-    }
-}
-
-fn transport_message(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let what = if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "reading the response failed"
-    } else {
-        "request failed"
-    };
-    match e.source() {
-        Some(source) => format!("{what}: {source}"),
-        None => what.to_owned(),
     }
 }
 
@@ -296,38 +187,9 @@ fn parse_chunk(
     Ok(proto)
 }
 
-fn error_text(error: &Value) -> String {
-    error
-        .get("message")
-        .and_then(Value::as_str)
-        .map_or_else(|| error.to_string(), str::to_owned)
-}
-
-/// The message of an upstream error body (`{"error":{"message":...}}`), or the body itself.
-fn error_message(body: &str) -> String {
-    let message = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").map(error_text))
-        .unwrap_or_else(|| body.trim().to_owned());
-    match message.char_indices().nth(MAX_ERROR_BODY) {
-        Some((cut, _)) => format!("{}...", &message[..cut]),
-        None => message,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_messages_come_from_the_openai_error_body() {
-        assert_eq!(
-            error_message(r#"{"error":{"message":"bad","type":"invalid_request_error"}}"#),
-            "bad"
-        );
-        assert_eq!(error_message("  plain text "), "plain text");
-        assert_eq!(error_message(&"x".repeat(5000)).len(), MAX_ERROR_BODY + 3);
-    }
 
     #[test]
     fn in_band_stream_errors_fail_the_stream() {

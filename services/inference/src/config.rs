@@ -11,6 +11,8 @@ pub enum ProviderKind {
     Openai,
     Deepseek,
     OpenaiCompatible,
+    /// Anthropic's Messages API (`providers/anthropic`).
+    Anthropic,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@
 //! a [`ChatResponse`] or a stream of [`ChatChunk`]s (usage normalised, possibly attached to any
 //! chunk) out. Deadlines, ids, settlement and client-facing usage chunks are the service's job.
 
+mod anthropic;
 mod deepseek;
 mod http;
 mod openai;
@@ -60,6 +61,7 @@ pub enum Provider {
     Openai(OpenAiFamily<openai::OpenAi>),
     Deepseek(OpenAiFamily<deepseek::DeepSeek>),
     OpenaiCompatible(OpenAiFamily<openai_compatible::OpenAiCompatible>),
+    Anthropic(anthropic::Anthropic),
 }
 
 impl Provider {
@@ -69,11 +71,12 @@ impl Provider {
         config: &ProviderConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, BuildError> {
-        let wire = openai_wire::OpenAiWire::new(config, env)?;
+        let wire = || openai_wire::OpenAiWire::new(config, env);
         Ok(match config.kind {
-            ProviderKind::Openai => Self::Openai(OpenAiFamily::new(wire)),
-            ProviderKind::Deepseek => Self::Deepseek(OpenAiFamily::new(wire)),
-            ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire)),
+            ProviderKind::Openai => Self::Openai(OpenAiFamily::new(wire()?)),
+            ProviderKind::Deepseek => Self::Deepseek(OpenAiFamily::new(wire()?)),
+            ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire()?)),
+            ProviderKind::Anthropic => Self::Anthropic(anthropic::Anthropic::new(config, env)?),
         })
     }
 
@@ -84,6 +87,7 @@ impl Provider {
             Self::Openai(p) => p.wire.ready(),
             Self::Deepseek(p) => p.wire.ready(),
             Self::OpenaiCompatible(p) => p.wire.ready(),
+            Self::Anthropic(p) => p.ready(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Provider {
             Self::Openai(p) => p.wire.timeouts(),
             Self::Deepseek(p) => p.wire.timeouts(),
             Self::OpenaiCompatible(p) => p.wire.timeouts(),
+            Self::Anthropic(p) => p.timeouts(),
         }
     }
 
@@ -104,6 +109,7 @@ impl Provider {
             Self::Openai(p) => p.chat(request, target).await,
             Self::Deepseek(p) => p.chat(request, target).await,
             Self::OpenaiCompatible(p) => p.chat(request, target).await,
+            Self::Anthropic(p) => p.chat(request, target).await,
         }
     }
 
@@ -116,6 +122,7 @@ impl Provider {
             Self::Openai(p) => p.chat_stream(request, target).await,
             Self::Deepseek(p) => p.chat_stream(request, target).await,
             Self::OpenaiCompatible(p) => p.chat_stream(request, target).await,
+            Self::Anthropic(p) => p.chat_stream(request, target).await,
         }
     }
 }

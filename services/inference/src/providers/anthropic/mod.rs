@@ -1,0 +1,114 @@
+//! Anthropic (`kind = "anthropic"`): the Messages API, `POST {base_url}/messages` with
+//! `x-api-key` and `anthropic-version: 2023-06-01` (providers.md §2). `request.rs` maps the
+//! OpenAI request, `response.rs` reads answers and usage, `stream.rs` translates the named-event
+//! stream.
+//!
+//! Reasoning round trip: thinking blocks come out as `reasoning_content` plus `reasoning_details`
+//! of format `anthropic-claude-v1` (`reasoning.text` with the block's signature, or
+//! `reasoning.encrypted` for redacted thinking); an assistant message sent back with those
+//! details gets its thinking blocks back, before its text and tool_use blocks, exactly as
+//! Anthropic requires in tool loops with thinking on.
+//!
+//! Errors: Anthropic's error bodies share `error.message` with OpenAI's, so the shared mapping
+//! applies: 400/404/413 → 400 with Anthropic's message, 401/402/403 → 502 without our key,
+//! 429/529 → 503, other 5xx → 502, 504 → 504; an `error` event inside a 200 stream ends the
+//! stream with an error.
+
+mod request;
+mod response;
+mod stream;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tollgate::v1::{ChatRequest, ChatResponse};
+
+use super::{
+    ChatProvider, ChunkStream, Target,
+    http::{KeyPlacement, Upstream, error_text},
+};
+use crate::{
+    UpstreamError,
+    config::{ProviderConfig, Timeouts},
+};
+
+/// The `format` of the reasoning details this provider emits and accepts back.
+const REASONING_FORMAT: &str = "anthropic-claude-v1";
+
+/// The API version the request shapes here follow (the one the official SDKs pin).
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The Anthropic Messages API over one [`Upstream`].
+#[derive(Debug)]
+pub struct Anthropic {
+    upstream: Upstream,
+    url: String,
+}
+
+impl Anthropic {
+    pub fn new(
+        config: &ProviderConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, reqwest::Error> {
+        let upstream = Upstream::new(config, env)?;
+        let url = format!("{}/messages", upstream.base_url());
+        Ok(Self { upstream, url })
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.upstream.timeouts()
+    }
+
+    pub fn ready(&self) -> Result<(), UpstreamError> {
+        self.upstream.ready()
+    }
+
+    async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
+        self.upstream
+            .post_json(
+                &self.url,
+                KeyPlacement::Header("x-api-key"),
+                &[("anthropic-version", ANTHROPIC_VERSION)],
+                body,
+            )
+            .await
+    }
+}
+
+impl ChatProvider for Anthropic {
+    async fn chat(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> Result<ChatResponse, UpstreamError> {
+        let body = request::body(request, target)?;
+        let response = self.send(&body).await?;
+        let value = self.upstream.read_json(response).await?;
+        if value.get("type").and_then(Value::as_str) == Some("error") {
+            let error = value.get("error").cloned().unwrap_or(Value::Null);
+            return Err(self.upstream.failed(error_text(&error)));
+        }
+        response::completion(value).map_err(|e| self.upstream.failed(e))
+    }
+
+    async fn chat_stream(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> Result<ChunkStream, UpstreamError> {
+        let mut body = request::body(request, target)?;
+        body["stream"] = Value::Bool(true);
+        let response = self.send(&body).await?;
+        let mut translator = stream::StreamTranslator::new(self.upstream.name());
+        let chunks = self
+            .upstream
+            .events(response)
+            .filter_map(move |event| {
+                let chunk = event.and_then(|e| translator.on_event(&e.data));
+                futures::future::ready(chunk.transpose())
+            });
+        Ok(Box::pin(chunks))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -4,14 +4,17 @@
 //! user message (`[status=503]`, `[delay_ms=1500]`, `[cache=4]`, `[stream_error]`, `[tool]`, ...)
 //! steer it, so tests can drive it through a gateway. It records every chat request it receives.
 //!
-//! Routes: `POST …/chat/completions` (any prefix), `GET /_mock/requests` (the recorded requests
-//! as a JSON array), `DELETE /_mock/requests` (forget them).
+//! Routes: `POST …/chat/completions` (any prefix), `POST …/messages` (Anthropic's Messages API,
+//! see `anthropic.rs`), `GET /_mock/requests` (the recorded requests as a JSON array),
+//! `DELETE /_mock/requests` (forget them).
 
+mod anthropic;
 mod error;
 mod request;
 mod response;
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex, PoisonError},
@@ -30,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{net::TcpListener, task::JoinHandle};
 
+pub use anthropic::{AnthropicError, STREAM_ERROR_MESSAGE as ANTHROPIC_STREAM_ERROR, signature};
 pub use error::MockError;
 pub use request::{
     Answer, ChatPlan, Flavour, TOOL_ARGUMENT_FRAGMENTS, TOOL_CALL_ID, message_text, pieces, plan,
@@ -54,6 +58,10 @@ pub struct RecordedRequest {
     pub authorization: Option<String>,
     /// The JSON body, or the raw text when it was not JSON.
     pub body: Value,
+    /// Every request header (lower-case names), e.g. Anthropic's `x-api-key` and
+    /// `anthropic-version`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +162,9 @@ async fn dispatch(
 ) -> Response {
     if method == Method::POST && uri.path().ends_with("/chat/completions") {
         chat_completions(&state, &uri, &headers, &body).await
+    } else if method == Method::POST && uri.path().ends_with("/messages") {
+        record(&state, &uri, &headers, &body);
+        anthropic::messages(state.api_key.as_deref(), &headers, &body).await
     } else {
         MockError {
             status: StatusCode::NOT_FOUND,
@@ -172,19 +183,8 @@ async fn chat_completions(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let authorization = record(state, uri, headers, body);
     let parsed: Result<Value, _> = serde_json::from_slice(body);
-    state.requests().push(RecordedRequest {
-        path: uri.path().to_owned(),
-        authorization: authorization.clone(),
-        body: match &parsed {
-            Ok(v) => v.clone(),
-            Err(_) => Value::String(String::from_utf8_lossy(body).into_owned()),
-        },
-    });
 
     let given_key = authorization
         .as_deref()
@@ -219,6 +219,27 @@ async fn chat_completions(
         return MockError::directed(status, given_key).into_response();
     }
     sse_response(plan)
+}
+
+/// Records one request; returns its `Authorization` header.
+fn record(state: &MockState, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Option<String> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.requests().push(RecordedRequest {
+        path: uri.path().to_owned(),
+        authorization: authorization.clone(),
+        body: serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())),
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+    });
+    authorization
 }
 
 /// A raw `text/event-stream` body written chunk by chunk as `data: <json>\n\n`. The headers

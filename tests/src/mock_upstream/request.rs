@@ -559,17 +559,17 @@ fn invalid_type(field: &str, expected: &str, got: &Value) -> MockError {
 
 /// The `[name=N]` and `[flag]` directives of the last user message.
 #[derive(Debug, Default)]
-struct Directives {
-    cache: u64,
-    status: Option<StatusCode>,
-    delay_ms: u64,
-    chunk_delay_ms: u64,
-    stream_error: bool,
-    tool: bool,
+pub(super) struct Directives {
+    pub(super) cache: u64,
+    pub(super) status: Option<StatusCode>,
+    pub(super) delay_ms: u64,
+    pub(super) chunk_delay_ms: u64,
+    pub(super) stream_error: bool,
+    pub(super) tool: bool,
 }
 
 impl Directives {
-    fn parse(text: &str) -> Result<Self, MockError> {
+    pub(super) fn parse(text: &str) -> Result<Self, MockError> {
         let status = match number_directive(text, "status") {
             None => None,
             Some(code) => Some(
@@ -590,7 +590,7 @@ impl Directives {
     }
 }
 
-fn number_directive(text: &str, name: &str) -> Option<u64> {
+pub(super) fn number_directive(text: &str, name: &str) -> Option<u64> {
     let open = format!("[{name}=");
     let start = text.find(&open)? + open.len();
     let rest = &text[start..];

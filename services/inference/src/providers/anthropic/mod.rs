@@ -99,13 +99,10 @@ impl ChatProvider for Anthropic {
         body["stream"] = Value::Bool(true);
         let response = self.send(&body).await?;
         let mut translator = stream::StreamTranslator::new(self.upstream.name());
-        let chunks = self
-            .upstream
-            .events(response)
-            .filter_map(move |event| {
-                let chunk = event.and_then(|e| translator.on_event(&e.data));
-                futures::future::ready(chunk.transpose())
-            });
+        let chunks = self.upstream.events(response).filter_map(move |event| {
+            let chunk = event.and_then(|e| translator.on_event(&e.data));
+            futures::future::ready(chunk.transpose())
+        });
         Ok(Box::pin(chunks))
     }
 }

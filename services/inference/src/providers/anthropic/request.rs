@@ -162,7 +162,13 @@ pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, Upstrea
     }
     body.insert(
         "messages".into(),
-        Value::Array(conversation.turns.into_iter().map(Turn::into_json).collect()),
+        Value::Array(
+            conversation
+                .turns
+                .into_iter()
+                .map(Turn::into_json)
+                .collect(),
+        ),
     );
 
     if let Some(t) = request.temperature {
@@ -279,8 +285,10 @@ fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
             let schema = match function.parameters_json.trim() {
                 "" => empty_schema(),
                 text => {
-                    let mut schema: Map<String, Value> = serde_json::from_str(text)
-                        .map_err(|_| unsupported(&param, format!("{param} must be a JSON object")))?;
+                    let mut schema: Map<String, Value> =
+                        serde_json::from_str(text).map_err(|_| {
+                            unsupported(&param, format!("{param} must be a JSON object"))
+                        })?;
                     if schema.is_empty() {
                         empty_schema()
                     } else {
@@ -325,7 +333,9 @@ fn tool_choice(
             other => {
                 return Err(unsupported(
                     "tool_choice",
-                    format!("tool_choice must be none, auto, required or a function, got {other:?}"),
+                    format!(
+                        "tool_choice must be none, auto, required or a function, got {other:?}"
+                    ),
                 ));
             }
         },
@@ -383,11 +393,14 @@ fn text_block(text: String) -> Option<Value> {
 
 fn image_block(url: &str, param: &str) -> Result<Value, UpstreamError> {
     if let Some(rest) = url.strip_prefix("data:") {
-        let (header, data) = rest.split_once(',').ok_or_else(|| {
-            unsupported(param, format!("{param} is a data URL without a comma"))
-        })?;
+        let (header, data) = rest
+            .split_once(',')
+            .ok_or_else(|| unsupported(param, format!("{param} is a data URL without a comma")))?;
         let media_type = header.strip_suffix(";base64").ok_or_else(|| {
-            unsupported(param, format!("{param} must be a base64 data URL (data:<type>;base64,...)"))
+            unsupported(
+                param,
+                format!("{param} must be a base64 data URL (data:<type>;base64,...)"),
+            )
         })?;
         let media_type = media_type.to_ascii_lowercase();
         if !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {

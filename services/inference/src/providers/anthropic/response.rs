@@ -264,7 +264,10 @@ mod tests {
         .unwrap();
         usage.merge(serde_json::from_value(json!({"output_tokens": 65})).unwrap());
         let u = usage.normalise();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens), (382, 65, 5));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
+            (382, 65, 5)
+        );
     }
 
     #[test]
@@ -307,10 +310,16 @@ mod tests {
         assert_eq!(m.tool_calls.len(), 1);
         assert_eq!(m.tool_calls[0].id, "toolu_01");
         let f = m.tool_calls[0].function.as_ref().unwrap();
-        assert_eq!((f.name.as_str(), f.arguments.as_str()), ("get_weather", r#"{"location":"Paris"}"#));
+        assert_eq!(
+            (f.name.as_str(), f.arguments.as_str()),
+            ("get_weather", r#"{"location":"Paris"}"#)
+        );
         assert_eq!(
             m.reasoning_details,
-            vec![thinking_detail("Let me look.", "sig-1", 0), redacted_detail("opaque", 1)]
+            vec![
+                thinking_detail("Let me look.", "sig-1", 0),
+                redacted_detail("opaque", 1)
+            ]
         );
         assert_eq!(response.usage.unwrap().prompt_tokens, 20);
     }
@@ -323,7 +332,8 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(tool_only.choices[0].message.as_ref().unwrap().content, None);
-        let empty = completion(json!({"content": [], "stop_reason": "max_tokens", "usage": {}})).unwrap();
+        let empty =
+            completion(json!({"content": [], "stop_reason": "max_tokens", "usage": {}})).unwrap();
         assert_eq!(
             empty.choices[0].message.as_ref().unwrap().content,
             Some(Content::Text(String::new()))

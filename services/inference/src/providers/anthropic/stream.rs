@@ -224,9 +224,7 @@ impl StreamTranslator {
                         None => return Ok(None),
                     }
                 }
-                Block::RedactedThinking { data } => {
-                    self.detail(|i| redacted_detail(&data, i))
-                }
+                Block::RedactedThinking { data } => self.detail(|i| redacted_detail(&data, i)),
                 Block::Text { .. } | Block::Other => return Ok(None),
             },
             Event::ContentBlockDelta { index, delta } => match delta {
@@ -271,9 +269,7 @@ impl StreamTranslator {
                 _ => return Ok(None),
             },
             Event::ContentBlockStop { index } => match self.thinking.remove(&index) {
-                Some(block) => {
-                    self.detail(|i| thinking_detail(&block.text, &block.signature, i))
-                }
+                Some(block) => self.detail(|i| thinking_detail(&block.text, &block.signature, i)),
                 None => return Ok(None),
             },
             Event::MessageDelta { delta, usage } => {
@@ -467,21 +463,38 @@ data: {"type": "message_stop"}
         let last = chunks.last().unwrap();
         assert_eq!(last.choices[0].finish_reason.as_deref(), Some("stop"));
         let usage = last.usage.unwrap();
-        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (11, 6, 17));
-        assert!(chunks[1..chunks.len() - 1].iter().all(|c| c.usage.is_none()));
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens
+            ),
+            (11, 6, 17)
+        );
+        assert!(
+            chunks[1..chunks.len() - 1]
+                .iter()
+                .all(|c| c.usage.is_none())
+        );
     }
 
     #[test]
     fn an_2_tool_use_stream_counts_tool_indexes_over_tool_blocks_only() {
         let chunks = replay(AN_2);
-        assert_eq!(content(&chunks), "I'll check the current weather in Paris for you.");
+        assert_eq!(
+            content(&chunks),
+            "I'll check the current weather in Paris for you."
+        );
         let calls: Vec<&ToolCallDelta> = chunks
             .iter()
             .flat_map(|c| c.choices[0].delta.as_ref().unwrap().tool_calls.iter())
             .collect();
         // Block 1 is the first tool_use: OpenAI index 0.
         assert!(calls.iter().all(|c| c.index == 0));
-        assert_eq!(calls[0].id.as_deref(), Some("toolu_01NRLabsLyVHZPKxbKvkfSMn"));
+        assert_eq!(
+            calls[0].id.as_deref(),
+            Some("toolu_01NRLabsLyVHZPKxbKvkfSMn")
+        );
         assert_eq!(calls[0].name.as_deref(), Some("get_weather"));
         assert_eq!(calls[0].r#type.as_deref(), Some("function"));
         // The empty fragment is skipped; the rest concatenate to the arguments.
@@ -490,7 +503,11 @@ data: {"type": "message_stop"}
             .map(|c| c.arguments.as_deref().unwrap())
             .collect();
         assert_eq!(fragments, ["{\"locati", "on\": \"P", "ar", "is\"}"]);
-        assert!(calls[1..].iter().all(|c| c.id.is_none() && c.name.is_none()));
+        assert!(
+            calls[1..]
+                .iter()
+                .all(|c| c.id.is_none() && c.name.is_none())
+        );
         let last = chunks.last().unwrap();
         assert_eq!(last.choices[0].finish_reason.as_deref(), Some("tool_calls"));
         let usage = last.usage.unwrap();
@@ -582,7 +599,10 @@ data: {"type": "message_stop"}
             .collect();
         assert_eq!(
             details,
-            [&thinking_detail("hm", "s1", 0), &redacted_detail("opaque", 1)]
+            [
+                &thinking_detail("hm", "s1", 0),
+                &redacted_detail("opaque", 1)
+            ]
         );
         let usage = chunks.last().unwrap().usage.unwrap();
         assert_eq!(
@@ -603,7 +623,10 @@ data: {"type": "message_stop"}
         let overloaded = t
             .on_event(r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#)
             .unwrap_err();
-        assert!(matches!(overloaded, UpstreamError::Overloaded { status: 529, .. }));
+        assert!(matches!(
+            overloaded,
+            UpstreamError::Overloaded { status: 529, .. }
+        ));
         let other = t
             .on_event(r#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#)
             .unwrap_err();

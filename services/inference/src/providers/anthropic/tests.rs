@@ -100,8 +100,15 @@ fn an_5_overloaded_maps_to_503() {
     );
     let api = e.to_api_error();
     assert_eq!(api.kind, ErrorKind::InvalidRequest);
-    assert!(api.message.contains("text content blocks must be non-empty"));
-    let too_large = UpstreamError::from_status("anthropic", 413, "Request exceeds the maximum allowed number of bytes.".into());
+    assert!(
+        api.message
+            .contains("text content blocks must be non-empty")
+    );
+    let too_large = UpstreamError::from_status(
+        "anthropic",
+        413,
+        "Request exceeds the maximum allowed number of bytes.".into(),
+    );
     assert_eq!(too_large.to_api_error().kind, ErrorKind::InvalidRequest);
     for status in [401, 403] {
         let e = UpstreamError::from_status("anthropic", status, "invalid x-api-key".into());
@@ -134,7 +141,14 @@ fn system_and_developer_messages_are_lifted_and_same_role_turns_merged() {
     );
     // The model's own limit is the default max_tokens; nothing else is set.
     assert_eq!(b["max_tokens"], 64000);
-    for absent in ["temperature", "tools", "tool_choice", "thinking", "metadata", "stop_sequences"] {
+    for absent in [
+        "temperature",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "metadata",
+        "stop_sequences",
+    ] {
         assert!(b.get(absent).is_none(), "{absent}");
     }
 }
@@ -152,7 +166,10 @@ fn empty_text_is_omitted_and_empty_messages_dropped() {
         b["messages"],
         json!([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "again"}]}])
     );
-    let (param, _) = refused(with_messages(json!([{"role": "user", "content": ""}])), None);
+    let (param, _) = refused(
+        with_messages(json!([{"role": "user", "content": ""}])),
+        None,
+    );
     assert_eq!(param, "messages");
 }
 
@@ -267,10 +284,15 @@ fn sampling_fields_map_or_are_refused() {
     assert_eq!(b["top_p"], 0.9);
     assert_eq!(b["top_k"], 5);
     assert_eq!(b["stop_sequences"], json!(["END"]));
-    assert_eq!(b["max_tokens"], 200, "max_completion_tokens wins over max_tokens");
+    assert_eq!(
+        b["max_tokens"], 200,
+        "max_completion_tokens wins over max_tokens"
+    );
     assert_eq!(b["metadata"], json!({"user_id": "user-42"}));
     assert!(b.get("seed").is_none() && b.get("user").is_none());
-    let b = body(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}));
+    let b = body(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}),
+    );
     assert_eq!(b["max_tokens"], 300);
 
     for (field, value) in [
@@ -336,12 +358,18 @@ fn tools_and_every_tool_choice_form() {
         with_choice(json!("none"), Some(false))["tool_choice"],
         json!({"type": "none"})
     );
-    assert!(with_choice(Value::Null, Some(true)).get("tool_choice").is_none());
+    assert!(
+        with_choice(Value::Null, Some(true))
+            .get("tool_choice")
+            .is_none()
+    );
 }
 
 #[test]
 fn response_formats() {
-    let mut openai = with_messages(json!([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}]));
+    let mut openai = with_messages(
+        json!([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}]),
+    );
     openai["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}});
     let b = body(openai.clone());
     assert_eq!(
@@ -396,8 +424,18 @@ fn thinking_budget_follows_reasoning_effort_and_fits_under_max_tokens() {
     let (param, _) = refused(ask(Some("extreme"), None), Some(true));
     assert_eq!(param, "reasoning_effort");
     // Off, or left to a model that does not think by default: no thinking field.
-    assert!(body_with(ask(Some("high"), None), Some(false)).unwrap().get("thinking").is_none());
-    assert!(body_with(ask(None, None), None).unwrap().get("thinking").is_none());
+    assert!(
+        body_with(ask(Some("high"), None), Some(false))
+            .unwrap()
+            .get("thinking")
+            .is_none()
+    );
+    assert!(
+        body_with(ask(None, None), None)
+            .unwrap()
+            .get("thinking")
+            .is_none()
+    );
 }
 
 #[test]

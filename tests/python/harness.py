@@ -415,6 +415,7 @@ class Gateway:
         self.env.update(
             MOCK_DEEPSEEK_KEY=PROVIDER_KEY,
             MOCK_OPENAI_KEY=PROVIDER_KEY,
+            MOCK_ANTHROPIC_KEY=PROVIDER_KEY,
             MOCK_WRONG_KEY=WRONG_PROVIDER_KEY,
             RUST_BACKTRACE="1",
         )

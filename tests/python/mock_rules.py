@@ -5,6 +5,17 @@ The mock's rules: the reply is `Echo: <last user text>`; a token is a whitespace
 prompt_tokens counts the words of every message (at least 1); with thinking on (DeepSeek models)
 the reasoning is `Thinking about: <last user text>` and its words count as completion (and
 reasoning) tokens; `[cache=N]` in the last user text reports N cached prompt tokens.
+
+The Anthropic flavour (`POST …/messages`, tests/src/mock_upstream/anthropic.rs) follows the same
+rules over Anthropic's shapes: prompt tokens are the words of `system`, of the text blocks and of
+the tool_result contents; the answer echoes the text of the last user message that has text;
+`[cache=N]` is reported as `cache_read_input_tokens`, `[cache_write=N]` as
+`cache_creation_input_tokens` (both taken out of `input_tokens`); `[tool]` makes it call a tool
+(`toolu_mock_0` with `{"location":"Paris"}`), `[parallel]` two (`toolu_mock_1` with
+`{"location":"London"}`) unless `disable_parallel_tool_use`; `[refusal]` ends with
+`stop_reason: refusal`; a stop sequence found in the answer cuts it (`stop_sequence`); with
+thinking on it first thinks `Thinking about: <text>` signed by `anthropic_signature`, and
+`output_tokens_details.thinking_tokens` counts those words.
 """
 
 from __future__ import annotations
@@ -122,3 +133,72 @@ def cost_picodollars(usage: Usage, prices: tuple[str, str, str]) -> int:
     exact = cost_usd(usage, prices) * Decimal(10**12)
     assert exact == exact.to_integral_value(), "prices with <= 6 decimals give whole picodollars"
     return int(exact)
+
+
+# ---- Anthropic flavour ------------------------------------------------------------------------
+
+ANTHROPIC_TOOL_CALLS = (("toolu_mock_0", '{"location":"Paris"}'), ("toolu_mock_1", '{"location":"London"}'))
+
+
+def anthropic_signature(thinking: str) -> str:
+    """The signature the mock gives a thinking text (FNV-1a 64, hex), as `signature` in anthropic.rs."""
+    h = 0xCBF29CE484222325
+    for b in thinking.encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"mocksig_{h:016x}"
+
+
+def _block_words(block: dict[str, Any]) -> int:
+    if block.get("type") == "text":
+        return words(block["text"])
+    if block.get("type") == "tool_result":
+        content = block.get("content")
+        if isinstance(content, str):
+            return words(content)
+        if isinstance(content, list):
+            return sum(words(p.get("text", "")) for p in content)
+    return 0
+
+
+def anthropic_prompt_tokens(body: dict[str, Any]) -> int:
+    """The prompt tokens the Anthropic mock reports for the request body it received."""
+    system = body.get("system", "")
+    total = words(system) if isinstance(system, str) else sum(words(b["text"]) for b in system)
+    for m in body["messages"]:
+        content = m["content"]
+        total += words(content) if isinstance(content, str) else sum(_block_words(b) for b in content)
+    return max(1, total)
+
+
+def anthropic_last_user_text(body: dict[str, Any]) -> str:
+    for m in reversed(body["messages"]):
+        if m["role"] != "user":
+            continue
+        content = m["content"]
+        text = content if isinstance(content, str) else " ".join(b["text"] for b in content if b.get("type") == "text")
+        if text:
+            return text
+    return ""
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """Usage with Anthropic's cache writes: prompt includes cached and written tokens."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def cost_with_cache_writes_usd(usage: CacheUsage, prices: tuple[str, str, str, str]) -> Decimal:
+    """Exact cost with prices (input, cached_input, cache_write, output) per 1M tokens."""
+    input_price, cached_price, write_price, output_price = (Decimal(p) for p in prices)
+    uncached = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
+    return (
+        uncached * input_price
+        + usage.cached_tokens * cached_price
+        + usage.cache_write_tokens * write_price
+        + usage.completion_tokens * output_price
+    ) / MILLION

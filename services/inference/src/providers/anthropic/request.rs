@@ -591,13 +591,13 @@ impl Conversation {
         for turn in &mut turns {
             // tool_result blocks first in a user turn, thinking first in an assistant turn; the
             // rest keeps its order (a stable sort).
-            let first = if turn.role == "user" {
-                ["tool_result", "tool_result"]
+            let leads: &[&str] = if turn.role == "user" {
+                &["tool_result"]
             } else {
-                ["thinking", "redacted_thinking"]
+                &["thinking", "redacted_thinking"]
             };
             turn.blocks
-                .sort_by_key(|b| !first.contains(&Turn::block_type(b)));
+                .sort_by_key(|b| !leads.contains(&Turn::block_type(b)));
         }
         check_tool_pairs(&turns, &call_origin, &result_origin)?;
         Ok(Self { system, turns })

@@ -479,3 +479,22 @@ fn reasoning_details_of_our_format_return_as_thinking_blocks_first() {
         ])
     );
 }
+
+#[test]
+fn a_model_that_always_thinks_thinks_unless_told_otherwise() {
+    let mut route = route();
+    route.thinking = ThinkingSupport::Always.into();
+    let target = |thinking| Target {
+        route: &route,
+        thinking,
+    };
+    assert!(request::thinking_on(&target(None)));
+    assert!(!request::thinking_on(&target(Some(false))));
+    let mut none = self::route();
+    none.thinking = ThinkingSupport::None.into();
+    let never = Target {
+        route: &none,
+        thinking: Some(true),
+    };
+    assert!(!request::thinking_on(&never));
+}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import uuid
 from decimal import Decimal
@@ -151,8 +152,6 @@ def received(mock, marker: str) -> dict:
 
 def expected(body: dict, *, completion: int, thinking: bool = False) -> CacheUsage:
     """The usage the mock reports for the request body it received."""
-    import re
-
     prompt = anthropic_prompt_tokens(body)
     text = anthropic_last_user_text(body)
     m = re.search(r"\[cache=(\d+)\]", text)
@@ -582,13 +581,13 @@ def test_reasoning_round_trip_in_a_tool_loop(client, mock):
     assert second.choices[0].finish_reason == "tool_calls"
 
     # Without the details the mock refuses, as Anthropic does: the round trip is what makes it work.
-    stripped = [m for m in messages]
+    stripped = list(messages)
     stripped[1] = {k: v for k, v in messages[1].items() if k != "reasoning_details"}
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=THINKING_ALIAS, messages=stripped, tools=[WEATHER_TOOL])
     assert "Expected `thinking`" in str(err.value)
     # Details of another provider's format are dropped, not sent to Anthropic.
-    foreign = [m for m in messages]
+    foreign = list(messages)
     foreign[1] = {**messages[1], "reasoning_details": [{**details[0], "format": "google-gemini-v1"}]}
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=THINKING_ALIAS, messages=foreign, tools=[WEATHER_TOOL])
@@ -684,6 +683,7 @@ def test_cache_reads_and_writes_are_billed_exactly(gateway, key, mock, stream):
         (429, 503, "service_unavailable"),
         (529, 503, "service_unavailable"),
         (500, 502, "upstream_error"),
+        (504, 504, "upstream_timeout"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])

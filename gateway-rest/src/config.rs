@@ -12,7 +12,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use tollgate_billing::config::{DatabaseConfig, TierConfig};
 use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
-use tollgate_inference::ProviderConfig;
+use tollgate_inference::{ImagesConfig, ProviderConfig};
 
 /// Prefix of environment overrides: `TOLLGATE__SERVER__HTTP_ADDR=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "TOLLGATE__";
@@ -83,6 +83,9 @@ pub struct Config {
     pub aliases: Vec<AliasConfig>,
     #[serde(default)]
     pub tiers: Vec<TierConfig>,
+    /// How the gateway fetches image URLs for providers that only take image bytes (Gemini).
+    #[serde(default)]
+    pub images: ImagesConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,7 @@ pub struct Runtime {
     pub providers: Vec<ProviderConfig>,
     pub catalog: Catalog,
     pub tiers: tollgate_billing::Tiers,
+    pub images: ImagesConfig,
 }
 
 impl Config {
@@ -174,6 +178,17 @@ impl Config {
                 message: "must be at least 1".to_owned(),
             });
         }
+        for (field, value) in [
+            ("images.max_bytes", self.images.max_bytes),
+            ("images.timeout_secs", self.images.timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field: field.to_owned(),
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
         let provider_names: Vec<&str> = self.providers.iter().map(|p| p.name.as_str()).collect();
         let catalog = Catalog::new(&self.models, &self.aliases, &provider_names)?;
         let tiers = tollgate_billing::Tiers::new(self.tiers)?;
@@ -183,6 +198,7 @@ impl Config {
             providers: self.providers,
             catalog,
             tiers,
+            images: self.images,
         })
     }
 }

@@ -11,6 +11,8 @@ pub enum ProviderKind {
     Openai,
     Deepseek,
     OpenaiCompatible,
+    /// Google's Gemini API (generateContent / streamGenerateContent).
+    Gemini,
 }
 
 #[derive(Debug, Clone, Deserialize)]

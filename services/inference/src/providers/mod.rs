@@ -6,6 +6,7 @@
 //! chunk) out. Deadlines, ids, settlement and client-facing usage chunks are the service's job.
 
 mod deepseek;
+mod gemini;
 mod http;
 mod openai;
 mod openai_compatible;
@@ -16,11 +17,12 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 use futures::Stream;
 use tollgate::v1::{ChatChunk, ChatRequest, ChatResponse, ResolvedModel};
 
-use openai_wire::OpenAiFamily;
+use openai_wire::{OpenAiFamily, OpenAiWire};
 
 use crate::{
     UpstreamError,
     config::{ProviderConfig, ProviderKind, Timeouts},
+    images::{ImageFetcher, ImagesConfig},
 };
 
 /// Why a provider's HTTP client could not be built.
@@ -60,20 +62,24 @@ pub enum Provider {
     Openai(OpenAiFamily<openai::OpenAi>),
     Deepseek(OpenAiFamily<deepseek::DeepSeek>),
     OpenaiCompatible(OpenAiFamily<openai_compatible::OpenAiCompatible>),
+    Gemini(gemini::Gemini),
 }
 
 impl Provider {
     /// Builds the adapter (and its pooled HTTP client) for one configured provider. The API key
-    /// is read through `env` so tests never touch the process environment.
+    /// is read through `env` so tests never touch the process environment; `images` fetches
+    /// image URLs for providers that only take bytes.
     pub fn new(
         config: &ProviderConfig,
+        images: &ImageFetcher,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, BuildError> {
-        let wire = openai_wire::OpenAiWire::new(config, env)?;
+        let wire = || OpenAiWire::new(config, env);
         Ok(match config.kind {
-            ProviderKind::Openai => Self::Openai(OpenAiFamily::new(wire)),
-            ProviderKind::Deepseek => Self::Deepseek(OpenAiFamily::new(wire)),
-            ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire)),
+            ProviderKind::Openai => Self::Openai(OpenAiFamily::new(wire()?)),
+            ProviderKind::Deepseek => Self::Deepseek(OpenAiFamily::new(wire()?)),
+            ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire()?)),
+            ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(config, images.clone(), env)?),
         })
     }
 
@@ -84,6 +90,7 @@ impl Provider {
             Self::Openai(p) => p.wire.ready(),
             Self::Deepseek(p) => p.wire.ready(),
             Self::OpenaiCompatible(p) => p.wire.ready(),
+            Self::Gemini(p) => p.ready(),
         }
     }
 
@@ -92,6 +99,7 @@ impl Provider {
             Self::Openai(p) => p.wire.timeouts(),
             Self::Deepseek(p) => p.wire.timeouts(),
             Self::OpenaiCompatible(p) => p.wire.timeouts(),
+            Self::Gemini(p) => p.timeouts(),
         }
     }
 
@@ -104,6 +112,7 @@ impl Provider {
             Self::Openai(p) => p.chat(request, target).await,
             Self::Deepseek(p) => p.chat(request, target).await,
             Self::OpenaiCompatible(p) => p.chat(request, target).await,
+            Self::Gemini(p) => p.chat(request, target).await,
         }
     }
 
@@ -116,6 +125,7 @@ impl Provider {
             Self::Openai(p) => p.chat_stream(request, target).await,
             Self::Deepseek(p) => p.chat_stream(request, target).await,
             Self::OpenaiCompatible(p) => p.chat_stream(request, target).await,
+            Self::Gemini(p) => p.chat_stream(request, target).await,
         }
     }
 }
@@ -125,13 +135,17 @@ impl Provider {
 pub struct Providers(HashMap<String, Arc<Provider>>);
 
 impl Providers {
+    /// `images` is the `[images]` section: how image URLs are fetched for providers that need
+    /// the bytes.
     pub fn new(
         configs: &[ProviderConfig],
+        images: &ImagesConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, BuildError> {
+        let images = ImageFetcher::new(images);
         configs
             .iter()
-            .map(|c| Ok((c.name.clone(), Arc::new(Provider::new(c, env)?))))
+            .map(|c| Ok((c.name.clone(), Arc::new(Provider::new(c, &images, env)?))))
             .collect::<Result<_, _>>()
             .map(Self)
     }

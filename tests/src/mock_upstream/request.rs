@@ -559,17 +559,17 @@ fn invalid_type(field: &str, expected: &str, got: &Value) -> MockError {
 
 /// The `[name=N]` and `[flag]` directives of the last user message.
 #[derive(Debug, Default)]
-struct Directives {
-    cache: u64,
-    status: Option<StatusCode>,
-    delay_ms: u64,
-    chunk_delay_ms: u64,
-    stream_error: bool,
-    tool: bool,
+pub(super) struct Directives {
+    pub cache: u64,
+    pub status: Option<StatusCode>,
+    pub delay_ms: u64,
+    pub chunk_delay_ms: u64,
+    pub stream_error: bool,
+    pub tool: bool,
 }
 
 impl Directives {
-    fn parse(text: &str) -> Result<Self, MockError> {
+    pub(super) fn parse(text: &str) -> Result<Self, MockError> {
         let status = match number_directive(text, "status") {
             None => None,
             Some(code) => Some(

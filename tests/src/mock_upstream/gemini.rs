@@ -24,7 +24,8 @@
 //! the first call carries the signature, as Gemini does), `[status=N]`, `[delay_ms=N]`,
 //! `[cache=N]` (`cachedContentTokenCount`), `[stream_error]` (an in-band error chunk after two
 //! chunks), `[finish=REASON]` (end with that `finishReason`), `[blocked]` (no candidates,
-//! `promptFeedback.blockReason: SAFETY`). After a function-response turn the mock answers text
+//! `promptFeedback.blockReason: SAFETY`), `[no_finish]` (a stream that ends without any
+//! `finishReason`). After a function-response turn the mock answers text
 //! (unless mode is `ANY`). `stopSequences` cut the answer before the first match;
 //! `maxOutputTokens` cuts it to that many words (`MAX_TOKENS`); `candidateCount` repeats it.
 
@@ -209,6 +210,7 @@ pub struct GeminiPlan {
     prompt_tokens: u64,
     cached_tokens: u64,
     blocked: bool,
+    no_finish: bool,
     stream_error: bool,
     delay: Duration,
     status: Option<u16>,
@@ -516,6 +518,7 @@ pub fn plan(body: &Value, stream: bool) -> Result<GeminiPlan, GoogleError> {
         prompt_tokens,
         cached_tokens: directives.cache.min(prompt_tokens),
         blocked: last_user.contains("[blocked]"),
+        no_finish: last_user.contains("[no_finish]"),
         stream_error: directives.stream_error,
         delay: Duration::from_millis(directives.delay_ms),
         status: directives.status.map(|s| s.as_u16()),
@@ -799,7 +802,7 @@ fn stream_events(plan: &GeminiPlan) -> Vec<String> {
             );
             return events;
         }
-        let finish = (i == last).then_some(script.finish.as_str());
+        let finish = (i == last && !plan.no_finish).then_some(script.finish.as_str());
         events.push(
             json!({
                 "candidates": candidates(plan, parts, finish),

@@ -265,6 +265,7 @@ monthly_requests = 1000
             "deepseek-reasoner",
             "gpt-4o",
             "gpt-4o-mini",
+            "gemini-2.5-flash",
         ] {
             assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
         }
@@ -298,6 +299,31 @@ monthly_requests = 1000
         assert_eq!(c.server.http_addr.to_string(), "0.0.0.0:9000");
         assert_eq!(c.server.grpc_addr, default_grpc_addr());
         assert_eq!(c.database.url, "sqlite://x.db");
+    }
+
+    #[test]
+    fn the_images_section_has_safe_defaults_and_is_checked() {
+        let runtime = Config::from_toml(MINIMAL, []).unwrap().validate().unwrap();
+        assert_eq!(runtime.images, ImagesConfig::default());
+        assert_eq!(runtime.images.max_bytes, 20 * 1024 * 1024);
+        assert_eq!(runtime.images.timeout_secs, 10);
+        assert!(!runtime.images.allow_private_networks);
+        let c = Config::from_toml(
+            &format!("{MINIMAL}\n[images]\nallow_private_networks = true\nmax_bytes = 10"),
+            [],
+        )
+        .unwrap();
+        assert!(c.images.allow_private_networks && c.images.max_bytes == 10);
+        let e = Config::from_toml(&format!("{MINIMAL}\n[images]\nmax_byte = 1"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_byte"), "{e}");
+        let e = Config::from_toml(&format!("{MINIMAL}\n[images]\ntimeout_secs = 0"), [])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("images.timeout_secs"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,12 @@ The mock's rules: the reply is `Echo: <last user text>`; a token is a whitespace
 prompt_tokens counts the words of every message (at least 1); with thinking on (DeepSeek models)
 the reasoning is `Thinking about: <last user text>` and its words count as completion (and
 reasoning) tokens; `[cache=N]` in the last user text reports N cached prompt tokens.
+
+Gemini flavour (`…/models/{model}:generateContent`, tests/src/mock_upstream/gemini.rs): tokens are
+the words of the text parts sent (function responses and images count 0); thinking is
+`includeThoughts: true`; a function call costs 1 token; more directives: `[parallel]` (call every
+declared function), `[finish=REASON]`, `[blocked]` (promptFeedback.blockReason, no candidates),
+`[no_finish]` (a stream without finishReason). test_provider_gemini.py holds its expectations.
 """
 
 from __future__ import annotations

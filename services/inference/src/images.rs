@@ -179,6 +179,8 @@ impl ImageFetcher {
             other => return Err(ImageError::Scheme(other.to_owned())),
         }
         let port = url.port_or_known_default().ok_or(ImageError::InvalidUrl)?;
+        // A client per hop, because the pinned address is a property of the client. No proxy:
+        // a proxy would resolve the name again and undo the check.
         let mut client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(self.timeout)

@@ -264,12 +264,12 @@ fn validate_parts(parts: &Value, at: &str) -> Result<Vec<Value>, GoogleError> {
                 "* GenerateContentRequest.{here}.data: required oneof field 'data' must have one initialized field\n"
             )));
         }
-        if let Some(text) = p.get("text") {
-            if text.as_str().is_none_or(str::is_empty) {
-                return Err(GoogleError::invalid(
-                    "Unable to submit request because it has an empty text parameter. Add a value to the parameter and try again. Learn more: https://cloud.google.com/vertex-ai/generative-ai/docs/multimodal/gemini",
-                ));
-            }
+        if let Some(text) = p.get("text")
+            && text.as_str().is_none_or(str::is_empty)
+        {
+            return Err(GoogleError::invalid(
+                "Unable to submit request because it has an empty text parameter. Add a value to the parameter and try again. Learn more: https://cloud.google.com/vertex-ai/generative-ai/docs/multimodal/gemini",
+            ));
         }
         if let Some(inline) = p.get("inlineData") {
             let inline = object(inline, &format!("{here}.inline_data"))?;
@@ -295,10 +295,10 @@ fn validate_parts(parts: &Value, at: &str) -> Result<Vec<Value>, GoogleError> {
                 &["id", "name", "args"],
                 &format!("{here}.function_call"),
             )?;
-            if !call
+            if call
                 .get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty())
+                .is_none_or(str::is_empty)
             {
                 return Err(GoogleError::invalid(format!(
                     "* GenerateContentRequest.{here}.function_call.name: Name cannot be empty.\n"
@@ -309,10 +309,10 @@ fn validate_parts(parts: &Value, at: &str) -> Result<Vec<Value>, GoogleError> {
             let at_response = format!("{here}.function_response");
             let response = object(response, &at_response)?;
             known_fields(response, &["id", "name", "response"], &at_response)?;
-            if !response
+            if response
                 .get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty())
+                .is_none_or(str::is_empty)
             {
                 return Err(GoogleError::invalid(format!(
                     "* GenerateContentRequest.{at_response}.name: Name cannot be empty.\n"

@@ -770,6 +770,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_gemini_cannot_take_is_a_400_naming_the_field() {
+        let param_of = |e: UpstreamError| match e {
+            UpstreamError::Unsupported { param, .. } => param,
+            other => panic!("{other:?}"),
+        };
+        let mut r = request(vec![msg(Role::User, "x")]);
+        r.seed = Some(i64::from(i32::MAX) + 1);
+        assert_eq!(param_of(build(&r, None).await.unwrap_err()), "seed");
+        r.seed = None;
+        r.tool_choice = Some(ToolChoice {
+            choice: Some(Choice::OtherJson(r#"{"type":"allowed_tools"}"#.into())),
+        });
+        assert_eq!(param_of(build(&r, None).await.unwrap_err()), "tool_choice");
+        let audio = Message {
+            role: Role::User.into(),
+            content: Some(Content::Parts(ContentParts {
+                parts: vec![ContentPart {
+                    part: Some(Part::OtherJson(r#"{"type":"input_audio"}"#.into())),
+                }],
+            })),
+            ..Default::default()
+        };
+        let r = request(vec![audio]);
+        assert_eq!(
+            param_of(build(&r, None).await.unwrap_err()),
+            "messages[0].content[0]"
+        );
+    }
+
+    #[tokio::test]
     async fn thinking_maps_to_thinking_config() {
         let mut r = request(vec![msg(Role::User, "x")]);
         let on = build(&r, Some(true)).await.unwrap();

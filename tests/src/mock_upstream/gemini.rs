@@ -216,11 +216,11 @@ pub struct GeminiPlan {
     status: Option<u16>,
 }
 
-/// A function-call turn: the names it called, in order.
-fn call_names(parts: &[Value]) -> Vec<String> {
+/// The names of the `functionCall` or `functionResponse` parts (`kind`), in order.
+fn names_of(parts: &[Value], kind: &str) -> Vec<String> {
     parts
         .iter()
-        .filter_map(|p| p.get("functionCall"))
+        .filter_map(|p| p.get(kind))
         .map(|c| {
             c.get("name")
                 .and_then(Value::as_str)
@@ -230,17 +230,32 @@ fn call_names(parts: &[Value]) -> Vec<String> {
         .collect()
 }
 
+fn call_names(parts: &[Value]) -> Vec<String> {
+    names_of(parts, "functionCall")
+}
+
 fn response_names(parts: &[Value]) -> Vec<String> {
-    parts
-        .iter()
-        .filter_map(|p| p.get("functionResponse"))
-        .map(|c| {
-            c.get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect()
+    names_of(parts, "functionResponse")
+}
+
+/// A `functionCall` / `functionResponse` object at `at`: only `fields`, and a non-empty name.
+fn named<'a>(
+    value: &'a Value,
+    at: &str,
+    fields: &[&str],
+) -> Result<&'a Map<String, Value>, GoogleError> {
+    let obj = object(value, at)?;
+    known_fields(obj, fields, at)?;
+    if obj
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(GoogleError::invalid(format!(
+            "* GenerateContentRequest.{at}.name: Name cannot be empty.\n"
+        )));
+    }
+    Ok(obj)
 }
 
 fn validate_parts(parts: &Value, at: &str) -> Result<Vec<Value>, GoogleError> {
@@ -289,35 +304,15 @@ fn validate_parts(parts: &Value, at: &str) -> Result<Vec<Value>, GoogleError> {
             }
         }
         if let Some(call) = p.get("functionCall") {
-            let call = object(call, &format!("{here}.function_call"))?;
-            known_fields(
+            named(
                 call,
-                &["id", "name", "args"],
                 &format!("{here}.function_call"),
+                &["id", "name", "args"],
             )?;
-            if call
-                .get("name")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                return Err(GoogleError::invalid(format!(
-                    "* GenerateContentRequest.{here}.function_call.name: Name cannot be empty.\n"
-                )));
-            }
         }
         if let Some(response) = p.get("functionResponse") {
             let at_response = format!("{here}.function_response");
-            let response = object(response, &at_response)?;
-            known_fields(response, &["id", "name", "response"], &at_response)?;
-            if response
-                .get("name")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                return Err(GoogleError::invalid(format!(
-                    "* GenerateContentRequest.{at_response}.name: Name cannot be empty.\n"
-                )));
-            }
+            let response = named(response, &at_response, &["id", "name", "response"])?;
             if !response.get("response").is_some_and(Value::is_object) {
                 return Err(GoogleError::invalid(format!(
                     "Invalid JSON payload received. Expected an object at '{at_response}.response'."
@@ -568,9 +563,9 @@ fn function_calls(
                 .enumerate()
             {
                 let here = format!("{at}.function_declarations[{k}]");
-                let d = object(declaration, &here)?;
-                known_fields(
-                    d,
+                let d = named(
+                    declaration,
+                    &here,
                     &[
                         "name",
                         "description",
@@ -580,21 +575,18 @@ fn function_calls(
                         "responseJsonSchema",
                         "behavior",
                     ],
-                    &here,
                 )?;
                 if d.contains_key("parameters") && d.contains_key("parametersJsonSchema") {
                     return Err(GoogleError::invalid(format!(
                         "* GenerateContentRequest.{here}: parameters and parameters_json_schema are mutually exclusive\n"
                     )));
                 }
-                match d.get("name").and_then(Value::as_str) {
-                    Some(name) if !name.is_empty() => declared.push(name.to_owned()),
-                    _ => {
-                        return Err(GoogleError::invalid(format!(
-                            "* GenerateContentRequest.{here}.name: Name cannot be empty.\n"
-                        )));
-                    }
-                }
+                declared.push(
+                    d.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                );
             }
         }
     }

@@ -12,7 +12,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use tollgate_billing::config::{DatabaseConfig, TierConfig};
 use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
-use tollgate_inference::ProviderConfig;
+use tollgate_inference::{ImagesConfig, ProviderConfig};
 
 /// Prefix of environment overrides: `TOLLGATE__SERVER__HTTP_ADDR=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "TOLLGATE__";
@@ -83,6 +83,9 @@ pub struct Config {
     pub aliases: Vec<AliasConfig>,
     #[serde(default)]
     pub tiers: Vec<TierConfig>,
+    /// How the gateway fetches image URLs for providers that only take image bytes (Gemini).
+    #[serde(default)]
+    pub images: ImagesConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,7 @@ pub struct Runtime {
     pub providers: Vec<ProviderConfig>,
     pub catalog: Catalog,
     pub tiers: tollgate_billing::Tiers,
+    pub images: ImagesConfig,
 }
 
 impl Config {
@@ -174,6 +178,17 @@ impl Config {
                 message: "must be at least 1".to_owned(),
             });
         }
+        for (field, value) in [
+            ("images.max_bytes", self.images.max_bytes),
+            ("images.timeout_secs", self.images.timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field: field.to_owned(),
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
         let provider_names: Vec<&str> = self.providers.iter().map(|p| p.name.as_str()).collect();
         let catalog = Catalog::new(&self.models, &self.aliases, &provider_names)?;
         let tiers = tollgate_billing::Tiers::new(self.tiers)?;
@@ -183,6 +198,7 @@ impl Config {
             providers: self.providers,
             catalog,
             tiers,
+            images: self.images,
         })
     }
 }
@@ -249,6 +265,7 @@ monthly_requests = 1000
             "deepseek-reasoner",
             "gpt-4o",
             "gpt-4o-mini",
+            "gemini-2.5-flash",
         ] {
             assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
         }
@@ -282,6 +299,31 @@ monthly_requests = 1000
         assert_eq!(c.server.http_addr.to_string(), "0.0.0.0:9000");
         assert_eq!(c.server.grpc_addr, default_grpc_addr());
         assert_eq!(c.database.url, "sqlite://x.db");
+    }
+
+    #[test]
+    fn the_images_section_has_safe_defaults_and_is_checked() {
+        let runtime = Config::from_toml(MINIMAL, []).unwrap().validate().unwrap();
+        assert_eq!(runtime.images, ImagesConfig::default());
+        assert_eq!(runtime.images.max_bytes, 20 * 1024 * 1024);
+        assert_eq!(runtime.images.timeout_secs, 10);
+        assert!(!runtime.images.allow_private_networks);
+        let c = Config::from_toml(
+            &format!("{MINIMAL}\n[images]\nallow_private_networks = true\nmax_bytes = 10"),
+            [],
+        )
+        .unwrap();
+        assert!(c.images.allow_private_networks && c.images.max_bytes == 10);
+        let e = Config::from_toml(&format!("{MINIMAL}\n[images]\nmax_byte = 1"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_byte"), "{e}");
+        let e = Config::from_toml(&format!("{MINIMAL}\n[images]\ntimeout_secs = 0"), [])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("images.timeout_secs"), "{e}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Services {
         )
         .await?;
         let catalog = CatalogService::new(runtime.catalog.clone());
-        let providers = Providers::new(&runtime.providers, env)?;
+        let providers = Providers::new(&runtime.providers, &runtime.images, env)?;
         let inference = InferenceService::new(
             providers,
             in_process(CatalogServer::new(catalog.clone())),

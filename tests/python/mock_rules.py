@@ -16,6 +16,11 @@ the tool_result contents; the answer echoes the text of the last user message th
 `stop_reason: refusal`; a stop sequence found in the answer cuts it (`stop_sequence`); with
 thinking on it first thinks `Thinking about: <text>` signed by `anthropic_signature`, and
 `output_tokens_details.thinking_tokens` counts those words.
+Gemini flavour (`…/models/{model}:generateContent`, tests/src/mock_upstream/gemini.rs): tokens are
+the words of the text parts sent (function responses and images count 0); thinking is
+`includeThoughts: true`; a function call costs 1 token; more directives: `[parallel]` (call every
+declared function), `[finish=REASON]`, `[blocked]` (promptFeedback.blockReason, no candidates),
+`[no_finish]` (a stream without finishReason). test_provider_gemini.py holds its expectations.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ pub enum ProviderKind {
     OpenaiCompatible,
     /// Anthropic's Messages API (`providers/anthropic`).
     Anthropic,
+    /// Google's Gemini API (generateContent / streamGenerateContent).
+    Gemini,
 }
 
 #[derive(Debug, Clone, Deserialize)]

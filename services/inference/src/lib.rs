@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod images;
 pub mod providers;
 pub mod service;
 mod streaming;
@@ -11,5 +12,6 @@ pub mod validate;
 
 pub use config::{ProviderConfig, ProviderKind};
 pub use error::UpstreamError;
+pub use images::{ImageFetcher, ImagesConfig};
 pub use providers::{Provider, Providers};
 pub use service::InferenceService;

@@ -5,11 +5,16 @@
 //! steer it, so tests can drive it through a gateway. It records every chat request it receives.
 //!
 //! Routes: `POST …/chat/completions` (any prefix), `POST …/messages` (Anthropic's Messages API,
-//! see `anthropic.rs`), `GET /_mock/requests` (the recorded requests as a JSON array),
-//! `DELETE /_mock/requests` (forget them).
+//! `anthropic.rs`), `POST …/models/{model}:generateContent` and
+//! `…:streamGenerateContent?alt=sse` (Gemini, `gemini.rs`), `GET /_mock/requests` (the recorded
+//! requests as a JSON array), `DELETE /_mock/requests` (forget them), and images for the
+//! gateway's image fetcher: `GET /_mock/image.png` (a real 1x1 PNG), `GET /_mock/huge.png`
+//! (2 MiB, PNG-typed), `GET /_mock/page.html` (not an image), `GET /_mock/redirect.png` (302 to
+//! the PNG).
 
 mod anthropic;
 mod error;
+pub mod gemini;
 mod request;
 mod response;
 
@@ -139,6 +144,10 @@ pub async fn spawn(config: MockConfig) -> std::io::Result<MockHandle> {
 fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
+        .route("/_mock/image.png", get(image_png))
+        .route("/_mock/huge.png", get(huge_png))
+        .route("/_mock/page.html", get(page_html))
+        .route("/_mock/redirect.png", get(redirect_png))
         .fallback(dispatch)
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(state)
@@ -153,6 +162,33 @@ async fn clear_requests(State(state): State<Arc<MockState>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// Size of `GET /_mock/huge.png`.
+pub const HUGE_PNG_BYTES: usize = 2 * 1024 * 1024;
+
+async fn image_png() -> Response {
+    ([(header::CONTENT_TYPE, "image/png")], gemini::png()).into_response()
+}
+
+async fn huge_png() -> Response {
+    (
+        [(header::CONTENT_TYPE, "image/png")],
+        gemini::huge_png(HUGE_PNG_BYTES),
+    )
+        .into_response()
+}
+
+async fn page_html() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<html><body>not an image</body></html>",
+    )
+        .into_response()
+}
+
+async fn redirect_png() -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, "/_mock/image.png")]).into_response()
+}
+
 async fn dispatch(
     State(state): State<Arc<MockState>>,
     method: Method,
@@ -160,11 +196,17 @@ async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if method == Method::POST && uri.path().ends_with("/chat/completions") {
+    let path = uri.path();
+    if method == Method::POST && path.ends_with("/chat/completions") {
         chat_completions(&state, &uri, &headers, &body).await
     } else if method == Method::POST && uri.path().ends_with("/messages") {
         record(&state, &uri, &headers, &body);
         anthropic::messages(state.api_key.as_deref(), &headers, &body).await
+    } else if method == Method::POST
+        && path.contains("/models/")
+        && (path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent"))
+    {
+        generate_content(&state, &uri, &headers, &body).await
     } else {
         MockError {
             status: StatusCode::NOT_FOUND,
@@ -228,7 +270,10 @@ fn record(state: &MockState, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Op
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     state.requests().push(RecordedRequest {
-        path: uri.path().to_owned(),
+        // With the query, so Gemini's `alt=sse` is visible.
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
         authorization: authorization.clone(),
         body: serde_json::from_slice(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned())),
@@ -240,6 +285,49 @@ fn record(state: &MockState, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Op
             .collect(),
     });
     authorization
+}
+
+/// Gemini's `generateContent` / `streamGenerateContent`: the key in `x-goog-api-key`, the
+/// request recorded with its query (`alt=sse`).
+async fn generate_content(
+    state: &MockState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let parsed: Result<Value, _> = serde_json::from_slice(body);
+    record(state, uri, headers, body);
+    let given_key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(expected) = &state.api_key
+        && given_key != expected
+    {
+        return gemini::GoogleError::api_key_invalid().into_response();
+    }
+    let Ok(body) = parsed else {
+        return gemini::GoogleError {
+            code: 400,
+            message: "Invalid JSON payload received.".to_owned(),
+            details: None,
+        }
+        .into_response();
+    };
+    let stream = uri.path().ends_with(":streamGenerateContent");
+    if stream
+        && !uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"))
+    {
+        return gemini::GoogleError {
+            code: 400,
+            message: "mock: streamGenerateContent is only served with alt=sse".to_owned(),
+            details: None,
+        }
+        .into_response();
+    }
+    gemini::respond(&body, stream).await
 }
 
 /// A raw `text/event-stream` body written chunk by chunk as `data: <json>\n\n`. The headers

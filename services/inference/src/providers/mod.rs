@@ -7,6 +7,7 @@
 
 mod anthropic;
 mod deepseek;
+mod gemini;
 mod http;
 mod openai;
 mod openai_compatible;
@@ -17,11 +18,12 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 use futures::Stream;
 use tollgate::v1::{ChatChunk, ChatRequest, ChatResponse, ResolvedModel};
 
-use openai_wire::OpenAiFamily;
+use openai_wire::{OpenAiFamily, OpenAiWire};
 
 use crate::{
     UpstreamError,
     config::{ProviderConfig, ProviderKind, Timeouts},
+    images::{ImageFetcher, ImagesConfig},
 };
 
 /// Why a provider's HTTP client could not be built.
@@ -62,21 +64,25 @@ pub enum Provider {
     Deepseek(OpenAiFamily<deepseek::DeepSeek>),
     OpenaiCompatible(OpenAiFamily<openai_compatible::OpenAiCompatible>),
     Anthropic(anthropic::Anthropic),
+    Gemini(gemini::Gemini),
 }
 
 impl Provider {
     /// Builds the adapter (and its pooled HTTP client) for one configured provider. The API key
-    /// is read through `env` so tests never touch the process environment.
+    /// is read through `env` so tests never touch the process environment; `images` fetches
+    /// image URLs for providers that only take bytes.
     pub fn new(
         config: &ProviderConfig,
+        images: &ImageFetcher,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, BuildError> {
-        let wire = || openai_wire::OpenAiWire::new(config, env);
+        let wire = || OpenAiWire::new(config, env);
         Ok(match config.kind {
             ProviderKind::Openai => Self::Openai(OpenAiFamily::new(wire()?)),
             ProviderKind::Deepseek => Self::Deepseek(OpenAiFamily::new(wire()?)),
             ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire()?)),
             ProviderKind::Anthropic => Self::Anthropic(anthropic::Anthropic::new(config, env)?),
+            ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(config, images.clone(), env)?),
         })
     }
 
@@ -88,6 +94,7 @@ impl Provider {
             Self::Deepseek(p) => p.wire.ready(),
             Self::OpenaiCompatible(p) => p.wire.ready(),
             Self::Anthropic(p) => p.ready(),
+            Self::Gemini(p) => p.ready(),
         }
     }
 
@@ -97,6 +104,7 @@ impl Provider {
             Self::Deepseek(p) => p.wire.timeouts(),
             Self::OpenaiCompatible(p) => p.wire.timeouts(),
             Self::Anthropic(p) => p.timeouts(),
+            Self::Gemini(p) => p.timeouts(),
         }
     }
 
@@ -110,6 +118,7 @@ impl Provider {
             Self::Deepseek(p) => p.chat(request, target).await,
             Self::OpenaiCompatible(p) => p.chat(request, target).await,
             Self::Anthropic(p) => p.chat(request, target).await,
+            Self::Gemini(p) => p.chat(request, target).await,
         }
     }
 
@@ -123,6 +132,7 @@ impl Provider {
             Self::Deepseek(p) => p.chat_stream(request, target).await,
             Self::OpenaiCompatible(p) => p.chat_stream(request, target).await,
             Self::Anthropic(p) => p.chat_stream(request, target).await,
+            Self::Gemini(p) => p.chat_stream(request, target).await,
         }
     }
 }
@@ -132,13 +142,17 @@ impl Provider {
 pub struct Providers(HashMap<String, Arc<Provider>>);
 
 impl Providers {
+    /// `images` is the `[images]` section: how image URLs are fetched for providers that need
+    /// the bytes.
     pub fn new(
         configs: &[ProviderConfig],
+        images: &ImagesConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, BuildError> {
+        let images = ImageFetcher::new(images);
         configs
             .iter()
-            .map(|c| Ok((c.name.clone(), Arc::new(Provider::new(c, env)?))))
+            .map(|c| Ok((c.name.clone(), Arc::new(Provider::new(c, &images, env)?))))
             .collect::<Result<_, _>>()
             .map(Self)
     }

@@ -1,0 +1,847 @@
+//! The OpenAI request as a Gemini `GenerateContentRequest` (lowerCamelCase JSON, providers.md
+//! section 7):
+//!
+//! - `system`/`developer` messages, wherever they are → `systemInstruction`;
+//! - `user`/`assistant` → `user`/`model` contents, consecutive same-role contents merged; empty
+//!   text is never sent, nor a content without parts;
+//! - assistant `tool_calls` → `functionCall` parts (arguments parsed; invalid JSON is a 400 naming
+//!   the field) with their `thoughtSignature` reattached from `reasoning_details`;
+//! - `tool` messages → `functionResponse` parts in one `user` content, the name looked up from the
+//!   assistant's `tool_calls` by `tool_call_id`, ordered as the calls were;
+//! - images: data URLs → `inlineData`; http(s) URLs fetched by the gateway → `inlineData`;
+//! - sampling, tools, `tool_choice`, `response_format` and thinking → `generationConfig`,
+//!   `tools`, `toolConfig`.
+//!
+//! Thinking budgets for `reasoning_effort` (Google's own OpenAI-compatibility table for low,
+//! medium and high; the others chosen to fit both 2.5 Flash (0..24576) and 2.5 Pro (128..32768)):
+//!
+//! | reasoning_effort | thinkingBudget |
+//! |---|---|
+//! | minimal | 128 |
+//! | low | 1024 |
+//! | medium | 8192 |
+//! | high, xhigh, max | 24576 |
+//! | unset (thinking switched on by an alias or `thinking`) | -1 (dynamic) |
+//!
+//! Thinking off sends `thinkingBudget: 0`, except to models whose catalogue entry says they
+//! always think (2.5 Pro cannot turn it off), which get no budget at all.
+
+use std::collections::HashMap;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use serde_json::{Map, Value, json};
+use tollgate::v1::{
+    ChatRequest, Message, Role, ThinkingSupport, content_part::Part, message::Content,
+    tool_choice::Choice,
+};
+
+use super::{FORMAT, response::is_synthesized_id};
+use crate::{UpstreamError, images::ImageFetcher, providers::Target};
+
+fn bad(param: impl Into<String>, message: impl Into<String>) -> UpstreamError {
+    UpstreamError::Unsupported {
+        param: param.into(),
+        message: message.into(),
+    }
+}
+
+/// Builds the whole request body; fetches http(s) images on the way.
+pub(super) async fn body(
+    request: &ChatRequest,
+    target: &Target<'_>,
+    images: &ImageFetcher,
+) -> Result<Value, UpstreamError> {
+    let mut body = Map::new();
+    let (system, contents) = contents(request, images).await?;
+    if !system.is_empty() {
+        body.insert("systemInstruction".into(), json!({ "parts": system }));
+    }
+    body.insert("contents".into(), Value::Array(contents));
+    if let Some(tools) = tools(request)? {
+        body.insert("tools".into(), tools);
+    }
+    if let Some(config) = tool_config(request)? {
+        body.insert("toolConfig".into(), config);
+    }
+    let generation = generation_config(request, target)?;
+    if !generation.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(generation));
+    }
+    Ok(Value::Object(body))
+}
+
+/// A content being built: its role and parts.
+struct Turn {
+    role: &'static str,
+    parts: Vec<Value>,
+}
+
+/// Appends parts under `role`, merging into the previous content when it has the same role.
+fn push(turns: &mut Vec<Turn>, role: &'static str, parts: Vec<Value>) {
+    if parts.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last.role == role => last.parts.extend(parts),
+        _ => turns.push(Turn { role, parts }),
+    }
+}
+
+fn text_part(text: &str) -> Option<Value> {
+    (!text.is_empty()).then(|| json!({ "text": text }))
+}
+
+/// The text of a message that only holds text (system, developer, tool): its string, or its
+/// text parts joined; other parts are a 400.
+fn plain_text(message: &Message, i: usize) -> Result<String, UpstreamError> {
+    match &message.content {
+        None => Ok(String::new()),
+        Some(Content::Text(text)) => Ok(text.clone()),
+        Some(Content::Parts(parts)) => {
+            let mut texts = Vec::new();
+            for (j, part) in parts.parts.iter().enumerate() {
+                match &part.part {
+                    Some(Part::Text(t)) => texts.push(t.as_str()),
+                    _ => {
+                        return Err(bad(
+                            format!("messages[{i}].content[{j}]"),
+                            format!(
+                                "messages[{i}].content[{j}]: only text parts are accepted in this message"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
+}
+
+/// `systemInstruction` parts and `contents`.
+async fn contents(
+    request: &ChatRequest,
+    images: &ImageFetcher,
+) -> Result<(Vec<Value>, Vec<Value>), UpstreamError> {
+    let mut system = Vec::new();
+    let mut turns: Vec<Turn> = Vec::new();
+    // tool_call_id → (function name, position among its turn's calls), from assistant messages
+    // seen so far.
+    let mut calls: HashMap<&str, (&str, usize)> = HashMap::new();
+    // functionResponse parts of consecutive tool messages, with the position of their call.
+    let mut responses: Vec<(usize, Value)> = Vec::new();
+    for (i, message) in request.messages.iter().enumerate() {
+        let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
+        if role != Role::Tool && !responses.is_empty() {
+            flush_responses(&mut turns, &mut responses);
+        }
+        match role {
+            Role::System | Role::Developer => {
+                system.extend(text_part(&plain_text(message, i)?));
+            }
+            Role::User => {
+                let parts = user_parts(message, i, images).await?;
+                push(&mut turns, "user", parts);
+            }
+            Role::Assistant => {
+                for (k, call) in message.tool_calls.iter().enumerate() {
+                    let name = call.function.as_ref().map_or("", |f| f.name.as_str());
+                    calls.insert(call.id.as_str(), (name, k));
+                }
+                push(&mut turns, "model", model_parts(message, i)?);
+            }
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref().unwrap_or_default();
+                let Some(&(name, position)) = calls.get(id) else {
+                    return Err(bad(
+                        format!("messages[{i}].tool_call_id"),
+                        format!(
+                            "messages[{i}].tool_call_id {id:?} matches no tool call of an earlier assistant message"
+                        ),
+                    ));
+                };
+                let text = plain_text(message, i)?;
+                let output = match serde_json::from_str::<Value>(&text) {
+                    Ok(object @ Value::Object(_)) => object,
+                    _ => json!({ "output": text }),
+                };
+                let mut response = json!({ "name": name, "response": output });
+                if !is_synthesized_id(id) {
+                    response["id"] = Value::String(id.to_owned());
+                }
+                responses.push((position, json!({ "functionResponse": response })));
+            }
+            Role::Unspecified => {
+                return Err(bad(format!("messages[{i}].role"), "unknown role"));
+            }
+        }
+    }
+    flush_responses(&mut turns, &mut responses);
+    let contents = turns
+        .into_iter()
+        .map(|t| json!({ "role": t.role, "parts": t.parts }))
+        .collect();
+    Ok((system, contents))
+}
+
+/// Puts the pending function responses into one `user` content, in the order of their calls
+/// (Gemini pairs them with the calls by position).
+fn flush_responses(turns: &mut Vec<Turn>, responses: &mut Vec<(usize, Value)>) {
+    responses.sort_by_key(|(position, _)| *position);
+    let parts = responses.drain(..).map(|(_, part)| part).collect();
+    push(turns, "user", parts);
+}
+
+async fn user_parts(
+    message: &Message,
+    i: usize,
+    images: &ImageFetcher,
+) -> Result<Vec<Value>, UpstreamError> {
+    let parts = match &message.content {
+        None => return Ok(vec![]),
+        Some(Content::Text(text)) => return Ok(text_part(text).into_iter().collect()),
+        Some(Content::Parts(parts)) => &parts.parts,
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        match &part.part {
+            Some(Part::Text(text)) => out.extend(text_part(text)),
+            Some(Part::ImageUrl(image)) => {
+                let param = format!("messages[{i}].content[{j}].image_url.url");
+                out.push(image_part(&image.url, &param, images).await?);
+            }
+            Some(Part::OtherJson(_)) | None => {
+                return Err(bad(
+                    format!("messages[{i}].content[{j}]"),
+                    format!(
+                        "messages[{i}].content[{j}]: this part type is not supported for Gemini models (text and image_url are)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An `inlineData` part from a data URL, or from the bytes behind an http(s) URL.
+async fn image_part(url: &str, param: &str, images: &ImageFetcher) -> Result<Value, UpstreamError> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest.split_once(',').ok_or_else(|| {
+            bad(
+                param,
+                format!("{param}: a data URL needs a comma before its data"),
+            )
+        })?;
+        let mime = meta.strip_suffix(";base64").ok_or_else(|| {
+            bad(
+                param,
+                format!("{param}: only base64 data URLs are supported"),
+            )
+        })?;
+        if !mime.starts_with("image/") || BASE64.decode(data).is_err() {
+            return Err(bad(
+                param,
+                format!("{param}: expected data:image/<type>;base64,<base64 data>"),
+            ));
+        }
+        return Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }));
+    }
+    let image = images
+        .fetch(url)
+        .await
+        .map_err(|e| bad(param, format!("{param}: {e}")))?;
+    Ok(json!({
+        "inlineData": { "mimeType": image.mime_type, "data": BASE64.encode(&image.bytes) }
+    }))
+}
+
+/// An assistant message as `model` parts: its text, then its function calls, with the thought
+/// signatures of its `google-gemini-v1` reasoning details reattached where they came from.
+fn model_parts(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError> {
+    let mut parts: Vec<Value> = Vec::new();
+    match &message.content {
+        None => {}
+        Some(Content::Text(text)) => parts.extend(text_part(text)),
+        Some(Content::Parts(content)) => {
+            for part in &content.parts {
+                if let Some(Part::Text(text)) = &part.part {
+                    parts.extend(text_part(text));
+                }
+            }
+        }
+    }
+    let text_parts = parts.len();
+    let mut call_ids = Vec::with_capacity(message.tool_calls.len());
+    for (k, call) in message.tool_calls.iter().enumerate() {
+        let param = format!("messages[{i}].tool_calls[{k}].function.arguments");
+        let function = call.function.as_ref();
+        let arguments = function.map_or("", |f| f.arguments.as_str());
+        let args = if arguments.trim().is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(object @ Value::Object(_)) => object,
+                _ => {
+                    return Err(bad(
+                        &param,
+                        format!("{param} must be a JSON object encoded as a string"),
+                    ));
+                }
+            }
+        };
+        let mut function_call =
+            json!({ "name": function.map_or("", |f| f.name.as_str()), "args": args });
+        if !call.id.is_empty() && !is_synthesized_id(&call.id) {
+            function_call["id"] = Value::String(call.id.clone());
+        }
+        parts.push(json!({ "functionCall": function_call }));
+        call_ids.push(call.id.as_str());
+    }
+    for detail in &message.reasoning_details {
+        let ours =
+            detail.format.as_deref() == Some(FORMAT) && detail.r#type == "reasoning.encrypted";
+        let Some(signature) = detail.data.as_deref().filter(|_| ours) else {
+            // Details of another provider: the conversation changed provider; dropped.
+            continue;
+        };
+        let at = match detail.id.as_deref().filter(|id| !id.is_empty()) {
+            Some(id) => call_ids
+                .iter()
+                .position(|c| *c == id)
+                .map(|k| text_parts + k),
+            // A signature that was not on a function call sat on the answer's text.
+            None => (!parts.is_empty()).then_some(0),
+        };
+        if let Some(part) = at.and_then(|at| parts.get_mut(at)) {
+            part["thoughtSignature"] = Value::String(signature.to_owned());
+        }
+    }
+    Ok(parts)
+}
+
+fn tools(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
+    if request.tools.is_empty() {
+        return Ok(None);
+    }
+    let mut declarations = Vec::with_capacity(request.tools.len());
+    for (i, tool) in request.tools.iter().enumerate() {
+        if !tool.r#type.is_empty() && tool.r#type != "function" {
+            return Err(bad(
+                format!("tools[{i}].type"),
+                format!(
+                    "tools[{i}].type {:?} is not supported for Gemini models",
+                    tool.r#type
+                ),
+            ));
+        }
+        let Some(function) = &tool.function else {
+            return Err(bad(
+                format!("tools[{i}].function"),
+                "a function tool needs its function",
+            ));
+        };
+        let mut declaration = json!({ "name": function.name });
+        if let Some(description) = function.description.as_deref().filter(|d| !d.is_empty()) {
+            declaration["description"] = Value::String(description.to_owned());
+        }
+        if !function.parameters_json.trim().is_empty() {
+            let param = format!("tools[{i}].function.parameters");
+            let schema: Value = serde_json::from_str(&function.parameters_json)
+                .map_err(|_| bad(&param, format!("{param} must be a JSON Schema object")))?;
+            declaration["parametersJsonSchema"] = schema;
+        }
+        declarations.push(declaration);
+    }
+    Ok(Some(json!([{ "functionDeclarations": declarations }])))
+}
+
+fn tool_config(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
+    let Some(choice) = request.tool_choice.as_ref().and_then(|c| c.choice.as_ref()) else {
+        return Ok(None);
+    };
+    let config = match choice {
+        Choice::Mode(mode) => match mode.as_str() {
+            "auto" => json!({ "mode": "AUTO" }),
+            "none" => json!({ "mode": "NONE" }),
+            "required" => json!({ "mode": "ANY" }),
+            other => {
+                return Err(bad(
+                    "tool_choice",
+                    format!("tool_choice {other:?} must be none, auto, required or a function"),
+                ));
+            }
+        },
+        Choice::FunctionName(name) => json!({ "mode": "ANY", "allowedFunctionNames": [name] }),
+        Choice::OtherJson(_) => {
+            return Err(bad(
+                "tool_choice",
+                "this tool_choice form is not supported for Gemini models (use none, auto, required or a function)",
+            ));
+        }
+    };
+    Ok(Some(json!({ "functionCallingConfig": config })))
+}
+
+/// The thinking budget for a `reasoning_effort` (table in the module comment).
+pub(super) fn thinking_budget(effort: Option<&str>) -> i64 {
+    match effort {
+        Some("minimal") => 128,
+        Some("low") => 1024,
+        Some("medium") => 8192,
+        Some("high" | "xhigh" | "max") => 24576,
+        _ => -1,
+    }
+}
+
+fn generation_config(
+    request: &ChatRequest,
+    target: &Target<'_>,
+) -> Result<Map<String, Value>, UpstreamError> {
+    let mut config = Map::new();
+    let mut set = |key: &str, value: Value| {
+        config.insert(key.to_owned(), value);
+    };
+    if !request.stop.is_empty() {
+        set("stopSequences", json!(request.stop));
+    }
+    if let Some(t) = request.temperature {
+        set("temperature", json!(t));
+    }
+    if let Some(p) = request.top_p {
+        set("topP", json!(p));
+    }
+    if let Some(max) = request.max_completion_tokens.or(request.max_tokens) {
+        set("maxOutputTokens", json!(max));
+    }
+    if let Some(n) = request.n {
+        set("candidateCount", json!(n));
+    }
+    if let Some(seed) = request.seed {
+        let seed = i32::try_from(seed).map_err(|_| {
+            bad(
+                "seed",
+                "seed must fit in a 32-bit signed integer for Gemini models",
+            )
+        })?;
+        set("seed", json!(seed));
+    }
+    if let Some(p) = request.presence_penalty {
+        set("presencePenalty", json!(p));
+    }
+    if let Some(p) = request.frequency_penalty {
+        set("frequencyPenalty", json!(p));
+    }
+    if let Some(logprobs) = request.logprobs {
+        set("responseLogprobs", json!(logprobs));
+    }
+    if let Some(top) = request.top_logprobs {
+        set("logprobs", json!(top));
+    }
+    if let Some(format) = &request.response_format {
+        match format.r#type.as_str() {
+            "" | "text" => {}
+            "json_object" => set("responseMimeType", json!("application/json")),
+            "json_schema" => {
+                let param = "response_format.json_schema.schema";
+                let schema = format
+                    .json_schema
+                    .as_ref()
+                    .map(|s| s.schema_json.as_str())
+                    .filter(|s| !s.trim().is_empty())
+                    .ok_or_else(|| bad(param, format!("{param} is required")))?;
+                let schema: Value = serde_json::from_str(schema)
+                    .map_err(|_| bad(param, format!("{param} must be a JSON Schema object")))?;
+                set("responseMimeType", json!("application/json"));
+                set("responseJsonSchema", schema);
+            }
+            other => {
+                return Err(bad(
+                    "response_format.type",
+                    format!("response_format.type {other:?} is not supported"),
+                ));
+            }
+        }
+    }
+    let support = ThinkingSupport::try_from(target.route.thinking).unwrap_or_default();
+    match target.thinking {
+        _ if support == ThinkingSupport::None => {}
+        Some(true) => set(
+            "thinkingConfig",
+            json!({
+                "includeThoughts": true,
+                "thinkingBudget": thinking_budget(request.reasoning_effort.as_deref()),
+            }),
+        ),
+        Some(false) if support != ThinkingSupport::Always => {
+            set("thinkingConfig", json!({ "thinkingBudget": 0 }));
+        }
+        Some(false) | None => {}
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate::v1::{
+        ContentPart, ContentParts, FunctionCall, FunctionDefinition, ImageUrl, ReasoningDetail,
+        ResolvedModel, ResponseFormat, Tool, ToolCall, ToolChoice,
+    };
+
+    fn msg(role: Role, text: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: Some(Content::Text(text.into())),
+            ..Default::default()
+        }
+    }
+
+    fn call(id: &str, name: &str, args: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            r#type: "function".into(),
+            function: Some(FunctionCall {
+                name: name.into(),
+                arguments: args.into(),
+            }),
+        }
+    }
+
+    fn tool_result(id: &str, text: &str) -> Message {
+        Message {
+            role: Role::Tool.into(),
+            content: Some(Content::Text(text.into())),
+            tool_call_id: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    fn route(thinking: ThinkingSupport) -> ResolvedModel {
+        ResolvedModel {
+            upstream_model: "gemini-2.5-flash".into(),
+            thinking: thinking.into(),
+            vision: true,
+            ..Default::default()
+        }
+    }
+
+    async fn build(request: &ChatRequest, thinking: Option<bool>) -> Result<Value, UpstreamError> {
+        let route = route(ThinkingSupport::Optional);
+        body(
+            request,
+            &Target {
+                route: &route,
+                thinking,
+            },
+            &ImageFetcher::default(),
+        )
+        .await
+    }
+
+    fn request(messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            model: "gemini-2.5-flash".into(),
+            messages,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn system_and_developer_lift_out_and_same_roles_merge() {
+        let r = request(vec![
+            msg(Role::System, "Be terse."),
+            msg(Role::User, "Hi"),
+            msg(Role::Developer, "Policy X."),
+            msg(Role::User, "there"),
+            msg(Role::Assistant, ""),
+            msg(Role::Assistant, "Hello"),
+            msg(Role::User, ""),
+        ]);
+        let body = build(&r, None).await.unwrap();
+        assert_eq!(
+            body["systemInstruction"],
+            json!({"parts": [{"text": "Be terse."}, {"text": "Policy X."}]})
+        );
+        // Empty texts vanish; the two user messages are one content.
+        assert_eq!(
+            body["contents"],
+            json!([
+                {"role": "user", "parts": [{"text": "Hi"}, {"text": "there"}]},
+                {"role": "model", "parts": [{"text": "Hello"}]},
+            ])
+        );
+        assert!(body.get("generationConfig").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tool_loop_becomes_function_call_and_response_parts() {
+        let mut assistant = msg(Role::Assistant, "Let me check.");
+        assistant.tool_calls = vec![
+            call(
+                "call_00000000000000000000000000000001",
+                "get_weather",
+                r#"{"location":"Paris"}"#,
+            ),
+            call("gem-id-7", "get_time", ""),
+        ];
+        assistant.reasoning_details = vec![
+            ReasoningDetail {
+                r#type: "reasoning.encrypted".into(),
+                data: Some("SIG-TEXT".into()),
+                format: Some(FORMAT.into()),
+                index: Some(0),
+                ..Default::default()
+            },
+            ReasoningDetail {
+                r#type: "reasoning.encrypted".into(),
+                data: Some("SIG-CALL".into()),
+                id: Some("gem-id-7".into()),
+                format: Some(FORMAT.into()),
+                index: Some(1),
+                ..Default::default()
+            },
+            ReasoningDetail {
+                r#type: "reasoning.text".into(),
+                text: Some("claude thoughts".into()),
+                signature: Some("anthropic".into()),
+                format: Some("anthropic-claude-v1".into()),
+                ..Default::default()
+            },
+        ];
+        let r = request(vec![
+            msg(Role::User, "Weather and time in Paris?"),
+            assistant,
+            // Answered out of order: Gemini pairs responses with calls by position.
+            tool_result("gem-id-7", "12:00"),
+            tool_result("call_00000000000000000000000000000001", r#"{"temp":"22C"}"#),
+            msg(Role::User, "Thanks"),
+        ]);
+        let body = build(&r, None).await.unwrap();
+        assert_eq!(
+            body["contents"],
+            json!([
+                {"role": "user", "parts": [{"text": "Weather and time in Paris?"}]},
+                {"role": "model", "parts": [
+                    {"text": "Let me check.", "thoughtSignature": "SIG-TEXT"},
+                    {"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}},
+                    {"functionCall": {"name": "get_time", "args": {}, "id": "gem-id-7"}, "thoughtSignature": "SIG-CALL"},
+                ]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "get_weather", "response": {"temp": "22C"}}},
+                    {"functionResponse": {"name": "get_time", "response": {"output": "12:00"}, "id": "gem-id-7"}},
+                    {"text": "Thanks"},
+                ]},
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_tool_history_is_a_400_naming_the_field() {
+        let mut assistant = msg(Role::Assistant, "");
+        assistant.tool_calls = vec![call("call_1", "f", "{not json")];
+        let r = request(vec![msg(Role::User, "x"), assistant]);
+        let e = build(&r, None).await.unwrap_err();
+        assert!(
+            matches!(&e, UpstreamError::Unsupported { param, .. } if param == "messages[1].tool_calls[0].function.arguments"),
+            "{e:?}"
+        );
+        let r = request(vec![msg(Role::User, "x"), tool_result("call_unknown", "1")]);
+        let e = build(&r, None).await.unwrap_err();
+        assert!(
+            matches!(&e, UpstreamError::Unsupported { param, .. } if param == "messages[1].tool_call_id"),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn images_become_inline_data() {
+        let image = |url: &str| ContentPart {
+            part: Some(Part::ImageUrl(ImageUrl {
+                url: url.into(),
+                detail: None,
+            })),
+        };
+        let user = |parts| Message {
+            role: Role::User.into(),
+            content: Some(Content::Parts(ContentParts { parts })),
+            ..Default::default()
+        };
+        let r = request(vec![user(vec![
+            ContentPart {
+                part: Some(Part::Text("What is this?".into())),
+            },
+            image("data:image/png;base64,iVBORw0KGgo="),
+        ])]);
+        let body = build(&r, None).await.unwrap();
+        assert_eq!(
+            body["contents"][0]["parts"][1],
+            json!({"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}})
+        );
+        for (url, wanted) in [
+            ("data:text/plain;base64,aGk=", "expected data:image"),
+            ("data:image/png,rawbytes", "only base64"),
+            // The default fetcher refuses loopback addresses.
+            ("http://127.0.0.1:1/a.png", "non-public address"),
+            ("ftp://example.com/a.png", "http or https"),
+        ] {
+            let r = request(vec![user(vec![image(url)])]);
+            match build(&r, None).await.unwrap_err() {
+                UpstreamError::Unsupported { param, message } => {
+                    assert_eq!(param, "messages[0].content[0].image_url.url");
+                    assert!(message.contains(wanted), "{url}: {message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn parameters_tools_and_formats_map_to_generation_config() {
+        let mut r = request(vec![msg(Role::User, "x")]);
+        r.stop = vec!["END".into()];
+        r.temperature = Some(0.5);
+        r.top_p = Some(0.9);
+        r.max_tokens = Some(100);
+        r.max_completion_tokens = Some(50);
+        r.n = Some(2);
+        r.seed = Some(7);
+        r.presence_penalty = Some(0.1);
+        r.frequency_penalty = Some(0.2);
+        r.logprobs = Some(true);
+        r.response_format = Some(ResponseFormat {
+            r#type: "json_schema".into(),
+            json_schema: Some(tollgate::v1::JsonSchemaFormat {
+                name: "s".into(),
+                schema_json: r#"{"type":"object"}"#.into(),
+                ..Default::default()
+            }),
+        });
+        r.tools = vec![Tool {
+            r#type: "function".into(),
+            function: Some(FunctionDefinition {
+                name: "get_weather".into(),
+                description: Some("Weather".into()),
+                parameters_json: r#"{"type":"object","properties":{"location":{"type":"string"}}}"#
+                    .into(),
+                strict: None,
+            }),
+        }];
+        r.tool_choice = Some(ToolChoice {
+            choice: Some(Choice::FunctionName("get_weather".into())),
+        });
+        let body = build(&r, None).await.unwrap();
+        assert_eq!(
+            body["generationConfig"],
+            json!({
+                "stopSequences": ["END"], "temperature": 0.5, "topP": 0.9, "maxOutputTokens": 50,
+                "candidateCount": 2, "seed": 7, "presencePenalty": 0.1, "frequencyPenalty": 0.2,
+                "responseLogprobs": true, "responseMimeType": "application/json",
+                "responseJsonSchema": {"type": "object"},
+            })
+        );
+        assert_eq!(
+            body["tools"],
+            json!([{"functionDeclarations": [{"name": "get_weather", "description": "Weather",
+                "parametersJsonSchema": {"type":"object","properties":{"location":{"type":"string"}}}}]}])
+        );
+        assert_eq!(
+            body["toolConfig"],
+            json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}})
+        );
+        for (mode, wanted) in [("auto", "AUTO"), ("none", "NONE"), ("required", "ANY")] {
+            r.tool_choice = Some(ToolChoice {
+                choice: Some(Choice::Mode(mode.into())),
+            });
+            let body = build(&r, None).await.unwrap();
+            assert_eq!(
+                body["toolConfig"]["functionCallingConfig"],
+                json!({"mode": wanted})
+            );
+        }
+        r.response_format = Some(ResponseFormat {
+            r#type: "json_object".into(),
+            json_schema: None,
+        });
+        let body = build(&r, None).await.unwrap();
+        assert_eq!(
+            body["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
+        assert!(body["generationConfig"].get("responseJsonSchema").is_none());
+    }
+
+    #[tokio::test]
+    async fn what_gemini_cannot_take_is_a_400_naming_the_field() {
+        let param_of = |e: UpstreamError| match e {
+            UpstreamError::Unsupported { param, .. } => param,
+            other => panic!("{other:?}"),
+        };
+        let mut r = request(vec![msg(Role::User, "x")]);
+        r.seed = Some(i64::from(i32::MAX) + 1);
+        assert_eq!(param_of(build(&r, None).await.unwrap_err()), "seed");
+        r.seed = None;
+        r.tool_choice = Some(ToolChoice {
+            choice: Some(Choice::OtherJson(r#"{"type":"allowed_tools"}"#.into())),
+        });
+        assert_eq!(param_of(build(&r, None).await.unwrap_err()), "tool_choice");
+        let audio = Message {
+            role: Role::User.into(),
+            content: Some(Content::Parts(ContentParts {
+                parts: vec![ContentPart {
+                    part: Some(Part::OtherJson(r#"{"type":"input_audio"}"#.into())),
+                }],
+            })),
+            ..Default::default()
+        };
+        let r = request(vec![audio]);
+        assert_eq!(
+            param_of(build(&r, None).await.unwrap_err()),
+            "messages[0].content[0]"
+        );
+    }
+
+    #[tokio::test]
+    async fn thinking_maps_to_thinking_config() {
+        let mut r = request(vec![msg(Role::User, "x")]);
+        let on = build(&r, Some(true)).await.unwrap();
+        assert_eq!(
+            on["generationConfig"]["thinkingConfig"],
+            json!({"includeThoughts": true, "thinkingBudget": -1})
+        );
+        r.reasoning_effort = Some("low".into());
+        let low = build(&r, Some(true)).await.unwrap();
+        assert_eq!(
+            low["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+            1024
+        );
+        let off = build(&r, Some(false)).await.unwrap();
+        assert_eq!(
+            off["generationConfig"]["thinkingConfig"],
+            json!({"thinkingBudget": 0})
+        );
+        let default = build(&request(vec![msg(Role::User, "x")]), None)
+            .await
+            .unwrap();
+        assert!(default.get("generationConfig").is_none());
+        // A model that always thinks cannot be switched off: no budget is sent.
+        let always = route(ThinkingSupport::Always);
+        let body = body(
+            &r,
+            &Target {
+                route: &always,
+                thinking: Some(false),
+            },
+            &ImageFetcher::default(),
+        )
+        .await
+        .unwrap();
+        assert!(body.get("generationConfig").is_none());
+        assert_eq!(
+            (
+                thinking_budget(Some("minimal")),
+                thinking_budget(Some("medium")),
+                thinking_budget(Some("max"))
+            ),
+            (128, 8192, 24576)
+        );
+    }
+}

@@ -11,6 +11,7 @@ pub enum ProviderKind {
     Openai,
     Deepseek,
     OpenaiCompatible,
+    Minimax,
 }
 
 #[derive(Debug, Clone, Deserialize)]

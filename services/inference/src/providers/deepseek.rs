@@ -10,12 +10,13 @@ use tollgate::{
 };
 
 use super::{Target, openai_wire::Dialect};
+use crate::UpstreamError;
 
 #[derive(Debug)]
 pub struct DeepSeek;
 
 impl Dialect for DeepSeek {
-    fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) {
+    fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
         for message in &mut body.messages {
             if message.role == RoleJson::Developer {
                 message.role = RoleJson::System;
@@ -26,6 +27,7 @@ impl Dialect for DeepSeek {
             body.extra
                 .insert("thinking".to_owned(), json!({"type": kind}));
         }
+        Ok(())
     }
 
     /// DeepSeek's usage: cache hits may come only as `prompt_cache_hit_tokens`.

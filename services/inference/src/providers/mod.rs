@@ -7,9 +7,11 @@
 
 mod deepseek;
 mod http;
+mod minimax;
 mod openai;
 mod openai_compatible;
 mod openai_wire;
+mod think_tags;
 
 use std::{collections::HashMap, pin::Pin, sync::Arc};
 
@@ -60,6 +62,7 @@ pub enum Provider {
     Openai(OpenAiFamily<openai::OpenAi>),
     Deepseek(OpenAiFamily<deepseek::DeepSeek>),
     OpenaiCompatible(OpenAiFamily<openai_compatible::OpenAiCompatible>),
+    Minimax(OpenAiFamily<minimax::MiniMax>),
 }
 
 impl Provider {
@@ -74,6 +77,7 @@ impl Provider {
             ProviderKind::Openai => Self::Openai(OpenAiFamily::new(wire)),
             ProviderKind::Deepseek => Self::Deepseek(OpenAiFamily::new(wire)),
             ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire)),
+            ProviderKind::Minimax => Self::Minimax(OpenAiFamily::new(wire)),
         })
     }
 
@@ -84,6 +88,7 @@ impl Provider {
             Self::Openai(p) => p.wire.ready(),
             Self::Deepseek(p) => p.wire.ready(),
             Self::OpenaiCompatible(p) => p.wire.ready(),
+            Self::Minimax(p) => p.wire.ready(),
         }
     }
 
@@ -92,6 +97,7 @@ impl Provider {
             Self::Openai(p) => p.wire.timeouts(),
             Self::Deepseek(p) => p.wire.timeouts(),
             Self::OpenaiCompatible(p) => p.wire.timeouts(),
+            Self::Minimax(p) => p.wire.timeouts(),
         }
     }
 
@@ -104,6 +110,7 @@ impl Provider {
             Self::Openai(p) => p.chat(request, target).await,
             Self::Deepseek(p) => p.chat(request, target).await,
             Self::OpenaiCompatible(p) => p.chat(request, target).await,
+            Self::Minimax(p) => p.chat(request, target).await,
         }
     }
 
@@ -116,6 +123,7 @@ impl Provider {
             Self::Openai(p) => p.chat_stream(request, target).await,
             Self::Deepseek(p) => p.chat_stream(request, target).await,
             Self::OpenaiCompatible(p) => p.chat_stream(request, target).await,
+            Self::Minimax(p) => p.chat_stream(request, target).await,
         }
     }
 }

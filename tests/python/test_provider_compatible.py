@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import uuid
 
-import grpc
 import httpx
 import openai
 import pytest
 from tollgate.v1 import inference_pb2, inference_pb2_grpc
 
-from harness import Gateway, auth
+from harness import Gateway, MockUpstream, auth
 from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, echo, expected_usage, reasoning, usage_of
 
 TIMEOUT = 30
@@ -59,8 +58,6 @@ output_price = 0.20
 @pytest.fixture(scope="module")
 def mock():
     # The compatible server needs no key: the mock is started without one.
-    from harness import MockUpstream
-
     upstream = MockUpstream(api_key="")
     yield upstream
     upstream.stop()

@@ -7,15 +7,17 @@ A model is a reasoning model when its configuration says it thinks (`thinking = 
 
 from __future__ import annotations
 
+import json
 import uuid
+from decimal import Decimal
 
 import grpc
 import httpx
 import pytest
 from tollgate.v1 import inference_pb2, inference_pb2_grpc
 
-from harness import Gateway, auth
-from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, echo
+from harness import PRICES, PROVIDER_KEY, Gateway, auth
+from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, cost_usd, echo, expected_usage
 
 TIMEOUT = 30
 
@@ -215,6 +217,38 @@ def test_images_are_forwarded_as_given(client, mock, image):
     resp = client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": content}])
     assert resp.choices[0].message.content == f"Echo: what is this {n}"
     assert mock.single_request_with(n)["body"]["messages"][0]["content"] == content
+
+
+def test_cached_tokens_are_billed_at_the_cache_price(gateway, key):
+    messages = user(f"cache me {nonce()} [cache=2]")
+    r = post(gateway, key, {"model": "gpt-4.1-mini", "messages": messages})
+    assert r.status_code == 200, r.text
+    usage = json.loads(r.text, parse_float=Decimal)["usage"]
+    want = expected_usage(messages, False)
+    assert usage["prompt_tokens_details"]["cached_tokens"] == want.cached_tokens == 2
+    assert Decimal(usage["cost"]) == cost_usd(want, PRICES["gpt-4.1-mini"])
+
+
+@pytest.mark.parametrize("upstream_status, status", [(400, 400), (401, 502), (429, 503), (529, 503), (500, 502)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_errors_are_mapped(gateway, key, upstream_status, status, stream):
+    r = post(gateway, key, {"model": "gpt-4.1-mini", "messages": user(f"{nonce()} [status={upstream_status}]"), "stream": stream})
+    assert r.status_code == status, r.text
+    assert PROVIDER_KEY not in r.text
+
+
+def test_mid_stream_error_ends_the_sse_stream_with_an_error_event(gateway, key):
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "gpt-4.1-mini", "messages": user(f"a b c {nonce()} [stream_error]"), "stream": True},
+        timeout=TIMEOUT,
+    ) as r:
+        assert r.status_code == 200
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    assert "data: [DONE]" not in events
+    assert json.loads(events[-1][len("data: ") :])["error"]["type"] == "upstream_error"
 
 
 def metadata(key) -> list[tuple[str, str]]:

@@ -248,10 +248,11 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         .unwrap_or_default();
     let directives = Directives::parse(&last_user)?;
     let (thinking, reasoning_style) = match (flavour, &minimax) {
-        (Flavour::DeepSeek, _) => (
-            deepseek_thinking(obj, model)?,
-            ReasoningStyle::ReasoningContent,
-        ),
+        (Flavour::DeepSeek, _) => {
+            let thinking = deepseek_thinking(obj, model)?;
+            validate_deepseek(obj, messages, thinking)?;
+            (thinking, ReasoningStyle::ReasoningContent)
+        }
         (Flavour::MiniMax, Some(m)) => (
             m.thinking,
             if m.reasoning_split {
@@ -498,6 +499,49 @@ fn positive_int(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, Mo
         },
         Some(other) => Err(invalid_type(field, "an integer", other)),
     }
+}
+
+/// DeepSeek's own rules: `response_format` is `text` or `json_object` only, and in thinking mode
+/// an assistant message that called tools must carry its `reasoning_content` back.
+fn validate_deepseek(
+    obj: &Map<String, Value>,
+    messages: &[Value],
+    thinking: bool,
+) -> Result<(), MockError> {
+    let format = obj
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str);
+    if let Some(kind) = format
+        && kind != "text"
+        && kind != "json_object"
+    {
+        return Err(
+            MockError::invalid("This response_format type is unavailable now")
+                .with_param("response_format"),
+        );
+    }
+    if thinking {
+        for message in messages {
+            let called = message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .is_some_and(|c| !c.is_empty());
+            let has_reasoning = message
+                .get("reasoning_content")
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty());
+            if message.get("role").and_then(Value::as_str) == Some("assistant")
+                && called
+                && !has_reasoning
+            {
+                return Err(MockError::invalid(
+                    "The reasoning_content in the thinking mode must be passed back to the API.",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// DeepSeek's `thinking: {"type": "enabled"|"disabled"}`; without it V4 models (and the legacy

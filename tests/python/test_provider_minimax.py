@@ -251,6 +251,26 @@ def test_tool_loop_sends_the_reasoning_back_as_reasoning_details(client, mock):
     assert "reasoning_content" not in sent[1]
 
 
+def test_tool_loop_with_only_reasoning_content_still_round_trips(client, mock):
+    """A client that kept only `reasoning_content` (as DeepSeek clients do)."""
+    n = nonce()
+    messages = [
+        {"role": "user", "content": f"weather? {n}"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "I should call the tool.",
+            "tool_calls": [{"id": TOOL_CALL_ID, "type": "function", "function": {"name": "get_weather", "arguments": TOOL_ARGUMENTS}}],
+        },
+        {"role": "tool", "tool_call_id": TOOL_CALL_ID, "content": "sunny"},
+    ]
+    resp = client.chat.completions.create(model="MiniMax-M2", messages=messages, tools=[WEATHER_TOOL])
+    assert resp.choices[0].message.content == echo(messages)
+    sent = mock.single_request_with(n)["body"]["messages"][1]
+    assert sent["reasoning_details"] == [{"type": "reasoning.text", "text": "I should call the tool."}]
+    assert "reasoning_content" not in sent
+
+
 def test_tool_loop_without_the_reasoning_is_refused_by_minimax_as_400(client, mock):
     n = nonce()
     messages = [

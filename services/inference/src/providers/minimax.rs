@@ -5,7 +5,8 @@
 //!   `reasoning_details[].text` (incremental per chunk when streaming) rather than inline; it is
 //!   handed to clients as `reasoning_content` and, whole, as one `reasoning_details` entry of
 //!   format `minimax-v1`. MiniMax needs the complete assistant message back in tool loops, so
-//!   those entries on request messages go back to MiniMax as its `reasoning_details`. A leading
+//!   those entries on request messages go back to MiniMax as its `reasoning_details` (failing
+//!   those, an assistant message's `reasoning_content` is sent back that way). A leading
 //!   `<think>…</think>` in the content (MiniMax's default without `reasoning_split`) is handled
 //!   too, defensively.
 //! - Thinking: the alias or request switch becomes `thinking: {"type": "adaptive" | "disabled"}`.
@@ -21,7 +22,7 @@
 //!   `audio_content`) are never passed on: the OpenAI parser keeps only OpenAI's fields.
 
 use serde_json::{Value, json};
-use tollgate::openai::{ChatCompletionRequest, RoleJson};
+use tollgate::openai::{ChatCompletionRequest, ReasoningDetailJson, RoleJson};
 
 use super::{Target, openai_compatible::OPENAI_ONLY_FIELDS, openai_wire::Dialect};
 use crate::UpstreamError;
@@ -60,8 +61,20 @@ impl Dialect for MiniMax {
             if message.role == RoleJson::Developer {
                 message.role = RoleJson::System;
             }
-            // MiniMax takes reasoning back as reasoning_details (kept by the wire), not as text.
-            message.reasoning_content = None;
+            // MiniMax takes reasoning back as reasoning_details (the wire kept ours), not as
+            // text. A client that kept only `reasoning_content` (as DeepSeek clients do) still
+            // gets a working tool loop: the text becomes the detail MiniMax needs.
+            let reasoning = message.reasoning_content.take().filter(|r| !r.is_empty());
+            if message.role == RoleJson::Assistant
+                && message.reasoning_details.is_none()
+                && let Some(text) = reasoning
+            {
+                message.reasoning_details = Some(vec![ReasoningDetailJson {
+                    kind: "reasoning.text".to_owned(),
+                    text: Some(text),
+                    ..Default::default()
+                }]);
+            }
         }
         body.reasoning_effort = None;
         body.extra
@@ -243,6 +256,24 @@ mod tests {
             json!([{"type":"reasoning.text","text":"Need the tool."}])
         );
         assert!(assistant.get("reasoning_content").is_none());
+    }
+
+    #[test]
+    fn reasoning_content_alone_goes_back_as_a_reasoning_detail() {
+        let body = upstream_body(
+            json!({"model":"m","messages":[
+                {"role":"user","content":"weather?"},
+                {"role":"assistant","content":null,"reasoning_content":"Need the tool.",
+                 "tool_calls":[{"id":"call_1","type":"function","function":{"name":"w","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            body["messages"][1]["reasoning_details"],
+            json!([{"type":"reasoning.text","text":"Need the tool."}])
+        );
+        assert!(body["messages"][1].get("reasoning_content").is_none());
     }
 
     #[test]

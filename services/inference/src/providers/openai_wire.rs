@@ -312,8 +312,11 @@ struct ChoiceState {
     think: ThinkTagSplitter,
     /// All reasoning so far, handed out whole as a reasoning detail on the finish chunk.
     reasoning: String,
-    /// Tool-call indexes whose id / name were already passed on.
-    ids_sent: Vec<u32>,
+    /// Per upstream tool-call index: the id of the call seen there and the index it has for the
+    /// client.
+    calls: HashMap<u32, (Option<String>, u32)>,
+    next_index: u32,
+    /// Client indexes whose function name was already passed on.
     names_sent: Vec<u32>,
     called_tools: bool,
 }
@@ -382,19 +385,36 @@ fn normalise_delta<D: Dialect>(state: &mut ChoiceState, delta: &mut v1::Delta, f
             .push(reasoning_detail(&state.reasoning, format));
     }
 
-    // Tool calls: the id, type and name go out once per index, however often they are repeated.
+    // Tool calls: the id, type and name go out once per call, however often they are repeated;
+    // a fragment with a new id at an index already used (servers that omit `index`, which
+    // reads as 0) is a new call and gets the next index.
     for call in &mut delta.tool_calls {
         state.called_tools = true;
-        if state.ids_sent.contains(&call.index) {
-            call.id = None;
+        let id = call.id.take().filter(|id| !id.is_empty());
+        let ours = match state.calls.get_mut(&call.index) {
+            Some((known, ours)) if !(known.is_some() && id.is_some() && *known != id) => {
+                if known.is_none() && id.is_some() {
+                    known.clone_from(&id);
+                    call.id = id;
+                }
+                *ours
+            }
+            _ => {
+                let ours = state.next_index;
+                state.next_index += 1;
+                state.calls.insert(call.index, (id.clone(), ours));
+                call.id = id;
+                ours
+            }
+        };
+        call.index = ours;
+        if call.id.is_none() {
             call.r#type = None;
-        } else if call.id.as_deref().is_some_and(|id| !id.is_empty()) {
-            state.ids_sent.push(call.index);
         }
-        if state.names_sent.contains(&call.index) {
+        if state.names_sent.contains(&ours) {
             call.name = None;
         } else if call.name.as_deref().is_some_and(|n| !n.is_empty()) {
-            state.names_sent.push(call.index);
+            state.names_sent.push(ours);
         }
     }
 }
@@ -584,6 +604,58 @@ mod tests {
             ("call_9".into(), "f".into(), "{\"a\":1}".into())
         );
         assert_eq!(out.finish.as_deref(), Some("tool_calls"));
+    }
+
+    #[test]
+    fn calls_without_index_are_told_apart_by_their_ids() {
+        let whole = |id: &str, name: &str| {
+            delta(
+                json!({"tool_calls":[{"id":id,"type":"function","function":{"name":name,"arguments":"{}"}}]}),
+            )
+        };
+        let out = replay::<OpenAiCompatible>(&[
+            &delta(json!({"role":"assistant","content":null})),
+            &whole("call_a", "f"),
+            &whole("call_b", "g"),
+            &finish("stop"),
+        ])
+        .unwrap();
+        assert_eq!(out.calls[&0], ("call_a".into(), "f".into(), "{}".into()));
+        assert_eq!(out.calls[&1], ("call_b".into(), "g".into(), "{}".into()));
+        assert_eq!(out.finish.as_deref(), Some("tool_calls"));
+    }
+
+    #[test]
+    fn parallel_calls_keep_their_indexes() {
+        // OA-3-style fragments for two calls, the second opening at index 1.
+        let open = |index: u32, id: &str, name: &str| {
+            delta(
+                json!({"tool_calls":[{"index":index,"id":id,"type":"function","function":{"name":name,"arguments":""}}]}),
+            )
+        };
+        let args = |index: u32, a: &str| {
+            delta(json!({"tool_calls":[{"index":index,"function":{"arguments":a}}]}))
+        };
+        let out = replay::<OpenAi>(&[
+            &open(0, "call_1", "get_weather"),
+            &args(0, "{}"),
+            &open(1, "call_DNYTawLBoN8fj3KN6qU9N1Ou", "get_stock_price"),
+            &args(1, "{\"t\":1}"),
+            &finish("tool_calls"),
+        ])
+        .unwrap();
+        assert_eq!(
+            out.calls[&0],
+            ("call_1".into(), "get_weather".into(), "{}".into())
+        );
+        assert_eq!(
+            out.calls[&1],
+            (
+                "call_DNYTawLBoN8fj3KN6qU9N1Ou".into(),
+                "get_stock_price".into(),
+                "{\"t\":1}".into()
+            )
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from decimal import Decimal
 
 import httpx
 import openai
@@ -16,10 +17,11 @@ import pytest
 from tollgate.v1 import inference_pb2, inference_pb2_grpc
 
 from harness import Gateway, MockUpstream, auth
-from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, echo, expected_usage, reasoning, usage_of
+from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, cost_usd, echo, expected_usage, reasoning, usage_of
 
 TIMEOUT = 30
 MODEL = "compat-llm"
+PRICES = ("0.10", "0.10", "0.20")
 
 WEATHER_TOOL = {
     "type": "function",
@@ -117,6 +119,25 @@ def test_usage_is_found_wherever_the_server_puts_it(client, usage_style):
     assert [c for c in chunks if c.usage] == [chunks[-1]], "one usage chunk, last"
 
 
+@pytest.mark.parametrize("usage_style", ["null_choices", "missing_choices", "finish"])
+def test_quirky_usage_is_billed_exactly(gateway, usage_style):
+    key = gateway.create_key("enterprise")
+    messages = user(f"bill me {nonce()} [usage={usage_style}] [reasoning=reasoning]")
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": MODEL, "messages": messages, "stream": True},
+        timeout=TIMEOUT,
+    ) as r:
+        assert r.status_code == 200
+        r.read()
+    want = expected_usage(messages, True, reasoning_reported=False)
+    report = json.loads(gateway.usage(key).text, parse_float=Decimal)
+    assert (report["total_prompt_tokens"], report["total_completion_tokens"]) == (want.prompt_tokens, want.completion_tokens)
+    assert Decimal(report["total_cost_usd"]) == cost_usd(want, PRICES)
+
+
 def test_unrequested_usage_is_not_passed_on(client):
     chunks = list(client.chat.completions.create(model=MODEL, messages=user(f"no usage {nonce()}"), stream=True))
     assert all(c.usage is None for c in chunks)
@@ -195,6 +216,31 @@ def test_developer_role_and_openai_only_fields_are_adapted(client, mock):
     assert [m["role"] for m in sent["messages"]] == ["system", "user"]
     assert not {"store", "metadata", "service_tier"} & set(sent)
     assert (sent["seed"], sent["temperature"]) == (7, 0.2)
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [{"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}],
+)
+def test_sampling_limits_and_response_format_are_passed_on(client, mock, response_format):
+    n = nonce()
+    messages = user(f"one two three four {n}")
+    resp = client.chat.completions.create(
+        model=MODEL, messages=messages, stop=["END"], top_p=0.9, max_tokens=3, response_format=response_format
+    )
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.choices[0].message.content == "Echo: one two"
+    sent = mock.single_request_with(n)["body"]
+    assert (sent["stop"], sent["top_p"], sent["max_tokens"], sent["response_format"]) == (["END"], 0.9, 3, response_format)
+
+
+@pytest.mark.parametrize("url", ["data:image/png;base64,iVBORw0KGgo=", "https://example.com/cat.png"])
+def test_images_are_forwarded_as_given(client, mock, url):
+    n = nonce()
+    content = [{"type": "text", "text": f"what is this {n}"}, {"type": "image_url", "image_url": {"url": url}}]
+    resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    assert resp.choices[0].message.content == f"Echo: what is this {n}"
+    assert mock.single_request_with(n)["body"]["messages"][0]["content"] == content
 
 
 def test_mid_stream_error_ends_the_sse_stream_with_an_error_event(gateway, key, client):

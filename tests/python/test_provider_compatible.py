@@ -197,11 +197,14 @@ def test_tool_conversation_is_forwarded(client, mock):
         {"role": "tool", "tool_call_id": TOOL_CALL_ID, "content": "22 degrees"},
         {"role": "user", "content": f"and tomorrow? {n}"},
     ]
-    resp = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="none")
+    resp = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", parallel_tool_calls=False
+    )
     assert resp.choices[0].message.content == echo(messages)
     sent = mock.single_request_with(n)["body"]
     assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool", "user"]
-    assert sent["tool_choice"] == "none"
+    assert sent["messages"][1]["tool_calls"][0]["function"]["arguments"] == TOOL_ARGUMENTS
+    assert (sent["tool_choice"], sent["parallel_tool_calls"]) == ("none", False)
 
 
 def test_developer_role_and_openai_only_fields_are_adapted(client, mock):

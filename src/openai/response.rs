@@ -59,6 +59,10 @@ pub struct ResponseMessage {
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Reasoning under the name some compatible servers use (vLLM, OpenRouter); read into
+    /// `reasoning_content`, never rendered.
+    #[serde(default, skip_serializing)]
+    pub reasoning: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
@@ -81,6 +85,7 @@ impl Default for ResponseMessage {
             role: assistant(),
             content: None,
             reasoning_content: None,
+            reasoning: None,
             tool_calls: vec![],
             refusal: None,
             reasoning_details: vec![],
@@ -166,6 +171,10 @@ pub struct DeltaJson {
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Reasoning under the name some compatible servers use (vLLM, OpenRouter); read into
+    /// `reasoning_content`, never rendered.
+    #[serde(default, skip_serializing)]
+    pub reasoning: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
@@ -356,7 +365,11 @@ impl ChatCompletion {
                             .map(tool_call_to_proto)
                             .collect(),
                         tool_call_id: None,
-                        reasoning_content: c.message.reasoning_content.clone(),
+                        reasoning_content: c
+                            .message
+                            .reasoning_content
+                            .clone()
+                            .or_else(|| c.message.reasoning.clone()),
                         refusal: c.message.refusal.clone(),
                         reasoning_details: c
                             .message
@@ -406,6 +419,7 @@ impl ChatCompletion {
                                 None => None,
                             },
                             reasoning_content: m.reasoning_content,
+                            reasoning: None,
                             tool_calls: m.tool_calls.iter().map(tool_call_from_proto).collect(),
                             refusal: m.refusal,
                             reasoning_details: m
@@ -441,7 +455,11 @@ impl ChatCompletionChunk {
                     delta: Some(v1::Delta {
                         role: c.delta.role.clone(),
                         content: c.delta.content.clone(),
-                        reasoning_content: c.delta.reasoning_content.clone(),
+                        reasoning_content: c
+                            .delta
+                            .reasoning_content
+                            .clone()
+                            .or_else(|| c.delta.reasoning.clone()),
                         tool_calls: c
                             .delta
                             .tool_calls
@@ -497,6 +515,7 @@ impl ChatCompletionChunk {
                             role: d.role,
                             content: d.content,
                             reasoning_content: d.reasoning_content,
+                            reasoning: None,
                             tool_calls: d
                                 .tool_calls
                                 .into_iter()

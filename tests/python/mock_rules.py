@@ -21,6 +21,21 @@ the words of the text parts sent (function responses and images count 0); thinki
 `includeThoughts: true`; a function call costs 1 token; more directives: `[parallel]` (call every
 declared function), `[finish=REASON]`, `[blocked]` (promptFeedback.blockReason, no candidates),
 `[no_finish]` (a stream without finishReason). test_provider_gemini.py holds its expectations.
+Flavours by upstream model name: `deepseek*` DeepSeek; `MiniMax*` MiniMax (thinks unless
+`thinking: {"type": "disabled"}`; reasoning as `reasoning_details` with `reasoning_split: true`,
+else inline `<think>` with the tags split across chunks; reports no reasoning_tokens; refuses
+temperature/top_p outside (0, 1], n > 1, the developer role, OpenAI-only fields and, with
+reasoning_split, a tool-call assistant message without its reasoning_details, all as HTTP 200 with
+`base_resp.status_code` 2013); `compat-*` a quirky compatible server (tool calls finish with `stop`,
+no `index` on tool calls, id/name repeated on every fragment, usage always sent without details,
+`: keep-alive` comments, no `[DONE]`; refuses the developer role and store/metadata/service_tier/
+prediction/verbosity); `o1*`/`o3*`/`o4*`/`gpt-5*` OpenAI reasoning models (refuse max_tokens and
+stop); anything else OpenAI.
+
+More directives: `[finish=REASON]` replaces the finish reason; `[base_resp=CODE]` (MiniMax) fails
+in-band with HTTP 200; `[reasoning=reasoning_content|reasoning|details|think]` (compat) makes the
+model think and puts the reasoning there; `[usage=null_choices|missing_choices|finish]` (compat)
+says where a stream's usage goes; `[args=whole]` (compat) sends tool arguments in one delta.
 """
 
 from __future__ import annotations
@@ -98,7 +113,11 @@ class Usage:
 ZERO = Usage(0, 0)
 
 
-def expected_usage(messages: list[dict[str, Any]], thinking: bool, max_tokens: int | None = None) -> Usage:
+def expected_usage(
+    messages: list[dict[str, Any]], thinking: bool, max_tokens: int | None = None, reasoning_reported: bool = True
+) -> Usage:
+    """The usage the mock reports; `reasoning_reported=False` for flavours that count reasoning in
+    completion_tokens without a reasoning_tokens detail (MiniMax, compatible servers)."""
     prompt = max(1, sum(words(message_text(m)) for m in messages))
     m = re.search(r"\[cache=(\d+)\]", last_user_text(messages))
     cached = min(int(m.group(1)), prompt) if m else 0
@@ -106,7 +125,7 @@ def expected_usage(messages: list[dict[str, Any]], thinking: bool, max_tokens: i
     if max_tokens is not None:
         content = min(content, max_tokens)
     reasoning_tokens = words(reasoning(messages)) if thinking else 0
-    return Usage(prompt, content + reasoning_tokens, cached, reasoning_tokens)
+    return Usage(prompt, content + reasoning_tokens, cached, reasoning_tokens if reasoning_reported else 0)
 
 
 def usage_of(sdk_usage: Any) -> Usage:

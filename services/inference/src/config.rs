@@ -15,6 +15,7 @@ pub enum ProviderKind {
     Anthropic,
     /// Google's Gemini API (generateContent / streamGenerateContent).
     Gemini,
+    Minimax,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,6 +18,10 @@ pub enum UpstreamError {
     /// The upstream is overloaded or rate-limits the gateway (429, 503, 529).
     #[error("{provider} is overloaded or rate limited (HTTP {status}); try again later")]
     Overloaded { provider: String, status: u16 },
+    /// The upstream reported in a successful response that it lacks the capacity to answer
+    /// (DeepSeek's `insufficient_system_resource` finish reason): retryable, like a 503.
+    #[error("{provider} ran out of capacity before finishing ({reason}); try again later")]
+    OutOfCapacity { provider: String, reason: String },
     /// The upstream failed (other 5xx), sent something unreadable, or failed mid-stream.
     #[error("{provider} failed: {message}")]
     Failed { provider: String, message: String },
@@ -68,7 +72,7 @@ impl UpstreamError {
             Self::Credentials { .. } | Self::Failed { .. } | Self::Connect { .. } => {
                 ApiError::new(ErrorKind::Upstream, message)
             }
-            Self::Overloaded { .. } | Self::NotConfigured { .. } => {
+            Self::Overloaded { .. } | Self::OutOfCapacity { .. } | Self::NotConfigured { .. } => {
                 ApiError::new(ErrorKind::Unavailable, message)
             }
             Self::Timeout { .. } => ApiError::new(ErrorKind::UpstreamTimeout, message),

@@ -12,7 +12,7 @@ struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
-    /// Require `Authorization: Bearer KEY` on chat requests.
+    /// Require `Authorization: Bearer KEY` on chat requests (an empty KEY requires nothing).
     #[arg(long, env = "MOCK_UPSTREAM_API_KEY")]
     api_key: Option<String>,
 }
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let handle = mock_upstream::spawn(MockConfig {
-        api_key: args.api_key,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
         addr: Some(args.addr),
     })
     .await?;

@@ -1,5 +1,6 @@
 //! The error bodies the mock answers with, shaped like OpenAI's and DeepSeek's
-//! (`{"error":{"message","type","param","code"}}`, all four keys always present).
+//! (`{"error":{"message","type","param","code"}}`, all four keys always present), or like
+//! MiniMax's (HTTP 200 with a non-zero `base_resp.status_code`).
 
 use axum::{
     Json,
@@ -16,6 +17,8 @@ pub struct MockError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<String>,
+    /// MiniMax's `base_resp.status_code`: the error is then an HTTP 200 body.
+    pub base_resp: Option<u64>,
 }
 
 impl MockError {
@@ -27,6 +30,19 @@ impl MockError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            base_resp: None,
+        }
+    }
+
+    /// MiniMax's way to fail: HTTP 200, `choices: null` and a `base_resp` with a non-zero code.
+    pub fn minimax(status_code: u64, status_msg: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            message: status_msg.into(),
+            kind: "",
+            param: None,
+            code: None,
+            base_resp: Some(status_code),
         }
     }
 
@@ -49,6 +65,7 @@ impl MockError {
             kind: "invalid_request_error",
             param: None,
             code: Some("invalid_api_key".to_owned()),
+            base_resp: None,
         }
     }
 
@@ -75,11 +92,25 @@ impl MockError {
             kind,
             param: None,
             code: err_code,
+            base_resp: None,
         }
     }
 
     /// The JSON body, also used in-band in a stream.
     pub fn body(&self) -> serde_json::Value {
+        if let Some(code) = self.base_resp {
+            return json!({
+                "id": "",
+                "choices": null,
+                "created": 0,
+                "model": "",
+                "object": "chat.completion",
+                "usage": null,
+                "input_sensitive": false,
+                "output_sensitive": false,
+                "base_resp": {"status_code": code, "status_msg": self.message},
+            });
+        }
         json!({
             "error": {
                 "message": self.message,

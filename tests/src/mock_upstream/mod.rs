@@ -1,8 +1,14 @@
-//! A mock upstream LLM server that speaks OpenAI Chat Completions the way OpenAI and DeepSeek do
-//! (DeepSeek for models named `deepseek*`, OpenAI for any other), deterministically: the answer
+//! A mock upstream LLM server that speaks OpenAI Chat Completions the way OpenAI, DeepSeek,
+//! MiniMax and quirky compatible servers do (DeepSeek for models named `deepseek*`, MiniMax for
+//! `MiniMax*`, see `minimax.rs`, the compatible-server quirks for `compat-*`, see
+//! `compatible.rs`, OpenAI for any other), deterministically: the answer
 //! is `Echo: <last user text>`, tokens are whitespace-separated words, and directives in the last
 //! user message (`[status=503]`, `[delay_ms=1500]`, `[cache=4]`, `[stream_error]`, `[tool]`, ...)
 //! steer it, so tests can drive it through a gateway. It records every chat request it receives.
+//! `[finish=REASON]` replaces the finish reason (DeepSeek's `insufficient_system_resource`);
+//! `[base_resp=CODE]` makes a MiniMax model fail in-band; the other flavour-specific directives
+//! are described in their modules. OpenAI models named `o1*`, `o3*`, `o4*` or `gpt-5*` refuse
+//! `max_tokens` and `stop`, as OpenAI's reasoning models do.
 //!
 //! Routes: `POST …/chat/completions` (any prefix), `POST …/messages` (Anthropic's Messages API,
 //! `anthropic.rs`), `POST …/models/{model}:generateContent` and
@@ -13,8 +19,10 @@
 //! the PNG).
 
 mod anthropic;
+mod compatible;
 mod error;
 pub mod gemini;
+mod minimax;
 mod request;
 mod response;
 
@@ -214,6 +222,7 @@ async fn dispatch(
             kind: "invalid_request_error",
             param: None,
             code: None,
+            base_resp: None,
         }
         .into_response()
     }
@@ -253,12 +262,19 @@ async fn chat_completions(
         if let Some(status) = plan.status {
             return MockError::directed(status, given_key).into_response();
         }
+        if let Some(code) = plan.base_resp {
+            return MockError::minimax(code, base_resp_message(code)).into_response();
+        }
         let ident = ReplyIdentity::new(plan.flavour);
         return Json(response::completion(&plan, &ident)).into_response();
     }
     if let Some(status) = plan.status {
         tokio::time::sleep(plan.delay).await;
         return MockError::directed(status, given_key).into_response();
+    }
+    if let Some(code) = plan.base_resp {
+        let body = MockError::minimax(code, base_resp_message(code)).body();
+        return sse_body(plan.delay, vec![sse_event(&body.to_string())]);
     }
     sse_response(plan)
 }
@@ -330,6 +346,39 @@ async fn generate_content(
     gemini::respond(&body, stream).await
 }
 
+/// MiniMax's `status_msg` for the codes of its error-code page.
+fn base_resp_message(code: u64) -> &'static str {
+    match code {
+        1000 => "unknown error",
+        1001 => "request timeout",
+        1002 => "rate limit exceeded",
+        1004 => "not authorized, token not match group",
+        1008 => "insufficient balance",
+        1024 => "internal error",
+        2013 => "invalid params",
+        _ => "error",
+    }
+}
+
+/// A `text/event-stream` of fixed events, the first after `delay`.
+fn sse_body(delay: std::time::Duration, events: Vec<Bytes>) -> Response {
+    let stream = async_stream::stream! {
+        tokio::time::sleep(delay).await;
+        for event in events {
+            yield Ok::<Bytes, Infallible>(event);
+        }
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 /// A raw `text/event-stream` body written chunk by chunk as `data: <json>\n\n`. The headers
 /// go out at once; `[delay_ms]` holds back the first event.
 fn sse_response(plan: ChatPlan) -> Response {
@@ -337,17 +386,25 @@ fn sse_response(plan: ChatPlan) -> Response {
     let script = response::stream(&plan, &ident);
     let events = async_stream::stream! {
         tokio::time::sleep(plan.delay).await;
+        if script.keep_alive_comments {
+            yield Ok::<Bytes, Infallible>(Bytes::from_static(b": keep-alive\n\n"));
+        }
         for (i, chunk) in script.chunks.iter().enumerate() {
             if i > 0 && !plan.chunk_delay.is_zero() {
                 tokio::time::sleep(plan.chunk_delay).await;
             }
             if script.fail_at == Some(i) {
-                yield Ok::<Bytes, Infallible>(sse_event(&response::stream_error_body().to_string()));
+                yield Ok::<Bytes, Infallible>(sse_event(&script.fail_body.to_string()));
                 return;
             }
             yield Ok(sse_event(&chunk.to_string()));
+            if script.keep_alive_comments {
+                yield Ok(Bytes::from_static(b"\n"));
+            }
         }
-        yield Ok(sse_event("[DONE]"));
+        if script.done {
+            yield Ok(sse_event("[DONE]"));
+        }
     };
     (
         StatusCode::OK,

@@ -1,6 +1,6 @@
 //! Reading one chat request the way the real APIs do: the validation that answers 400 in
-//! OpenAI's words, the flavour (OpenAI or DeepSeek) chosen by the model name, and the test
-//! directives hidden in the last user message. The result is a [`ChatPlan`] that fixes every
+//! OpenAI's words, the flavour (OpenAI, DeepSeek, MiniMax or a quirky compatible server) chosen
+//! by the model name, and the test directives hidden in the last user message. The result is a [`ChatPlan`] that fixes every
 //! byte of the reply, so tests can predict content and token counts exactly.
 
 use std::time::Duration;
@@ -17,6 +17,49 @@ pub enum Flavour {
     OpenAi,
     /// Accepts `thinking`, answers with `reasoning_content`, puts usage on the finish chunk.
     DeepSeek,
+    /// MiniMax's OpenAI endpoint (models `MiniMax*`): see `minimax.rs`.
+    MiniMax,
+    /// A quirky OpenAI-compatible server (models `compat-*`): see `compatible.rs`.
+    Compatible,
+}
+
+impl Flavour {
+    fn of(model: &str) -> Self {
+        if model.starts_with("deepseek") {
+            Self::DeepSeek
+        } else if model.starts_with("MiniMax") {
+            Self::MiniMax
+        } else if model.starts_with("compat-") {
+            Self::Compatible
+        } else {
+            Self::OpenAi
+        }
+    }
+}
+
+/// Where the reasoning goes in the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningStyle {
+    /// `reasoning_content` (DeepSeek).
+    ReasoningContent,
+    /// `reasoning` (vLLM, OpenRouter).
+    Reasoning,
+    /// `reasoning_details[].text`, incremental when streamed (MiniMax with `reasoning_split`).
+    Details,
+    /// Inline `<think>…</think>` before the content (MiniMax without `reasoning_split`).
+    Think,
+}
+
+/// How a quirky compatible server reports usage in a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UsageStyle {
+    /// A last chunk with `"choices": null` (the default).
+    #[default]
+    NullChoices,
+    /// A last chunk without `choices`.
+    MissingChoices,
+    /// On the finish chunk.
+    OnFinish,
 }
 
 /// The id of the tool call the mock makes.
@@ -42,10 +85,12 @@ pub struct ChatPlan {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
-    /// The reasoning pieces when thinking is on (DeepSeek only).
+    /// The reasoning pieces when thinking is on (DeepSeek, MiniMax, compatible with
+    /// `[reasoning=STYLE]`).
     pub reasoning: Option<Vec<String>>,
+    pub reasoning_style: ReasoningStyle,
     pub answer: Answer,
-    pub finish_reason: &'static str,
+    pub finish_reason: String,
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
     pub completion_tokens: u64,
@@ -58,6 +103,12 @@ pub struct ChatPlan {
     pub stream_error: bool,
     /// `[status=CODE]`: answer this status instead.
     pub status: Option<StatusCode>,
+    /// `[base_resp=CODE]` (MiniMax): answer HTTP 200 with this `base_resp.status_code`.
+    pub base_resp: Option<u64>,
+    /// `[usage=STYLE]` (compatible servers).
+    pub usage_style: UsageStyle,
+    /// `[args=whole]` (compatible servers): the tool arguments in one delta.
+    pub whole_arguments: bool,
 }
 
 /// Top-level request fields OpenAI knows; any other is rejected by the OpenAI flavour.
@@ -117,11 +168,7 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         )));
     };
     let model = obj.get("model").and_then(Value::as_str).unwrap_or("");
-    let flavour = if model.starts_with("deepseek") {
-        Flavour::DeepSeek
-    } else {
-        Flavour::OpenAi
-    };
+    let flavour = Flavour::of(model);
     if flavour == Flavour::OpenAi
         && let Some(unknown) = obj.keys().find(|k| !OPENAI_FIELDS.contains(&k.as_str()))
     {
@@ -144,6 +191,15 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         Some(other) => return Err(invalid_type("model", "a string", other)),
     }
     let messages = validate_messages(obj)?;
+    let minimax = match flavour {
+        Flavour::MiniMax => Some(super::minimax::validate(obj, messages)?),
+        _ => None,
+    };
+    match flavour {
+        Flavour::OpenAi => validate_openai_reasoning_model(obj, model)?,
+        Flavour::Compatible => super::compatible::validate(obj, messages)?,
+        Flavour::DeepSeek | Flavour::MiniMax => {}
+    }
     validate_number(obj, "temperature", 0.0, 2.0)?;
     validate_number(obj, "top_p", 0.0, 1.0)?;
     validate_number(obj, "presence_penalty", -2.0, 2.0)?;
@@ -182,10 +238,6 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         }
         Some(other) => return Err(invalid_type("stream_options", "an object", other)),
     };
-    let thinking = match flavour {
-        Flavour::OpenAi => false,
-        Flavour::DeepSeek => deepseek_thinking(obj, model)?,
-    };
     let tool = tool_to_call(obj)?;
 
     let last_user = messages
@@ -195,6 +247,26 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         .map(message_text)
         .unwrap_or_default();
     let directives = Directives::parse(&last_user)?;
+    let (thinking, reasoning_style) = match (flavour, &minimax) {
+        (Flavour::DeepSeek, _) => {
+            let thinking = deepseek_thinking(obj, model)?;
+            validate_deepseek(obj, messages, thinking)?;
+            (thinking, ReasoningStyle::ReasoningContent)
+        }
+        (Flavour::MiniMax, Some(m)) => (
+            m.thinking,
+            if m.reasoning_split {
+                ReasoningStyle::Details
+            } else {
+                ReasoningStyle::Think
+            },
+        ),
+        (Flavour::Compatible, _) => match directives.reasoning {
+            Some(style) => (true, style),
+            None => (false, ReasoningStyle::ReasoningContent),
+        },
+        _ => (false, ReasoningStyle::ReasoningContent),
+    };
 
     let prompt_tokens = messages
         .iter()
@@ -209,17 +281,17 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
     let (answer, finish_reason, answer_tokens) = match tool {
         Some(t) if wants_tool => (
             Answer::ToolCall { name: t.name },
-            "tool_calls",
+            "tool_calls".to_owned(),
             word_count(&TOOL_ARGUMENT_FRAGMENTS.concat()),
         ),
         _ => {
             let mut words = pieces(&format!("Echo: {last_user}"));
-            let mut finish = "stop";
+            let mut finish = "stop".to_owned();
             if let Some(limit) = max_tokens
                 && words.len() as u64 > limit
             {
                 words.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-                finish = "length";
+                finish = "length".to_owned();
             }
             let n = words.len() as u64;
             (Answer::Text(words), finish, n)
@@ -232,8 +304,9 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         stream,
         include_usage,
         reasoning,
+        reasoning_style,
         answer,
-        finish_reason,
+        finish_reason: directives.finish.clone().unwrap_or(finish_reason),
         prompt_tokens,
         cached_tokens,
         completion_tokens: answer_tokens + reasoning_tokens,
@@ -242,7 +315,35 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         chunk_delay: Duration::from_millis(directives.chunk_delay_ms),
         stream_error: directives.stream_error,
         status: directives.status,
+        base_resp: directives.base_resp,
+        usage_style: directives.usage,
+        whole_arguments: directives.whole_arguments,
     })
+}
+
+/// OpenAI's reasoning models (`o1*`, `o3*`, `o4*`, `gpt-5*`) refuse `max_tokens` and `stop`.
+fn validate_openai_reasoning_model(obj: &Map<String, Value>, model: &str) -> Result<(), MockError> {
+    let reasoning = ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| model.starts_with(p));
+    if !reasoning {
+        return Ok(());
+    }
+    if obj.get("max_tokens").is_some_and(|v| !v.is_null()) {
+        return Err(MockError::invalid(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+        )
+        .with_param("max_tokens")
+        .with_code("unsupported_parameter"));
+    }
+    if obj.get("stop").is_some_and(|v| !v.is_null()) {
+        return Err(MockError::invalid(
+            "Unsupported parameter: 'stop' is not supported with this model.",
+        )
+        .with_param("stop")
+        .with_code("unsupported_parameter"));
+    }
+    Ok(())
 }
 
 fn validate_messages(obj: &Map<String, Value>) -> Result<&Vec<Value>, MockError> {
@@ -398,6 +499,49 @@ fn positive_int(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, Mo
         },
         Some(other) => Err(invalid_type(field, "an integer", other)),
     }
+}
+
+/// DeepSeek's own rules: `response_format` is `text` or `json_object` only, and in thinking mode
+/// an assistant message that called tools must carry its `reasoning_content` back.
+fn validate_deepseek(
+    obj: &Map<String, Value>,
+    messages: &[Value],
+    thinking: bool,
+) -> Result<(), MockError> {
+    let format = obj
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str);
+    if let Some(kind) = format
+        && kind != "text"
+        && kind != "json_object"
+    {
+        return Err(
+            MockError::invalid("This response_format type is unavailable now")
+                .with_param("response_format"),
+        );
+    }
+    if thinking {
+        for message in messages {
+            let called = message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .is_some_and(|c| !c.is_empty());
+            let has_reasoning = message
+                .get("reasoning_content")
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty());
+            if message.get("role").and_then(Value::as_str) == Some("assistant")
+                && called
+                && !has_reasoning
+            {
+                return Err(MockError::invalid(
+                    "The reasoning_content in the thinking mode must be passed back to the API.",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// DeepSeek's `thinking: {"type": "enabled"|"disabled"}`; without it V4 models (and the legacy
@@ -566,6 +710,11 @@ pub(super) struct Directives {
     pub(super) chunk_delay_ms: u64,
     pub(super) stream_error: bool,
     pub(super) tool: bool,
+    pub(super) finish: Option<String>,
+    pub(super) base_resp: Option<u64>,
+    pub(super) reasoning: Option<ReasoningStyle>,
+    pub(super) usage: UsageStyle,
+    pub(super) whole_arguments: bool,
 }
 
 impl Directives {
@@ -586,8 +735,37 @@ impl Directives {
             chunk_delay_ms: number_directive(text, "chunk_delay_ms").unwrap_or(0),
             stream_error: text.contains("[stream_error]"),
             tool: text.contains("[tool]"),
+            finish: word_directive(text, "finish").map(str::to_owned),
+            base_resp: number_directive(text, "base_resp"),
+            reasoning: match word_directive(text, "reasoning") {
+                None => None,
+                Some("reasoning_content") => Some(ReasoningStyle::ReasoningContent),
+                Some("reasoning") => Some(ReasoningStyle::Reasoning),
+                Some("details") => Some(ReasoningStyle::Details),
+                Some("think") => Some(ReasoningStyle::Think),
+                Some(other) => {
+                    return Err(MockError::invalid(format!("mock: bad [reasoning={other}]")));
+                }
+            },
+            usage: match word_directive(text, "usage") {
+                None | Some("null_choices") => UsageStyle::NullChoices,
+                Some("missing_choices") => UsageStyle::MissingChoices,
+                Some("finish") => UsageStyle::OnFinish,
+                Some(other) => {
+                    return Err(MockError::invalid(format!("mock: bad [usage={other}]")));
+                }
+            },
+            whole_arguments: text.contains("[args=whole]"),
         })
     }
+}
+
+fn word_directive<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    let open = format!("[{name}=");
+    let start = text.find(&open)? + open.len();
+    let rest = &text[start..];
+    let end = rest.find(']')?;
+    Some(rest[..end].trim())
 }
 
 pub(super) fn number_directive(text: &str, name: &str) -> Option<u64> {

@@ -1,6 +1,7 @@
 //! The reply bodies, copied from the shapes the real APIs send (providers.md fixtures OA-1, OA-3,
 //! OA-4 for OpenAI; DS-1, DS-2, DS-3 for DeepSeek): the whole `chat.completion` and the list of
-//! `chat.completion.chunk` objects of a stream.
+//! `chat.completion.chunk` objects of a stream. MiniMax's and the quirky compatible server's
+//! replies are built in `minimax.rs` and `compatible.rs` from the pieces shared here.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -33,6 +34,8 @@ impl ReplyIdentity {
         let hex = format!("{:016x}{:016x}", now.as_nanos() as u64, seq);
         let id = match flavour {
             Flavour::OpenAi => format!("chatcmpl-mock{hex}"),
+            Flavour::Compatible => format!("chatcmpl-compat{hex}"),
+            Flavour::MiniMax => hex,
             Flavour::DeepSeek => format!(
                 "{}-{}-{}-{}-{}",
                 &hex[0..8],
@@ -55,6 +58,12 @@ pub struct StreamScript {
     pub chunks: Vec<Value>,
     /// With `[stream_error]`: the index of the first chunk that is never sent.
     pub fail_at: Option<usize>,
+    /// The in-band event sent instead of that chunk.
+    pub fail_body: Value,
+    /// Open with an SSE comment and put blank lines between events (compatible servers).
+    pub keep_alive_comments: bool,
+    /// End with `data: [DONE]`.
+    pub done: bool,
 }
 
 /// The in-band error a failing stream ends with.
@@ -62,7 +71,7 @@ pub fn stream_error_body() -> Value {
     json!({"error": {"message": "mock mid-stream failure", "type": "server_error", "param": null, "code": null}})
 }
 
-fn usage(plan: &ChatPlan) -> Value {
+pub(super) fn usage(plan: &ChatPlan) -> Value {
     let total = plan.prompt_tokens + plan.completion_tokens;
     match plan.flavour {
         Flavour::OpenAi => json!({
@@ -86,10 +95,32 @@ fn usage(plan: &ChatPlan) -> Value {
             "prompt_cache_hit_tokens": plan.cached_tokens,
             "prompt_cache_miss_tokens": plan.prompt_tokens - plan.cached_tokens
         }),
+        // Documented fields only; cached tokens (unverified for MiniMax) only when there are some.
+        Flavour::MiniMax => {
+            let mut u = json!({
+                "prompt_tokens": plan.prompt_tokens,
+                "completion_tokens": plan.completion_tokens,
+                "total_tokens": total,
+            });
+            if plan.cached_tokens > 0
+                && let Some(obj) = u.as_object_mut()
+            {
+                obj.insert(
+                    "prompt_tokens_details".to_owned(),
+                    json!({"cached_tokens": plan.cached_tokens}),
+                );
+            }
+            u
+        }
+        Flavour::Compatible => json!({
+            "prompt_tokens": plan.prompt_tokens,
+            "completion_tokens": plan.completion_tokens,
+            "total_tokens": total,
+        }),
     }
 }
 
-fn tool_call(name: &str, with_index: bool) -> Value {
+pub(super) fn tool_call(name: &str, with_index: bool) -> Value {
     let mut call = json!({
         "id": TOOL_CALL_ID,
         "type": "function",
@@ -107,6 +138,11 @@ fn tool_call(name: &str, with_index: bool) -> Value {
 
 /// The whole `chat.completion` for a non-streaming request.
 pub fn completion(plan: &ChatPlan, ident: &ReplyIdentity) -> Value {
+    match plan.flavour {
+        Flavour::MiniMax => return super::minimax::completion(plan, ident),
+        Flavour::Compatible => return super::compatible::completion(plan, ident),
+        Flavour::OpenAi | Flavour::DeepSeek => {}
+    }
     let message = match plan.flavour {
         Flavour::OpenAi => match &plan.answer {
             Answer::Text(words) => json!({
@@ -117,7 +153,7 @@ pub fn completion(plan: &ChatPlan, ident: &ReplyIdentity) -> Value {
                 "refusal": null, "annotations": []
             }),
         },
-        Flavour::DeepSeek => {
+        _ => {
             let mut m = json!({"role": "assistant"});
             let content = match &plan.answer {
                 Answer::Text(words) => json!(words.concat()),
@@ -149,7 +185,7 @@ pub fn completion(plan: &ChatPlan, ident: &ReplyIdentity) -> Value {
                 obj.insert("service_tier".to_owned(), json!("default"));
                 obj.insert("system_fingerprint".to_owned(), json!(OPENAI_FINGERPRINT));
             }
-            Flavour::DeepSeek => {
+            _ => {
                 obj.insert("system_fingerprint".to_owned(), json!(DEEPSEEK_FINGERPRINT));
             }
         }
@@ -158,14 +194,22 @@ pub fn completion(plan: &ChatPlan, ident: &ReplyIdentity) -> Value {
 }
 
 /// Builds the chunks of one stream with the envelope its flavour uses.
-struct ChunkWriter<'a> {
+pub(super) struct ChunkWriter<'a> {
     plan: &'a ChatPlan,
     ident: &'a ReplyIdentity,
-    chunks: Vec<Value>,
+    pub chunks: Vec<Value>,
 }
 
-impl ChunkWriter<'_> {
-    fn envelope(&self, choices: Value) -> Value {
+impl<'a> ChunkWriter<'a> {
+    pub fn new(plan: &'a ChatPlan, ident: &'a ReplyIdentity) -> Self {
+        Self {
+            plan,
+            ident,
+            chunks: Vec::new(),
+        }
+    }
+
+    pub fn envelope(&self, choices: Value) -> Value {
         let mut chunk = json!({
             "id": self.ident.id,
             "object": "chat.completion.chunk",
@@ -173,18 +217,22 @@ impl ChunkWriter<'_> {
             "model": self.plan.model,
         });
         if let Some(obj) = chunk.as_object_mut() {
-            if self.plan.flavour == Flavour::OpenAi {
-                obj.insert("service_tier".to_owned(), json!("default"));
-                obj.insert("system_fingerprint".to_owned(), json!(OPENAI_FINGERPRINT));
-            } else {
-                obj.insert("system_fingerprint".to_owned(), json!(DEEPSEEK_FINGERPRINT));
+            match self.plan.flavour {
+                Flavour::OpenAi => {
+                    obj.insert("service_tier".to_owned(), json!("default"));
+                    obj.insert("system_fingerprint".to_owned(), json!(OPENAI_FINGERPRINT));
+                }
+                Flavour::DeepSeek => {
+                    obj.insert("system_fingerprint".to_owned(), json!(DEEPSEEK_FINGERPRINT));
+                }
+                Flavour::MiniMax | Flavour::Compatible => {}
             }
             obj.insert("choices".to_owned(), choices);
         }
         chunk
     }
 
-    fn push_delta(&mut self, delta: Value, finish_reason: Option<&str>) {
+    pub fn push_delta(&mut self, delta: Value, finish_reason: Option<&str>) {
         let mut chunk = self.envelope(json!([
             {"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}
         ]));
@@ -207,11 +255,12 @@ impl ChunkWriter<'_> {
 
 /// The chunks of a streamed reply, `[DONE]` excluded.
 pub fn stream(plan: &ChatPlan, ident: &ReplyIdentity) -> StreamScript {
-    let mut w = ChunkWriter {
-        plan,
-        ident,
-        chunks: Vec::new(),
-    };
+    match plan.flavour {
+        Flavour::MiniMax => return super::minimax::stream(plan, ident),
+        Flavour::Compatible => return super::compatible::stream(plan, ident),
+        Flavour::OpenAi | Flavour::DeepSeek => {}
+    }
+    let mut w = ChunkWriter::new(plan, ident);
     let thinking = plan.reasoning.is_some();
     let deepseek = plan.flavour == Flavour::DeepSeek;
 
@@ -229,7 +278,7 @@ pub fn stream(plan: &ChatPlan, ident: &ReplyIdentity) -> StreamScript {
             json!({"role": "assistant", "content": null, "reasoning_content": ""}),
             None,
         ),
-        (_, Flavour::DeepSeek) => w.push_delta(json!({"role": "assistant", "content": ""}), None),
+        _ => w.push_delta(json!({"role": "assistant", "content": ""}), None),
     }
     for piece in plan.reasoning.iter().flatten() {
         w.push_delta(json!({"content": null, "reasoning_content": piece}), None);
@@ -270,7 +319,7 @@ pub fn stream(plan: &ChatPlan, ident: &ReplyIdentity) -> StreamScript {
         (true, false) => json!({"content": ""}),
         (true, true) => json!({"content": "", "reasoning_content": null}),
     };
-    w.push_delta(finish_delta, Some(plan.finish_reason));
+    w.push_delta(finish_delta, Some(&plan.finish_reason));
     if plan.flavour == Flavour::OpenAi && plan.include_usage {
         let mut chunk = w.envelope(json!([]));
         if let Some(obj) = chunk.as_object_mut() {
@@ -281,9 +330,12 @@ pub fn stream(plan: &ChatPlan, ident: &ReplyIdentity) -> StreamScript {
     StreamScript {
         chunks: w.chunks,
         fail_at,
+        fail_body: stream_error_body(),
+        keep_alive_comments: false,
+        done: true,
     }
 }
 
-fn opening_fragment(name: &str) -> Value {
+pub(super) fn opening_fragment(name: &str) -> Value {
     json!({"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": {"name": name, "arguments": ""}})
 }

@@ -2,6 +2,8 @@
 //! the top-level `thinking: {"type": "enabled" | "disabled"}` field; answers carry
 //! `reasoning_content`; usage reports cache hits as `prompt_cache_hit_tokens`. Assistant
 //! messages keep their `reasoning_content`, which DeepSeek requires back after tool calls.
+//! `response_format` is `text` or `json_object` only: a `json_schema` request is refused with a
+//! 400 naming `response_format` rather than forwarded to fail upstream.
 
 use serde_json::{Value, json};
 use tollgate::{
@@ -10,12 +12,25 @@ use tollgate::{
 };
 
 use super::{Target, openai_wire::Dialect};
+use crate::UpstreamError;
 
 #[derive(Debug)]
 pub struct DeepSeek;
 
 impl Dialect for DeepSeek {
-    fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) {
+    fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
+        if let Some(format) = &body.response_format
+            && format.kind != "text"
+            && format.kind != "json_object"
+        {
+            return Err(UpstreamError::Unsupported {
+                param: "response_format".to_owned(),
+                message: format!(
+                    "DeepSeek models support response_format text and json_object, not {}",
+                    format.kind
+                ),
+            });
+        }
         for message in &mut body.messages {
             if message.role == RoleJson::Developer {
                 message.role = RoleJson::System;
@@ -26,6 +41,7 @@ impl Dialect for DeepSeek {
             body.extra
                 .insert("thinking".to_owned(), json!({"type": kind}));
         }
+        Ok(())
     }
 
     /// DeepSeek's usage: cache hits may come only as `prompt_cache_hit_tokens`.
@@ -70,5 +86,53 @@ mod tests {
         .unwrap();
         let u = DeepSeek::read_usage(&usage);
         assert_eq!((u.cached_prompt_tokens, u.reasoning_tokens), (1, 117));
+    }
+
+    fn prepared(body: serde_json::Value, thinking: Option<bool>) -> Result<Value, UpstreamError> {
+        let route = tollgate::v1::ResolvedModel {
+            upstream_model: "deepseek-v4-flash".into(),
+            ..Default::default()
+        };
+        let target = Target {
+            route: &route,
+            thinking,
+        };
+        let request = ChatCompletionRequest::from_json(body)
+            .unwrap()
+            .into_proto()
+            .unwrap();
+        let mut body = crate::providers::openai_wire::request_body::<DeepSeek>(&request, &target)?;
+        DeepSeek::prepare(&mut body, &target)?;
+        Ok(body.to_json())
+    }
+
+    #[test]
+    fn json_schema_is_refused_and_json_object_passes() {
+        let schema = json!({"model":"m","messages":[{"role":"user","content":"hi"}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}});
+        let e = prepared(schema, None).unwrap_err();
+        assert_eq!(e.to_api_error().param.as_deref(), Some("response_format"));
+        let object = json!({"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}});
+        assert_eq!(
+            prepared(object, None).unwrap()["response_format"],
+            json!({"type":"json_object"})
+        );
+    }
+
+    #[test]
+    fn reasoning_content_goes_back_on_tool_call_turns_and_developer_becomes_system() {
+        let body = prepared(
+            json!({"model":"m","messages":[
+                {"role":"developer","content":"terse"},
+                {"role":"user","content":"weather?"},
+                {"role":"assistant","content":null,"reasoning_content":"Need the tool.",
+                 "tool_calls":[{"id":"call_00_a","type":"function","function":{"name":"w","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"call_00_a","content":"sunny"}]}),
+            Some(true),
+        )
+        .unwrap();
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][2]["reasoning_content"], "Need the tool.");
+        assert_eq!(body["thinking"], json!({"type":"enabled"}));
     }
 }

@@ -9,9 +9,11 @@ mod anthropic;
 mod deepseek;
 mod gemini;
 mod http;
+mod minimax;
 mod openai;
 mod openai_compatible;
 mod openai_wire;
+mod think_tags;
 
 use std::{collections::HashMap, pin::Pin, sync::Arc};
 
@@ -65,6 +67,7 @@ pub enum Provider {
     OpenaiCompatible(OpenAiFamily<openai_compatible::OpenAiCompatible>),
     Anthropic(anthropic::Anthropic),
     Gemini(gemini::Gemini),
+    Minimax(OpenAiFamily<minimax::MiniMax>),
 }
 
 impl Provider {
@@ -83,6 +86,7 @@ impl Provider {
             ProviderKind::OpenaiCompatible => Self::OpenaiCompatible(OpenAiFamily::new(wire()?)),
             ProviderKind::Anthropic => Self::Anthropic(anthropic::Anthropic::new(config, env)?),
             ProviderKind::Gemini => Self::Gemini(gemini::Gemini::new(config, images.clone(), env)?),
+            ProviderKind::Minimax => Self::Minimax(OpenAiFamily::new(wire()?)),
         })
     }
 
@@ -95,6 +99,7 @@ impl Provider {
             Self::OpenaiCompatible(p) => p.wire.ready(),
             Self::Anthropic(p) => p.ready(),
             Self::Gemini(p) => p.ready(),
+            Self::Minimax(p) => p.wire.ready(),
         }
     }
 
@@ -105,6 +110,7 @@ impl Provider {
             Self::OpenaiCompatible(p) => p.wire.timeouts(),
             Self::Anthropic(p) => p.timeouts(),
             Self::Gemini(p) => p.timeouts(),
+            Self::Minimax(p) => p.wire.timeouts(),
         }
     }
 
@@ -119,6 +125,7 @@ impl Provider {
             Self::OpenaiCompatible(p) => p.chat(request, target).await,
             Self::Anthropic(p) => p.chat(request, target).await,
             Self::Gemini(p) => p.chat(request, target).await,
+            Self::Minimax(p) => p.chat(request, target).await,
         }
     }
 
@@ -133,6 +140,7 @@ impl Provider {
             Self::OpenaiCompatible(p) => p.chat_stream(request, target).await,
             Self::Anthropic(p) => p.chat_stream(request, target).await,
             Self::Gemini(p) => p.chat_stream(request, target).await,
+            Self::Minimax(p) => p.chat_stream(request, target).await,
         }
     }
 }

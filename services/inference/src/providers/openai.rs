@@ -1,17 +1,43 @@
 //! OpenAI itself (`kind = "openai"`). Sends `max_completion_tokens` (the only limit reasoning
-//! models accept; every current model takes it), passes through the fields only OpenAI knows,
-//! and strips `reasoning_content`, which OpenAI does not accept on input messages. Thinking is
-//! expressed by the caller's `reasoning_effort`, which passes through.
+//! models accept; every current model takes it), passes through the fields only OpenAI knows
+//! (`logit_bias`, `metadata`, `store`, `service_tier`, `prediction`, `verbosity`, `modalities`,
+//! ...: whatever the request carried beyond the common fields), and strips `reasoning_content`,
+//! which OpenAI does not accept on input messages. Thinking is expressed by the caller's
+//! `reasoning_effort`, which passes through.
+//!
+//! Which models are reasoning models (o1, o3, o4-mini, gpt-5, ...) is read from the model's
+//! configuration, not guessed from its name: a model configured with `thinking = "always"` or
+//! `"optional"` is one. Those reject `stop` ("not supported with latest reasoning models o3 and
+//! o4-mini"), so a request with stop sequences for them is refused here with a 400 naming `stop`
+//! rather than sent to fail upstream or silently dropped (dropping would change the answer).
 
-use tollgate::openai::ChatCompletionRequest;
+use tollgate::{openai::ChatCompletionRequest, v1::ThinkingSupport};
 
 use super::{Target, openai_wire::Dialect};
+use crate::UpstreamError;
 
 #[derive(Debug)]
 pub struct OpenAi;
 
+/// Whether the routed model is configured as a reasoning model.
+fn is_reasoning_model(target: &Target<'_>) -> bool {
+    matches!(
+        target.route.thinking(),
+        ThinkingSupport::Always | ThinkingSupport::Optional
+    )
+}
+
 impl Dialect for OpenAi {
-    fn prepare(body: &mut ChatCompletionRequest, _target: &Target<'_>) {
+    fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
+        if is_reasoning_model(target) && body.stop.is_some() {
+            return Err(UpstreamError::Unsupported {
+                param: "stop".to_owned(),
+                message: format!(
+                    "stop sequences are not supported by the reasoning model {}",
+                    target.route.requested_id
+                ),
+            });
+        }
         if body.max_completion_tokens.is_none() {
             body.max_completion_tokens = body.max_tokens.take();
         }
@@ -19,5 +45,80 @@ impl Dialect for OpenAi {
         for message in &mut body.messages {
             message.reasoning_content = None;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate::v1::{ChatRequest, ResolvedModel};
+
+    use super::*;
+
+    fn prepared(
+        thinking: ThinkingSupport,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, UpstreamError> {
+        let route = ResolvedModel {
+            requested_id: "o4-mini".into(),
+            upstream_model: "o4-mini".into(),
+            thinking: thinking.into(),
+            ..Default::default()
+        };
+        let target = Target {
+            route: &route,
+            thinking: None,
+        };
+        let request: ChatRequest = ChatCompletionRequest::from_json(body)
+            .unwrap()
+            .into_proto()
+            .unwrap();
+        let mut body = ChatCompletionRequest::from_proto(&request).unwrap();
+        OpenAi::prepare(&mut body, &target)?;
+        Ok(body.to_json())
+    }
+
+    #[test]
+    fn max_tokens_becomes_max_completion_tokens() {
+        let body = prepared(
+            ThinkingSupport::None,
+            serde_json::json!({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":7}),
+        )
+        .unwrap();
+        assert_eq!(body["max_completion_tokens"], 7);
+        assert!(body.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn stop_is_refused_for_reasoning_models_only() {
+        let with_stop = serde_json::json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"END"});
+        let e = prepared(ThinkingSupport::Always, with_stop.clone()).unwrap_err();
+        assert_eq!(e.to_api_error().param.as_deref(), Some("stop"));
+        assert!(prepared(ThinkingSupport::Optional, with_stop.clone()).is_err());
+        let body = prepared(ThinkingSupport::None, with_stop).unwrap();
+        assert_eq!(body["stop"], serde_json::json!(["END"]));
+    }
+
+    #[test]
+    fn openai_only_fields_pass_through() {
+        let body = prepared(
+            ThinkingSupport::Always,
+            serde_json::json!({"model":"m","messages":[{"role":"developer","content":"be brief"},{"role":"user","content":"hi"}],
+                "store":true,"metadata":{"k":"v"},"service_tier":"flex","logit_bias":{"50256":-100},
+                "prediction":{"type":"content","content":"x"},"verbosity":"low","reasoning_effort":"high"}),
+        )
+        .unwrap();
+        for field in [
+            "store",
+            "metadata",
+            "service_tier",
+            "logit_bias",
+            "prediction",
+            "verbosity",
+            "reasoning_effort",
+        ] {
+            assert!(body.get(field).is_some(), "{field} was dropped");
+        }
+        assert_eq!(body["messages"][0]["role"], "developer");
     }
 }

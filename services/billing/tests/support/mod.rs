@@ -23,6 +23,7 @@ pub fn tier(name: &str, rpm: u32, monthly_requests: u64) -> TierConfig {
         name: name.to_owned(),
         rpm,
         monthly_requests,
+        models: None,
     }
 }
 
@@ -98,7 +99,7 @@ impl Harness {
     pub async fn usage(&self, secret: &str) -> tollgate::v1::UsageReport {
         self.client
             .clone()
-            .get_usage(with_key(tollgate::v1::GetUsageRequest {}, secret))
+            .get_usage(with_key(tollgate::v1::GetUsageRequest::default(), secret))
             .await
             .unwrap()
             .into_inner()

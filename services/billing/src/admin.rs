@@ -105,7 +105,13 @@ impl AdminService {
         };
         match tollgate::auth::api_key(request.metadata()) {
             Some(presented) if token.matches(presented) => Ok(()),
-            _ => Err(BillingError::AdminUnauthenticated),
+            presented => {
+                tracing::warn!(
+                    token_present = presented.is_some(),
+                    "Admin call refused: missing or wrong admin token"
+                );
+                Err(BillingError::AdminUnauthenticated)
+            }
         }
     }
 
@@ -121,18 +127,11 @@ impl AdminService {
     }
 
     fn managed(&self, key: &KeyRecord) -> ManagedKey {
-        let tier = self.inner.tiers.get(&key.tier);
-        let rpm_limit = key
-            .overrides
-            .rpm
-            .map(|r| r.get())
-            .or(tier.map(|t| t.rpm.get()))
-            .unwrap_or(0);
-        let monthly_limit = key
-            .overrides
-            .monthly_requests
-            .or(tier.map(|t| t.monthly_requests))
-            .unwrap_or(0);
+        // A key whose tier was removed from the config has no limits in force (it is refused).
+        let (rpm_limit, monthly_limit) = self.inner.tiers.get(&key.tier).map_or((0, 0), |tier| {
+            let (rpm, monthly) = key.overrides.apply(tier);
+            (rpm.get(), monthly)
+        });
         ManagedKey {
             id: key.id.clone(),
             name: key.name.clone(),

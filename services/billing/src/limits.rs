@@ -99,6 +99,16 @@ pub struct LimitOverrides {
     pub monthly_requests: Option<u64>,
 }
 
+impl LimitOverrides {
+    /// The limits in force for a key of `tier`: (requests per minute, requests per month).
+    pub fn apply(&self, tier: &Tier) -> (NonZeroU32, u64) {
+        (
+            self.rpm.unwrap_or(tier.rpm),
+            self.monthly_requests.unwrap_or(tier.monthly_requests),
+        )
+    }
+}
+
 /// The limits of one key: its tier, the limits in force (the tier's or the key's overrides), its
 /// RPM limiter and its monthly counter.
 pub struct KeyLimits {
@@ -133,8 +143,7 @@ impl KeyLimits {
         period: Period,
         used: u64,
     ) -> Self {
-        let rpm_limit = overrides.rpm.unwrap_or(tier.rpm);
-        let monthly_limit = overrides.monthly_requests.unwrap_or(tier.monthly_requests);
+        let (rpm_limit, monthly_limit) = overrides.apply(&tier);
         Self {
             rpm: RateLimiter::direct(Quota::per_minute(rpm_limit)),
             monthly: MonthlyCounter::new(period, used),

@@ -1,7 +1,7 @@
 //! Assembles a monolithic Tollgate process: the services wired to each other in-process over
 //! their gRPC interfaces, the REST facade on one listener and the gRPC API (with health and
-//! reflection; Admin too, guarded by the admin token) on another. Shutdown stops accepting, lets in-flight requests finish within the
-//! grace period, then flushes the ledger.
+//! reflection; Admin too, guarded by the admin token) on another. Shutdown stops accepting, lets
+//! in-flight requests finish within the grace period, then flushes the ledger.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 

@@ -6,8 +6,8 @@
 //! limits; it is filled by one read on a miss and emptied of a key by [`KeyCache::invalidate`]
 //! (the `InvalidateKey` RPC) or by [`KeyRefresher::poll`], which notices rows whose `updated_at`
 //! moved (a revocation, rotation or update made by another process). Expiry needs no eviction:
-//! it is checked against the clock on every authentication. Unknown keys are never cached, so guessing
-//! keys cannot fill memory; malformed ones are refused without touching the database.
+//! it is checked against the clock on every authentication. Unknown keys are never cached, so
+//! guessing keys cannot fill memory; malformed ones are refused without touching the database.
 
 use std::collections::HashMap;
 use std::fmt;

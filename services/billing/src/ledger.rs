@@ -316,12 +316,13 @@ pub async fn daily_usage(
 ) -> Result<Vec<DailyModelUsage>, BillingError> {
     use usage_ledger::Column as C;
     // Integer division on both SQLite and PostgreSQL (BIGINT / BIGINT); created_at is never
-    // negative, so it rounds down to the day.
-    let day = || Expr::col(C::CreatedAt).div(DAY_MS);
+    // negative, so it rounds down to the day. Grouped and ordered by the output name: PostgreSQL
+    // would not see two bound copies of the divisor as one expression.
+    let day = || Expr::col(Alias::new("day"));
     type Row = (i64, String, i64, i64, i64, i64, i64, i64);
     let rows: Vec<Row> = usage_ledger::Entity::find()
         .select_only()
-        .column_as(day(), "day")
+        .column_as(Expr::col(C::CreatedAt).div(DAY_MS), "day")
         .column(C::ModelId)
         .column_as(Expr::col(C::Id).count(), "requests")
         .column_as(sum(C::PromptTokens), "prompt_tokens")

@@ -13,7 +13,8 @@
 //! use tollgate_billing::{BillingService, DatabaseConfig, Tiers, TierConfig};
 //! let db = tollgate_billing::connect(&DatabaseConfig::default()).await?;
 //! tollgate_billing::migrate(&db).await?;
-//! let tiers = Tiers::new(vec![TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000, models: None }])?;
+//! let pro = TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000, models: None };
+//! let tiers = Tiers::new(vec![pro])?;
 //! let billing = BillingService::new(db, tiers, tollgate_billing::DEFAULT_KEY_REFRESH_INTERVAL).await?;
 //! let server = tollgate::v1::billing_server::BillingServer::new(billing.clone());
 //! # let _ = server;

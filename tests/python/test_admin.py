@@ -278,6 +278,16 @@ def test_admin_is_refused_when_no_admin_token_is_configured(mock, tmp_path_facto
         plain.stop()
 
 
+def test_a_configured_admin_token_must_be_set(mock, tmp_path_factory):
+    """`[admin] token_env` names a variable that is unset: the gateway refuses to start rather
+    than serve an Admin API nobody can use (or, worse, one guarded by an empty token)."""
+    unset = f"TOLLGATE_E2E_UNSET_{uuid.uuid4().hex}"
+    with pytest.raises(RuntimeError, match=f"{unset} is not set"):
+        Gateway(tmp_path_factory.mktemp("tollgate-unset-token"), mock, ADMIN_CONFIG.replace("TOLLGATE_ADMIN_TOKEN", unset))
+    with pytest.raises(RuntimeError, match="at least 16 characters"):
+        Gateway(tmp_path_factory.mktemp("tollgate-short-token"), mock, ADMIN_CONFIG, {"TOLLGATE_ADMIN_TOKEN": "short"})
+
+
 # --- Admin gRPC -----------------------------------------------------------------------------------
 
 

@@ -312,6 +312,15 @@ fn next_updated_at(key: &api_key::Model) -> i64 {
     now_ms().max(key.updated_at.saturating_add(1))
 }
 
+/// The key an operator named, in any form [`revoke_key`] accepts.
+async fn find_named(
+    db: &DatabaseConnection,
+    id_or_prefix: &str,
+) -> Result<api_key::Model, BillingError> {
+    let wanted = id_or_prefix.trim();
+    find_one(db, wanted.strip_suffix("...").unwrap_or(wanted)).await
+}
+
 async fn reload(db: &DatabaseConnection, key_id: &str) -> Result<api_key::Model, BillingError> {
     api_key::Entity::find_by_id(key_id)
         .one(db)
@@ -326,9 +335,7 @@ pub async fn rotate_key(
     db: &DatabaseConnection,
     id_or_prefix: &str,
 ) -> Result<(KeyRecord, SecretKey), BillingError> {
-    let wanted = id_or_prefix.trim();
-    let wanted = wanted.strip_suffix("...").unwrap_or(wanted);
-    let key = find_one(db, wanted).await?;
+    let key = find_named(db, id_or_prefix).await?;
     if key.revoked_at.is_some() {
         return Err(BillingError::RotateRevoked(key.id));
     }
@@ -360,9 +367,7 @@ pub async fn update_key(
     id_or_prefix: &str,
     update: &KeyUpdate,
 ) -> Result<KeyRecord, BillingError> {
-    let wanted = id_or_prefix.trim();
-    let wanted = wanted.strip_suffix("...").unwrap_or(wanted);
-    let key = find_one(db, wanted).await?;
+    let key = find_named(db, id_or_prefix).await?;
     if update.is_empty() {
         return Ok(key.into());
     }

@@ -61,6 +61,16 @@ async fn insert_row(
     .unwrap();
 }
 
+/// A service with one tier, `pro` (30 rpm, 3000 a month), on a fresh SQLite file.
+async fn start_pro(dir: &tempfile::TempDir) -> Harness {
+    Harness::start(
+        &dir.path().join("r.db"),
+        tiers(vec![tier("pro", 30, 3000)]),
+        NO_REFRESH,
+    )
+    .await
+}
+
 fn range(start: NaiveDate, end: NaiveDate) -> GetUsageRequest {
     GetUsageRequest {
         start_date: start.to_string(),
@@ -71,12 +81,7 @@ fn range(start: NaiveDate, end: NaiveDate) -> GetUsageRequest {
 #[tokio::test]
 async fn usage_reports_daily_costs_by_model_over_a_date_range() {
     let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("r.db"),
-        tiers(vec![tier("pro", 30, 3000)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = start_pro(&dir).await;
     let new = NewKey {
         tier: "pro".into(),
         ..Default::default()
@@ -199,12 +204,7 @@ async fn usage_reports_daily_costs_by_model_over_a_date_range() {
 #[tokio::test]
 async fn usage_ranges_are_validated_naming_the_parameter() {
     let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("r.db"),
-        tiers(vec![tier("pro", 30, 3000)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = start_pro(&dir).await;
     let new = NewKey {
         tier: "pro".into(),
         ..Default::default()
@@ -243,12 +243,7 @@ async fn usage_ranges_are_validated_naming_the_parameter() {
 #[tokio::test]
 async fn subscription_reports_the_tier_limits_and_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("s.db"),
-        tiers(vec![tier("pro", 30, 3000)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = start_pro(&dir).await;
     let expires = Utc::now() + Days::days(30);
     let new = NewKey {
         tier: "pro".into(),

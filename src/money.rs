@@ -66,6 +66,12 @@ pub fn format_picodollars(pico: i64) -> String {
     format_scaled(pico.into(), 12)
 }
 
+/// An amount in picodollars as a decimal number of US cents (`2640000000` → `"0.264"`), the unit
+/// of OpenAI's legacy usage report.
+pub fn format_picodollars_as_cents(pico: i64) -> String {
+    format_scaled(pico.into(), 10)
+}
+
 /// A decimal string as a JSON number, for display fields. The string is exact and short, so the
 /// nearest double prints back as the same digits.
 pub fn json_number(decimal: &str) -> serde_json::Value {
@@ -129,6 +135,8 @@ mod tests {
         assert_eq!(format_micros(0), "0");
         assert_eq!(format_picodollars(2_640_000_000), "0.00264");
         assert_eq!(format_picodollars(1), "0.000000000001");
+        assert_eq!(format_picodollars_as_cents(2_640_000_000), "0.264");
+        assert_eq!(format_picodollars_as_cents(-25_000_000_000), "-2.5");
         assert_eq!(json_number("0.22"), serde_json::json!(0.22));
     }
 

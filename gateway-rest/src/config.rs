@@ -67,6 +67,16 @@ impl Default for ServerConfig {
     }
 }
 
+/// The `[admin]` section: where the admin token comes from. No token, no Admin API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The environment variable holding the admin token (`TOLLGATE_ADMIN_TOKEN`). Unset: the
+    /// Admin gRPC service and the `/admin` routes refuse every call.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
 /// The configuration file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +96,8 @@ pub struct Config {
     /// How the gateway fetches image URLs for providers that only take image bytes (Gemini).
     #[serde(default)]
     pub images: ImagesConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +126,7 @@ pub struct Runtime {
     pub catalog: Catalog,
     pub tiers: tollgate_billing::Tiers,
     pub images: ImagesConfig,
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -191,6 +204,24 @@ impl Config {
         }
         let provider_names: Vec<&str> = self.providers.iter().map(|p| p.name.as_str()).collect();
         let catalog = Catalog::new(&self.models, &self.aliases, &provider_names)?;
+        for (i, tier) in self.tiers.iter().enumerate() {
+            for (j, id) in tier.models.iter().flatten().enumerate() {
+                if catalog.resolve(id).is_none() {
+                    return Err(ConfigError::Invalid {
+                        field: format!("tiers[{i}].models[{j}]"),
+                        message: format!("{id:?} is neither a model nor an alias"),
+                    });
+                }
+            }
+        }
+        if let Some(name) = &self.admin.token_env
+            && name.trim().is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                field: "admin.token_env".to_owned(),
+                message: "must name an environment variable".to_owned(),
+            });
+        }
         let tiers = tollgate_billing::Tiers::new(self.tiers)?;
         Ok(Runtime {
             server: self.server,
@@ -199,6 +230,7 @@ impl Config {
             catalog,
             tiers,
             images: self.images,
+            admin: self.admin,
         })
     }
 }
@@ -345,5 +377,39 @@ monthly_requests = 1000
         .unwrap_err()
         .to_string();
         assert!(e.contains("models[0].provider"), "{e}");
+        let e = Config::from_toml(
+            &MINIMAL.replace(
+                "monthly_requests = 1000",
+                "monthly_requests = 1000\nmodels = [\"deepseek-v4-flash\", \"gpt-5\"]",
+            ),
+            [],
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tiers[0].models[1]"), "{e}");
+        let e = Config::from_toml(&format!("{MINIMAL}\n[admin]\ntoken_env = \"\""), [])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.token_env"), "{e}");
+    }
+
+    #[test]
+    fn tier_allow_lists_and_admin_token_env_are_read() {
+        let text = MINIMAL.replace(
+            "monthly_requests = 1000",
+            "monthly_requests = 1000\nmodels = [\"deepseek-v4-flash\"]",
+        ) + "\n[admin]\ntoken_env = \"TOLLGATE_ADMIN_TOKEN\"\n";
+        let runtime = Config::from_toml(&text, []).unwrap().validate().unwrap();
+        assert_eq!(
+            runtime.admin.token_env.as_deref(),
+            Some("TOLLGATE_ADMIN_TOKEN")
+        );
+        let basic = runtime.tiers.get("basic").unwrap();
+        assert!(basic.allows("deepseek-v4-flash", "deepseek-v4-flash"));
+        assert!(!basic.allows("deepseek-v4-pro", "deepseek-v4-pro"));
     }
 }

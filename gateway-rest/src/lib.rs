@@ -2,6 +2,7 @@
 //! SSE to clients and reaches the services only through their gRPC interfaces (called in-process
 //! in monolithic mode), so any service can move to its own process without changing the facade.
 
+mod admin;
 pub mod app;
 mod chat_completions;
 pub mod config;

@@ -53,6 +53,16 @@ enum KeysCommand {
         tier: String,
         #[arg(long)]
         name: Option<String>,
+        /// When the key stops working: RFC 3339 (`2027-01-01T00:00:00Z`) or a UTC date
+        /// (`2027-01-01`, midnight).
+        #[arg(long, value_parser = parse_expiry)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// The key's own requests per minute, replacing its tier's.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// The key's own monthly request quota, replacing its tier's.
+        #[arg(long)]
+        monthly_requests: Option<u64>,
     },
     /// List keys (never their secrets).
     List {
@@ -68,6 +78,60 @@ enum KeysCommand {
         config: String,
         key: String,
     },
+    /// Give a key (by id or shown prefix) a new secret, printed once as the last line. The id,
+    /// tier, limits and usage history stay; the old secret stops working.
+    Rotate {
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: String,
+        key: String,
+    },
+    /// Change a key's name, tier, expiry or limit overrides.
+    Update {
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: String,
+        key: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        /// RFC 3339 or a UTC date; a past time expires the key at once.
+        #[arg(long, value_parser = parse_expiry, conflicts_with = "no_expiry")]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Remove the expiry.
+        #[arg(long)]
+        no_expiry: bool,
+        #[arg(long, conflicts_with = "tier_rpm")]
+        rpm: Option<u32>,
+        /// Back to the tier's requests per minute.
+        #[arg(long)]
+        tier_rpm: bool,
+        #[arg(long, conflicts_with = "tier_monthly_requests")]
+        monthly_requests: Option<u64>,
+        /// Back to the tier's monthly quota.
+        #[arg(long)]
+        tier_monthly_requests: bool,
+    },
+}
+
+/// `--expires-at`: RFC 3339, or `YYYY-MM-DD` meaning that day's UTC midnight.
+fn parse_expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("{text:?} is neither RFC 3339 nor YYYY-MM-DD"))
+}
+
+/// `Some(value)` to set, `Some(None)` to clear, `None` to leave.
+fn change<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
+    if clear { Some(None) } else { value.map(Some) }
+}
+
+fn optional_rfc3339(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339())
 }
 
 fn load(path: &str) -> Result<Runtime, String> {
@@ -155,13 +219,26 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 async fn keys(command: KeysCommand) -> Result<(), String> {
     match command {
-        KeysCommand::Create { config, tier, name } => {
+        KeysCommand::Create {
+            config,
+            tier,
+            name,
+            expires_at,
+            rpm,
+            monthly_requests,
+        } => {
             let runtime = load(&config)?;
             let db = connect(&runtime).await?;
-            let (record, secret) =
-                tollgate_billing::create_key(&db, &runtime.tiers, &tier, name.as_deref())
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let new = tollgate_billing::NewKey {
+                tier,
+                name,
+                expires_at,
+                rpm,
+                monthly_requests,
+            };
+            let (record, secret) = tollgate_billing::create_key_with(&db, &runtime.tiers, &new)
+                .await
+                .map_err(|e| e.to_string())?;
             println!(
                 "created key {} ({}) in tier {}",
                 record.id, record.prefix, record.tier
@@ -178,29 +255,41 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             if !json {
                 println!(
-                    "{:<36}  {:<16}  {:<12}  {:<8}  NAME",
-                    "ID", "PREFIX", "TIER", "STATUS"
+                    "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  NAME",
+                    "ID", "PREFIX", "TIER", "STATUS", "EXPIRES", "RPM", "MONTHLY"
                 );
             }
+            let now = chrono::Utc::now();
             for k in keys {
-                let status = if k.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
+                let status = k.status(now);
                 if json {
                     println!(
                         "{}",
                         serde_json::json!({
                             "id": k.id, "prefix": k.prefix, "tier": k.tier, "name": k.name,
                             "status": status, "created_at": k.created_at.to_rfc3339(),
-                            "revoked_at": k.revoked_at.map(|t| t.to_rfc3339()),
+                            "revoked_at": optional_rfc3339(k.revoked_at),
+                            "expires_at": optional_rfc3339(k.expires_at),
+                            "rpm_override": k.overrides.rpm,
+                            "monthly_requests_override": k.overrides.monthly_requests,
                         })
                     );
                 } else {
+                    // Overrides are shown; `-` means the tier's limit.
+                    let or_tier = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
                     println!(
-                        "{:<36}  {:<16}  {:<12}  {:<8}  {}",
-                        k.id, k.prefix, k.tier, status, k.name
+                        "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  {}",
+                        k.id,
+                        k.prefix,
+                        k.tier,
+                        status,
+                        or_tier(
+                            k.expires_at
+                                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                        ),
+                        or_tier(k.overrides.rpm.map(|r| r.to_string())),
+                        or_tier(k.overrides.monthly_requests.map(|m| m.to_string())),
+                        k.name
                     );
                 }
             }
@@ -214,6 +303,53 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!(
                 "revoked key {} ({}); running gateways refuse it within {} ms",
+                record.id, record.prefix, runtime.server.key_refresh_ms
+            );
+            Ok(())
+        }
+        KeysCommand::Rotate { config, key } => {
+            let runtime = load(&config)?;
+            let db = connect(&runtime).await?;
+            let (record, secret) = tollgate_billing::rotate_key(&db, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "rotated key {} (now {}); running gateways refuse the old secret within {} ms",
+                record.id, record.prefix, runtime.server.key_refresh_ms
+            );
+            println!("the new secret is shown once; store it now:");
+            println!("{}", secret.expose_secret());
+            Ok(())
+        }
+        KeysCommand::Update {
+            config,
+            key,
+            name,
+            tier,
+            expires_at,
+            no_expiry,
+            rpm,
+            tier_rpm,
+            monthly_requests,
+            tier_monthly_requests,
+        } => {
+            let runtime = load(&config)?;
+            let db = connect(&runtime).await?;
+            let update = tollgate_billing::KeyUpdate {
+                name,
+                tier,
+                expires_at: change(expires_at, no_expiry),
+                rpm: change(rpm, tier_rpm),
+                monthly_requests: change(monthly_requests, tier_monthly_requests),
+            };
+            if update.is_empty() {
+                return Err("nothing to update: give --name, --tier, --expires-at, --no-expiry, --rpm, --tier-rpm, --monthly-requests or --tier-monthly-requests".to_owned());
+            }
+            let record = tollgate_billing::update_key(&db, &runtime.tiers, &key, &update)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "updated key {} ({}); running gateways apply it within {} ms",
                 record.id, record.prefix, runtime.server.key_refresh_ms
             );
             Ok(())

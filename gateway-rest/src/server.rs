@@ -1,7 +1,7 @@
-//! Assembles a monolithic Tollgate process: the three services wired to each other in-process
-//! over their gRPC interfaces, the REST facade on one listener and the gRPC API (with health and
-//! reflection) on another. Shutdown stops accepting, lets in-flight requests finish within the
-//! grace period, then flushes the ledger.
+//! Assembles a monolithic Tollgate process: the services wired to each other in-process over
+//! their gRPC interfaces, the REST facade on one listener and the gRPC API (with health and
+//! reflection; Admin too, guarded by the admin token) on another. Shutdown stops accepting, lets
+//! in-flight requests finish within the grace period, then flushes the ledger.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -10,11 +10,11 @@ use tokio::net::TcpListener;
 use tollgate::{
     transport::in_process,
     v1::{
-        billing_server::BillingServer, catalog_server::CatalogServer,
+        admin_server::AdminServer, billing_server::BillingServer, catalog_server::CatalogServer,
         inference_server::InferenceServer, metering_server::MeteringServer,
     },
 };
-use tollgate_billing::BillingService;
+use tollgate_billing::{AdminService, AdminToken, BillingService};
 use tollgate_catalog::CatalogService;
 use tollgate_inference::{InferenceService, Providers};
 use tonic::transport::server::TcpIncoming;
@@ -33,6 +33,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("admin.token_env: {0}")]
+    AdminToken(String),
 }
 
 /// The services of one process.
@@ -41,6 +43,22 @@ pub struct Services {
     pub inference: InferenceService,
     pub catalog: CatalogService,
     pub billing: BillingService,
+    pub admin: AdminService,
+}
+
+/// The admin token named by `[admin] token_env`, read from `env`. A configured variable that is
+/// unset or too short stops the start-up: an operator who asked for an Admin API gets one.
+fn admin_token(
+    runtime: &Runtime,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<AdminToken>, ServeError> {
+    let Some(name) = &runtime.admin.token_env else {
+        return Ok(None);
+    };
+    let token = env(name).ok_or_else(|| ServeError::AdminToken(format!("{name} is not set")))?;
+    AdminToken::new(&token)
+        .map(Some)
+        .map_err(|e| ServeError::AdminToken(format!("{name}: {e}")))
 }
 
 impl Services {
@@ -49,10 +67,11 @@ impl Services {
         runtime: &Runtime,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ServeError> {
+        let admin_token = admin_token(runtime, env)?;
         let db = tollgate_billing::connect(&runtime.database).await?;
         tollgate_billing::migrate(&db).await?;
         let billing = BillingService::new(
-            db,
+            db.clone(),
             runtime.tiers.clone(),
             Duration::from_millis(runtime.server.key_refresh_ms),
         )
@@ -65,10 +84,17 @@ impl Services {
             // Metering is internal: in-process only, never on the public listener.
             in_process(MeteringServer::new(billing.clone())),
         );
+        let admin = AdminService::new(
+            db,
+            runtime.tiers.clone(),
+            admin_token,
+            in_process(MeteringServer::new(billing.clone())),
+        );
         Ok(Self {
             inference,
             catalog,
             billing,
+            admin,
         })
     }
 
@@ -78,6 +104,7 @@ impl Services {
             in_process(InferenceServer::new(self.inference.clone())),
             in_process(CatalogServer::new(self.catalog.clone())),
             in_process(BillingServer::new(self.billing.clone())),
+            in_process(AdminServer::new(self.admin.clone())),
             max_body_bytes,
         )
     }
@@ -104,6 +131,7 @@ pub async fn serve(
         .await;
     health.set_serving::<CatalogServer<CatalogService>>().await;
     health.set_serving::<BillingServer<BillingService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -119,6 +147,7 @@ pub async fn serve(
         .add_service(InferenceServer::new(services.inference.clone()))
         .add_service(CatalogServer::new(services.catalog.clone()))
         .add_service(BillingServer::new(services.billing.clone()))
+        .add_service(AdminServer::new(services.admin.clone()))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),

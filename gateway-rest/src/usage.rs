@@ -1,11 +1,25 @@
-//! `GET /v1/dashboard/billing/usage`: the calling key's usage this month, in the seed's shape
-//! (`billing.usage`), plus tokens by kind and the exact cost.
+//! `GET /v1/dashboard/billing/usage` and `GET /v1/dashboard/billing/subscription`: the calling
+//! key's usage and plan, translated from `Billing.GetUsage` and `Billing.GetSubscription`.
+//!
+//! The usage report keeps the seed's shape (`billing.usage`: this month's request counters and
+//! the token totals) and adds OpenAI's legacy `daily_costs` and `total_usage`. `start_date` and
+//! `end_date` (`YYYY-MM-DD`, end exclusive, at most 100 days) choose the days reported; without
+//! them the report covers the current UTC month up to today. The monthly counters always cover
+//! the current month; every total covers the range. As in OpenAI's legacy endpoint, `cost` and
+//! `total_usage` are in US cents (JSON numbers, for display); the exact amounts travel beside
+//! them as USD decimal strings (`cost_usd`, `total_usage_usd`, `total_cost_usd_exact`).
 
-use axum::{Json, extract::State, http::HeaderMap};
+use axum::{
+    Json,
+    extract::{Query, State, rejection::QueryRejection},
+    http::HeaderMap,
+};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate::{
-    money::{format_picodollars, json_number},
-    v1::GetUsageRequest,
+    error::ApiError,
+    money::{format_picodollars, format_picodollars_as_cents, json_number},
+    v1::{DailyUsage, GetSubscriptionRequest, GetUsageRequest},
 };
 
 use crate::{
@@ -13,14 +27,58 @@ use crate::{
     error::RestError,
 };
 
+/// What `hard_limit_usd` says for a key without a spending limit. OpenAI's format has no "none";
+/// OpenAI-compatible gateways and the dashboards built on them read this value as "unlimited".
+const UNLIMITED_USD: u64 = 100_000_000;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct UsageQuery {
+    #[serde(default)]
+    start_date: String,
+    #[serde(default)]
+    end_date: String,
+}
+
+fn day_json(day: &DailyUsage) -> Value {
+    let line_items: Vec<Value> = day
+        .line_items
+        .iter()
+        .map(|item| {
+            json!({
+                "name": item.model,
+                "cost": json_number(&format_picodollars_as_cents(item.cost_picodollars)),
+                "cost_usd": format_picodollars(item.cost_picodollars),
+                "requests": item.requests,
+                "prompt_tokens": item.prompt_tokens,
+                "completion_tokens": item.completion_tokens,
+            })
+        })
+        .collect();
+    json!({
+        "timestamp": day.timestamp,
+        "date": day.date,
+        "line_items": line_items,
+        "cost_usd": format_picodollars(day.cost_picodollars),
+    })
+}
+
 pub(crate) async fn report(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<Value>, RestError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::invalid_param("query", format!("Invalid query: {e}")))?;
     let u = state
         .billing
         .clone()
-        .get_usage(with_key(&headers, GetUsageRequest {}))
+        .get_usage(with_key(
+            &headers,
+            GetUsageRequest {
+                start_date: query.start_date,
+                end_date: query.end_date,
+            },
+        ))
         .await?
         .into_inner();
     // A percentage with one decimal, computed in integers (142 of 3000 -> 4.7).
@@ -45,5 +103,37 @@ pub(crate) async fn report(
         "total_cost_usd_exact": cost,
         "rpm_limit": u.rpm_limit,
         "period_start": u.period_start,
+        "start_date": u.start_date,
+        "end_date": u.end_date,
+        "total_requests": u.total_requests,
+        "daily_costs": u.daily_costs.iter().map(day_json).collect::<Vec<_>>(),
+        "total_usage": json_number(&format_picodollars_as_cents(u.total_cost_picodollars)),
+        "total_usage_usd": cost,
+    })))
+}
+
+/// OpenAI's legacy `billing_subscription` for the calling key: the tier is the plan, the key's
+/// expiry is `access_until` (0 when it never expires).
+pub(crate) async fn subscription(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, RestError> {
+    let s = state
+        .billing
+        .clone()
+        .get_subscription(with_key(&headers, GetSubscriptionRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(json!({
+        "object": "billing_subscription",
+        "has_payment_method": false,
+        "hard_limit_usd": UNLIMITED_USD,
+        "soft_limit_usd": UNLIMITED_USD,
+        "system_hard_limit_usd": UNLIMITED_USD,
+        "access_until": s.expires_at.unwrap_or(0),
+        "plan": {"title": s.tier, "id": s.tier},
+        "key_prefix": s.key_prefix,
+        "rpm_limit": s.rpm_limit,
+        "monthly_limit": s.monthly_limit,
     })))
 }

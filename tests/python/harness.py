@@ -407,9 +407,10 @@ class Gateway:
     """One `tollgate serve` process on ports chosen by the OS, with its config and database in
     a temporary directory, and the `tollgate keys` CLI against the same config."""
 
-    def __init__(self, tmp_dir: Path, mock: MockUpstream, extra_config: str = ""):
+    def __init__(self, tmp_dir: Path, mock: MockUpstream, extra_config: str = "", extra_env: dict[str, str] | None = None):
         self.tmp_dir = tmp_dir
         self.config_path = tmp_dir / "tollgate.toml"
+        self.db_path = tmp_dir / "tollgate.db"
         self.config_path.write_text(gateway_config(tmp_dir, mock.port) + extra_config)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE__")}
         self.env.update(
@@ -419,6 +420,7 @@ class Gateway:
             MOCK_WRONG_KEY=WRONG_PROVIDER_KEY,
             RUST_BACKTRACE="1",
         )
+        self.env.update(extra_env or {})
         self.process = ManagedProcess(
             "tollgate",
             [
@@ -461,9 +463,10 @@ class Gateway:
             raise AssertionError(f"{' '.join(argv)} exited with {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
         return done
 
-    def create_key(self, tier: str = "enterprise", name: str | None = None) -> ApiKey:
+    def create_key(self, tier: str = "enterprise", name: str | None = None, *flags: str) -> ApiKey:
+        """`tollgate keys create`; `flags` are passed on (`--rpm`, `--expires-at`, ...)."""
         name = name or f"e2e-{tier}-{time.monotonic_ns()}"
-        done = self.cli("keys", "create", "--tier", tier, "--name", name)
+        done = self.cli("keys", "create", "--tier", tier, "--name", name, *flags)
         secret, key_id = parse_created_key(done.stdout, self.list_keys)
         assert secret.startswith("sk-"), f"last line of keys create is not a secret: {done.stdout!r}"
         return ApiKey(secret=secret, key_id=key_id, tier=tier, name=name)

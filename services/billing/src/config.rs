@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 /// One `[[tiers]]` entry as written in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     pub name: String,
@@ -16,6 +16,11 @@ pub struct TierConfig {
     pub rpm: u32,
     /// Admitted requests per key per UTC calendar month.
     pub monthly_requests: u64,
+    /// The models this tier's keys may call, by catalogue model id or alias id. A model id allows
+    /// the model under every alias that resolves to it; an alias id allows that alias only.
+    /// Absent: every model.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 /// The `[database]` section.
@@ -73,6 +78,20 @@ pub struct Tier {
     pub name: String,
     pub rpm: NonZeroU32,
     pub monthly_requests: u64,
+    /// The allow-list (see [`TierConfig::models`]); `None` allows every model.
+    pub models: Option<Arc<[String]>>,
+}
+
+impl Tier {
+    /// Whether a key of this tier may call `requested` (the id the caller sent), which resolved to
+    /// the catalogue model `model_id`.
+    pub fn allows(&self, requested: &str, model_id: &str) -> bool {
+        self.models.as_ref().is_none_or(|allowed| {
+            allowed
+                .iter()
+                .any(|m| m == requested || (!model_id.is_empty() && m == model_id))
+        })
+    }
 }
 
 /// Why a `[[tiers]]` list was rejected. Messages name the offending field path.
@@ -88,6 +107,8 @@ pub enum ConfigError {
     },
     #[error("tiers[{index}].rpm must be at least 1")]
     ZeroRpm { index: usize },
+    #[error("tiers[{index}].models must not be empty; leave it out to allow every model")]
+    EmptyModelList { index: usize },
 }
 
 /// The configured tiers, validated. Cheap to clone.
@@ -111,10 +132,14 @@ impl Tiers {
                 });
             }
             let rpm = NonZeroU32::new(cfg.rpm).ok_or(ConfigError::ZeroRpm { index })?;
+            if cfg.models.as_ref().is_some_and(Vec::is_empty) {
+                return Err(ConfigError::EmptyModelList { index });
+            }
             tiers.push(Arc::new(Tier {
                 name: cfg.name,
                 rpm,
                 monthly_requests: cfg.monthly_requests,
+                models: cfg.models.map(Into::into),
             }));
         }
         Ok(Self {
@@ -146,7 +171,31 @@ mod tests {
             name: name.to_owned(),
             rpm,
             monthly_requests: 100,
+            models: None,
         }
+    }
+
+    #[test]
+    fn allow_lists_match_models_and_aliases() {
+        let mut cfg = tier("flash", 10);
+        cfg.models = Some(vec!["deepseek-v4-flash".into(), "gpt-4o".into()]);
+        let tiers = Tiers::new(vec![cfg, tier("all", 10)]).unwrap();
+        let flash = tiers.get("flash").unwrap();
+        // A listed model is allowed directly and through any alias resolving to it.
+        assert!(flash.allows("deepseek-v4-flash", "deepseek-v4-flash"));
+        assert!(flash.allows("deepseek-chat", "deepseek-v4-flash"));
+        // A listed alias allows that alias, not its target under other names.
+        assert!(flash.allows("gpt-4o", "deepseek-v4-pro"));
+        assert!(!flash.allows("deepseek-v4-pro", "deepseek-v4-pro"));
+        assert!(!flash.allows("deepseek-reasoner", "deepseek-v4-pro"));
+        assert!(tiers.get("all").unwrap().allows("anything", "else"));
+
+        let mut empty = tier("none", 10);
+        empty.models = Some(vec![]);
+        assert_eq!(
+            Tiers::new(vec![empty]).unwrap_err().to_string(),
+            "tiers[0].models must not be empty; leave it out to allow every model"
+        );
     }
 
     #[test]

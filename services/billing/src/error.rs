@@ -50,6 +50,18 @@ pub enum BillingError {
         param: &'static str,
         message: String,
     },
+    #[error("API key expired at {0}")]
+    ExpiredKey(chrono::DateTime<chrono::Utc>),
+    /// The key's tier has a model allow-list without this model.
+    #[error("tier {tier} may not use model {model}")]
+    ModelNotAllowed { tier: String, model: String },
+    #[error("key {0} is revoked; a revoked key cannot be rotated")]
+    RotateRevoked(String),
+    /// The Admin API was called but no admin token is configured.
+    #[error("the admin API is disabled")]
+    AdminDisabled,
+    #[error("missing or wrong admin token")]
+    AdminUnauthenticated,
 }
 
 /// A generic message for failures whose detail stays in the logs.
@@ -109,6 +121,33 @@ impl BillingError {
             )
             .with_code("monthly_quota_exceeded"),
             Self::InvalidArgument { param, message } => ApiError::invalid_param(*param, message),
+            Self::ExpiredKey(at) => ApiError::new(
+                ErrorKind::Authentication,
+                format!(
+                    "API key expired at {}",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            )
+            .with_code("expired_api_key"),
+            Self::ModelNotAllowed { tier, model } => ApiError::new(
+                ErrorKind::Permission,
+                format!("The model `{model}` is not available to API keys of tier {tier}"),
+            )
+            .with_param("model")
+            .with_code("model_not_allowed"),
+            Self::RotateRevoked(_) => {
+                ApiError::new(ErrorKind::InvalidRequest, self.to_string()).with_param("key")
+            }
+            Self::AdminDisabled => ApiError::new(
+                ErrorKind::Authentication,
+                "The admin API is disabled: no admin token is configured ([admin] token_env)",
+            )
+            .with_code("admin_disabled"),
+            Self::AdminUnauthenticated => ApiError::new(
+                ErrorKind::Authentication,
+                "Missing or wrong admin token: send Authorization: Bearer <admin token>",
+            )
+            .with_code("invalid_admin_token"),
         }
     }
 

@@ -1,14 +1,17 @@
-//! API keys: secret generation and hashing, the admin operations behind `tollgate keys`
-//! (create, list, revoke), and the in-memory [`KeyCache`] that keeps the database off the hot path.
+//! API keys: secret generation and hashing, the admin operations behind `tollgate keys` and the
+//! Admin service (create, list, rotate, revoke, update: expiry and per-key limit overrides), and
+//! the in-memory [`KeyCache`] that keeps the database off the hot path.
 //!
 //! Only the SHA-256 of a secret is stored. The cache maps that hash to the key's record and its
 //! limits; it is filled by one read on a miss and emptied of a key by [`KeyCache::invalidate`]
 //! (the `InvalidateKey` RPC) or by [`KeyRefresher::poll`], which notices rows whose `updated_at`
-//! moved (a revocation made by another process). Unknown keys are never cached, so guessing
-//! keys cannot fill memory; malformed ones are refused without touching the database.
+//! moved (a revocation, rotation or update made by another process). Expiry needs no eviction:
+//! it is checked against the clock on every authentication. Unknown keys are never cached, so
+//! guessing keys cannot fill memory; malformed ones are refused without touching the database.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +28,7 @@ use crate::config::Tiers;
 use crate::entity::api_key;
 use crate::error::BillingError;
 use crate::ledger;
-use crate::limits::KeyLimits;
+use crate::limits::{KeyLimits, LimitOverrides};
 
 /// What every secret starts with.
 pub const SECRET_SCHEME: &str = "sk-";
@@ -103,11 +106,31 @@ pub struct KeyRecord {
     pub tier: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key stops working; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key's own limits, replacing its tier's where set.
+    pub overrides: LimitOverrides,
 }
 
 impl KeyRecord {
     pub fn is_revoked(&self) -> bool {
         self.revoked_at.is_some()
+    }
+
+    /// Whether the key has expired by `now`.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// `revoked`, `expired` or `active`, as listings show it.
+    pub fn status(&self, now: DateTime<Utc>) -> &'static str {
+        if self.is_revoked() {
+            "revoked"
+        } else if self.is_expired(now) {
+            "expired"
+        } else {
+            "active"
+        }
     }
 
     /// The prefix as shown to users: `sk-AbCd1234E...`.
@@ -125,8 +148,68 @@ impl From<api_key::Model> for KeyRecord {
             tier: m.tier,
             created_at: from_ms(m.created_at),
             revoked_at: m.revoked_at.map(from_ms),
+            expires_at: m.expires_at.map(from_ms),
+            overrides: LimitOverrides {
+                rpm: m
+                    .rpm_override
+                    .and_then(|v| u32::try_from(v).ok())
+                    .and_then(NonZeroU32::new),
+                monthly_requests: m
+                    .monthly_requests_override
+                    .and_then(|v| u64::try_from(v).ok()),
+            },
         }
     }
+}
+
+/// What a new key is made of, beyond its secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewKey {
+    pub tier: String,
+    pub name: Option<String>,
+    /// Must be in the future.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Overrides of the tier's requests per minute (at least 1) and monthly quota.
+    pub rpm: Option<u32>,
+    pub monthly_requests: Option<u64>,
+}
+
+/// A change to a key; `None` leaves a field as it is, `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub tier: Option<String>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub rpm: Option<Option<u32>>,
+    pub monthly_requests: Option<Option<u64>>,
+}
+
+impl KeyUpdate {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn known_tier<'a>(tiers: &'a Tiers, tier: &str) -> Result<&'a str, BillingError> {
+    tiers
+        .get(tier)
+        .map(|t| t.name.as_str())
+        .ok_or_else(|| BillingError::UnknownTier {
+            tier: tier.to_owned(),
+            valid: tiers.names(),
+        })
+}
+
+fn rpm_column(rpm: u32) -> Result<i64, BillingError> {
+    if rpm == 0 {
+        return Err(BillingError::invalid("rpm", "rpm must be at least 1"));
+    }
+    Ok(i64::from(rpm))
+}
+
+fn monthly_column(monthly_requests: u64) -> Result<i64, BillingError> {
+    i64::try_from(monthly_requests)
+        .map_err(|_| BillingError::invalid("monthly_requests", "monthly_requests is too large"))
 }
 
 /// Issues a key of `tier`. The secret is returned once and only its hash is stored.
@@ -136,23 +219,43 @@ pub async fn create_key(
     tier: &str,
     name: Option<&str>,
 ) -> Result<(KeyRecord, SecretKey), BillingError> {
-    let Some(tier) = tiers.get(tier) else {
-        return Err(BillingError::UnknownTier {
-            tier: tier.to_owned(),
-            valid: tiers.names(),
-        });
+    let new = NewKey {
+        tier: tier.to_owned(),
+        name: name.map(str::to_owned),
+        ..NewKey::default()
     };
-    let secret = SecretKey::generate();
+    create_key_with(db, tiers, &new).await
+}
+
+/// Issues a key as `new` describes it. The secret is returned once and only its hash is stored.
+pub async fn create_key_with(
+    db: &DatabaseConnection,
+    tiers: &Tiers,
+    new: &NewKey,
+) -> Result<(KeyRecord, SecretKey), BillingError> {
+    let tier = known_tier(tiers, &new.tier)?;
     let now = now_ms();
+    if let Some(at) = new.expires_at
+        && at.timestamp_millis() <= now
+    {
+        return Err(BillingError::invalid(
+            "expires_at",
+            "expires_at must be in the future",
+        ));
+    }
+    let secret = SecretKey::generate();
     let model = api_key::Model {
         id: uuid::Uuid::now_v7().to_string(),
-        name: name.unwrap_or_default().trim().to_owned(),
+        name: new.name.as_deref().unwrap_or_default().trim().to_owned(),
         prefix: secret.prefix().to_owned(),
         secret_hash: secret.hash(),
-        tier: tier.name.clone(),
+        tier: tier.to_owned(),
         created_at: now,
         revoked_at: None,
         updated_at: now,
+        expires_at: new.expires_at.map(|t| t.timestamp_millis()),
+        rpm_override: new.rpm.map(rpm_column).transpose()?,
+        monthly_requests_override: new.monthly_requests.map(monthly_column).transpose()?,
     };
     api_key::Entity::insert(api_key::ActiveModel::from(model.clone()))
         .exec_without_returning(db)
@@ -200,6 +303,105 @@ pub async fn revoke_key(
         .await?
         .ok_or_else(|| BillingError::KeyNotFound(wanted.to_owned()))?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key revoked");
+    Ok(key.into())
+}
+
+/// `updated_at` for a change made now: it must move even within one millisecond of the last
+/// change, because caches compare it.
+fn next_updated_at(key: &api_key::Model) -> i64 {
+    now_ms().max(key.updated_at.saturating_add(1))
+}
+
+/// The key an operator named, in any form [`revoke_key`] accepts.
+async fn find_named(
+    db: &DatabaseConnection,
+    id_or_prefix: &str,
+) -> Result<api_key::Model, BillingError> {
+    let wanted = id_or_prefix.trim();
+    find_one(db, wanted.strip_suffix("...").unwrap_or(wanted)).await
+}
+
+async fn reload(db: &DatabaseConnection, key_id: &str) -> Result<api_key::Model, BillingError> {
+    api_key::Entity::find_by_id(key_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| BillingError::KeyNotFound(key_id.to_owned()))
+}
+
+/// Gives the key named by `id_or_prefix` (as [`revoke_key`] names keys) a new secret. The id,
+/// tier, limits and ledger rows stay; the old secret stops working (at once in a process whose
+/// cache is invalidated, within the refresh interval in the others). Revoked keys are refused.
+pub async fn rotate_key(
+    db: &DatabaseConnection,
+    id_or_prefix: &str,
+) -> Result<(KeyRecord, SecretKey), BillingError> {
+    let key = find_named(db, id_or_prefix).await?;
+    if key.revoked_at.is_some() {
+        return Err(BillingError::RotateRevoked(key.id));
+    }
+    let secret = SecretKey::generate();
+    let rotated = api_key::Entity::update_many()
+        .col_expr(api_key::Column::SecretHash, Expr::value(secret.hash()))
+        .col_expr(api_key::Column::Prefix, Expr::value(secret.prefix()))
+        .col_expr(
+            api_key::Column::UpdatedAt,
+            Expr::value(next_updated_at(&key)),
+        )
+        .filter(api_key::Column::Id.eq(key.id.as_str()))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    if rotated.rows_affected == 0 {
+        // Revoked between the read and the write.
+        return Err(BillingError::RotateRevoked(key.id));
+    }
+    let key = reload(db, &key.id).await?;
+    tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key rotated");
+    Ok((key.into(), secret))
+}
+
+/// Applies `update` to the key named by `id_or_prefix`. An empty update returns the key as is.
+pub async fn update_key(
+    db: &DatabaseConnection,
+    tiers: &Tiers,
+    id_or_prefix: &str,
+    update: &KeyUpdate,
+) -> Result<KeyRecord, BillingError> {
+    let key = find_named(db, id_or_prefix).await?;
+    if update.is_empty() {
+        return Ok(key.into());
+    }
+    use api_key::Column as C;
+    let mut query = api_key::Entity::update_many()
+        .col_expr(C::UpdatedAt, Expr::value(next_updated_at(&key)))
+        .filter(C::Id.eq(key.id.as_str()));
+    if let Some(name) = &update.name {
+        query = query.col_expr(C::Name, Expr::value(name.trim()));
+    }
+    if let Some(tier) = &update.tier {
+        query = query.col_expr(C::Tier, Expr::value(known_tier(tiers, tier)?));
+    }
+    if let Some(expires_at) = update.expires_at {
+        query = query.col_expr(
+            C::ExpiresAt,
+            Expr::value(expires_at.map(|t| t.timestamp_millis())),
+        );
+    }
+    if let Some(rpm) = update.rpm {
+        query = query.col_expr(
+            C::RpmOverride,
+            Expr::value(rpm.map(rpm_column).transpose()?),
+        );
+    }
+    if let Some(monthly) = update.monthly_requests {
+        query = query.col_expr(
+            C::MonthlyRequestsOverride,
+            Expr::value(monthly.map(monthly_column).transpose()?),
+        );
+    }
+    query.exec(db).await?;
+    let key = reload(db, &key.id).await?;
+    tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key updated");
     Ok(key.into())
 }
 
@@ -290,7 +492,10 @@ impl CacheEntry {
 
     fn into_result(self) -> Result<Arc<ActiveKey>, BillingError> {
         match self {
-            Self::Active(k) => Ok(k),
+            Self::Active(k) => match k.record.expires_at {
+                Some(at) if at <= Utc::now() => Err(BillingError::ExpiredKey(at)),
+                _ => Ok(k),
+            },
             Self::Revoked { .. } => Err(BillingError::RevokedKey),
         }
     }
@@ -322,8 +527,8 @@ impl KeyCache {
         self.entries.is_empty()
     }
 
-    /// The valid key whose secret is `secret`: from the cache, or read once from the database
-    /// (with its month's request count for the quota) and cached.
+    /// The valid (known, not revoked, not expired) key whose secret is `secret`: from the cache,
+    /// or read once from the database (with its month's request count for the quota) and cached.
     pub async fn authenticate(
         &self,
         db: &DatabaseConnection,
@@ -397,9 +602,10 @@ async fn load(
     let period = Period::current();
     let used = ledger::count_requests(db, &key.id, period).await?;
     let updated_at = key.updated_at;
+    let record = KeyRecord::from(key);
     Ok(CacheEntry::Active(Arc::new(ActiveKey {
-        limits: KeyLimits::new(tier, period, used),
-        record: key.into(),
+        limits: KeyLimits::with_overrides(tier, record.overrides, period, used),
+        record,
         updated_at,
     })))
 }
@@ -493,6 +699,7 @@ mod tests {
             name: "basic".into(),
             rpm: 10,
             monthly_requests: 10,
+            models: None,
         }])
         .unwrap();
         let mut refresher = KeyRefresher::new(now_ms());

@@ -1,5 +1,5 @@
 //! The usage ledger: one row per settled request, written by a single group-commit writer, and
-//! the reads over it (the quota count, the usage sums).
+//! the reads over it (the quota count, the usage sums, the daily per-model breakdown).
 //!
 //! [`Ledger::record`] queues a row and waits. The writer takes one row, drains whatever else is
 //! already queued (up to [`MAX_BATCH`]), inserts the batch in one transaction with
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ActiveValue, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -288,6 +288,73 @@ pub async fn usage_totals(
     }))
 }
 
+/// Milliseconds in a UTC day (Unix time has no leap seconds).
+pub const DAY_MS: i64 = 86_400_000;
+
+/// One model's requests on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyModelUsage {
+    /// Days since the Unix epoch.
+    pub day: i64,
+    /// The catalogue model the requests resolved to.
+    pub model_id: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_picodollars: i64,
+}
+
+/// `key_id`'s ledger rows settled in `[start_ms, end_ms)`, summed by UTC day and model, ordered
+/// by day then model. One grouped query: the `(key_id, created_at)` index serves it.
+pub async fn daily_usage(
+    db: &DatabaseConnection,
+    key_id: &str,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<DailyModelUsage>, BillingError> {
+    use usage_ledger::Column as C;
+    // Integer division on both SQLite and PostgreSQL (BIGINT / BIGINT); created_at is never
+    // negative, so it rounds down to the day. Grouped and ordered by the output name: PostgreSQL
+    // would not see two bound copies of the divisor as one expression.
+    let day = || Expr::col(Alias::new("day"));
+    type Row = (i64, String, i64, i64, i64, i64, i64, i64);
+    let rows: Vec<Row> = usage_ledger::Entity::find()
+        .select_only()
+        .column_as(Expr::col(C::CreatedAt).div(DAY_MS), "day")
+        .column(C::ModelId)
+        .column_as(Expr::col(C::Id).count(), "requests")
+        .column_as(sum(C::PromptTokens), "prompt_tokens")
+        .column_as(sum(C::CachedPromptTokens), "cached_prompt_tokens")
+        .column_as(sum(C::CompletionTokens), "completion_tokens")
+        .column_as(sum(C::ReasoningTokens), "reasoning_tokens")
+        .column_as(sum(C::CostPicodollars), "cost_picodollars")
+        .filter(C::KeyId.eq(key_id))
+        .filter(C::CreatedAt.gte(start_ms))
+        .filter(C::CreatedAt.lt(end_ms))
+        .group_by(day())
+        .group_by(C::ModelId)
+        .order_by_asc(day())
+        .order_by_asc(C::ModelId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DailyModelUsage {
+            day: r.0,
+            model_id: r.1,
+            requests: r.2,
+            prompt_tokens: r.3,
+            cached_prompt_tokens: r.4,
+            completion_tokens: r.5,
+            reasoning_tokens: r.6,
+            cost_picodollars: r.7,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -383,6 +450,51 @@ mod tests {
         let totals = usage_totals(&db, "key-1", Period::current()).await.unwrap();
         assert_eq!(totals.requests, 300);
         assert_eq!(totals.cost_picodollars, (0..300).sum::<i64>());
+    }
+
+    #[tokio::test]
+    async fn daily_usage_groups_by_utc_day_and_model_within_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let (ledger, writer) = Ledger::start(db.clone());
+        let day0 = 20_000 * DAY_MS;
+        let rows = [
+            ("a", "flash", day0, 10),
+            ("b", "flash", day0 + DAY_MS - 1, 20),
+            ("c", "pro", day0 + 5, 7),
+            ("d", "flash", day0 + DAY_MS, 1),
+            ("e", "flash", day0 + 2 * DAY_MS, 1000),
+            ("f", "flash", day0 - 1, 2000),
+        ];
+        for (id, model, at, cost) in rows {
+            let mut r = row(id, cost);
+            r.model_id = model.to_owned();
+            r.created_at = at;
+            ledger.record(r).await.unwrap();
+        }
+        writer.shutdown().await;
+        let got = daily_usage(&db, "key-1", day0, day0 + 2 * DAY_MS)
+            .await
+            .unwrap();
+        let summary: Vec<_> = got
+            .iter()
+            .map(|d| (d.day, d.model_id.as_str(), d.requests, d.cost_picodollars))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (20_000, "flash", 2, 30),
+                (20_000, "pro", 1, 7),
+                (20_001, "flash", 1, 1)
+            ]
+        );
+        assert_eq!(got[0].prompt_tokens, 20);
+        assert!(
+            daily_usage(&db, "key-2", day0, day0 + DAY_MS)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

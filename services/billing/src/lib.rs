@@ -1,6 +1,7 @@
-//! Tollgate's billing service: API keys (hashed secrets, create/list/revoke), tiers, per-key
-//! limits (requests per minute, requests per calendar month), and the usage ledger every request
-//! is settled into.
+//! Tollgate's billing service: API keys (hashed secrets, create/list/rotate/revoke/update, expiry),
+//! tiers (with model allow-lists), per-key limits (requests per minute, requests per calendar
+//! month, overridable per key), the usage ledger every request is settled into, and the Admin
+//! service that administers keys.
 //!
 //! The hot path reads no database for a known key: keys live in [`keys::KeyCache`] (invalidated
 //! by the `InvalidateKey` RPC and by a poll of `api_keys.updated_at`), limits are in memory
@@ -12,7 +13,8 @@
 //! use tollgate_billing::{BillingService, DatabaseConfig, Tiers, TierConfig};
 //! let db = tollgate_billing::connect(&DatabaseConfig::default()).await?;
 //! tollgate_billing::migrate(&db).await?;
-//! let tiers = Tiers::new(vec![TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000 }])?;
+//! let pro = TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000, models: None };
+//! let tiers = Tiers::new(vec![pro])?;
 //! let billing = BillingService::new(db, tiers, tollgate_billing::DEFAULT_KEY_REFRESH_INTERVAL).await?;
 //! let server = tollgate::v1::billing_server::BillingServer::new(billing.clone());
 //! # let _ = server;
@@ -20,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -31,9 +34,13 @@ pub mod limits;
 pub mod migration;
 pub mod service;
 
+pub use admin::{AdminService, AdminToken};
 pub use config::{ConfigError, DatabaseConfig, Tier, TierConfig, Tiers};
 pub use db::{connect, migrate};
 pub use error::BillingError;
-pub use keys::{KeyRecord, SecretKey, create_key, list_keys, revoke_key};
+pub use keys::{
+    KeyRecord, KeyUpdate, NewKey, SecretKey, create_key, create_key_with, list_keys, revoke_key,
+    rotate_key, update_key,
+};
 pub use migration::Migrator;
 pub use service::{BillingService, DEFAULT_KEY_REFRESH_INTERVAL};

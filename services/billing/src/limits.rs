@@ -1,6 +1,7 @@
 //! Per-key limits, all in memory: the tier's requests-per-minute (a governor GCRA limiter whose
 //! burst is the RPM) and the monthly request quota (an atomic counter tagged with the month it
-//! counts). A rejected request is never counted against either limit.
+//! counts). A key may override its tier's RPM and monthly quota ([`LimitOverrides`]). A rejected
+//! request is never counted against either limit.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -91,9 +92,30 @@ impl MonthlyCounter {
     }
 }
 
-/// The limits of one key: its tier, its RPM limiter and its monthly counter.
+/// A key's own limits, replacing its tier's where set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    pub rpm: Option<NonZeroU32>,
+    pub monthly_requests: Option<u64>,
+}
+
+impl LimitOverrides {
+    /// The limits in force for a key of `tier`: (requests per minute, requests per month).
+    pub fn apply(&self, tier: &Tier) -> (NonZeroU32, u64) {
+        (
+            self.rpm.unwrap_or(tier.rpm),
+            self.monthly_requests.unwrap_or(tier.monthly_requests),
+        )
+    }
+}
+
+/// The limits of one key: its tier, the limits in force (the tier's or the key's overrides), its
+/// RPM limiter and its monthly counter.
 pub struct KeyLimits {
     tier: Arc<Tier>,
+    rpm_limit: NonZeroU32,
+    monthly_limit: u64,
+    overrides: LimitOverrides,
     rpm: DefaultDirectRateLimiter,
     monthly: MonthlyCounter,
 }
@@ -102,6 +124,7 @@ impl std::fmt::Debug for KeyLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyLimits")
             .field("tier", &self.tier)
+            .field("overrides", &self.overrides)
             .field("monthly", &self.monthly)
             .finish_non_exhaustive()
     }
@@ -110,9 +133,23 @@ impl std::fmt::Debug for KeyLimits {
 impl KeyLimits {
     /// Limits for a key of `tier` that already made `used` requests in `period`.
     pub fn new(tier: Arc<Tier>, period: Period, used: u64) -> Self {
+        Self::with_overrides(tier, LimitOverrides::default(), period, used)
+    }
+
+    /// Limits for a key of `tier` whose own `overrides` replace the tier's where set.
+    pub fn with_overrides(
+        tier: Arc<Tier>,
+        overrides: LimitOverrides,
+        period: Period,
+        used: u64,
+    ) -> Self {
+        let (rpm_limit, monthly_limit) = overrides.apply(&tier);
         Self {
-            rpm: RateLimiter::direct(Quota::per_minute(tier.rpm)),
+            rpm: RateLimiter::direct(Quota::per_minute(rpm_limit)),
             monthly: MonthlyCounter::new(period, used),
+            rpm_limit,
+            monthly_limit,
+            overrides,
             tier,
         }
     }
@@ -121,8 +158,23 @@ impl KeyLimits {
         &self.tier
     }
 
+    /// Requests per minute in force for this key.
     pub fn rpm_limit(&self) -> NonZeroU32 {
-        self.tier.rpm
+        self.rpm_limit
+    }
+
+    /// Requests per month in force for this key.
+    pub fn monthly_limit(&self) -> u64 {
+        self.monthly_limit
+    }
+
+    /// Who sets a limit, for refusal messages: `basic`, or `basic (key override)`.
+    fn limit_owner(&self, overridden: bool) -> String {
+        if overridden {
+            format!("{} (key override)", self.tier.name)
+        } else {
+            self.tier.name.clone()
+        }
     }
 
     /// Requests admitted in `period`.
@@ -133,17 +185,17 @@ impl KeyLimits {
     /// Admits one request in `period`: takes a monthly slot, then an RPM cell. If the RPM
     /// limiter refuses, the monthly slot is given back, so a refused request counts nowhere.
     pub fn admit(&self, period: Period) -> Result<(), BillingError> {
-        if !self.monthly.try_acquire(period, self.tier.monthly_requests) {
+        if !self.monthly.try_acquire(period, self.monthly_limit) {
             return Err(BillingError::QuotaExceeded {
-                tier: self.tier.name.clone(),
-                limit: self.tier.monthly_requests,
+                tier: self.limit_owner(self.overrides.monthly_requests.is_some()),
+                limit: self.monthly_limit,
             });
         }
         if self.rpm.check().is_err() {
             self.monthly.release(period);
             return Err(BillingError::RateLimited {
-                tier: self.tier.name.clone(),
-                rpm: self.tier.rpm.get(),
+                tier: self.limit_owner(self.overrides.rpm.is_some()),
+                rpm: self.rpm_limit.get(),
             });
         }
         Ok(())
@@ -166,7 +218,36 @@ mod tests {
             name: "basic".to_owned(),
             rpm: NonZeroU32::new(rpm).unwrap(),
             monthly_requests,
+            models: None,
         })
+    }
+
+    #[test]
+    fn overrides_replace_the_tier_limits() {
+        let overrides = LimitOverrides {
+            rpm: NonZeroU32::new(2),
+            monthly_requests: None,
+        };
+        let limits = KeyLimits::with_overrides(tier(30, 100), overrides, nov(), 0);
+        assert_eq!((limits.rpm_limit().get(), limits.monthly_limit()), (2, 100));
+        limits.admit(nov()).unwrap();
+        limits.admit(nov()).unwrap();
+        let err = limits.admit(nov()).unwrap_err();
+        assert_eq!(
+            err.to_api_error().message,
+            "Rate limit reached: tier basic (key override) allows 2 requests per minute"
+        );
+
+        let overrides = LimitOverrides {
+            rpm: None,
+            monthly_requests: Some(1),
+        };
+        let limits = KeyLimits::with_overrides(tier(30, 100), overrides, nov(), 0);
+        limits.admit(nov()).unwrap();
+        assert!(matches!(
+            limits.admit(nov()),
+            Err(BillingError::QuotaExceeded { limit: 1, .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `tollgate.v1.Billing` gRPC service: authentication from the key cache, admission against
-//! the in-memory limits, settlement through the group-commit ledger, and usage reports.
+//! the tier's model allow-list and the in-memory limits, settlement through the group-commit
+//! ledger, usage reports (with a daily per-model breakdown) and the subscription view.
 //! [`BillingService`] owns two background tasks (the ledger writer and the key-refresh poll);
 //! [`BillingService::shutdown`] stops both after flushing the ledger.
 
@@ -13,12 +14,13 @@ use tollgate::money::cost_picodollars;
 use tollgate::v1::billing_server::Billing;
 use tollgate::v1::metering_server::Metering;
 use tollgate::v1::{
-    Admission, AdmitRequest, AuthenticateRequest, GetUsageRequest, InvalidateKeyRequest,
-    InvalidateKeyResponse, KeyInfo, Pricing, SettleRequest, Settlement, UsageReport,
+    Admission, AdmitRequest, AuthenticateRequest, DailyUsage, GetSubscriptionRequest,
+    GetUsageRequest, InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, Pricing, SettleRequest,
+    Settlement, Subscription, UsageLineItem, UsageReport,
 };
 use tonic::{Request, Response, Status};
 
-use crate::clock::{Period, now_ms};
+use crate::clock::{DateRange, Period, day_start_ms, now_ms};
 use crate::config::Tiers;
 use crate::entity::api_key;
 use crate::error::BillingError;
@@ -254,6 +256,49 @@ async fn refresh_keys(
     }
 }
 
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Every day of `range` with its line items (from `rows`, ordered by day), and the sums over all
+/// of them. Sums are of integers, so the days add up to the total exactly.
+fn daily_report(
+    range: DateRange,
+    rows: Vec<ledger::DailyModelUsage>,
+) -> (Vec<DailyUsage>, ledger::UsageTotals) {
+    let mut totals = ledger::UsageTotals::default();
+    let mut rows = rows.into_iter().peekable();
+    let days = range
+        .iter_days()
+        .map(|date| {
+            let start_ms = day_start_ms(date);
+            let mut day = DailyUsage {
+                timestamp: start_ms / 1000,
+                date: date.format("%Y-%m-%d").to_string(),
+                ..Default::default()
+            };
+            while let Some(row) = rows.next_if(|r| r.day * ledger::DAY_MS == start_ms) {
+                totals.requests += row.requests;
+                totals.prompt_tokens += row.prompt_tokens;
+                totals.cached_prompt_tokens += row.cached_prompt_tokens;
+                totals.completion_tokens += row.completion_tokens;
+                totals.reasoning_tokens += row.reasoning_tokens;
+                totals.cost_picodollars += row.cost_picodollars;
+                day.cost_picodollars += row.cost_picodollars;
+                day.line_items.push(UsageLineItem {
+                    model: row.model_id,
+                    requests: unsigned(row.requests),
+                    prompt_tokens: unsigned(row.prompt_tokens),
+                    completion_tokens: unsigned(row.completion_tokens),
+                    cost_picodollars: row.cost_picodollars,
+                });
+            }
+            day
+        })
+        .collect();
+    (days, totals)
+}
+
 #[tonic::async_trait]
 impl Billing for BillingService {
     async fn get_usage(
@@ -261,26 +306,49 @@ impl Billing for BillingService {
         request: Request<GetUsageRequest>,
     ) -> Result<Response<UsageReport>, Status> {
         let key = self.authenticate_request(&request).await?;
+        let asked = request.get_ref();
+        let range = DateRange::parse(
+            &asked.start_date,
+            &asked.end_date,
+            chrono::Utc::now().date_naive(),
+        )?;
+        let (start_ms, end_ms) = range.bounds_ms();
+        let rows = ledger::daily_usage(&self.inner.db, &key.record.id, start_ms, end_ms).await?;
+        let (daily_costs, totals) = daily_report(range, rows);
         let period = Period::current();
-        let totals = ledger::usage_totals(&self.inner.db, &key.record.id, period)
-            .await
-            .map_err(Status::from)?;
-        let tier = key.limits.tier();
         let used = key.limits.used(period);
-        let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+        let monthly_limit = key.limits.monthly_limit();
         Ok(Response::new(UsageReport {
             key_prefix: key.record.display_prefix(),
-            tier: tier.name.clone(),
+            tier: key.limits.tier().name.clone(),
             monthly_requests: used,
-            monthly_limit: tier.monthly_requests,
-            remaining: tier.monthly_requests.saturating_sub(used),
+            monthly_limit,
+            remaining: monthly_limit.saturating_sub(used),
             total_prompt_tokens: unsigned(totals.prompt_tokens),
             total_completion_tokens: unsigned(totals.completion_tokens),
             total_cached_prompt_tokens: unsigned(totals.cached_prompt_tokens),
             total_reasoning_tokens: unsigned(totals.reasoning_tokens),
             total_cost_picodollars: totals.cost_picodollars,
-            rpm_limit: tier.rpm.get(),
+            rpm_limit: key.limits.rpm_limit().get(),
             period_start: period.start_rfc3339(),
+            start_date: range.start.format("%Y-%m-%d").to_string(),
+            end_date: range.end.format("%Y-%m-%d").to_string(),
+            daily_costs,
+            total_requests: unsigned(totals.requests),
+        }))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<GetSubscriptionRequest>,
+    ) -> Result<Response<Subscription>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        Ok(Response::new(Subscription {
+            key_prefix: key.record.display_prefix(),
+            tier: key.limits.tier().name.clone(),
+            rpm_limit: key.limits.rpm_limit().get(),
+            monthly_limit: key.limits.monthly_limit(),
+            expires_at: key.record.expires_at.map(|t| t.timestamp()),
         }))
     }
 }
@@ -297,7 +365,17 @@ impl Metering for BillingService {
 
     async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
         let key = self.authenticate_request(&request).await?;
-        let request_id = non_empty("request_id", request.into_inner().request_id)?;
+        let asked = request.into_inner();
+        let request_id = non_empty("request_id", asked.request_id)?;
+        // Before the limits: a refused model must not use a slot of either.
+        let tier = key.limits.tier();
+        if !tier.allows(&asked.model, &asked.model_id) {
+            return Err(BillingError::ModelNotAllowed {
+                tier: tier.name.clone(),
+                model: asked.model,
+            }
+            .into());
+        }
         key.limits.admit(Period::current())?;
         Ok(Response::new(Admission {
             key: Some(key_info(&key)),

@@ -47,6 +47,7 @@ async fn billing_works_on_postgres() {
                 AdmitRequest {
                     request_id: request_id.clone(),
                     model: "m".into(),
+                    ..Default::default()
                 },
                 secret.expose_secret(),
             ))
@@ -81,7 +82,7 @@ async fn billing_works_on_postgres() {
         }
     }
     let report = client
-        .get_usage(with_key(GetUsageRequest {}, secret.expose_secret()))
+        .get_usage(with_key(GetUsageRequest::default(), secret.expose_secret()))
         .await
         .unwrap()
         .into_inner();
@@ -96,7 +97,7 @@ async fn billing_works_on_postgres() {
         let secret = secret.expose_secret().to_owned();
         async move {
             client
-                .get_usage(with_key(GetUsageRequest {}, &secret))
+                .get_usage(with_key(GetUsageRequest::default(), &secret))
                 .await
                 .is_err_and(|s| s.code() == Code::Unauthenticated)
         }

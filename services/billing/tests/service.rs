@@ -24,6 +24,7 @@ fn admit(request_id: &str) -> AdmitRequest {
     AdmitRequest {
         request_id: request_id.to_owned(),
         model: "deepseek-v4-flash".to_owned(),
+        model_id: "deepseek-v4-flash".to_owned(),
     }
 }
 

@@ -99,6 +99,7 @@ impl InferenceService {
         let mut admit = Request::new(AdmitRequest {
             request_id: request_id.clone(),
             model: route.requested_id.clone(),
+            model_id: route.model_id.clone(),
         });
         if let Some(auth) = metadata.get(AUTHORIZATION) {
             admit.metadata_mut().insert(AUTHORIZATION, auth.clone());

@@ -21,6 +21,12 @@ pub struct Model {
     pub revoked_at: Option<i64>,
     /// Unix milliseconds, bumped on every change; caches poll it to notice changes.
     pub updated_at: i64,
+    /// Unix milliseconds after which the key is refused; `None`: it never expires.
+    pub expires_at: Option<i64>,
+    /// The key's own requests per minute, replacing its tier's.
+    pub rpm_override: Option<i64>,
+    /// The key's own monthly request quota, replacing its tier's.
+    pub monthly_requests_override: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

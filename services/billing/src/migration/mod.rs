@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_api_keys;
 mod m20261123_000002_create_usage_ledger;
+mod m20261124_000030_key_expiry_and_limit_overrides;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_api_keys::Migration),
             Box::new(m20261123_000002_create_usage_ledger::Migration),
+            Box::new(m20261124_000030_key_expiry_and_limit_overrides::Migration),
         ]
     }
 }

@@ -11,11 +11,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tollgate::error::ApiError;
+use tollgate::transport::in_process;
+use tollgate::v1::admin_client::AdminClient;
+use tollgate::v1::admin_server::AdminServer;
 use tollgate::v1::billing_client::BillingClient;
 use tollgate::v1::billing_server::BillingServer;
 use tollgate::v1::metering_client::MeteringClient;
 use tollgate::v1::metering_server::MeteringServer;
-use tollgate_billing::{BillingService, DatabaseConfig, TierConfig, Tiers};
+use tollgate_billing::{
+    AdminService, AdminToken, BillingService, DatabaseConfig, TierConfig, Tiers,
+};
 use tonic::transport::Channel;
 
 pub fn tier(name: &str, rpm: u32, monthly_requests: u64) -> TierConfig {
@@ -23,8 +28,12 @@ pub fn tier(name: &str, rpm: u32, monthly_requests: u64) -> TierConfig {
         name: name.to_owned(),
         rpm,
         monthly_requests,
+        models: None,
     }
 }
+
+/// The admin token every harness's Admin service accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub fn tiers(list: Vec<TierConfig>) -> Tiers {
     Tiers::new(list).unwrap()
@@ -63,10 +72,18 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_server, stopped) = oneshot::channel::<()>();
+        // Admin reaches this service's cache through Metering, in-process, as in `tollgate serve`.
+        let admin = AdminService::new(
+            db.clone(),
+            tiers.clone(),
+            Some(AdminToken::new(ADMIN_TOKEN).unwrap()),
+            in_process(MeteringServer::new(service.clone())),
+        );
         let server = tokio::spawn({
             let service = service.clone();
             async move {
                 tonic::transport::Server::builder()
+                    .add_service(AdminServer::new(admin))
                     .add_service(BillingServer::new(service.clone()))
                     .add_service(MeteringServer::new(service))
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
@@ -87,6 +104,7 @@ impl Harness {
             service,
             client: Clients {
                 metering: MeteringClient::new(channel.clone()),
+                admin: AdminClient::new(channel.clone()),
                 billing: BillingClient::new(channel),
             },
             stop_server: Some(stop_server),
@@ -98,7 +116,7 @@ impl Harness {
     pub async fn usage(&self, secret: &str) -> tollgate::v1::UsageReport {
         self.client
             .clone()
-            .get_usage(with_key(tollgate::v1::GetUsageRequest {}, secret))
+            .get_usage(with_key(tollgate::v1::GetUsageRequest::default(), secret))
             .await
             .unwrap()
             .into_inner()
@@ -146,12 +164,13 @@ where
     }
 }
 
-/// Clients of both billing services (the public `Billing` and the internal `Metering`), so a test
-/// calls every RPC on one value.
+/// Clients of the billing services (the public `Billing`, the internal `Metering`; `Admin` is
+/// reached through its own field), so a test calls every RPC on one value.
 #[derive(Clone)]
 pub struct Clients {
     pub metering: MeteringClient<Channel>,
     pub billing: BillingClient<Channel>,
+    pub admin: AdminClient<Channel>,
 }
 
 impl Clients {

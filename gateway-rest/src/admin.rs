@@ -1,0 +1,290 @@
+//! `/admin/keys...`: key administration over REST for tools that cannot speak gRPC. Each route
+//! translates to one `tollgate.v1.Admin` call; the admin token travels in `Authorization:
+//! Bearer <token>` exactly as in gRPC metadata, and the Admin service checks it.
+//!
+//! | route                          | Admin RPC  |
+//! |--------------------------------|------------|
+//! | `POST /admin/keys`             | CreateKey  |
+//! | `GET /admin/keys`              | ListKeys   |
+//! | `PATCH /admin/keys/{key}`      | UpdateKey  |
+//! | `POST /admin/keys/{key}/rotate`| RotateKey  |
+//! | `POST /admin/keys/{key}/revoke`| RevokeKey  |
+//!
+//! `{key}` is a key id, a shown prefix or a secret. Times are Unix seconds; `expires_at` may
+//! also be given as RFC 3339. In a `PATCH`, `null` clears a field (`"expires_at": null`: never
+//! expires; `"rpm": null`: back to the tier's) and an absent field is left as it is.
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tollgate::{
+    error::ApiError,
+    v1::{
+        CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey, RevokeKeyRequest,
+        RotateKeyRequest, UpdateKeyRequest,
+    },
+};
+
+use crate::{
+    app::{AppState, with_key},
+    error::RestError,
+};
+
+/// `expires_at` as Unix seconds or an RFC 3339 string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Timestamp {
+    Secs(i64),
+    Text(String),
+}
+
+impl Timestamp {
+    fn unix_secs(&self) -> Result<i64, ApiError> {
+        match self {
+            Self::Secs(secs) => Ok(*secs),
+            Self::Text(text) => chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp())
+                .map_err(|e| {
+                    ApiError::invalid_param(
+                        "expires_at",
+                        format!(
+                            "expires_at must be Unix seconds or an RFC 3339 time, got {text:?}: {e}"
+                        ),
+                    )
+                }),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    tier: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+    #[serde(default)]
+    rpm: Option<u32>,
+    #[serde(default)]
+    monthly_requests: Option<u64>,
+}
+
+/// Present and `null` (clear) is `Some(None)`; absent (leave) is `None`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "present")]
+    rpm: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    monthly_requests: Option<Option<u64>>,
+}
+
+/// Reads a JSON object body into `T`: a 400 naming the field when it does not fit.
+async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        ApiError::invalid_param("body", format!("The request body could not be read: {e}"))
+    })?;
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let param = if path == "." {
+            // `unknown field `x``/`missing field `x``: name x.
+            message
+                .split('`')
+                .nth(1)
+                .map_or_else(|| "body".to_owned(), str::to_owned)
+        } else {
+            path
+        };
+        ApiError::invalid_param(param, format!("Invalid request body: {message}"))
+    })
+}
+
+fn key_json(key: &ManagedKey) -> Value {
+    json!({
+        "object": "api_key",
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "tier": key.tier,
+        "status": key.status,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+        "expires_at": key.expires_at,
+        "rpm_override": key.rpm_override,
+        "monthly_requests_override": key.monthly_requests_override,
+        "rpm_limit": key.rpm_limit,
+        "monthly_limit": key.monthly_limit,
+    })
+}
+
+fn issued_json(issued: IssuedKey) -> Value {
+    let mut value = issued
+        .key
+        .as_ref()
+        .map(key_json)
+        .unwrap_or_else(|| json!({}));
+    value["secret"] = Value::String(issued.secret);
+    value
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), RestError> {
+    let body: CreateBody = json_body(body, state.max_body_bytes).await?;
+    let request = CreateKeyRequest {
+        tier: body.tier,
+        name: body.name,
+        expires_at: body.expires_at.map(|t| t.unix_secs()).transpose()?,
+        rpm: body.rpm,
+        monthly_requests: body.monthly_requests,
+    };
+    let issued = state
+        .admin
+        .clone()
+        .create_key(with_key(&headers, request))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(issued_json(issued))))
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, RestError> {
+    let keys = state
+        .admin
+        .clone()
+        .list_keys(with_key(&headers, ListKeysRequest {}))
+        .await?
+        .into_inner()
+        .keys;
+    Ok(Json(json!({
+        "object": "list",
+        "data": keys.iter().map(key_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub(crate) async fn rotate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, RestError> {
+    let issued = state
+        .admin
+        .clone()
+        .rotate_key(with_key(&headers, RotateKeyRequest { key }))
+        .await?
+        .into_inner();
+    Ok(Json(issued_json(issued)))
+}
+
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, RestError> {
+    let key = state
+        .admin
+        .clone()
+        .revoke_key(with_key(&headers, RevokeKeyRequest { key }))
+        .await?
+        .into_inner();
+    Ok(Json(key_json(&key)))
+}
+
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, RestError> {
+    let body: UpdateBody = json_body(body, state.max_body_bytes).await?;
+    let expires_at = match body.expires_at {
+        Some(Some(t)) => Some(Some(t.unix_secs()?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let request = UpdateKeyRequest {
+        key,
+        name: body.name,
+        tier: body.tier,
+        expires_at: expires_at.flatten(),
+        clear_expires_at: matches!(expires_at, Some(None)),
+        rpm: body.rpm.flatten(),
+        clear_rpm: matches!(body.rpm, Some(None)),
+        monthly_requests: body.monthly_requests.flatten(),
+        clear_monthly_requests: matches!(body.monthly_requests, Some(None)),
+    };
+    let key = state
+        .admin
+        .clone()
+        .update_key(with_key(&headers, request))
+        .await?
+        .into_inner();
+    Ok(Json(key_json(&key)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn patch_bodies_tell_null_from_absent() {
+        let body: UpdateBody = json_body(
+            Body::from(
+                r#"{"rpm": null, "monthly_requests": 7, "expires_at": "2030-01-01T00:00:00Z"}"#,
+            ),
+            1024,
+        )
+        .await
+        .unwrap();
+        assert_eq!(body.rpm, Some(None));
+        assert_eq!(body.monthly_requests, Some(Some(7)));
+        assert_eq!(
+            body.expires_at.flatten().unwrap().unix_secs().unwrap(),
+            1_893_456_000
+        );
+        let body: UpdateBody = json_body(Body::from("{}"), 1024).await.unwrap();
+        assert_eq!((body.rpm, body.monthly_requests), (None, None));
+        assert!(body.expires_at.is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_name_the_field() {
+        let err = json_body::<CreateBody>(Body::from(r#"{"tier": "pro", "rpm": "two"}"#), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("rpm"));
+        let err = json_body::<CreateBody>(Body::from(r#"{"tier": "pro", "burst": 1}"#), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("burst"));
+        let err = json_body::<CreateBody>(Body::from(r#"{"name": "x"}"#), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("tier"));
+    }
+}

@@ -1,0 +1,324 @@
+"""Keys and tiers through the real binary: rotation (CLI, REST, gRPC), expiry, per-key limit
+overrides, the per-tier model allow-list, and key administration over `/admin` REST and the
+`Admin` gRPC service, with and without the admin token.
+
+This module's gateway has an admin token (`[admin] token_env`) and one more tier, `flash_only`,
+whose allow-list names a model and an alias."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import grpc
+import httpx
+import openai
+import pytest
+from tollgate.v1 import admin_pb2, admin_pb2_grpc
+
+from harness import Gateway, auth, make_client, wait_until
+
+ADMIN_TOKEN = f"e2e-admin-{uuid.uuid4().hex}"
+ADMIN_CONFIG = """
+[admin]
+token_env = "TOLLGATE_ADMIN_TOKEN"
+
+[[tiers]]
+name = "flash_only"
+rpm = 100
+monthly_requests = 1000
+models = ["deepseek-v4-flash", "gpt-4o"]
+"""
+# A process that did not make a change sees it within server.key_refresh_ms (1 s), plus slack.
+REFRESH_DEADLINE_SECS = 1.5
+
+
+@pytest.fixture(scope="module")
+def gateway(mock, tmp_path_factory):
+    gw = Gateway(tmp_path_factory.mktemp("tollgate-admin"), mock, ADMIN_CONFIG, {"TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    yield gw
+    gw.stop()
+
+
+def admin(gateway, method: str, path: str, token: str | None = ADMIN_TOKEN, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.request(method, f"{gateway.http_base}{path}", headers=headers, timeout=10, **kwargs)
+
+
+def chat(gateway, secret: str, text: str, model: str = "deepseek-chat") -> httpx.Response:
+    return httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(secret),
+        json={"model": model, "messages": [{"role": "user", "content": text}]},
+        timeout=30,
+    )
+
+
+def usage(gateway, secret: str) -> httpx.Response:
+    return httpx.get(f"{gateway.base_url}/dashboard/billing/usage", headers=auth(secret), timeout=10)
+
+
+def listed_key(gateway, key_id: str) -> dict:
+    for line in gateway.cli("keys", "list", "--json").stdout.splitlines():
+        entry = json.loads(line)
+        if entry["id"] == key_id:
+            return entry
+    raise AssertionError(f"key {key_id} is not in `keys list --json`")
+
+
+def assert_error(resp: httpx.Response, status: int, type_: str, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == type_, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+# --- rotation -------------------------------------------------------------------------------------
+
+
+def test_cli_rotate_refuses_the_old_secret_and_keeps_the_usage(gateway):
+    key = gateway.create_key("pro")
+    assert chat(gateway, key.secret, "before rotation").status_code == 200
+    before = usage(gateway, key.secret).json()
+    assert before["monthly_requests"] == 1
+
+    done = gateway.cli("keys", "rotate", key.key_id)
+    new_secret = done.stdout.strip().splitlines()[-1].strip()
+    assert new_secret.startswith("sk-") and new_secret != key.secret
+    assert done.stdout.count(new_secret) == 1
+
+    # The CLI is another process: the gateway notices through its refresh poll.
+    wait_until(lambda: usage(gateway, key.secret).status_code == 401, REFRESH_DEADLINE_SECS, what="old secret refused")
+    assert_error(chat(gateway, key.secret, "old secret"), 401, "authentication_error")
+    after = usage(gateway, new_secret).json()
+    assert after["monthly_requests"] == 1
+    assert after["total_prompt_tokens"] == before["total_prompt_tokens"]
+    assert after["total_cost_usd_exact"] == before["total_cost_usd_exact"]
+    assert chat(gateway, new_secret, "after rotation").status_code == 200
+    assert usage(gateway, new_secret).json()["monthly_requests"] == 2
+    assert listed_key(gateway, key.key_id)["prefix"] == new_secret[:12]
+
+
+def test_rest_rotate_refuses_the_old_secret_at_once(gateway):
+    created = admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "name": "rest-rotate"})
+    assert created.status_code == 201, created.text
+    old = created.json()["secret"]
+    key_id = created.json()["id"]
+    assert chat(gateway, old, "cache me").status_code == 200
+
+    rotated = admin(gateway, "POST", f"/admin/keys/{key_id}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    body = rotated.json()
+    assert body["id"] == key_id and body["secret"] != old and body["secret"].startswith(body["prefix"])
+    # Same process: the rotation invalidated the cache, so no polling is needed.
+    assert_error(chat(gateway, old, "too late"), 401, "authentication_error", "invalid_api_key")
+    assert chat(gateway, body["secret"], "new secret").status_code == 200
+    assert usage(gateway, body["secret"]).json()["monthly_requests"] == 2
+
+
+# --- expiry ---------------------------------------------------------------------------------------
+
+
+def test_expired_key_is_a_401_saying_so(gateway):
+    expires = (datetime.now(timezone.utc) + timedelta(seconds=2)).replace(microsecond=0)
+    key = gateway.create_key("pro", None, "--expires-at", expires.isoformat())
+    assert listed_key(gateway, key.key_id)["expires_at"].startswith(expires.strftime("%Y-%m-%dT%H:%M:%S"))
+    client = make_client(gateway, key)
+    assert client.chat.completions.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "still valid"}]
+    ).choices[0].message.content == "Echo: still valid"
+
+    wait_until(lambda: usage(gateway, key.secret).status_code == 401, 10, what="key expiring")
+    error = assert_error(chat(gateway, key.secret, "expired"), 401, "authentication_error", "expired_api_key")
+    assert error["message"].startswith("API key expired at "), error
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "x"}])
+    assert listed_key(gateway, key.key_id)["status"] == "expired"
+    client.close()
+
+
+def test_past_expiry_is_refused_at_creation(gateway):
+    done = gateway.cli("keys", "create", "--tier", "pro", "--expires-at", "2020-01-01", check=False)
+    assert done.returncode != 0
+    assert "expires_at" in done.stderr
+    resp = admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "expires_at": 1})
+    assert assert_error(resp, 400, "invalid_request_error")["param"] == "expires_at"
+
+
+# --- overrides ------------------------------------------------------------------------------------
+
+
+def test_rpm_override_replaces_the_tier_rpm(gateway):
+    key = gateway.create_key("pro", None, "--rpm", "2")  # the pro tier allows 30
+    assert listed_key(gateway, key.key_id)["rpm_override"] == 2
+    client = make_client(gateway, key)
+    for i in range(2):
+        client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": f"ok {i}"}])
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "third"}])
+    assert refused.value.body["code"] == "rate_limit_exceeded"
+    assert "2 requests per minute" in refused.value.body["message"]
+    assert usage(gateway, key.secret).json()["rpm_limit"] == 2
+    client.close()
+
+
+def test_monthly_override_and_update_back_to_the_tier(gateway):
+    key = gateway.create_key("pro", None, "--monthly-requests", "1")
+    assert chat(gateway, key.secret, "one").status_code == 200
+    assert_error(chat(gateway, key.secret, "two"), 429, "rate_limit_error", "monthly_quota_exceeded")
+    report = usage(gateway, key.secret).json()
+    assert (report["monthly_limit"], report["remaining"]) == (1, 0)
+
+    gateway.cli("keys", "update", key.key_id, "--tier-monthly-requests")
+    wait_until(lambda: chat(gateway, key.secret, "back to 3000").status_code == 200, REFRESH_DEADLINE_SECS, what="override removed")
+    assert usage(gateway, key.secret).json()["monthly_limit"] == 3000
+    assert listed_key(gateway, key.key_id)["monthly_requests_override"] is None
+
+
+# --- allow-list -----------------------------------------------------------------------------------
+
+
+def test_model_outside_the_tier_allow_list_is_a_403_and_not_counted(gateway):
+    key = gateway.create_key("flash_only")
+    client = make_client(gateway, key)
+    for model in ["deepseek-v4-pro", "gpt-4.1-mini"]:
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "no"}])
+        assert refused.value.body["type"] == "permission_error"
+        assert refused.value.body["param"] == "model"
+        assert model in refused.value.body["message"]
+    streamed = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-v4-pro", "stream": True, "messages": [{"role": "user", "content": "no"}]},
+        timeout=30,
+    )
+    assert_error(streamed, 403, "permission_error", "model_not_allowed")
+    assert usage(gateway, key.secret).json()["monthly_requests"] == 0
+
+    # The listed model, an alias resolving to it, and a listed alias all work.
+    for model in ["deepseek-v4-flash", "deepseek-chat", "gpt-4o"]:
+        resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": f"via {model}"}])
+        assert resp.choices[0].message.content == f"Echo: via {model}"
+    assert usage(gateway, key.secret).json()["monthly_requests"] == 3
+    client.close()
+
+
+# --- /admin REST ----------------------------------------------------------------------------------
+
+
+def test_admin_rest_needs_the_admin_token(gateway):
+    api_key = gateway.create_key("pro")
+    assert_error(admin(gateway, "GET", "/admin/keys", token=None), 401, "authentication_error", "invalid_admin_token")
+    assert_error(admin(gateway, "GET", "/admin/keys", token=api_key.secret), 401, "authentication_error", "invalid_admin_token")
+    assert_error(admin(gateway, "POST", "/admin/keys", token=ADMIN_TOKEN[:-1], json={"tier": "pro"}), 401, "authentication_error")
+    listed = admin(gateway, "GET", "/admin/keys")
+    assert listed.status_code == 200, listed.text
+    assert api_key.key_id in {k["id"] for k in listed.json()["data"]}
+    assert api_key.secret not in listed.text
+    # The admin token is not an API key either.
+    assert_error(chat(gateway, ADMIN_TOKEN, "hi"), 401, "authentication_error")
+
+
+def test_admin_rest_creates_updates_and_revokes_keys(gateway):
+    expires = int((datetime.now(timezone.utc) + timedelta(days=7)).timestamp())
+    created = admin(
+        gateway,
+        "POST",
+        "/admin/keys",
+        json={"tier": "pro", "name": "rest", "expires_at": expires, "rpm": 5, "monthly_requests": 50},
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()
+    assert (key["object"], key["tier"], key["name"], key["status"]) == ("api_key", "pro", "rest", "active")
+    assert (key["expires_at"], key["rpm_override"], key["rpm_limit"], key["monthly_limit"]) == (expires, 5, 5, 50)
+    secret = key["secret"]
+    assert chat(gateway, secret, "made over REST").status_code == 200
+    assert secret not in admin(gateway, "GET", "/admin/keys").text
+
+    patched = admin(gateway, "PATCH", f"/admin/keys/{key['prefix']}", json={"rpm": None, "expires_at": None, "name": "renamed"})
+    assert patched.status_code == 200, patched.text
+    assert (patched.json()["rpm_override"], patched.json()["rpm_limit"], patched.json()["expires_at"], patched.json()["name"]) == (
+        None,
+        30,
+        None,
+        "renamed",
+    )
+    assert usage(gateway, secret).json()["rpm_limit"] == 30
+
+    bad = admin(gateway, "PATCH", f"/admin/keys/{key['id']}", json={"rpm": "fast"})
+    assert assert_error(bad, 400, "invalid_request_error")["param"] == "rpm"
+    bad = admin(gateway, "PATCH", f"/admin/keys/{key['id']}", json={"tier": "gold"})
+    assert_error(bad, 400, "invalid_request_error")
+    missing = admin(gateway, "POST", "/admin/keys/no-such-key/revoke")
+    assert_error(missing, 404, "not_found_error")
+
+    revoked = admin(gateway, "POST", f"/admin/keys/{key['id']}/revoke")
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked", revoked.text
+    assert_error(chat(gateway, secret, "revoked"), 401, "authentication_error")
+    assert_error(admin(gateway, "POST", f"/admin/keys/{key['id']}/rotate"), 400, "invalid_request_error")
+
+
+def test_admin_is_refused_when_no_admin_token_is_configured(mock, tmp_path_factory):
+    plain = Gateway(tmp_path_factory.mktemp("tollgate-noadmin"), mock, extra_env={"TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+    try:
+        resp = admin(plain, "GET", "/admin/keys")
+        assert_error(resp, 401, "authentication_error", "admin_disabled")
+        channel = grpc.insecure_channel(plain.grpc_addr)
+        with pytest.raises(grpc.RpcError) as refused:
+            admin_pb2_grpc.AdminStub(channel).ListKeys(
+                admin_pb2.ListKeysRequest(), metadata=[("authorization", f"Bearer {ADMIN_TOKEN}")], timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        channel.close()
+    finally:
+        plain.stop()
+
+
+def test_a_configured_admin_token_must_be_set(mock, tmp_path_factory):
+    """`[admin] token_env` names a variable that is unset: the gateway refuses to start rather
+    than serve an Admin API nobody can use (or, worse, one guarded by an empty token)."""
+    unset = f"TOLLGATE_E2E_UNSET_{uuid.uuid4().hex}"
+    with pytest.raises(RuntimeError, match=f"{unset} is not set"):
+        Gateway(tmp_path_factory.mktemp("tollgate-unset-token"), mock, ADMIN_CONFIG.replace("TOLLGATE_ADMIN_TOKEN", unset))
+    with pytest.raises(RuntimeError, match="at least 16 characters"):
+        Gateway(tmp_path_factory.mktemp("tollgate-short-token"), mock, ADMIN_CONFIG, {"TOLLGATE_ADMIN_TOKEN": "short"})
+
+
+# --- Admin gRPC -----------------------------------------------------------------------------------
+
+
+def test_admin_grpc_needs_the_token_and_administers_keys(gateway, grpc_channel):
+    stub = admin_pb2_grpc.AdminStub(grpc_channel)
+    token = [("authorization", f"Bearer {ADMIN_TOKEN}")]
+    for metadata in ([], [("authorization", "Bearer wrong-token-wrong-token")]):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CreateKey(admin_pb2.CreateKeyRequest(tier="pro"), metadata=metadata, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    issued = stub.CreateKey(admin_pb2.CreateKeyRequest(tier="pro", name="grpc", rpm=7), metadata=token, timeout=10)
+    assert issued.secret.startswith(issued.key.prefix)
+    assert (issued.key.rpm_limit, issued.key.monthly_limit, issued.key.status) == (7, 3000, "active")
+    assert chat(gateway, issued.secret, "made over gRPC").status_code == 200
+
+    listed = stub.ListKeys(admin_pb2.ListKeysRequest(), metadata=token, timeout=10)
+    assert issued.key.id in [k.id for k in listed.keys]
+
+    updated = stub.UpdateKey(admin_pb2.UpdateKeyRequest(key=issued.key.id, clear_rpm=True, monthly_requests=9), metadata=token, timeout=10)
+    assert (updated.rpm_limit, updated.monthly_limit, updated.HasField("rpm_override")) == (30, 9, False)
+
+    rotated = stub.RotateKey(admin_pb2.RotateKeyRequest(key=issued.key.id), metadata=token, timeout=10)
+    assert rotated.key.id == issued.key.id and rotated.secret != issued.secret
+    assert_error(chat(gateway, issued.secret, "old"), 401, "authentication_error")
+    assert usage(gateway, rotated.secret).json()["monthly_requests"] == 1
+
+    revoked = stub.RevokeKey(admin_pb2.RevokeKeyRequest(key=issued.key.id), metadata=token, timeout=10)
+    assert revoked.status == "revoked" and revoked.HasField("revoked_at")
+    assert_error(chat(gateway, rotated.secret, "revoked"), 401, "authentication_error")
+
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.RevokeKey(admin_pb2.RevokeKeyRequest(key="sk-nothere"), metadata=token, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND

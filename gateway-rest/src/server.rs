@@ -14,7 +14,7 @@ use tollgate::{
         inference_server::InferenceServer, metering_server::MeteringServer,
     },
 };
-use tollgate_billing::BillingService;
+use tollgate_billing::{BillingOptions, BillingService, SharedLimits};
 use tollgate_catalog::CatalogService;
 use tollgate_inference::{InferenceService, Providers};
 use tonic::transport::server::TcpIncoming;
@@ -51,10 +51,18 @@ impl Services {
     ) -> Result<Self, ServeError> {
         let db = tollgate_billing::connect(&runtime.database).await?;
         tollgate_billing::migrate(&db).await?;
-        let billing = BillingService::new(
+        let shared_limits = match &runtime.redis {
+            Some(redis) => Some(SharedLimits::connect(redis).await?),
+            None => None,
+        };
+        let billing = BillingService::with_options(
             db,
             runtime.tiers.clone(),
-            Duration::from_millis(runtime.server.key_refresh_ms),
+            BillingOptions {
+                key_refresh_interval: Duration::from_millis(runtime.server.key_refresh_ms),
+                shared_limits,
+                ..BillingOptions::default()
+            },
         )
         .await?;
         let catalog = CatalogService::new(runtime.catalog.clone());

@@ -17,9 +17,13 @@ use dashmap::DashMap;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 use sha2::{Digest, Sha256};
 
+use crate::accounts::{self, KeyMoney};
 use crate::clock::{Period, from_ms, now_ms};
 use crate::config::Tiers;
 use crate::entity::api_key;
@@ -129,12 +133,25 @@ impl From<api_key::Model> for KeyRecord {
     }
 }
 
-/// Issues a key of `tier`. The secret is returned once and only its hash is stored.
+/// Issues a key of `tier`, unlimited in money. The secret is returned once and only its hash is
+/// stored.
 pub async fn create_key(
     db: &DatabaseConnection,
     tiers: &Tiers,
     tier: &str,
     name: Option<&str>,
+) -> Result<(KeyRecord, SecretKey), BillingError> {
+    create_key_with(db, tiers, tier, name, KeyMoney::default()).await
+}
+
+/// Issues a key of `tier` with `money` (a prepaid balance and/or a monthly budget). The key row
+/// and its account are written in one transaction, so the key never exists without its limits.
+pub async fn create_key_with(
+    db: &DatabaseConnection,
+    tiers: &Tiers,
+    tier: &str,
+    name: Option<&str>,
+    money: KeyMoney,
 ) -> Result<(KeyRecord, SecretKey), BillingError> {
     let Some(tier) = tiers.get(tier) else {
         return Err(BillingError::UnknownTier {
@@ -154,9 +171,12 @@ pub async fn create_key(
         revoked_at: None,
         updated_at: now,
     };
+    let txn = db.begin().await?;
     api_key::Entity::insert(api_key::ActiveModel::from(model.clone()))
-        .exec_without_returning(db)
+        .exec_without_returning(&txn)
         .await?;
+    accounts::open(&txn, &model.id, money, now).await?;
+    txn.commit().await?;
     tracing::info!(key_id = %model.id, prefix = %model.prefix, tier = %model.tier, "API key created");
     Ok((model.into(), secret))
 }
@@ -201,6 +221,16 @@ pub async fn revoke_key(
         .ok_or_else(|| BillingError::KeyNotFound(wanted.to_owned()))?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key revoked");
     Ok(key.into())
+}
+
+/// The key named by its id, its displayed prefix or its full secret (as [`revoke_key`] accepts).
+pub async fn find_key(
+    db: &DatabaseConnection,
+    id_or_prefix: &str,
+) -> Result<KeyRecord, BillingError> {
+    let wanted = id_or_prefix.trim();
+    let wanted = wanted.strip_suffix("...").unwrap_or(wanted);
+    Ok(find_one(db, wanted).await?.into())
 }
 
 async fn find_one(db: &DatabaseConnection, wanted: &str) -> Result<api_key::Model, BillingError> {
@@ -249,6 +279,9 @@ async fn find_one(db: &DatabaseConnection, wanted: &str) -> Result<api_key::Mode
 pub struct ActiveKey {
     pub record: KeyRecord,
     pub limits: KeyLimits,
+    /// The key has a prepaid balance or a monthly budget: its admissions reserve money. Keys
+    /// without either pay no database write at admission.
+    pub metered: bool,
     /// `api_keys.updated_at` when this entry was read; the refresher evicts it when that moves.
     updated_at: i64,
 }
@@ -396,9 +429,13 @@ async fn load(
         })?;
     let period = Period::current();
     let used = ledger::count_requests(db, &key.id, period).await?;
+    let metered = accounts::account(db, &key.id)
+        .await?
+        .is_some_and(|account| account.is_metered());
     let updated_at = key.updated_at;
     Ok(CacheEntry::Active(Arc::new(ActiveKey {
         limits: KeyLimits::new(tier, period, used),
+        metered,
         record: key.into(),
         updated_at,
     })))

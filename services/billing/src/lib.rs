@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod accounts;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -30,10 +31,13 @@ pub mod ledger;
 pub mod limits;
 pub mod migration;
 pub mod service;
+pub mod shared_limits;
 
-pub use config::{ConfigError, DatabaseConfig, Tier, TierConfig, Tiers};
+pub use accounts::{KeyAccount, KeyMoney};
+pub use config::{ConfigError, DatabaseConfig, RedisConfig, Tier, TierConfig, Tiers};
 pub use db::{connect, migrate};
 pub use error::BillingError;
-pub use keys::{KeyRecord, SecretKey, create_key, list_keys, revoke_key};
+pub use keys::{KeyRecord, SecretKey, create_key, create_key_with, list_keys, revoke_key};
 pub use migration::Migrator;
-pub use service::{BillingService, DEFAULT_KEY_REFRESH_INTERVAL};
+pub use service::{BillingOptions, BillingService, DEFAULT_KEY_REFRESH_INTERVAL};
+pub use shared_limits::SharedLimits;

@@ -47,6 +47,7 @@ async fn billing_works_on_postgres() {
                 AdmitRequest {
                     request_id: request_id.clone(),
                     model: "m".into(),
+                    ..Default::default()
                 },
                 secret.expose_secret(),
             ))

@@ -24,6 +24,7 @@ fn admit(request_id: &str) -> AdmitRequest {
     AdmitRequest {
         request_id: request_id.to_owned(),
         model: "deepseek-v4-flash".to_owned(),
+        ..Default::default()
     }
 }
 
@@ -49,6 +50,7 @@ fn settle(request_id: &str, key_id: &str, usage: Usage) -> SettleRequest {
         pricing: Some(flash_pricing()),
         outcome: Outcome::Succeeded as i32,
         streamed: true,
+        estimated: false,
     }
 }
 

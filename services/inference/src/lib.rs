@@ -7,6 +7,7 @@ pub mod error;
 pub mod providers;
 pub mod service;
 mod streaming;
+pub mod token_bounds;
 pub mod validate;
 
 pub use config::{ProviderConfig, ProviderKind};

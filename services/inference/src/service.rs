@@ -18,7 +18,16 @@ use tollgate::{
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
-use crate::{Provider, Providers, UpstreamError, providers::Target, streaming, validate};
+use crate::{
+    Provider, Providers, UpstreamError,
+    providers::Target,
+    streaming,
+    token_bounds::{self, TokenBounds},
+    validate,
+};
+
+/// Margin past a request's total deadline before its unsettled reservation may be swept.
+const RESERVATION_TTL_MARGIN_MS: u64 = 60_000;
 
 /// The Inference service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -43,6 +52,8 @@ pub(crate) struct Admitted {
     pub provider: Arc<Provider>,
     pub thinking: Option<bool>,
     pub streamed: bool,
+    /// The token bounds the request was admitted (and its money reserved) at.
+    pub bounds: TokenBounds,
 }
 
 impl Admitted {
@@ -96,9 +107,15 @@ impl InferenceService {
             })?;
         provider.ready().map_err(|e| e.to_api_error())?;
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+        let bounds = token_bounds::bounds(request, &route);
+        let total_ms = u64::try_from(provider.timeouts().total.as_millis()).unwrap_or(u64::MAX);
         let mut admit = Request::new(AdmitRequest {
             request_id: request_id.clone(),
             model: route.requested_id.clone(),
+            max_prompt_tokens: bounds.max_prompt_tokens,
+            max_completion_tokens: bounds.max_completion_tokens,
+            pricing: route.pricing,
+            reservation_ttl_ms: total_ms.saturating_add(RESERVATION_TTL_MARGIN_MS),
         });
         if let Some(auth) = metadata.get(AUTHORIZATION) {
             admit.metadata_mut().insert(AUTHORIZATION, auth.clone());
@@ -119,15 +136,18 @@ impl InferenceService {
             provider,
             thinking,
             streamed,
+            bounds,
         })
     }
 
-    /// Records the request in the ledger; returns its cost once the row is durable.
+    /// Records the request in the ledger; returns its cost once the row is durable. `estimated`
+    /// marks usage the gateway counted itself (the upstream never reported it).
     pub(crate) async fn settle(
         &self,
         admitted: &Admitted,
         usage: Option<Usage>,
         outcome: Outcome,
+        estimated: bool,
     ) -> Result<i64, Status> {
         let settlement = self
             .inner
@@ -144,6 +164,7 @@ impl InferenceService {
                 pricing: admitted.route.pricing,
                 outcome: outcome.into(),
                 streamed: admitted.streamed,
+                estimated,
             })
             .await
             .inspect_err(|e| {
@@ -155,7 +176,7 @@ impl InferenceService {
     /// Settles a request that failed upstream and returns the error to report.
     pub(crate) async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
         tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream call failed");
-        match self.settle(admitted, None, Outcome::Failed).await {
+        match self.settle(admitted, None, Outcome::Failed, false).await {
             Ok(_) => error.to_api_error().into_status(),
             Err(status) => status,
         }
@@ -203,7 +224,7 @@ impl InferenceService {
         };
         let mut usage = response.usage.take().unwrap_or_default();
         usage.cost_picodollars = Some(
-            self.settle(&admitted, Some(usage), Outcome::Succeeded)
+            self.settle(&admitted, Some(usage), Outcome::Succeeded, false)
                 .await?,
         );
         response.id = admitted.request_id;

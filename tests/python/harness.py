@@ -407,7 +407,8 @@ class Gateway:
     """One `tollgate serve` process on ports chosen by the OS, with its config and database in
     a temporary directory, and the `tollgate keys` CLI against the same config."""
 
-    def __init__(self, tmp_dir: Path, mock: MockUpstream, extra_config: str = ""):
+    def __init__(self, tmp_dir: Path, mock: MockUpstream, extra_config: str = "", env: dict[str, str] | None = None):
+        """`env` adds variables, e.g. `TOLLGATE__DATABASE__URL` to run on another database."""
         self.tmp_dir = tmp_dir
         self.config_path = tmp_dir / "tollgate.toml"
         self.config_path.write_text(gateway_config(tmp_dir, mock.port) + extra_config)
@@ -418,6 +419,11 @@ class Gateway:
             MOCK_WRONG_KEY=WRONG_PROVIDER_KEY,
             RUST_BACKTRACE="1",
         )
+        self.env.update(env or {})
+        self.start()
+
+    def start(self) -> None:
+        """Starts (or, after `stop`/`kill`, restarts) the process on fresh ports."""
         self.process = ManagedProcess(
             "tollgate",
             [
@@ -441,6 +447,11 @@ class Gateway:
     def stop(self) -> None:
         self.process.stop()
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        self.process.proc.kill()
+        self.process.proc.wait(timeout=10)
+
     def logs(self) -> str:
         return self.process.logs()
 
@@ -460,9 +471,10 @@ class Gateway:
             raise AssertionError(f"{' '.join(argv)} exited with {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
         return done
 
-    def create_key(self, tier: str = "enterprise", name: str | None = None) -> ApiKey:
+    def create_key(self, tier: str = "enterprise", name: str | None = None, *extra: str) -> ApiKey:
+        """`extra` goes to `keys create` (e.g. `--balance`, `0.05`)."""
         name = name or f"e2e-{tier}-{time.monotonic_ns()}"
-        done = self.cli("keys", "create", "--tier", tier, "--name", name)
+        done = self.cli("keys", "create", "--tier", tier, "--name", name, *extra)
         secret, key_id = parse_created_key(done.stdout, self.list_keys)
         assert secret.startswith("sk-"), f"last line of keys create is not a secret: {done.stdout!r}"
         return ApiKey(secret=secret, key_id=key_id, tier=tier, name=name)

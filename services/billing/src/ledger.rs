@@ -433,6 +433,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rows_keep_cache_writes_and_the_estimate_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let (ledger, writer) = Ledger::start(db.clone());
+        let mut estimated = row("est", 3);
+        estimated.cache_write_tokens = 7;
+        estimated.estimated = true;
+        ledger.record(estimated).await.unwrap();
+        ledger.record(row("real", 4)).await.unwrap();
+        writer.shutdown().await;
+        let stored: Vec<(String, i64, bool)> = usage_ledger::Entity::find()
+            .select_only()
+            .column(usage_ledger::Column::RequestId)
+            .column(usage_ledger::Column::CacheWriteTokens)
+            .column(usage_ledger::Column::Estimated)
+            .into_tuple()
+            .all(&db)
+            .await
+            .unwrap();
+        let mut stored = stored;
+        stored.sort();
+        assert_eq!(
+            stored,
+            vec![("est".to_owned(), 7, true), ("real".to_owned(), 0, false)]
+        );
+    }
+
+    #[tokio::test]
     async fn empty_usage_sums_to_zero() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;

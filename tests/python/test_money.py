@@ -136,6 +136,31 @@ def test_an_empty_balance_refuses_until_topped_up(gateway):
     assert listing["balance_picodollars"] == pico(Decimal("0.01")) - cost_of(r)
 
 
+def test_topping_up_an_unlimited_key_makes_it_prepaid(gateway):
+    """An unlimited key reserves nothing; once topped up (with less than a worst case) the running
+    gateway notices within its key refresh and starts refusing what the balance cannot cover."""
+    key = gateway.create_key("enterprise")
+    assert key_listing(gateway, key)["balance_picodollars"] is None
+    first = chat(gateway, key, f"unlimited {nonce()}")
+    assert first.status_code == 200, first.text
+    gateway.cli("keys", "topup", key.key_id, "0.000001")
+
+    def refused() -> bool:
+        r = chat(gateway, key, f"prepaid now {nonce()}")
+        return r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+
+    wait_until(refused, timeout=10, interval=0.2, what="the topped-up key is refused its worst case")
+    # Requests admitted before the gateway noticed were unmetered; their settlements are debited
+    # all the same (the balance stops at zero, the excess is written off and counted).
+    listing = key_listing(gateway, key)
+    debited_after_topup = listing["spend_total_picodollars"] - cost_of(first)
+    assert listing["credited_total_picodollars"] == pico(Decimal("0.000001"))
+    assert listing["balance_picodollars"] == (
+        listing["credited_total_picodollars"] - debited_after_topup + listing["written_off_picodollars"]
+    )
+    assert listing["balance_picodollars"] >= 0
+
+
 def test_a_monthly_budget_refuses_what_it_cannot_cover(gateway):
     key = gateway.create_key("enterprise", None, "--monthly-budget", "0.0001")
     r = chat(gateway, key, f"over budget {nonce()}")

@@ -332,3 +332,55 @@ async fn concurrent_admissions_never_overdraw_on_postgres() {
     concurrent_admissions_never_overdraw(&h).await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_sweep_releases_only_expired_reservations() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        &dir.path().join("s.db"),
+        tiers(vec![tier("wide", 10_000, 10_000)]),
+        Duration::from_millis(50),
+    )
+    .await;
+    let (record, secret) = create_key_with(
+        &h.db,
+        &h.tiers,
+        "wide",
+        None,
+        KeyMoney {
+            balance_picodollars: Some(10 * RESERVE),
+            monthly_budget_picodollars: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut client = h.client.clone();
+    let mut short = admit("short-lived");
+    short.reservation_ttl_ms = 1;
+    client
+        .admit(with_key(short, secret.expose_secret()))
+        .await
+        .unwrap();
+    client
+        .admit(with_key(admit("long-lived"), secret.expose_secret()))
+        .await
+        .unwrap();
+    // As a replica on a shared database would: only what expired before "now" (1 s ahead here).
+    let released = accounts::release_expired(&h.db, chrono::Utc::now().timestamp_millis() + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+    assert_eq!(account.reserved_picodollars, RESERVE);
+    // Settling the swept request later still books its cost, and releases nothing twice.
+    client
+        .settle(settle("short-lived", &record.id, 0))
+        .await
+        .unwrap();
+    client
+        .settle(settle("long-lived", &record.id, 1))
+        .await
+        .unwrap();
+    assert_books_balance(&h.db, &record.id, 10 * RESERVE).await;
+    h.stop().await;
+}

@@ -1,10 +1,12 @@
 //! Tollgate's billing service: API keys (hashed secrets, create/list/revoke), tiers, per-key
-//! limits (requests per minute, requests per calendar month), and the usage ledger every request
-//! is settled into.
+//! limits (requests per minute, requests per calendar month), prepaid balances and monthly
+//! budgets ([`accounts`]), and the usage ledger every request is settled into.
 //!
 //! The hot path reads no database for a known key: keys live in [`keys::KeyCache`] (invalidated
 //! by the `InvalidateKey` RPC and by a poll of `api_keys.updated_at`), limits are in memory
-//! ([`limits`]), and settlements are group-committed by one writer ([`ledger`]).
+//! ([`limits`]) or, for replicas, in Redis ([`shared_limits`]), and settlements are
+//! group-committed by one writer ([`ledger`]). Only keys with a balance or budget pay a database
+//! write at admission (their reservation).
 //!
 //! A process assembles it as:
 //! ```no_run

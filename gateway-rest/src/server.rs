@@ -1,7 +1,7 @@
 //! Assembles a monolithic Tollgate process: the three services wired to each other in-process
 //! over their gRPC interfaces, the REST facade on one listener and the gRPC API (with health and
-//! reflection) on another. Shutdown stops accepting, lets in-flight requests finish within the
-//! grace period, then flushes the ledger.
+//! reflection) on another. Shutdown stops accepting, lets in-flight requests finish (and every
+//! admitted request settle) within the grace period, then flushes the ledger.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -150,9 +150,12 @@ pub async fn serve(
         "shutting down: draining in-flight requests"
     );
     let _ = stop_tx.send(true);
+    // Connections first, then admitted requests that outlive theirs (a stream whose client left
+    // is read on to the upstream's usage): all are settled before the ledger closes.
     let drained = tokio::time::timeout(grace, async {
         let grpc = grpc_task.await;
         let http = http_task.await;
+        services.inference.drained().await;
         (grpc, http)
     })
     .await;

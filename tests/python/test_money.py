@@ -302,6 +302,25 @@ def test_sigterm_drains_in_flight_requests_and_loses_nothing(own_gateway, mock):
     assert_books_balance(gw, key, db, pico(Decimal(10)), [cost_of(r) for r in responses])
 
 
+def test_sigterm_waits_for_a_stream_whose_client_left(own_gateway, mock):
+    """The client of a slow stream leaves, then the gateway gets SIGTERM: the relay is still
+    reading the upstream to its final usage, and shutdown waits for that settlement before it
+    closes the ledger."""
+    gw = own_gateway
+    key = gw.create_key("enterprise")
+    messages = [{"role": "user", "content": f"left before shutdown {nonce()} a b c d e f g h [chunk_delay_ms=200]"}]
+    body = {"model": "deepseek-chat", "messages": messages, "stream": True}
+    with httpx.stream("POST", f"{gw.base_url}/chat/completions", headers=auth(key), json=body, timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break
+    gw.process.proc.send_signal(signal.SIGTERM)
+    assert gw.process.proc.wait(timeout=30) == 0
+    want = expected_usage(messages, thinking=False)
+    assert ledger_of(gw, key) == [("cancelled", want.prompt_tokens, want.completion_tokens, 0)]
+
+
 def test_kill_9_under_load_leaves_consistent_books(own_gateway, mock):
     """SIGKILL while 40 requests are in flight on a prepaid key; after a restart the ledger, the
     key's totals and its balance agree exactly, every answered request is in the ledger, and no

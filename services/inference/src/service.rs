@@ -3,8 +3,12 @@
 //! the provider, and settle the usage with Billing before the answer completes. Every admitted
 //! request is settled exactly once, whether it succeeded, failed or the client left.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
+use tokio::sync::Notify;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::{
     auth::AUTHORIZATION,
@@ -40,6 +44,35 @@ struct Inner {
     providers: Providers,
     catalog: CatalogClient<GrpcTransport>,
     metering: MeteringClient<GrpcTransport>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Admitted requests not settled yet. A stream whose client left keeps running (to the
+/// upstream's final usage) after its HTTP connection is gone, so a shutdown waits for this count,
+/// not only for connections, before it closes the ledger.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one admitted request in [`InFlight`] until dropped (after its settlement).
+#[derive(Debug)]
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(in_flight))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// A request that Billing admitted: from here on it must be settled exactly once.
@@ -54,6 +87,8 @@ pub(crate) struct Admitted {
     pub streamed: bool,
     /// The token bounds the request was admitted (and its money reserved) at.
     pub bounds: TokenBounds,
+    /// Keeps the request counted as in flight until it is dropped, after settlement.
+    pub _in_flight: InFlightGuard,
 }
 
 impl Admitted {
@@ -73,7 +108,23 @@ impl InferenceService {
                 providers,
                 catalog: CatalogClient::new(catalog),
                 metering: MeteringClient::new(metering),
+                in_flight: Arc::default(),
             }),
+        }
+    }
+
+    /// Resolves once no admitted request is left unsettled (those running detached included).
+    pub async fn drained(&self) {
+        let in_flight = &self.inner.in_flight;
+        loop {
+            let idle = in_flight.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so a settlement between the two is not missed.
+            idle.as_mut().enable();
+            if in_flight.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
         }
     }
 
@@ -121,6 +172,7 @@ impl InferenceService {
             admit.metadata_mut().insert(AUTHORIZATION, auth.clone());
         }
         let admission = self.inner.metering.clone().admit(admit).await?.into_inner();
+        let in_flight = InFlightGuard::new(&self.inner.in_flight);
         // The alias decides first, then the caller's thinking switch, then reasoning_effort.
         let thinking = route.thinking_override.or(request.thinking).or_else(|| {
             request
@@ -137,6 +189,7 @@ impl InferenceService {
             thinking,
             streamed,
             bounds,
+            _in_flight: in_flight,
         })
     }
 

@@ -107,8 +107,8 @@ def test_simultaneous_requests_never_overdraw_a_prepaid_balance(gateway):
     key = gateway.create_key("enterprise", None, "--balance", str(Decimal(balance) / PICO))
     assert key_listing(gateway, key)["balance_picodollars"] == balance
     n = nonce()
-    # Held 1.5 s upstream, so every admission happens while the admitted ones still hold money.
-    responses = fire_together(24, lambda i: chat(gateway, key, f"race {n} {i} [delay_ms=1500]"))
+    # Held 3 s upstream, so every admission happens while the admitted ones still hold money.
+    responses = fire_together(24, lambda i: chat(gateway, key, f"race {n} {i} [delay_ms=3000]"))
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     assert len(ok) == 5, [r.status_code for r in responses]

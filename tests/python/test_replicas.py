@@ -85,7 +85,7 @@ def test_replicas_never_overdraw_one_balance_and_the_ledger_matches_the_response
     balance equal the costs the responses reported."""
     balance = WORST_OUTPUT * 55 // 10
     key = replicas[0].create_key("enterprise", None, "--balance", str(Decimal(balance) / PICO))
-    responses = through_both(replicas, key, 20, f"balance {nonce()} [delay_ms=1500]")
+    responses = through_both(replicas, key, 20, f"balance {nonce()} [delay_ms=3000]")
     assert codes(responses) == ["200"] * 5 + ["insufficient_quota"] * 15
     reported = [cost_of(r) for r in responses if r.status_code == 200]
     [[ledger_sum, rows]] = psql(

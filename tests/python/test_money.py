@@ -10,8 +10,6 @@ import json
 import math
 import signal
 import sqlite3
-import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -21,33 +19,7 @@ import pytest
 
 from harness import ApiKey, Gateway, MockUpstream, auth, wait_until
 from mock_rules import expected_usage
-
-PICO = Decimal(10**12)
-# deepseek-chat (deepseek-v4-flash, thinking off) costs 0.44 USD per 1M output tokens, so one
-# request capped at MAX_TOKENS output tokens reserves about WORST_OUTPUT picodollars plus a small
-# prompt bound (a few hundred tokens at 0.22: under 5% of it for the short prompts used here).
-MAX_TOKENS = 2000
-WORST_OUTPUT = MAX_TOKENS * 440_000
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def pico(cost: Decimal | int) -> int:
-    exact = Decimal(cost) * PICO
-    assert exact == exact.to_integral_value(), cost
-    return int(exact)
-
-
-def key_listing(gateway: Gateway, key: ApiKey) -> dict:
-    """The key's object in `tollgate keys list --json`."""
-    out = gateway.cli("keys", "list", "--json").stdout
-    for line in out.splitlines():
-        obj = json.loads(line)
-        if obj["id"] == key.key_id:
-            return obj
-    raise AssertionError(f"key {key.key_id} not in keys list --json:\n{out}")
+from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_together, key_listing, nonce, pico
 
 
 def sqlite_rows(db_path: Path, sql: str, *args) -> list[tuple]:
@@ -78,22 +50,6 @@ def assert_books_balance(gateway: Gateway, key: ApiKey, db_path: Path, credited:
 def chat(gateway: Gateway, key: ApiKey, text: str, **extra) -> httpx.Response:
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": text}], "max_tokens": MAX_TOKENS, **extra}
     return httpx.post(f"{gateway.base_url}/chat/completions", headers=auth(key), json=body, timeout=60)
-
-
-def fire_together(n: int, send) -> list[httpx.Response]:
-    """Runs `send(i)` for i in 0..n from n threads released at the same instant."""
-    barrier = threading.Barrier(n, timeout=30)
-
-    def one(i: int):
-        barrier.wait()
-        return send(i)
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(one, range(n)))
-
-
-def cost_of(resp: httpx.Response) -> int:
-    return pico(json.loads(resp.text, parse_float=Decimal)["usage"]["cost"])
 
 
 # 1. Balances and budgets -----------------------------------------------------------------------

@@ -5,18 +5,15 @@ replica), and that the ledger equals the sum of the costs the responses reported
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import uuid
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 
 from harness import ApiKey, Gateway, MockUpstream, auth
-from test_money import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_together, key_listing, pico
+from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_together, key_listing, nonce
 
 POSTGRES_URL = os.environ.get("TOLLGATE_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("TOLLGATE_TEST_REDIS_URL")
@@ -26,10 +23,6 @@ if not (POSTGRES_URL and REDIS_URL):
     if os.environ.get("CI"):
         raise RuntimeError("TOLLGATE_TEST_POSTGRES_URL and TOLLGATE_TEST_REDIS_URL must be set: run scripts/e2e.sh")
     pytest.skip("no PostgreSQL/Redis: run through scripts/e2e.sh", allow_module_level=True)
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def psql(sql: str) -> list[list[str]]:

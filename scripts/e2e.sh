@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end suite: builds the `tollgate` and `mock-upstream` binaries, prepares the Python venv
-# at .venv, and runs tests/python with pytest. Extra arguments go to pytest
-# (e.g. `scripts/e2e.sh -k billing -x`). Idempotent and non-interactive.
+# at .venv, starts real PostgreSQL and Redis servers (scripts/services.sh; unless the caller already
+# exported TOLLGATE_TEST_POSTGRES_URL and TOLLGATE_TEST_REDIS_URL) and runs tests/python with
+# pytest. Extra arguments go to pytest (e.g. `scripts/e2e.sh -k billing -x`). Idempotent and
+# non-interactive.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +19,11 @@ fi
 
 cargo build --bins
 
+if [ -z "${TOLLGATE_TEST_POSTGRES_URL:-}" ] || [ -z "${TOLLGATE_TEST_REDIS_URL:-}" ]; then
+    eval "$(scripts/services.sh start)"
+    trap 'scripts/services.sh stop "$TOLLGATE_SERVICES_DIR"' EXIT
+fi
+
 export TOLLGATE_BIN="${TOLLGATE_BIN:-$ROOT/target/debug/tollgate}"
 export MOCK_UPSTREAM_BIN="${MOCK_UPSTREAM_BIN:-$ROOT/target/debug/mock-upstream}"
-exec .venv/bin/python -m pytest -q tests/python "$@" </dev/null
+.venv/bin/python -m pytest -q tests/python "$@" </dev/null

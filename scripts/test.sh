@@ -14,5 +14,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --all-targets
 
+echo "==> PostgreSQL and Redis (scripts/services.sh)"
+eval "$(scripts/services.sh start)"
+trap 'scripts/services.sh stop "$TOLLGATE_SERVICES_DIR"' EXIT
+
+echo "==> cargo test: the PostgreSQL tests"
+cargo test -p tollgate-billing --test postgres --test money -- --ignored
+
 echo "==> end-to-end (OpenAI SDK, grpcio)"
 scripts/e2e.sh "$@"

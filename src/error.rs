@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Permission,
     NotFound,
     RateLimit,
+    /// The key's prepaid balance or monthly budget cannot cover the request (OpenAI's 429
+    /// `insufficient_quota`).
+    InsufficientQuota,
     Internal,
     Upstream,
     Unavailable,
@@ -26,12 +29,13 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 9] = [
+    const ALL: [ErrorKind; 10] = [
         Self::InvalidRequest,
         Self::Authentication,
         Self::Permission,
         Self::NotFound,
         Self::RateLimit,
+        Self::InsufficientQuota,
         Self::Internal,
         Self::Upstream,
         Self::Unavailable,
@@ -46,6 +50,7 @@ impl ErrorKind {
             Self::Permission => (Code::PermissionDenied, 403, "permission_error"),
             Self::NotFound => (Code::NotFound, 404, "not_found_error"),
             Self::RateLimit => (Code::ResourceExhausted, 429, "rate_limit_error"),
+            Self::InsufficientQuota => (Code::ResourceExhausted, 429, "insufficient_quota"),
             Self::Internal => (Code::Internal, 500, "internal_error"),
             Self::Upstream => (Code::Unavailable, 502, "upstream_error"),
             Self::Unavailable => (Code::Unavailable, 503, "service_unavailable"),
@@ -214,6 +219,7 @@ mod tests {
                 (403, "permission_error"),
                 (404, "not_found_error"),
                 (429, "rate_limit_error"),
+                (429, "insufficient_quota"),
                 (500, "internal_error"),
                 (502, "upstream_error"),
                 (503, "service_unavailable"),

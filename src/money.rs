@@ -17,29 +17,74 @@ pub enum PriceError {
     TooLarge(String),
 }
 
-/// Parses a USD amount such as `"0.22"` or `"2.8"` into integer micro-USD.
-pub fn parse_usd_micros(text: &str) -> Result<i64, PriceError> {
+/// Picodollars in one USD: the unit of costs, balances and budgets.
+pub const PICODOLLARS_PER_USD: i64 = 1_000_000_000_000;
+
+/// Why a decimal string is not an amount at a given scale.
+enum DecimalError {
+    NotADecimal,
+    TooPrecise,
+    TooLarge,
+}
+
+/// Parses a non-negative decimal such as `"0.22"` into an integer count of `10^-scale` units,
+/// digit by digit (never through a float).
+fn parse_scaled(text: &str, scale: usize) -> Result<i64, DecimalError> {
     let t = text.trim();
     let (int, frac) = t.split_once('.').unwrap_or((t, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
-        return Err(PriceError::NotADecimal(text.to_owned()));
+        return Err(DecimalError::NotADecimal);
     }
     let frac = frac.trim_end_matches('0');
-    if frac.len() > 6 {
-        return Err(PriceError::TooPrecise(text.to_owned()));
+    if frac.len() > scale {
+        return Err(DecimalError::TooPrecise);
     }
-    let too_large = || PriceError::TooLarge(text.to_owned());
     let whole: i64 = if int.is_empty() {
         0
     } else {
-        int.parse().map_err(|_| too_large())?
+        int.parse().map_err(|_| DecimalError::TooLarge)?
     };
-    let frac_micros: i64 = format!("{frac:0<6}").parse().map_err(|_| too_large())?;
+    let unit = 10i64.pow(u32::try_from(scale).map_err(|_| DecimalError::TooLarge)?);
+    let frac_units: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<scale$}")
+            .parse()
+            .map_err(|_| DecimalError::TooLarge)?
+    };
     whole
-        .checked_mul(MICROS_PER_USD)
-        .and_then(|w| w.checked_add(frac_micros))
-        .ok_or_else(too_large)
+        .checked_mul(unit)
+        .and_then(|w| w.checked_add(frac_units))
+        .ok_or(DecimalError::TooLarge)
+}
+
+/// Parses a USD amount such as `"0.22"` or `"2.8"` into integer micro-USD.
+pub fn parse_usd_micros(text: &str) -> Result<i64, PriceError> {
+    parse_scaled(text, 6).map_err(|e| match e {
+        DecimalError::NotADecimal => PriceError::NotADecimal(text.to_owned()),
+        DecimalError::TooPrecise => PriceError::TooPrecise(text.to_owned()),
+        DecimalError::TooLarge => PriceError::TooLarge(text.to_owned()),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("an amount must be a non-negative decimal number of USD, got {0:?}")]
+    NotADecimal(String),
+    #[error("an amount has at most 12 decimal places (picodollars), got {0:?}")]
+    TooPrecise(String),
+    #[error("amount {0:?} is too large")]
+    TooLarge(String),
+}
+
+/// Parses a USD amount such as `"0.05"` (a balance, a top-up, a budget) into exact picodollars.
+pub fn parse_usd_picodollars(text: &str) -> Result<i64, AmountError> {
+    parse_scaled(text, 12).map_err(|e| match e {
+        DecimalError::NotADecimal => AmountError::NotADecimal(text.to_owned()),
+        DecimalError::TooPrecise => AmountError::TooPrecise(text.to_owned()),
+        DecimalError::TooLarge => AmountError::TooLarge(text.to_owned()),
+    })
 }
 
 /// Prints `value / 10^scale` as a plain decimal without trailing zeros (`220000, 6` → `"0.22"`).
@@ -124,6 +169,30 @@ mod tests {
         assert!(matches!(
             parse_usd_micros("."),
             Err(PriceError::NotADecimal(_))
+        ));
+    }
+
+    #[test]
+    fn parses_amounts_to_the_picodollar() {
+        assert_eq!(parse_usd_picodollars("0.05"), Ok(50_000_000_000));
+        assert_eq!(parse_usd_picodollars("12"), Ok(12 * PICODOLLARS_PER_USD));
+        assert_eq!(parse_usd_picodollars("0.000000000001"), Ok(1));
+        assert_eq!(parse_usd_picodollars("0.1"), Ok(100_000_000_000));
+        assert!(matches!(
+            parse_usd_picodollars("0.0000000000001"),
+            Err(AmountError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            parse_usd_picodollars("-1"),
+            Err(AmountError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            parse_usd_picodollars("1e-3"),
+            Err(AmountError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            parse_usd_picodollars("10000000"),
+            Err(AmountError::TooLarge(_))
         ));
     }
 

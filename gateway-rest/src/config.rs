@@ -10,7 +10,7 @@ use figment::{
     providers::{Format, Serialized, Toml},
 };
 use serde::{Deserialize, Serialize};
-use tollgate_billing::config::{DatabaseConfig, TierConfig};
+use tollgate_billing::config::{DatabaseConfig, RedisConfig, TierConfig};
 use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
 use tollgate_inference::{ImagesConfig, ProviderConfig};
 
@@ -85,6 +85,9 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub database: DatabaseConfig,
+    /// Shared limits for replicas; in-memory limits when absent.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
@@ -122,6 +125,7 @@ pub enum ConfigError {
 pub struct Runtime {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    pub redis: Option<RedisConfig>,
     pub providers: Vec<ProviderConfig>,
     pub catalog: Catalog,
     pub tiers: tollgate_billing::Tiers,
@@ -226,6 +230,7 @@ impl Config {
         Ok(Runtime {
             server: self.server,
             database: self.database,
+            redis: self.redis,
             providers: self.providers,
             catalog,
             tiers,
@@ -331,6 +336,19 @@ monthly_requests = 1000
         assert_eq!(c.server.http_addr.to_string(), "0.0.0.0:9000");
         assert_eq!(c.server.grpc_addr, default_grpc_addr());
         assert_eq!(c.database.url, "sqlite://x.db");
+        assert!(c.redis.is_none());
+        let c = Config::from_toml(
+            &format!("{MINIMAL}\n[redis]\nurl = \"redis://127.0.0.1:6379\""),
+            [],
+        )
+        .unwrap();
+        let redis = c.redis.unwrap();
+        assert_eq!(redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(redis.key_prefix, "tollgate");
+        let e = Config::from_toml(&format!("{MINIMAL}\n[redis]\nurl = \"x\"\nport = 1"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

@@ -28,10 +28,18 @@ impl IntoResponse for RestError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.kind.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // The OpenAI SDKs retry 429 and 5xx; a spent monthly quota will not come back by retrying.
-        let retry = !matches!(self.0.code.as_deref(), Some("monthly_quota_exceeded"));
+        // The OpenAI SDKs retry 429 and 5xx; a spent monthly quota or an empty balance will not
+        // come back by retrying.
+        let retry = !matches!(
+            self.0.code.as_deref(),
+            Some("monthly_quota_exceeded" | "insufficient_quota")
+        );
         let mut response = (status, Json(self.0.to_openai_json())).into_response();
-        if self.0.kind == ErrorKind::RateLimit || status.is_server_error() {
+        if matches!(
+            self.0.kind,
+            ErrorKind::RateLimit | ErrorKind::InsufficientQuota
+        ) || status.is_server_error()
+        {
             response.headers_mut().insert(
                 "x-should-retry",
                 HeaderValue::from_static(if retry { "true" } else { "false" }),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
+use tollgate::money::{format_picodollars, parse_usd_picodollars};
 use tollgate_gateway::{Config, Runtime, server};
 
 #[derive(Parser)]
@@ -63,6 +64,32 @@ enum KeysCommand {
         /// The key's own monthly request quota, replacing its tier's.
         #[arg(long)]
         monthly_requests: Option<u64>,
+        /// A prepaid balance in USD (e.g. 5 or 0.25): requests are refused with 429
+        /// insufficient_quota once it cannot cover their worst case. Without it the key is
+        /// unlimited in money.
+        #[arg(long, value_name = "USD")]
+        balance: Option<String>,
+        /// A spending cap in USD per UTC calendar month.
+        #[arg(long, value_name = "USD")]
+        monthly_budget: Option<String>,
+    },
+    /// Add USD to a key's prepaid balance (a key without one gets one).
+    Topup {
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: String,
+        /// The key's id or shown prefix.
+        key: String,
+        #[arg(value_name = "USD")]
+        amount: String,
+    },
+    /// Set a key's monthly budget in USD, or remove it with `none`.
+    Budget {
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: String,
+        /// The key's id or shown prefix.
+        key: String,
+        #[arg(value_name = "USD|none")]
+        amount: String,
     },
     /// List keys (never their secrets).
     List {
@@ -226,7 +253,19 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             expires_at,
             rpm,
             monthly_requests,
+            balance,
+            monthly_budget,
         } => {
+            let money = tollgate_billing::KeyMoney {
+                balance_picodollars: balance
+                    .as_deref()
+                    .map(|usd| usd_amount("--balance", usd))
+                    .transpose()?,
+                monthly_budget_picodollars: monthly_budget
+                    .as_deref()
+                    .map(|usd| usd_amount("--monthly-budget", usd))
+                    .transpose()?,
+            };
             let runtime = load(&config)?;
             let db = connect(&runtime).await?;
             let new = tollgate_billing::NewKey {
@@ -235,6 +274,7 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
                 expires_at,
                 rpm,
                 monthly_requests,
+                money,
             };
             let (record, secret) = tollgate_billing::create_key_with(&db, &runtime.tiers, &new)
                 .await
@@ -243,57 +283,72 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
                 "created key {} ({}) in tier {}",
                 record.id, record.prefix, record.tier
             );
+            if let Some(balance) = money.balance_picodollars {
+                println!("prepaid balance: ${}", format_picodollars(balance));
+            }
+            if let Some(budget) = money.monthly_budget_picodollars {
+                println!("monthly budget: ${}", format_picodollars(budget));
+            }
             println!("the secret is shown once; store it now:");
             println!("{}", secret.expose_secret());
+            Ok(())
+        }
+        KeysCommand::Topup {
+            config,
+            key,
+            amount,
+        } => {
+            let amount = usd_amount("USD", &amount)?;
+            let runtime = load(&config)?;
+            let db = connect(&runtime).await?;
+            let record = tollgate_billing::keys::find_key(&db, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            let account = tollgate_billing::accounts::top_up(&db, &record.id, amount)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "topped up key {} ({}) by ${}; balance ${}",
+                record.id,
+                record.prefix,
+                format_picodollars(amount),
+                format_picodollars(account.balance_picodollars.unwrap_or(0))
+            );
+            Ok(())
+        }
+        KeysCommand::Budget {
+            config,
+            key,
+            amount,
+        } => {
+            let budget = if amount.trim().eq_ignore_ascii_case("none") {
+                None
+            } else {
+                Some(usd_amount("USD", &amount)?)
+            };
+            let runtime = load(&config)?;
+            let db = connect(&runtime).await?;
+            let record = tollgate_billing::keys::find_key(&db, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            tollgate_billing::accounts::set_monthly_budget(&db, &record.id, budget)
+                .await
+                .map_err(|e| e.to_string())?;
+            match budget {
+                Some(b) => println!(
+                    "key {} ({}): monthly budget ${}",
+                    record.id,
+                    record.prefix,
+                    format_picodollars(b)
+                ),
+                None => println!("key {} ({}): no monthly budget", record.id, record.prefix),
+            }
             Ok(())
         }
         KeysCommand::List { config, json } => {
             let runtime = load(&config)?;
             let db = connect(&runtime).await?;
-            let keys = tollgate_billing::list_keys(&db)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !json {
-                println!(
-                    "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  NAME",
-                    "ID", "PREFIX", "TIER", "STATUS", "EXPIRES", "RPM", "MONTHLY"
-                );
-            }
-            let now = chrono::Utc::now();
-            for k in keys {
-                let status = k.status(now);
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "id": k.id, "prefix": k.prefix, "tier": k.tier, "name": k.name,
-                            "status": status, "created_at": k.created_at.to_rfc3339(),
-                            "revoked_at": optional_rfc3339(k.revoked_at),
-                            "expires_at": optional_rfc3339(k.expires_at),
-                            "rpm_override": k.overrides.rpm,
-                            "monthly_requests_override": k.overrides.monthly_requests,
-                        })
-                    );
-                } else {
-                    // Overrides are shown; `-` means the tier's limit.
-                    let or_tier = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-                    println!(
-                        "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  {}",
-                        k.id,
-                        k.prefix,
-                        k.tier,
-                        status,
-                        or_tier(
-                            k.expires_at
-                                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                        ),
-                        or_tier(k.overrides.rpm.map(|r| r.to_string())),
-                        or_tier(k.overrides.monthly_requests.map(|m| m.to_string())),
-                        k.name
-                    );
-                }
-            }
-            Ok(())
+            list_keys(&db, json).await.map_err(|e| e.to_string())
         }
         KeysCommand::Revoke { config, key } => {
             let runtime = load(&config)?;
@@ -355,6 +410,96 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// A USD amount from the command line, exact to the picodollar.
+fn usd_amount(what: &str, text: &str) -> Result<i64, String> {
+    parse_usd_picodollars(text).map_err(|e| format!("{what}: {e}"))
+}
+
+/// `keys list`: a table, or one JSON object per key with its money (exact decimal strings and
+/// integer picodollars) and its request counters.
+async fn list_keys(
+    db: &sea_orm::DatabaseConnection,
+    json: bool,
+) -> Result<(), tollgate_billing::BillingError> {
+    use tollgate_billing::{clock::Period, ledger};
+    let keys = tollgate_billing::list_keys(db).await?;
+    let accounts = tollgate_billing::accounts::all_accounts(db).await?;
+    let period = Period::current();
+    let now = chrono::Utc::now();
+    if !json {
+        println!(
+            "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  {:>14}  {:>14}  NAME",
+            "ID",
+            "PREFIX",
+            "TIER",
+            "STATUS",
+            "EXPIRES",
+            "RPM",
+            "MONTHLY",
+            "BALANCE_USD",
+            "SPEND_MONTH"
+        );
+    }
+    for k in keys {
+        let status = k.status(now);
+        let account = accounts.get(&k.id);
+        let balance = account.and_then(|a| a.balance_picodollars);
+        let budget = account.and_then(|a| a.monthly_budget_picodollars);
+        let spent_month = account.map_or(0, |a| a.spent_in(period));
+        let spent_total = account.map_or(0, |a| a.spent_total_picodollars);
+        if json {
+            let requests_month = ledger::count_requests(db, &k.id, period).await?;
+            let requests_total = ledger::count_all_requests(db, &k.id).await?;
+            let usd = |pico: Option<i64>| pico.map(format_picodollars);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": k.id, "prefix": k.prefix, "tier": k.tier, "name": k.name,
+                    "status": status, "created_at": k.created_at.to_rfc3339(),
+                    "revoked_at": optional_rfc3339(k.revoked_at),
+                    "expires_at": optional_rfc3339(k.expires_at),
+                    "rpm_override": k.overrides.rpm,
+                    "monthly_requests_override": k.overrides.monthly_requests,
+                    "balance_usd": usd(balance),
+                    "balance_picodollars": balance,
+                    "monthly_budget_usd": usd(budget),
+                    "monthly_budget_picodollars": budget,
+                    "reserved_picodollars": account.map_or(0, |a| a.reserved_picodollars),
+                    "credited_total_picodollars": account.map_or(0, |a| a.credited_total_picodollars),
+                    "written_off_picodollars": account.map_or(0, |a| a.written_off_picodollars),
+                    "spend_month_usd": format_picodollars(spent_month),
+                    "spend_month_picodollars": spent_month,
+                    "spend_total_usd": format_picodollars(spent_total),
+                    "spend_total_picodollars": spent_total,
+                    "period": period.label(),
+                    "requests_month": requests_month,
+                    "requests_total": requests_total,
+                })
+            );
+        } else {
+            // Overrides are shown; `-` means the tier's limit.
+            let or_tier = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+            println!(
+                "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  {:>14}  {:>14}  {}",
+                k.id,
+                k.prefix,
+                k.tier,
+                status,
+                or_tier(
+                    k.expires_at
+                        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                ),
+                or_tier(k.overrides.rpm.map(|r| r.to_string())),
+                or_tier(k.overrides.monthly_requests.map(|m| m.to_string())),
+                balance.map_or_else(|| "unlimited".to_owned(), format_picodollars),
+                format_picodollars(spent_month),
+                k.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,7 +1,8 @@
 //! Assembles a monolithic Tollgate process: the services wired to each other in-process over
 //! their gRPC interfaces, the REST facade on one listener and the gRPC API (with health and
 //! reflection; Admin too, guarded by the admin token) on another. Shutdown stops accepting, lets
-//! in-flight requests finish within the grace period, then flushes the ledger.
+//! in-flight requests finish (and every admitted request settle) within the grace period, then
+//! flushes the ledger.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -14,7 +15,7 @@ use tollgate::{
         inference_server::InferenceServer, metering_server::MeteringServer,
     },
 };
-use tollgate_billing::{AdminService, AdminToken, BillingService};
+use tollgate_billing::{AdminService, AdminToken, BillingOptions, BillingService, SharedLimits};
 use tollgate_catalog::CatalogService;
 use tollgate_inference::{InferenceService, Providers};
 use tonic::transport::server::TcpIncoming;
@@ -70,10 +71,18 @@ impl Services {
         let admin_token = admin_token(runtime, env)?;
         let db = tollgate_billing::connect(&runtime.database).await?;
         tollgate_billing::migrate(&db).await?;
-        let billing = BillingService::new(
+        let shared_limits = match &runtime.redis {
+            Some(redis) => Some(SharedLimits::connect(redis).await?),
+            None => None,
+        };
+        let billing = BillingService::with_options(
             db.clone(),
             runtime.tiers.clone(),
-            Duration::from_millis(runtime.server.key_refresh_ms),
+            BillingOptions {
+                key_refresh_interval: Duration::from_millis(runtime.server.key_refresh_ms),
+                shared_limits,
+                ..BillingOptions::default()
+            },
         )
         .await?;
         let catalog = CatalogService::new(runtime.catalog.clone());
@@ -171,9 +180,12 @@ pub async fn serve(
         "shutting down: draining in-flight requests"
     );
     let _ = stop_tx.send(true);
+    // Connections first, then admitted requests that outlive theirs (a stream whose client left
+    // is read on to the upstream's usage): all are settled before the ledger closes.
     let drained = tokio::time::timeout(grace, async {
         let grpc = grpc_task.await;
         let http = http_task.await;
+        services.inference.drained().await;
         (grpc, http)
     })
     .await;

@@ -407,7 +407,16 @@ class Gateway:
     """One `tollgate serve` process on ports chosen by the OS, with its config and database in
     a temporary directory, and the `tollgate keys` CLI against the same config."""
 
-    def __init__(self, tmp_dir: Path, mock: MockUpstream, extra_config: str = "", extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp_dir: Path,
+        mock: MockUpstream,
+        extra_config: str = "",
+        env: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ):
+        """`env` (or `extra_env`) adds variables, e.g. `TOLLGATE__DATABASE__URL` to run on another
+        database, or the admin token."""
         self.tmp_dir = tmp_dir
         self.config_path = tmp_dir / "tollgate.toml"
         self.db_path = tmp_dir / "tollgate.db"
@@ -420,7 +429,12 @@ class Gateway:
             MOCK_WRONG_KEY=WRONG_PROVIDER_KEY,
             RUST_BACKTRACE="1",
         )
+        self.env.update(env or {})
         self.env.update(extra_env or {})
+        self.start()
+
+    def start(self) -> None:
+        """Starts (or, after `stop`/`kill`, restarts) the process on fresh ports."""
         self.process = ManagedProcess(
             "tollgate",
             [
@@ -444,6 +458,11 @@ class Gateway:
     def stop(self) -> None:
         self.process.stop()
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        self.process.proc.kill()
+        self.process.proc.wait(timeout=10)
+
     def logs(self) -> str:
         return self.process.logs()
 
@@ -463,10 +482,10 @@ class Gateway:
             raise AssertionError(f"{' '.join(argv)} exited with {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
         return done
 
-    def create_key(self, tier: str = "enterprise", name: str | None = None, *flags: str) -> ApiKey:
-        """`tollgate keys create`; `flags` are passed on (`--rpm`, `--expires-at`, ...)."""
+    def create_key(self, tier: str = "enterprise", name: str | None = None, *extra: str) -> ApiKey:
+        """`tollgate keys create`; `extra` is passed on (`--balance 0.05`, `--rpm 2`, `--expires-at ...`)."""
         name = name or f"e2e-{tier}-{time.monotonic_ns()}"
-        done = self.cli("keys", "create", "--tier", tier, "--name", name, *flags)
+        done = self.cli("keys", "create", "--tier", tier, "--name", name, *extra)
         secret, key_id = parse_created_key(done.stdout, self.list_keys)
         assert secret.startswith("sk-"), f"last line of keys create is not a secret: {done.stdout!r}"
         return ApiKey(secret=secret, key_id=key_id, tier=tier, name=name)

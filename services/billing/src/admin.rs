@@ -23,6 +23,7 @@ use tollgate::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::accounts::KeyMoney;
 use crate::config::Tiers;
 use crate::error::BillingError;
 use crate::keys::{self, KeyRecord, KeyUpdate, NewKey};
@@ -204,6 +205,7 @@ impl Admin for AdminService {
                 .transpose()?,
             rpm: req.rpm,
             monthly_requests: req.monthly_requests,
+            money: KeyMoney::default(),
         };
         let (key, secret) = keys::create_key_with(&self.inner.db, &self.inner.tiers, &new).await?;
         Ok(Response::new(self.issued(&key, &secret)))

@@ -72,6 +72,31 @@ pub fn redact_url_password(url: &str) -> String {
     }
 }
 
+/// The `[redis]` section: when present, requests-per-minute windows and monthly request counters
+/// live in this Redis, shared by every gateway process that names it (see [`crate::shared_limits`]).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every Redis key Tollgate writes, so several deployments can share one Redis.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_key_prefix() -> String {
+    "tollgate".to_owned()
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
 /// A validated tier: a non-empty unique name and an RPM of at least 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {

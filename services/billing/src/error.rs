@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sea_orm::DbErr;
 use tollgate::error::{ApiError, ErrorKind};
+use tollgate::money::format_picodollars;
 
 /// Every way a billing operation can fail.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,16 @@ pub enum BillingError {
     RateLimited { tier: String, rpm: u32 },
     #[error("monthly quota reached: tier {tier} allows {limit} requests per month")]
     QuotaExceeded { tier: String, limit: u64 },
+    /// The prepaid balance (less what requests in flight hold) cannot cover the request's worst
+    /// case. Amounts in picodollars.
+    #[error("insufficient balance: needs {needed} pUSD, {available} pUSD available")]
+    InsufficientBalance { needed: i64, available: i64 },
+    /// The month's budget (less spend and holds) cannot cover the request's worst case.
+    #[error("monthly budget exceeded: needs {needed} pUSD, {available} pUSD left")]
+    BudgetExceeded { needed: i64, available: i64 },
+    /// The shared limit store (Redis) failed; detail is logged, never sent.
+    #[error("shared limits unavailable: {0}")]
+    SharedLimits(String),
     #[error("{param}: {message}")]
     InvalidArgument {
         param: &'static str,
@@ -120,6 +131,30 @@ impl BillingError {
                 format!("Monthly quota reached: tier {tier} allows {limit} requests per month"),
             )
             .with_code("monthly_quota_exceeded"),
+            Self::InsufficientBalance { needed, available } => ApiError::new(
+                ErrorKind::InsufficientQuota,
+                format!(
+                    "You exceeded your current quota: this request may cost up to ${} and the \
+                     key's balance has ${} available. Top up the key to continue.",
+                    format_picodollars(*needed),
+                    format_picodollars(*available)
+                ),
+            )
+            .with_code("insufficient_quota"),
+            Self::BudgetExceeded { needed, available } => ApiError::new(
+                ErrorKind::InsufficientQuota,
+                format!(
+                    "You exceeded your current quota: this request may cost up to ${} and the \
+                     key's monthly budget has ${} left.",
+                    format_picodollars(*needed),
+                    format_picodollars(*available)
+                ),
+            )
+            .with_code("insufficient_quota"),
+            Self::SharedLimits(_) => ApiError::new(
+                ErrorKind::Unavailable,
+                "Rate limiting is temporarily unavailable",
+            ),
             Self::InvalidArgument { param, message } => ApiError::invalid_param(*param, message),
             Self::ExpiredKey(at) => ApiError::new(
                 ErrorKind::Authentication,
@@ -152,7 +187,7 @@ impl BillingError {
     }
 
     fn is_internal(&self) -> bool {
-        self.to_api_error().kind == ErrorKind::Internal
+        matches!(self, Self::SharedLimits(_)) || self.to_api_error().kind == ErrorKind::Internal
     }
 }
 
@@ -198,6 +233,16 @@ mod tests {
             ApiError::from_status(&status).param.as_deref(),
             Some("request_id")
         );
+        let status = tonic::Status::from(BillingError::InsufficientBalance {
+            needed: 50_000_000_000,
+            available: 1,
+        });
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let api = ApiError::from_status(&status);
+        assert_eq!(api.kind, ErrorKind::InsufficientQuota);
+        assert_eq!(api.code.as_deref(), Some("insufficient_quota"));
+        assert!(api.message.contains("$0.05"), "{}", api.message);
+        assert!(api.message.contains("$0.000000000001"), "{}", api.message);
         let status = tonic::Status::from(BillingError::KeyNotFound("sk-x".into()));
         assert_eq!(status.code(), tonic::Code::NotFound);
     }

@@ -20,9 +20,13 @@ use dashmap::DashMap;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 use sha2::{Digest, Sha256};
 
+use crate::accounts::{self, KeyMoney};
 use crate::clock::{Period, from_ms, now_ms};
 use crate::config::Tiers;
 use crate::entity::api_key;
@@ -172,6 +176,8 @@ pub struct NewKey {
     /// Overrides of the tier's requests per minute (at least 1) and monthly quota.
     pub rpm: Option<u32>,
     pub monthly_requests: Option<u64>,
+    /// A prepaid balance and/or a monthly budget; unlimited in money by default.
+    pub money: KeyMoney,
 }
 
 /// A change to a key; `None` leaves a field as it is, `Some(None)` clears an optional one.
@@ -212,7 +218,7 @@ fn monthly_column(monthly_requests: u64) -> Result<i64, BillingError> {
         .map_err(|_| BillingError::invalid("monthly_requests", "monthly_requests is too large"))
 }
 
-/// Issues a key of `tier`. The secret is returned once and only its hash is stored.
+/// Issues a key of `tier`, unlimited in money. The secret is returned once and only its hash is stored.
 pub async fn create_key(
     db: &DatabaseConnection,
     tiers: &Tiers,
@@ -227,7 +233,8 @@ pub async fn create_key(
     create_key_with(db, tiers, &new).await
 }
 
-/// Issues a key as `new` describes it. The secret is returned once and only its hash is stored.
+/// Issues a key as `new` describes it. The secret is returned once and only its hash is stored;
+/// the key row and its money account are written in one transaction.
 pub async fn create_key_with(
     db: &DatabaseConnection,
     tiers: &Tiers,
@@ -257,9 +264,12 @@ pub async fn create_key_with(
         rpm_override: new.rpm.map(rpm_column).transpose()?,
         monthly_requests_override: new.monthly_requests.map(monthly_column).transpose()?,
     };
+    let txn = db.begin().await?;
     api_key::Entity::insert(api_key::ActiveModel::from(model.clone()))
-        .exec_without_returning(db)
+        .exec_without_returning(&txn)
         .await?;
+    accounts::open(&txn, &model.id, new.money, now).await?;
+    txn.commit().await?;
     tracing::info!(key_id = %model.id, prefix = %model.prefix, tier = %model.tier, "API key created");
     Ok((model.into(), secret))
 }
@@ -405,6 +415,16 @@ pub async fn update_key(
     Ok(key.into())
 }
 
+/// The key named by its id, its displayed prefix or its full secret (as [`revoke_key`] accepts).
+pub async fn find_key(
+    db: &DatabaseConnection,
+    id_or_prefix: &str,
+) -> Result<KeyRecord, BillingError> {
+    let wanted = id_or_prefix.trim();
+    let wanted = wanted.strip_suffix("...").unwrap_or(wanted);
+    Ok(find_one(db, wanted).await?.into())
+}
+
 async fn find_one(db: &DatabaseConnection, wanted: &str) -> Result<api_key::Model, BillingError> {
     if wanted.is_empty() {
         return Err(BillingError::KeyNotFound(String::new()));
@@ -451,6 +471,9 @@ async fn find_one(db: &DatabaseConnection, wanted: &str) -> Result<api_key::Mode
 pub struct ActiveKey {
     pub record: KeyRecord,
     pub limits: KeyLimits,
+    /// The key has a prepaid balance or a monthly budget: its admissions reserve money. Keys
+    /// without either pay no database write at admission.
+    pub metered: bool,
     /// `api_keys.updated_at` when this entry was read; the refresher evicts it when that moves.
     updated_at: i64,
 }
@@ -601,10 +624,14 @@ async fn load(
         })?;
     let period = Period::current();
     let used = ledger::count_requests(db, &key.id, period).await?;
+    let metered = accounts::account(db, &key.id)
+        .await?
+        .is_some_and(|account| account.is_metered());
     let updated_at = key.updated_at;
     let record = KeyRecord::from(key);
     Ok(CacheEntry::Active(Arc::new(ActiveKey {
         limits: KeyLimits::with_overrides(tier, record.overrides, period, used),
+        metered,
         record,
         updated_at,
     })))

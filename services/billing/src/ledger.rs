@@ -3,18 +3,24 @@
 //!
 //! [`Ledger::record`] queues a row and waits. The writer takes one row, drains whatever else is
 //! already queued (up to [`MAX_BATCH`]), inserts the batch in one transaction with
-//! `ON CONFLICT (request_id) DO NOTHING`, commits, and answers every waiter with the cost stored
-//! for its request id. One fsync covers the whole batch, and a row is durable before its caller
-//! hears back. Settling a request id twice stores one row and answers both with the first cost.
+//! `ON CONFLICT (request_id) DO NOTHING RETURNING ...`, applies the rows it newly inserted to
+//! their keys' accounts in the same transaction (reservation released, balance debited, spend
+//! totals raised: [`crate::accounts::apply_settlements`]), commits, and answers every waiter with
+//! the cost stored for its request id. One fsync covers the whole batch, and a row is durable
+//! before its caller hears back. Settling a request id twice stores one row, moves its money once
+//! and answers both with the first cost. A crash leaves either the row and its money effect, or
+//! neither.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, SimpleExpr};
+use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr};
 use sea_orm::{
-    ActiveValue, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
+
+use crate::accounts::{self, Settled};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -59,9 +65,12 @@ pub struct LedgerRow {
     pub cached_prompt_tokens: i64,
     pub completion_tokens: i64,
     pub reasoning_tokens: i64,
+    pub cache_write_tokens: i64,
     pub cost_picodollars: i64,
     pub outcome: Outcome,
     pub streamed: bool,
+    /// The token counts are the gateway's estimate, not the upstream's report.
+    pub estimated: bool,
     /// Unix milliseconds of settlement.
     pub created_at: i64,
     pub period: Period,
@@ -81,9 +90,11 @@ impl LedgerRow {
             cached_prompt_tokens: ActiveValue::Set(self.cached_prompt_tokens),
             completion_tokens: ActiveValue::Set(self.completion_tokens),
             reasoning_tokens: ActiveValue::Set(self.reasoning_tokens),
+            cache_write_tokens: ActiveValue::Set(self.cache_write_tokens),
             cost_picodollars: ActiveValue::Set(self.cost_picodollars),
             outcome: ActiveValue::Set(self.outcome.as_str().to_owned()),
             streamed: ActiveValue::Set(self.streamed),
+            estimated: ActiveValue::Set(self.estimated),
             created_at: ActiveValue::Set(self.created_at),
             period: ActiveValue::Set(self.period.label()),
         }
@@ -195,7 +206,8 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<(LedgerRow, Reply)>) {
     }
 }
 
-/// Inserts `rows` in one transaction and returns the cost stored under each request id.
+/// Inserts `rows` in one transaction, applies the newly inserted ones to their accounts, and
+/// returns the cost stored under each request id.
 async fn commit(
     db: &DatabaseConnection,
     rows: Vec<LedgerRow>,
@@ -207,15 +219,37 @@ async fn commit(
         .into_iter()
         .collect();
     let txn = db.begin().await?;
-    usage_ledger::Entity::insert_many(rows.into_iter().map(LedgerRow::into_active_model))
-        .on_conflict(
-            OnConflict::column(usage_ledger::Column::RequestId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .do_nothing()
-        .exec_without_returning(&txn)
+    let mut insert =
+        usage_ledger::Entity::insert_many(rows.into_iter().map(LedgerRow::into_active_model))
+            .on_conflict(
+                OnConflict::column(usage_ledger::Column::RequestId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .into_query();
+    // RETURNING names exactly the rows this statement inserted (not the duplicates it skipped):
+    // only those move money.
+    insert.returning(Query::returning().columns([
+        usage_ledger::Column::RequestId,
+        usage_ledger::Column::KeyId,
+        usage_ledger::Column::CostPicodollars,
+        usage_ledger::Column::Period,
+    ]));
+    let inserted = txn
+        .query_all(txn.get_database_backend().build(&insert))
         .await?;
+    let settled = inserted
+        .into_iter()
+        .map(|row| {
+            Ok(Settled {
+                request_id: row.try_get("", "request_id")?,
+                key_id: row.try_get("", "key_id")?,
+                cost: row.try_get("", "cost_picodollars")?,
+                period: row.try_get("", "period")?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    accounts::apply_settlements(&txn, &settled).await?;
     let stored: Vec<(String, i64)> = usage_ledger::Entity::find()
         .select_only()
         .column(usage_ledger::Column::RequestId)
@@ -237,6 +271,17 @@ pub async fn count_requests(
     Ok(usage_ledger::Entity::find()
         .filter(usage_ledger::Column::KeyId.eq(key_id))
         .filter(usage_ledger::Column::Period.eq(period.label()))
+        .count(db)
+        .await?)
+}
+
+/// All ledger rows of `key_id`, every month.
+pub async fn count_all_requests(
+    db: &DatabaseConnection,
+    key_id: &str,
+) -> Result<u64, BillingError> {
+    Ok(usage_ledger::Entity::find()
+        .filter(usage_ledger::Column::KeyId.eq(key_id))
         .count(db)
         .await?)
 }
@@ -384,9 +429,11 @@ mod tests {
             cached_prompt_tokens: 2,
             completion_tokens: 5,
             reasoning_tokens: 1,
+            cache_write_tokens: 0,
             cost_picodollars: cost,
             outcome: Outcome::Succeeded,
             streamed: false,
+            estimated: false,
             created_at: crate::clock::now_ms(),
             period: Period::current(),
         }
@@ -494,6 +541,34 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_keep_cache_writes_and_the_estimate_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let (ledger, writer) = Ledger::start(db.clone());
+        let mut estimated = row("est", 3);
+        estimated.cache_write_tokens = 7;
+        estimated.estimated = true;
+        ledger.record(estimated).await.unwrap();
+        ledger.record(row("real", 4)).await.unwrap();
+        writer.shutdown().await;
+        let stored: Vec<(String, i64, bool)> = usage_ledger::Entity::find()
+            .select_only()
+            .column(usage_ledger::Column::RequestId)
+            .column(usage_ledger::Column::CacheWriteTokens)
+            .column(usage_ledger::Column::Estimated)
+            .into_tuple()
+            .all(&db)
+            .await
+            .unwrap();
+        let mut stored = stored;
+        stored.sort();
+        assert_eq!(
+            stored,
+            vec![("est".to_owned(), 7, true), ("real".to_owned(), 0, false)]
         );
     }
 

@@ -1,11 +1,14 @@
 //! Tollgate's billing service: API keys (hashed secrets, create/list/rotate/revoke/update, expiry),
 //! tiers (with model allow-lists), per-key limits (requests per minute, requests per calendar
-//! month, overridable per key), the usage ledger every request is settled into, and the Admin
+//! month, overridable per key; shared through Redis across replicas), prepaid balances and
+//! monthly budgets ([`accounts`]), the usage ledger every request is settled into, and the Admin
 //! service that administers keys.
 //!
 //! The hot path reads no database for a known key: keys live in [`keys::KeyCache`] (invalidated
 //! by the `InvalidateKey` RPC and by a poll of `api_keys.updated_at`), limits are in memory
-//! ([`limits`]), and settlements are group-committed by one writer ([`ledger`]).
+//! ([`limits`]) or, for replicas, in Redis ([`shared_limits`]), and settlements are
+//! group-committed by one writer ([`ledger`]). Only keys with a balance or budget pay a database
+//! write at admission (their reservation).
 //!
 //! A process assembles it as:
 //! ```no_run
@@ -22,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod accounts;
 pub mod admin;
 pub mod clock;
 pub mod config;
@@ -33,9 +37,11 @@ pub mod ledger;
 pub mod limits;
 pub mod migration;
 pub mod service;
+pub mod shared_limits;
 
+pub use accounts::{KeyAccount, KeyMoney};
 pub use admin::{AdminService, AdminToken};
-pub use config::{ConfigError, DatabaseConfig, Tier, TierConfig, Tiers};
+pub use config::{ConfigError, DatabaseConfig, RedisConfig, Tier, TierConfig, Tiers};
 pub use db::{connect, migrate};
 pub use error::BillingError;
 pub use keys::{
@@ -43,4 +49,5 @@ pub use keys::{
     rotate_key, update_key,
 };
 pub use migration::Migrator;
-pub use service::{BillingService, DEFAULT_KEY_REFRESH_INTERVAL};
+pub use service::{BillingOptions, BillingService, DEFAULT_KEY_REFRESH_INTERVAL};
+pub use shared_limits::SharedLimits;

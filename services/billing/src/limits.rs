@@ -182,6 +182,12 @@ impl KeyLimits {
         self.monthly.count(period)
     }
 
+    /// Gives back the monthly slot of a request admitted in `period` and then refused by a later
+    /// check (its money).
+    pub fn release(&self, period: Period) {
+        self.monthly.release(period);
+    }
+
     /// Admits one request in `period`: takes a monthly slot, then an RPM cell. If the RPM
     /// limiter refuses, the monthly slot is given back, so a refused request counts nowhere.
     pub fn admit(&self, period: Period) -> Result<(), BillingError> {

@@ -1,13 +1,15 @@
 //! The `tollgate.v1.Billing` gRPC service: authentication from the key cache, admission against
-//! the tier's model allow-list and the in-memory limits, settlement through the group-commit
-//! ledger, usage reports (with a daily per-model breakdown) and the subscription view.
-//! [`BillingService`] owns two background tasks (the ledger writer and the key-refresh poll);
-//! [`BillingService::shutdown`] stops both after flushing the ledger.
+//! the tier's model allow-list, the tier limits (in memory, or in Redis when shared) and, for
+//! keys with a balance or budget, a reservation of the worst-case cost ([`crate::accounts`]);
+//! settlement through the group-commit ledger, usage reports (with a daily per-model breakdown)
+//! and the subscription view. [`BillingService`] owns three background tasks (the ledger writer,
+//! the key-refresh poll and the sweep of reservations that never settled);
+//! [`BillingService::shutdown`] stops them after flushing the ledger.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QuerySelect};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate::money::cost_picodollars;
@@ -20,17 +22,45 @@ use tollgate::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::accounts::{self, Reservation};
 use crate::clock::{DateRange, Period, day_start_ms, now_ms};
 use crate::config::Tiers;
 use crate::entity::api_key;
 use crate::error::BillingError;
 use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
 use crate::ledger::{self, Ledger, LedgerRow, LedgerWriter, Outcome};
+use crate::shared_limits::SharedLimits;
 
 /// How often a service polls `api_keys` for changes made elsewhere, unless told otherwise.
 pub const DEFAULT_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest accepted refresh interval.
 const MIN_KEY_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a reservation may stay unsettled when the caller names no deadline.
+const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(600);
+/// How often expired reservations are released, unless told otherwise.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How a [`BillingService`] runs beyond its database and tiers.
+#[derive(Debug, Clone)]
+pub struct BillingOptions {
+    /// How often `api_keys` is polled for changes made by other processes.
+    pub key_refresh_interval: Duration,
+    /// Per-minute windows and monthly counters in Redis, shared with other gateway processes;
+    /// in memory when `None`.
+    pub shared_limits: Option<SharedLimits>,
+    /// How often reservations past their expiry (requests that never settled) are released.
+    pub sweep_interval: Duration,
+}
+
+impl Default for BillingOptions {
+    fn default() -> Self {
+        Self {
+            key_refresh_interval: DEFAULT_KEY_REFRESH_INTERVAL,
+            shared_limits: None,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+        }
+    }
+}
 
 /// The billing service. Cheap to clone; clones share one cache, one ledger and one set of tasks.
 #[derive(Clone)]
@@ -43,14 +73,16 @@ struct Inner {
     tiers: Tiers,
     keys: Arc<KeyCache>,
     ledger: Ledger,
+    shared_limits: Option<SharedLimits>,
     tasks: Mutex<Option<Tasks>>,
 }
 
 struct Tasks {
     ledger_writer: LedgerWriter,
-    /// Dropping or signalling it ends the refresh task.
+    /// Dropping or signalling it ends the refresh and sweep tasks.
     stop_refresh: watch::Sender<bool>,
     refresh: JoinHandle<()>,
+    sweep: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for BillingService {
@@ -71,14 +103,50 @@ impl BillingService {
         tiers: Tiers,
         key_refresh_interval: Duration,
     ) -> Result<Self, BillingError> {
+        Self::with_options(
+            db,
+            tiers,
+            BillingOptions {
+                key_refresh_interval,
+                ..BillingOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts the service with `options`. Before serving, it releases the reservations left by
+    /// requests that never settled: on SQLite all of them (a SQLite database serves one gateway
+    /// process, so none can belong to a live request), on PostgreSQL the expired ones (other
+    /// replicas' requests may still be running); the sweep task releases the rest as they expire.
+    pub async fn with_options(
+        db: DatabaseConnection,
+        tiers: Tiers,
+        options: BillingOptions,
+    ) -> Result<Self, BillingError> {
         api_key::Entity::find().limit(1).all(&db).await?;
+        let stale_before = match db.get_database_backend() {
+            DatabaseBackend::Sqlite => i64::MAX,
+            _ => now_ms(),
+        };
+        let released = accounts::release_expired(&db, stale_before).await?;
+        if released > 0 {
+            tracing::warn!(
+                released,
+                "released reservations of requests that never settled"
+            );
+        }
         let keys = Arc::new(KeyCache::new());
         let (ledger, ledger_writer) = Ledger::start(db.clone());
         let (stop_refresh, stop_rx) = watch::channel(false);
         let refresh = tokio::spawn(refresh_keys(
             db.clone(),
             Arc::clone(&keys),
-            key_refresh_interval.max(MIN_KEY_REFRESH_INTERVAL),
+            options.key_refresh_interval.max(MIN_KEY_REFRESH_INTERVAL),
+            stop_rx.clone(),
+        ));
+        let sweep = tokio::spawn(sweep_reservations(
+            db.clone(),
+            options.sweep_interval.max(MIN_KEY_REFRESH_INTERVAL),
             stop_rx,
         ));
         Ok(Self {
@@ -87,10 +155,12 @@ impl BillingService {
                 tiers,
                 keys,
                 ledger,
+                shared_limits: options.shared_limits,
                 tasks: Mutex::new(Some(Tasks {
                     ledger_writer,
                     stop_refresh,
                     refresh,
+                    sweep,
                 })),
             }),
         })
@@ -111,6 +181,9 @@ impl BillingService {
         if let Err(err) = tasks.refresh.await {
             tracing::error!(error = %err, "key refresh task panicked");
         }
+        if let Err(err) = tasks.sweep.await {
+            tracing::error!(error = %err, "reservation sweep task panicked");
+        }
     }
 
     /// The configured tiers.
@@ -127,6 +200,78 @@ impl BillingService {
             .keys
             .authenticate(&self.inner.db, &self.inner.tiers, secret)
             .await
+    }
+
+    /// Counts one request against the key's tier limits (shared or local).
+    async fn take_slot(&self, key: &ActiveKey, period: Period) -> Result<(), BillingError> {
+        match &self.inner.shared_limits {
+            Some(shared) => {
+                shared
+                    .admit(&key.record.id, &key.limits, period, key.limits.used(period))
+                    .await
+            }
+            None => key.limits.admit(period),
+        }
+    }
+
+    /// Gives back the monthly slot of a request refused after [`Self::take_slot`].
+    async fn give_back_slot(&self, key: &ActiveKey, period: Period) {
+        match &self.inner.shared_limits {
+            Some(shared) => {
+                if let Err(err) = shared.release(&key.record.id, period).await {
+                    tracing::error!(error = %err, "could not give back a monthly slot");
+                }
+            }
+            None => key.limits.release(period),
+        }
+    }
+
+    /// Requests counted for `key` in `period`.
+    async fn used(&self, key: &ActiveKey, period: Period) -> u64 {
+        let local = key.limits.used(period);
+        match &self.inner.shared_limits {
+            Some(shared) => match shared.used(&key.record.id, period).await {
+                Ok(Some(used)) => used,
+                Ok(None) => local,
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading the shared monthly counter failed");
+                    local
+                }
+            },
+            None => local,
+        }
+    }
+
+    /// Reserves the worst case of `req` against the key's balance and budget; returns the amount.
+    async fn reserve(
+        &self,
+        key: &ActiveKey,
+        req: &AdmitRequest,
+        request_id: &str,
+        period: Period,
+    ) -> Result<i64, BillingError> {
+        let pricing = req.pricing.unwrap_or_default();
+        validate_pricing(&pricing)?;
+        let amount =
+            worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, &pricing);
+        let ttl = if req.reservation_ttl_ms == 0 {
+            DEFAULT_RESERVATION_TTL
+        } else {
+            Duration::from_millis(req.reservation_ttl_ms)
+        };
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        accounts::reserve(
+            &self.inner.db,
+            &Reservation {
+                request_id: request_id.to_owned(),
+                key_id: key.record.id.clone(),
+                amount,
+                period,
+                expires_at: now_ms().saturating_add(ttl_ms),
+            },
+        )
+        .await?;
+        Ok(amount)
     }
 
     async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
@@ -147,6 +292,19 @@ fn key_info(key: &ActiveKey) -> KeyInfo {
         tier: key.record.tier.clone(),
         name: key.record.name.clone(),
     }
+}
+
+/// The most a request can cost: every prompt token at the dearest prompt price (plain, cache hit
+/// or cache write) and every completion token at the output price. Saturates at `i64::MAX`, which
+/// no balance covers.
+fn worst_case_picodollars(prompt_tokens: u64, completion_tokens: u64, pricing: &Pricing) -> i64 {
+    let prompt_price = pricing
+        .input_micros_per_mtok
+        .max(pricing.cached_input_micros_per_mtok)
+        .max(pricing.cache_write_micros_per_mtok);
+    let total = i128::from(prompt_tokens) * i128::from(prompt_price)
+        + i128::from(completion_tokens) * i128::from(pricing.output_micros_per_mtok);
+    i64::try_from(total).unwrap_or(i64::MAX)
 }
 
 fn non_empty(param: &'static str, value: String) -> Result<String, BillingError> {
@@ -193,9 +351,11 @@ fn ledger_row(req: SettleRequest, now: i64, period: Period) -> Result<LedgerRow,
         cached_prompt_tokens: tokens("usage.cached_prompt_tokens", usage.cached_prompt_tokens)?,
         completion_tokens: tokens("usage.completion_tokens", usage.completion_tokens)?,
         reasoning_tokens: tokens("usage.reasoning_tokens", usage.reasoning_tokens)?,
+        cache_write_tokens: tokens("usage.cache_write_tokens", usage.cache_write_tokens)?,
         cost_picodollars: cost_picodollars(&usage, &pricing),
         outcome,
         streamed: req.streamed,
+        estimated: req.estimated,
         created_at: now,
         period,
     })
@@ -229,6 +389,32 @@ fn validate_pricing(pricing: &Pricing) -> Result<(), BillingError> {
         }
     }
     Ok(())
+}
+
+/// Releases expired reservations every `interval` until told to stop.
+async fn sweep_reservations(
+    db: DatabaseConnection,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        match accounts::release_expired(&db, now_ms()).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::warn!(
+                    released,
+                    "released expired reservations of unsettled requests"
+                )
+            }
+            Err(err) => tracing::warn!(error = %err, "sweeping reservations failed"),
+        }
+    }
 }
 
 /// Polls for key changes until told to stop (or until the service is dropped).
@@ -316,7 +502,7 @@ impl Billing for BillingService {
         let rows = ledger::daily_usage(&self.inner.db, &key.record.id, start_ms, end_ms).await?;
         let (daily_costs, totals) = daily_report(range, rows);
         let period = Period::current();
-        let used = key.limits.used(period);
+        let used = self.used(&key, period).await;
         let monthly_limit = key.limits.monthly_limit();
         Ok(Response::new(UsageReport {
             key_prefix: key.record.display_prefix(),
@@ -365,21 +551,34 @@ impl Metering for BillingService {
 
     async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
         let key = self.authenticate_request(&request).await?;
-        let asked = request.into_inner();
-        let request_id = non_empty("request_id", asked.request_id)?;
+        let req = request.into_inner();
+        let request_id = non_empty("request_id", req.request_id.clone())?;
         // Before the limits: a refused model must not use a slot of either.
         let tier = key.limits.tier();
-        if !tier.allows(&asked.model, &asked.model_id) {
+        if !tier.allows(&req.model, &req.model_id) {
             return Err(BillingError::ModelNotAllowed {
                 tier: tier.name.clone(),
-                model: asked.model,
+                model: req.model,
             }
             .into());
         }
-        key.limits.admit(Period::current())?;
+        let period = Period::current();
+        self.take_slot(&key, period).await?;
+        let reserved_picodollars = if key.metered {
+            match self.reserve(&key, &req, &request_id, period).await {
+                Ok(amount) => amount,
+                Err(err) => {
+                    self.give_back_slot(&key, period).await;
+                    return Err(err.into());
+                }
+            }
+        } else {
+            0
+        };
         Ok(Response::new(Admission {
             key: Some(key_info(&key)),
             request_id,
+            reserved_picodollars,
         }))
     }
 

@@ -31,6 +31,7 @@ fn admit(request_id: &str, model: &str, model_id: &str) -> AdmitRequest {
         request_id: request_id.to_owned(),
         model: model.to_owned(),
         model_id: model_id.to_owned(),
+        ..Default::default()
     }
 }
 

@@ -78,6 +78,8 @@ async fn keys_and_daily_reports_work_on_postgres() {
             streamed: ActiveValue::Set(false),
             created_at: ActiveValue::Set(midnight + offset),
             period: ActiveValue::Set("2026-02".into()),
+            cache_write_tokens: ActiveValue::Set(0),
+            estimated: ActiveValue::Set(false),
         })
         .exec_without_returning(&h.db)
         .await

@@ -55,6 +55,8 @@ async fn insert_row(
         streamed: ActiveValue::Set(false),
         created_at: ActiveValue::Set(at_ms),
         period: ActiveValue::Set(period),
+        cache_write_tokens: ActiveValue::Set(0),
+        estimated: ActiveValue::Set(false),
     })
     .exec_without_returning(&h.db)
     .await

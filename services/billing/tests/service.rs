@@ -25,6 +25,7 @@ fn admit(request_id: &str) -> AdmitRequest {
         request_id: request_id.to_owned(),
         model: "deepseek-v4-flash".to_owned(),
         model_id: "deepseek-v4-flash".to_owned(),
+        ..Default::default()
     }
 }
 
@@ -50,6 +51,7 @@ fn settle(request_id: &str, key_id: &str, usage: Usage) -> SettleRequest {
         pricing: Some(flash_pricing()),
         outcome: Outcome::Succeeded as i32,
         streamed: true,
+        estimated: false,
     }
 }
 

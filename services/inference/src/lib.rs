@@ -8,6 +8,7 @@ pub mod images;
 pub mod providers;
 pub mod service;
 mod streaming;
+pub mod token_bounds;
 pub mod validate;
 
 pub use config::{ProviderConfig, ProviderKind};

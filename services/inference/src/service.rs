@@ -3,8 +3,12 @@
 //! the provider, and settle the usage with Billing before the answer completes. Every admitted
 //! request is settled exactly once, whether it succeeded, failed or the client left.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
+use tokio::sync::Notify;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::{
     auth::AUTHORIZATION,
@@ -18,7 +22,16 @@ use tollgate::{
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
-use crate::{Provider, Providers, UpstreamError, providers::Target, streaming, validate};
+use crate::{
+    Provider, Providers, UpstreamError,
+    providers::Target,
+    streaming,
+    token_bounds::{self, TokenBounds},
+    validate,
+};
+
+/// Margin past a request's total deadline before its unsettled reservation may be swept.
+const RESERVATION_TTL_MARGIN_MS: u64 = 60_000;
 
 /// The Inference service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -31,6 +44,35 @@ struct Inner {
     providers: Providers,
     catalog: CatalogClient<GrpcTransport>,
     metering: MeteringClient<GrpcTransport>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Admitted requests not settled yet. A stream whose client left keeps running (to the
+/// upstream's final usage) after its HTTP connection is gone, so a shutdown waits for this count,
+/// not only for connections, before it closes the ledger.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one admitted request in [`InFlight`] until dropped (after its settlement).
+#[derive(Debug)]
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(in_flight))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// A request that Billing admitted: from here on it must be settled exactly once.
@@ -43,6 +85,10 @@ pub(crate) struct Admitted {
     pub provider: Arc<Provider>,
     pub thinking: Option<bool>,
     pub streamed: bool,
+    /// The token bounds the request was admitted (and its money reserved) at.
+    pub bounds: TokenBounds,
+    /// Keeps the request counted as in flight until it is dropped, after settlement.
+    pub _in_flight: InFlightGuard,
 }
 
 impl Admitted {
@@ -62,7 +108,23 @@ impl InferenceService {
                 providers,
                 catalog: CatalogClient::new(catalog),
                 metering: MeteringClient::new(metering),
+                in_flight: Arc::default(),
             }),
+        }
+    }
+
+    /// Resolves once no admitted request is left unsettled (those running detached included).
+    pub async fn drained(&self) {
+        let in_flight = &self.inner.in_flight;
+        loop {
+            let idle = in_flight.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so a settlement between the two is not missed.
+            idle.as_mut().enable();
+            if in_flight.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
         }
     }
 
@@ -96,15 +158,22 @@ impl InferenceService {
             })?;
         provider.ready().map_err(|e| e.to_api_error())?;
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+        let bounds = token_bounds::bounds(request, &route);
+        let total_ms = u64::try_from(provider.timeouts().total.as_millis()).unwrap_or(u64::MAX);
         let mut admit = Request::new(AdmitRequest {
             request_id: request_id.clone(),
             model: route.requested_id.clone(),
             model_id: route.model_id.clone(),
+            max_prompt_tokens: bounds.max_prompt_tokens,
+            max_completion_tokens: bounds.max_completion_tokens,
+            pricing: route.pricing,
+            reservation_ttl_ms: total_ms.saturating_add(RESERVATION_TTL_MARGIN_MS),
         });
         if let Some(auth) = metadata.get(AUTHORIZATION) {
             admit.metadata_mut().insert(AUTHORIZATION, auth.clone());
         }
         let admission = self.inner.metering.clone().admit(admit).await?.into_inner();
+        let in_flight = InFlightGuard::new(&self.inner.in_flight);
         // The alias decides first, then the caller's thinking switch, then reasoning_effort.
         let thinking = route.thinking_override.or(request.thinking).or_else(|| {
             request
@@ -120,15 +189,19 @@ impl InferenceService {
             provider,
             thinking,
             streamed,
+            bounds,
+            _in_flight: in_flight,
         })
     }
 
-    /// Records the request in the ledger; returns its cost once the row is durable.
+    /// Records the request in the ledger; returns its cost once the row is durable. `estimated`
+    /// marks usage the gateway counted itself (the upstream never reported it).
     pub(crate) async fn settle(
         &self,
         admitted: &Admitted,
         usage: Option<Usage>,
         outcome: Outcome,
+        estimated: bool,
     ) -> Result<i64, Status> {
         let settlement = self
             .inner
@@ -145,6 +218,7 @@ impl InferenceService {
                 pricing: admitted.route.pricing,
                 outcome: outcome.into(),
                 streamed: admitted.streamed,
+                estimated,
             })
             .await
             .inspect_err(|e| {
@@ -156,7 +230,7 @@ impl InferenceService {
     /// Settles a request that failed upstream and returns the error to report.
     pub(crate) async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
         tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream call failed");
-        match self.settle(admitted, None, Outcome::Failed).await {
+        match self.settle(admitted, None, Outcome::Failed, false).await {
             Ok(_) => error.to_api_error().into_status(),
             Err(status) => status,
         }
@@ -204,7 +278,7 @@ impl InferenceService {
         };
         let mut usage = response.usage.take().unwrap_or_default();
         usage.cost_picodollars = Some(
-            self.settle(&admitted, Some(usage), Outcome::Succeeded)
+            self.settle(&admitted, Some(usage), Outcome::Succeeded, false)
                 .await?,
         );
         response.id = admitted.request_id;

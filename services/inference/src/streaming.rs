@@ -1,10 +1,16 @@
 //! The streaming relay: a task that admits the request, opens the upstream stream (reporting the
 //! outcome of that first step on a oneshot, so early failures are real errors), then reads the
 //! upstream and writes each chunk, re-labelled with the gateway's id, into a bounded channel the
-//! client reads. The task outlives the caller, so an admitted stream is always settled. A failed send means the client
-//! left: the upstream request is dropped at once. Upstream usage is taken off the chunks and, once
-//! the upstream is done, settled with Billing; the client gets its usage chunk (with the cost)
-//! only after the ledger row is durable, then the stream ends.
+//! client reads. The task outlives the caller, so an admitted stream is always settled.
+//!
+//! Usage is the upstream's own final count, taken off the chunks. A failed send means the client
+//! left; the upstream has been asked for the whole answer and bills it, so the relay keeps
+//! reading (still bounded by the request's total deadline) to the upstream's final usage and
+//! settles that, as `cancelled`. A stream that ends without usage (the upstream never sent it,
+//! failed mid-way, or the deadline cut it) is settled with the gateway's estimate of what was
+//! generated ([`crate::token_bounds::estimate`]) and the ledger row is marked `estimated`. The
+//! client gets its usage chunk (with the cost) only after the ledger row is durable, then the
+//! stream ends.
 
 use futures::StreamExt;
 use tokio::{
@@ -19,6 +25,7 @@ use crate::{
     InferenceService, UpstreamError,
     providers::ChunkStream,
     service::{Admitted, timeout_error},
+    token_bounds,
 };
 
 /// Chunks buffered between the upstream reader and the client before the reader waits.
@@ -114,7 +121,6 @@ async fn open(
 /// How the upstream part of a stream ended.
 enum End {
     Finished,
-    ClientLeft,
     Failed(UpstreamError),
 }
 
@@ -130,6 +136,9 @@ async fn run(
     let total_secs = admitted.provider.timeouts().total.as_secs();
     let mut usage: Option<Usage> = None;
     let mut finished = false;
+    let mut client_left = false;
+    // Bytes of generated text seen, for an estimate if the upstream never reports usage.
+    let mut generated: u64 = 0;
     let mut next = Some(first);
     let end = loop {
         let mut chunk = match next.take() {
@@ -156,23 +165,36 @@ async fn run(
             continue;
         }
         finished |= chunk.choices.iter().any(|c| c.finish_reason.is_some());
+        generated += token_bounds::generated_bytes(&chunk);
+        if client_left {
+            continue;
+        }
         chunk.id.clone_from(&admitted.request_id);
         chunk.created = admitted.created;
         chunk.model.clone_from(&admitted.route.requested_id);
         if tx.send(Ok(chunk)).await.is_err() {
-            break End::ClientLeft;
+            // The upstream generates (and bills) the rest anyway: read on to its final count.
+            tracing::debug!(request_id = %admitted.request_id, "client left; reading the upstream to its usage");
+            client_left = true;
         }
     };
     // Stop reading (and close) the upstream before settling.
     drop(rest);
     let outcome = match &end {
-        End::Finished => Outcome::Succeeded,
-        End::ClientLeft => Outcome::Cancelled,
         End::Failed(_) => Outcome::Failed,
+        End::Finished if client_left => Outcome::Cancelled,
+        End::Finished => Outcome::Succeeded,
     };
-    let settled = service.settle(&admitted, usage, outcome).await;
+    let estimated = usage.is_none();
+    let usage = usage
+        .unwrap_or_else(|| token_bounds::estimate(admitted.bounds.prompt_text_bytes, generated));
+    let settled = service
+        .settle(&admitted, Some(usage), outcome, estimated)
+        .await;
+    if client_left {
+        return;
+    }
     let last = match (end, settled) {
-        (End::ClientLeft, _) => return,
         (End::Failed(error), _) => {
             tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream stream failed");
             Err(error.to_api_error().into_status())
@@ -180,7 +202,7 @@ async fn run(
         (End::Finished, Err(status)) => Err(status),
         (End::Finished, Ok(_)) if !include_usage => return,
         (End::Finished, Ok(cost)) => {
-            let mut usage = usage.unwrap_or_default();
+            let mut usage = usage;
             usage.cost_picodollars = Some(cost);
             Ok(ChatChunk {
                 id: admitted.request_id.clone(),

@@ -18,10 +18,14 @@ pub struct Model {
     pub cached_prompt_tokens: i64,
     pub completion_tokens: i64,
     pub reasoning_tokens: i64,
+    /// Prompt tokens written to the provider's cache (billed at the cache-write price).
+    pub cache_write_tokens: i64,
     pub cost_picodollars: i64,
     /// `succeeded`, `failed` or `cancelled`.
     pub outcome: String,
     pub streamed: bool,
+    /// The token counts are the gateway's estimate: the upstream never reported its own.
+    pub estimated: bool,
     /// Unix milliseconds of settlement.
     pub created_at: i64,
     /// The UTC month of settlement, `YYYY-MM`.

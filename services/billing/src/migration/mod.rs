@@ -6,6 +6,9 @@ use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_api_keys;
 mod m20261123_000002_create_usage_ledger;
+mod m20261124_000010_create_key_accounts;
+mod m20261124_000011_create_reservations;
+mod m20261124_000012_ledger_cache_writes_estimated;
 mod m20261124_000030_key_expiry_and_limit_overrides;
 
 pub struct Migrator;
@@ -16,6 +19,9 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_api_keys::Migration),
             Box::new(m20261123_000002_create_usage_ledger::Migration),
+            Box::new(m20261124_000010_create_key_accounts::Migration),
+            Box::new(m20261124_000011_create_reservations::Migration),
+            Box::new(m20261124_000012_ledger_cache_writes_estimated::Migration),
             Box::new(m20261124_000030_key_expiry_and_limit_overrides::Migration),
         ]
     }

@@ -1,0 +1,221 @@
+//! Token counts without a tokenizer: the upper bounds a request's cost is reserved at before the
+//! upstream call, and the estimate billed when an upstream never reports its own count.
+//!
+//! **Prompt bound.** Every tokenizer the gateway fronts (byte-level BPE: OpenAI, DeepSeek;
+//! SentencePiece with byte fallback) spends at least one byte of UTF-8 text per token, so the
+//! request's text bytes bound its text tokens. The bytes are measured as the protobuf encoding of
+//! the whole request (every message, tool definition, schema and parameter: strings are encoded
+//! as their raw bytes plus a few bytes of framing, so this is never below the text), minus the
+//! bytes of image URLs, which are not tokenised as text. Added to that: each image at
+//! [`IMAGE_TOKENS`] (above the largest per-image charge of the providers we know: OpenAI's
+//! patch-based models top out near 2,500 tokens for one image, Anthropic near 1,600, Gemini 258),
+//! [`MESSAGE_OVERHEAD_TOKENS`] per message for the chat template's role markers,
+//! [`TOOLS_OVERHEAD_TOKENS`] when tools or a response schema are declared (the preamble providers
+//! insert), and [`REQUEST_OVERHEAD_TOKENS`]. The sum is capped at the model's context length,
+//! which no upstream exceeds.
+//!
+//! **Completion bound.** `max_completion_tokens`, else `max_tokens`, else the model's
+//! `max_output_tokens`, times `n` (each choice is generated and billed).
+//!
+//! **Estimate.** When a stream ends without the upstream's own usage, the gateway bills
+//! `ceil(bytes / 4)` of what it saw generated (content, reasoning, refusals, tool-call names and
+//! arguments), and `ceil(bytes / 4)` of the prompt's text bytes: the usual four bytes per token of
+//! English text. The ledger row is marked `estimated`.
+
+use prost::Message as _;
+use tollgate::v1::{ChatChunk, ChatRequest, ResolvedModel, Usage, content_part, message};
+
+/// Tokens charged per image in the prompt bound.
+pub const IMAGE_TOKENS: u64 = 4_096;
+/// Chat-template tokens per message (role markers, separators).
+pub const MESSAGE_OVERHEAD_TOKENS: u64 = 16;
+/// Tokens of the preamble a provider inserts for tool definitions or a response schema.
+pub const TOOLS_OVERHEAD_TOKENS: u64 = 1_024;
+/// Tokens of the template around the whole conversation.
+pub const REQUEST_OVERHEAD_TOKENS: u64 = 64;
+/// Bytes per token of the estimate.
+const ESTIMATE_BYTES_PER_TOKEN: u64 = 4;
+
+/// What a request may consume at most, and what is known of its prompt for an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBounds {
+    pub max_prompt_tokens: u64,
+    pub max_completion_tokens: u64,
+    /// UTF-8 bytes of the prompt's text (images excluded).
+    pub prompt_text_bytes: u64,
+}
+
+/// The bounds of `request` on `route`'s model.
+pub fn bounds(request: &ChatRequest, route: &ResolvedModel) -> TokenBounds {
+    let mut image_url_bytes = 0u64;
+    let mut images = 0u64;
+    for m in &request.messages {
+        if let Some(message::Content::Parts(parts)) = &m.content {
+            for part in &parts.parts {
+                if let Some(content_part::Part::ImageUrl(image)) = &part.part {
+                    images += 1;
+                    image_url_bytes += image.encoded_len() as u64;
+                }
+            }
+        }
+    }
+    let text_bytes = (request.encoded_len() as u64).saturating_sub(image_url_bytes);
+    let messages = request.messages.len() as u64;
+    let declares_schema = !request.tools.is_empty()
+        || request
+            .response_format
+            .as_ref()
+            .is_some_and(|f| f.json_schema.is_some());
+    let prompt = text_bytes
+        .saturating_add(images.saturating_mul(IMAGE_TOKENS))
+        .saturating_add(messages.saturating_mul(MESSAGE_OVERHEAD_TOKENS))
+        .saturating_add(if declares_schema {
+            TOOLS_OVERHEAD_TOKENS
+        } else {
+            0
+        })
+        .saturating_add(REQUEST_OVERHEAD_TOKENS);
+    let max_prompt_tokens = if route.context_length > 0 {
+        prompt.min(route.context_length)
+    } else {
+        prompt
+    };
+    let per_choice = request
+        .max_completion_tokens
+        .or(request.max_tokens)
+        .map_or(route.max_output_tokens, u64::from);
+    let choices = u64::from(request.n.unwrap_or(1).max(1));
+    TokenBounds {
+        max_prompt_tokens,
+        max_completion_tokens: per_choice.saturating_mul(choices),
+        prompt_text_bytes: text_bytes,
+    }
+}
+
+/// UTF-8 bytes of the generated text a chunk carries.
+pub fn generated_bytes(chunk: &ChatChunk) -> u64 {
+    let mut bytes = 0usize;
+    for choice in &chunk.choices {
+        let Some(delta) = &choice.delta else { continue };
+        bytes += delta.content.as_deref().map_or(0, str::len);
+        bytes += delta.reasoning_content.as_deref().map_or(0, str::len);
+        bytes += delta.refusal.as_deref().map_or(0, str::len);
+        for call in &delta.tool_calls {
+            bytes += call.name.as_deref().map_or(0, str::len);
+            bytes += call.arguments.as_deref().map_or(0, str::len);
+        }
+    }
+    bytes as u64
+}
+
+/// The estimated usage of a request whose upstream never reported it: `ceil(bytes / 4)` of the
+/// prompt's text and of the generated text.
+pub fn estimate(prompt_text_bytes: u64, generated_bytes: u64) -> Usage {
+    let prompt_tokens = prompt_text_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
+    let completion_tokens = generated_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use tollgate::v1::{ContentPart, ContentParts, ImageUrl, Message, Role};
+
+    use super::*;
+
+    fn route() -> ResolvedModel {
+        ResolvedModel {
+            context_length: 1_000_000,
+            max_output_tokens: 8_192,
+            ..Default::default()
+        }
+    }
+
+    fn user(text: &str) -> Message {
+        Message {
+            role: Role::User as i32,
+            content: Some(message::Content::Text(text.to_owned())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn prompt_bound_covers_the_text_bytes_and_overheads() {
+        let text = "héllo wörld ".repeat(100);
+        let request = ChatRequest {
+            model: "m".into(),
+            messages: vec![user(&text), user("second")],
+            ..Default::default()
+        };
+        let b = bounds(&request, &route());
+        let floor = (text.len() + "second".len()) as u64
+            + 2 * MESSAGE_OVERHEAD_TOKENS
+            + REQUEST_OVERHEAD_TOKENS;
+        assert!(b.max_prompt_tokens >= floor, "{b:?} < {floor}");
+        // Framing adds only a few bytes per field.
+        assert!(b.max_prompt_tokens < floor + 32, "{b:?}");
+        assert_eq!(b.max_completion_tokens, 8_192);
+    }
+
+    #[test]
+    fn images_count_a_fixed_amount_not_their_url_bytes() {
+        let image = ContentPart {
+            part: Some(content_part::Part::ImageUrl(ImageUrl {
+                url: format!("data:image/png;base64,{}", "A".repeat(100_000)),
+                detail: None,
+            })),
+        };
+        let request = ChatRequest {
+            messages: vec![Message {
+                role: Role::User as i32,
+                content: Some(message::Content::Parts(ContentParts { parts: vec![image] })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let b = bounds(&request, &route());
+        assert!(b.max_prompt_tokens >= IMAGE_TOKENS);
+        assert!(b.max_prompt_tokens < IMAGE_TOKENS + 200, "{b:?}");
+    }
+
+    #[test]
+    fn completion_bound_prefers_max_completion_tokens_and_multiplies_by_n() {
+        let mut request = ChatRequest {
+            messages: vec![user("hi")],
+            max_tokens: Some(50),
+            ..Default::default()
+        };
+        assert_eq!(bounds(&request, &route()).max_completion_tokens, 50);
+        request.max_completion_tokens = Some(20);
+        request.n = Some(3);
+        assert_eq!(bounds(&request, &route()).max_completion_tokens, 60);
+    }
+
+    #[test]
+    fn prompt_bound_stops_at_the_context_length() {
+        let request = ChatRequest {
+            messages: vec![user(&"x".repeat(5_000))],
+            ..Default::default()
+        };
+        let small = ResolvedModel {
+            context_length: 1_000,
+            ..route()
+        };
+        assert_eq!(bounds(&request, &small).max_prompt_tokens, 1_000);
+    }
+
+    #[test]
+    fn estimates_round_up_four_bytes_per_token() {
+        let u = estimate(9, 8);
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (3, 2, 5)
+        );
+        assert_eq!(estimate(0, 0).total_tokens, 0);
+    }
+}

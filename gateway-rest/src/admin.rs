@@ -9,10 +9,13 @@
 //! | `PATCH /admin/keys/{key}`      | UpdateKey  |
 //! | `POST /admin/keys/{key}/rotate`| RotateKey  |
 //! | `POST /admin/keys/{key}/revoke`| RevokeKey  |
+//! | `POST /admin/keys/{key}/topup` | TopUp      |
 //!
 //! `{key}` is a key id, a shown prefix or a secret. Times are Unix seconds; `expires_at` may
 //! also be given as RFC 3339. In a `PATCH`, `null` clears a field (`"expires_at": null`: never
-//! expires; `"rpm": null`: back to the tier's) and an absent field is left as it is.
+//! expires; `"rpm": null`: back to the tier's) and an absent field is left as it is. Money is
+//! always a USD decimal string (`"balance_usd": "5"`, `"amount_usd": "0.25"`), never a JSON
+//! number, so no amount ever passes through a float.
 
 use axum::{
     Json,
@@ -26,7 +29,7 @@ use tollgate::{
     error::ApiError,
     v1::{
         CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey, RevokeKeyRequest,
-        RotateKeyRequest, UpdateKeyRequest,
+        RotateKeyRequest, TopUpRequest, UpdateKeyRequest,
     },
 };
 
@@ -73,6 +76,16 @@ struct CreateBody {
     rpm: Option<u32>,
     #[serde(default)]
     monthly_requests: Option<u64>,
+    #[serde(default)]
+    balance_usd: Option<String>,
+    #[serde(default)]
+    monthly_budget_usd: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUpBody {
+    amount_usd: String,
 }
 
 /// Present and `null` (clear) is `Some(None)`; absent (leave) is `None`.
@@ -95,6 +108,8 @@ struct UpdateBody {
     rpm: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     monthly_requests: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    monthly_budget_usd: Option<Option<String>>,
 }
 
 /// Reads a JSON object body into `T`: a 400 naming the field when it does not fit.
@@ -134,6 +149,11 @@ fn key_json(key: &ManagedKey) -> Value {
         "monthly_requests_override": key.monthly_requests_override,
         "rpm_limit": key.rpm_limit,
         "monthly_limit": key.monthly_limit,
+        "balance_usd": key.balance_usd,
+        "monthly_budget_usd": key.monthly_budget_usd,
+        "reserved_usd": key.reserved_usd,
+        "spend_month_usd": key.spend_month_usd,
+        "spend_total_usd": key.spend_total_usd,
     })
 }
 
@@ -159,6 +179,8 @@ pub(crate) async fn create(
         expires_at: body.expires_at.map(|t| t.unix_secs()).transpose()?,
         rpm: body.rpm,
         monthly_requests: body.monthly_requests,
+        balance_usd: body.balance_usd,
+        monthly_budget_usd: body.monthly_budget_usd,
     };
     let issued = state
         .admin
@@ -236,11 +258,33 @@ pub(crate) async fn update(
         clear_rpm: matches!(body.rpm, Some(None)),
         monthly_requests: body.monthly_requests.flatten(),
         clear_monthly_requests: matches!(body.monthly_requests, Some(None)),
+        clear_monthly_budget: matches!(body.monthly_budget_usd, Some(None)),
+        monthly_budget_usd: body.monthly_budget_usd.flatten(),
     };
     let key = state
         .admin
         .clone()
         .update_key(with_key(&headers, request))
+        .await?
+        .into_inner();
+    Ok(Json(key_json(&key)))
+}
+
+pub(crate) async fn top_up(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, RestError> {
+    let body: TopUpBody = json_body(body, state.max_body_bytes).await?;
+    let request = TopUpRequest {
+        key,
+        amount_usd: body.amount_usd,
+    };
+    let key = state
+        .admin
+        .clone()
+        .top_up(with_key(&headers, request))
         .await?
         .into_inner();
     Ok(Json(key_json(&key)))

@@ -63,6 +63,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/keys/{key}", patch(admin::update))
         .route("/admin/keys/{key}/rotate", post(admin::rotate))
         .route("/admin/keys/{key}/revoke", post(admin::revoke))
+        .route("/admin/keys/{key}/topup", post(admin::top_up))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)

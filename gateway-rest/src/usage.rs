@@ -124,16 +124,38 @@ pub(crate) async fn subscription(
         .get_subscription(with_key(&headers, GetSubscriptionRequest {}))
         .await?
         .into_inner();
+    let limit = match monthly_hard_limit(&s) {
+        Some(pico) => json_number(&format_picodollars(pico)),
+        None => json!(UNLIMITED_USD),
+    };
+    let usd = |pico: Option<i64>| pico.map(format_picodollars);
     Ok(Json(json!({
         "object": "billing_subscription",
         "has_payment_method": false,
-        "hard_limit_usd": UNLIMITED_USD,
-        "soft_limit_usd": UNLIMITED_USD,
-        "system_hard_limit_usd": UNLIMITED_USD,
+        "hard_limit_usd": limit,
+        "soft_limit_usd": limit,
+        "system_hard_limit_usd": limit,
         "access_until": s.expires_at.unwrap_or(0),
         "plan": {"title": s.tier, "id": s.tier},
         "key_prefix": s.key_prefix,
         "rpm_limit": s.rpm_limit,
         "monthly_limit": s.monthly_limit,
+        "balance_usd": usd(s.balance_picodollars),
+        "monthly_budget_usd": usd(s.monthly_budget_picodollars),
+        "spend_month_usd": format_picodollars(s.spend_month_picodollars),
     })))
+}
+
+/// What the key may spend this month in all, as OpenAI's `hard_limit_usd` means it: dashboards
+/// show `hard_limit_usd - total_usage` of the month as what is left. A prepaid balance allows
+/// this month's spend plus what is left of it; a monthly budget caps it; with both the smaller
+/// wins; with neither there is no limit (`None`). Exact integers, picodollars.
+fn monthly_hard_limit(s: &tollgate::v1::Subscription) -> Option<i64> {
+    let from_balance = s
+        .balance_picodollars
+        .map(|balance| balance.saturating_add(s.spend_month_picodollars));
+    match (from_balance, s.monthly_budget_picodollars) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

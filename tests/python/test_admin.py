@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import grpc
 import httpx
@@ -322,3 +323,73 @@ def test_admin_grpc_needs_the_token_and_administers_keys(gateway, grpc_channel):
     with pytest.raises(grpc.RpcError) as refused:
         stub.RevokeKey(admin_pb2.RevokeKeyRequest(key="sk-nothere"), metadata=token, timeout=10)
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- money through the Admin API --------------------------------------------------------------------
+
+
+def money_chat(gateway, secret: str, text: str, max_tokens: int | None = None) -> httpx.Response:
+    body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": text}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return httpx.post(f"{gateway.base_url}/chat/completions", headers=auth(secret), json=body, timeout=30)
+
+
+def exact(resp: httpx.Response) -> dict:
+    assert resp.status_code == 200, resp.text
+    return json.loads(resp.text, parse_float=Decimal)
+
+
+def test_admin_rest_gives_money_tops_up_and_sets_budgets(gateway):
+    created = admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "balance_usd": "0.001"})
+    assert created.status_code == 201, created.text
+    key = created.json()
+    assert (key["balance_usd"], key["monthly_budget_usd"], key["spend_month_usd"]) == ("0.001", None, "0")
+    secret = key["secret"]
+    # A small worst case fits the balance; the model's whole max_output_tokens does not.
+    first = exact(money_chat(gateway, secret, "cheap", max_tokens=10))
+    assert_error(money_chat(gateway, secret, "dear"), 429, "insufficient_quota", "insufficient_quota")
+    # Money is a decimal string, never a JSON number.
+    bad = admin(gateway, "POST", f"/admin/keys/{key['id']}/topup", json={"amount_usd": 1})
+    assert assert_error(bad, 400, "invalid_request_error")["param"] == "amount_usd"
+    bad = admin(gateway, "POST", f"/admin/keys/{key['id']}/topup", json={"amount_usd": "0.0000000000001"})
+    assert assert_error(bad, 400, "invalid_request_error")["param"] == "amount_usd"
+    assert_error(admin(gateway, "POST", f"/admin/keys/{key['id']}/topup", token=None, json={"amount_usd": "1"}), 401, "authentication_error")
+
+    topped = admin(gateway, "POST", f"/admin/keys/{key['id']}/topup", json={"amount_usd": "1"})
+    assert topped.status_code == 200, topped.text
+    second = exact(money_chat(gateway, secret, "dear"))
+    spent = first["usage"]["cost"] + second["usage"]["cost"]
+    listed = next(k for k in admin(gateway, "GET", "/admin/keys").json()["data"] if k["id"] == key["id"])
+    assert Decimal(listed["balance_usd"]) == Decimal("1.001") - spent, listed
+    assert Decimal(listed["spend_month_usd"]) == spent
+    assert listed["reserved_usd"] == "0"
+
+    # Dashboards read hard_limit_usd - this month's usage as what is left: the balance.
+    sub = exact(httpx.get(f"{gateway.base_url}/dashboard/billing/subscription", headers=auth(secret), timeout=10))
+    assert sub["hard_limit_usd"] == Decimal("1.001")
+    assert Decimal(sub["balance_usd"]) == Decimal("1.001") - spent
+    patched = admin(gateway, "PATCH", f"/admin/keys/{key['id']}", json={"monthly_budget_usd": "0.1"})
+    assert patched.status_code == 200 and patched.json()["monthly_budget_usd"] == "0.1", patched.text
+    sub = exact(httpx.get(f"{gateway.base_url}/dashboard/billing/subscription", headers=auth(secret), timeout=10))
+    assert (sub["hard_limit_usd"], sub["monthly_budget_usd"]) == (Decimal("0.1"), "0.1")
+    # The budget now refuses the model's whole worst case (384,000 output tokens at 0.44 USD per
+    # 1M: 0.169 USD), which the balance would still cover.
+    assert_error(money_chat(gateway, secret, "over budget"), 429, "insufficient_quota", "insufficient_quota")
+    cleared = admin(gateway, "PATCH", f"/admin/keys/{key['id']}", json={"monthly_budget_usd": None})
+    assert cleared.json()["monthly_budget_usd"] is None, cleared.text
+    assert money_chat(gateway, secret, "budget removed").status_code == 200
+
+
+def test_admin_grpc_top_up(gateway, grpc_channel):
+    stub = admin_pb2_grpc.AdminStub(grpc_channel)
+    token = [("authorization", f"Bearer {ADMIN_TOKEN}")]
+    issued = stub.CreateKey(admin_pb2.CreateKeyRequest(tier="pro", balance_usd="0.000001"), metadata=token, timeout=10)
+    assert issued.key.balance_usd == "0.000001"
+    assert_error(money_chat(gateway, issued.secret, "poor", max_tokens=10), 429, "insufficient_quota")
+    topped = stub.TopUp(admin_pb2.TopUpRequest(key=issued.key.prefix, amount_usd="0.25"), metadata=token, timeout=10)
+    assert topped.balance_usd == "0.250001"
+    assert money_chat(gateway, issued.secret, "rich", max_tokens=10).status_code == 200
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.TopUp(admin_pb2.TopUpRequest(key=issued.key.id, amount_usd="-1"), metadata=token, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,5 +1,5 @@
 //! The `tollgate.v1.Admin` gRPC service: key administration (create, list, rotate, revoke,
-//! update) for operators holding the admin token. The token is not an API key: it comes from the
+//! update, top up) for operators holding the admin token. The token is not an API key: it comes from the
 //! process environment (`[admin] token_env`), travels as `authorization: Bearer <token>`, and is
 //! compared in constant time. Without a configured token every call is refused.
 //!
@@ -14,16 +14,18 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tollgate::money::{format_picodollars, parse_usd_picodollars};
 use tollgate::transport::GrpcTransport;
 use tollgate::v1::admin_server::Admin;
 use tollgate::v1::metering_client::MeteringClient;
 use tollgate::v1::{
     CreateKeyRequest, InvalidateKeyRequest, IssuedKey, ListKeysRequest, ListKeysResponse,
-    ManagedKey, RevokeKeyRequest, RotateKeyRequest, UpdateKeyRequest,
+    ManagedKey, RevokeKeyRequest, RotateKeyRequest, TopUpRequest, UpdateKeyRequest,
 };
 use tonic::{Request, Response, Status};
 
-use crate::accounts::KeyMoney;
+use crate::accounts::{self, KeyAccount, KeyMoney};
+use crate::clock::Period;
 use crate::config::Tiers;
 use crate::error::BillingError;
 use crate::keys::{self, KeyRecord, KeyUpdate, NewKey};
@@ -127,7 +129,13 @@ impl AdminService {
         }
     }
 
-    fn managed(&self, key: &KeyRecord) -> ManagedKey {
+    /// The key as operators see it, with its money read afresh.
+    async fn managed_now(&self, key: &KeyRecord) -> Result<ManagedKey, BillingError> {
+        let account = accounts::account(&self.inner.db, &key.id).await?;
+        Ok(self.managed(key, account.as_ref()))
+    }
+
+    fn managed(&self, key: &KeyRecord, account: Option<&KeyAccount>) -> ManagedKey {
         // A key whose tier was removed from the config has no limits in force (it is refused).
         let (rpm_limit, monthly_limit) = self.inner.tiers.get(&key.tier).map_or((0, 0), |tier| {
             let (rpm, monthly) = key.overrides.apply(tier);
@@ -146,15 +154,35 @@ impl AdminService {
             rpm_limit,
             monthly_limit,
             status: key.status(Utc::now()).to_owned(),
+            balance_usd: account
+                .and_then(|a| a.balance_picodollars)
+                .map(format_picodollars),
+            monthly_budget_usd: account
+                .and_then(|a| a.monthly_budget_picodollars)
+                .map(format_picodollars),
+            reserved_usd: format_picodollars(account.map_or(0, |a| a.reserved_picodollars)),
+            spend_month_usd: format_picodollars(
+                account.map_or(0, |a| a.spent_in(Period::current())),
+            ),
+            spend_total_usd: format_picodollars(account.map_or(0, |a| a.spent_total_picodollars)),
         }
     }
 
-    fn issued(&self, key: &KeyRecord, secret: &keys::SecretKey) -> IssuedKey {
-        IssuedKey {
-            key: Some(self.managed(key)),
+    async fn issued(
+        &self,
+        key: &KeyRecord,
+        secret: &keys::SecretKey,
+    ) -> Result<IssuedKey, BillingError> {
+        Ok(IssuedKey {
+            key: Some(self.managed_now(key).await?),
             secret: secret.expose_secret().to_owned(),
-        }
+        })
     }
+}
+
+/// A USD amount given as a decimal string, in picodollars; a 400 naming `param` otherwise.
+fn usd(param: &'static str, text: &str) -> Result<i64, BillingError> {
+    parse_usd_picodollars(text.trim()).map_err(|e| BillingError::invalid(param, e.to_string()))
 }
 
 fn timestamp(param: &'static str, secs: i64) -> Result<DateTime<Utc>, BillingError> {
@@ -205,10 +233,21 @@ impl Admin for AdminService {
                 .transpose()?,
             rpm: req.rpm,
             monthly_requests: req.monthly_requests,
-            money: KeyMoney::default(),
+            money: KeyMoney {
+                balance_picodollars: req
+                    .balance_usd
+                    .as_deref()
+                    .map(|t| usd("balance_usd", t))
+                    .transpose()?,
+                monthly_budget_picodollars: req
+                    .monthly_budget_usd
+                    .as_deref()
+                    .map(|t| usd("monthly_budget_usd", t))
+                    .transpose()?,
+            },
         };
         let (key, secret) = keys::create_key_with(&self.inner.db, &self.inner.tiers, &new).await?;
-        Ok(Response::new(self.issued(&key, &secret)))
+        Ok(Response::new(self.issued(&key, &secret).await?))
     }
 
     async fn list_keys(
@@ -217,8 +256,12 @@ impl Admin for AdminService {
     ) -> Result<Response<ListKeysResponse>, Status> {
         self.authorize(&request)?;
         let keys = keys::list_keys(&self.inner.db).await?;
+        let accounts = accounts::all_accounts(&self.inner.db).await?;
         Ok(Response::new(ListKeysResponse {
-            keys: keys.iter().map(|k| self.managed(k)).collect(),
+            keys: keys
+                .iter()
+                .map(|k| self.managed(k, accounts.get(&k.id)))
+                .collect(),
         }))
     }
 
@@ -230,7 +273,7 @@ impl Admin for AdminService {
         let wanted = key_name("key", request.into_inner().key)?;
         let (key, secret) = keys::rotate_key(&self.inner.db, &wanted).await?;
         self.invalidate(&key.id).await;
-        Ok(Response::new(self.issued(&key, &secret)))
+        Ok(Response::new(self.issued(&key, &secret).await?))
     }
 
     async fn revoke_key(
@@ -241,7 +284,7 @@ impl Admin for AdminService {
         let wanted = key_name("key", request.into_inner().key)?;
         let key = keys::revoke_key(&self.inner.db, &wanted).await?;
         self.invalidate(&key.id).await;
-        Ok(Response::new(self.managed(&key)))
+        Ok(Response::new(self.managed_now(&key).await?))
     }
 
     async fn update_key(
@@ -268,9 +311,47 @@ impl Admin for AdminService {
                 "clear_monthly_requests",
             )?,
         };
-        let key = keys::update_key(&self.inner.db, &self.inner.tiers, &wanted, &update).await?;
+        let budget = patch(
+            req.monthly_budget_usd
+                .as_deref()
+                .map(|t| usd("monthly_budget_usd", t))
+                .transpose()?,
+            req.clear_monthly_budget,
+            "clear_monthly_budget",
+        )?;
+        if update.is_empty() && budget.is_none() {
+            return Err(BillingError::invalid("key", "the update changes nothing").into());
+        }
+        // The key's own fields first (this also checks that the key exists), then its budget.
+        let key = if update.is_empty() {
+            keys::find_key(&self.inner.db, &wanted).await?
+        } else {
+            keys::update_key(&self.inner.db, &self.inner.tiers, &wanted, &update).await?
+        };
+        if let Some(budget) = budget {
+            accounts::set_monthly_budget(&self.inner.db, &key.id, budget).await?;
+        }
         self.invalidate(&key.id).await;
-        Ok(Response::new(self.managed(&key)))
+        Ok(Response::new(self.managed_now(&key).await?))
+    }
+
+    async fn top_up(&self, request: Request<TopUpRequest>) -> Result<Response<ManagedKey>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let wanted = key_name("key", req.key)?;
+        let amount = usd("amount_usd", &req.amount_usd)?;
+        if amount == 0 {
+            return Err(
+                BillingError::invalid("amount_usd", "a top-up must be more than 0 USD").into(),
+            );
+        }
+        let key = keys::find_key(&self.inner.db, &wanted).await?;
+        if key.revoked_at.is_some() {
+            return Err(BillingError::invalid("key", "a revoked key cannot be topped up").into());
+        }
+        accounts::top_up(&self.inner.db, &key.id, amount).await?;
+        self.invalidate(&key.id).await;
+        Ok(Response::new(self.managed_now(&key).await?))
     }
 }
 

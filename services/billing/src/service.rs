@@ -529,12 +529,20 @@ impl Billing for BillingService {
         request: Request<GetSubscriptionRequest>,
     ) -> Result<Response<Subscription>, Status> {
         let key = self.authenticate_request(&request).await?;
+        let account = accounts::account(&self.inner.db, &key.record.id)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(Subscription {
             key_prefix: key.record.display_prefix(),
             tier: key.limits.tier().name.clone(),
             rpm_limit: key.limits.rpm_limit().get(),
             monthly_limit: key.limits.monthly_limit(),
             expires_at: key.record.expires_at.map(|t| t.timestamp()),
+            balance_picodollars: account.as_ref().and_then(|a| a.balance_picodollars),
+            monthly_budget_picodollars: account.as_ref().and_then(|a| a.monthly_budget_picodollars),
+            spend_month_picodollars: account
+                .as_ref()
+                .map_or(0, |a| a.spent_in(Period::current())),
         }))
     }
 }

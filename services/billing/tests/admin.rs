@@ -13,7 +13,8 @@ use tollgate::v1::admin_server::AdminServer;
 use tollgate::v1::metering_server::MeteringServer;
 use tollgate::v1::{
     AdmitRequest, AuthenticateRequest, CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey,
-    Outcome, Pricing, RevokeKeyRequest, RotateKeyRequest, SettleRequest, UpdateKeyRequest, Usage,
+    Outcome, Pricing, RevokeKeyRequest, RotateKeyRequest, SettleRequest, TopUpRequest,
+    UpdateKeyRequest, Usage,
 };
 use tollgate_billing::{AdminService, TierConfig, create_key};
 use tonic::Code;
@@ -115,6 +116,7 @@ async fn created_keys_carry_their_overrides_and_list_without_secrets() {
             expires_at: Some(expires_at),
             rpm: Some(2),
             monthly_requests: Some(50),
+            ..Default::default()
         },
     )
     .await;
@@ -439,5 +441,139 @@ async fn tier_allow_lists_refuse_other_models_before_counting() {
         ))
         .await
         .unwrap();
+    h.stop().await;
+}
+
+/// Prices of the money test: 1 USD per 1M tokens in and out, so one token costs 1,000,000
+/// picodollars and a worst case of 10 + 10 tokens costs 0.00002 USD.
+const ONE_USD_PER_MTOK: Pricing = Pricing {
+    input_micros_per_mtok: 1_000_000,
+    cached_input_micros_per_mtok: 1_000_000,
+    output_micros_per_mtok: 1_000_000,
+    cache_write_micros_per_mtok: 1_000_000,
+};
+
+fn admit_reserving(request_id: &str) -> AdmitRequest {
+    AdmitRequest {
+        max_prompt_tokens: 10,
+        max_completion_tokens: 10,
+        pricing: Some(ONE_USD_PER_MTOK),
+        reservation_ttl_ms: 60_000,
+        ..admit(request_id, "m", "m")
+    }
+}
+
+#[tokio::test]
+async fn admin_gives_keys_money_tops_them_up_and_sets_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(&dir, vec![tier("pro", 1000, 1000)]).await;
+    // Exact decimal strings: 0.00003 USD covers one worst case (0.00002), not two.
+    let (key, secret) = create(
+        &h,
+        CreateKeyRequest {
+            tier: "pro".into(),
+            balance_usd: Some("0.00003".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(key.balance_usd.as_deref(), Some("0.00003"));
+    assert_eq!(key.monthly_budget_usd, None);
+    let mut metering = h.client.metering.clone();
+    metering
+        .admit(with_key(admit_reserving("r1"), &secret))
+        .await
+        .unwrap();
+    let refused = metering
+        .admit(with_key(admit_reserving("r2"), &secret))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(error_code(&refused).as_deref(), Some("insufficient_quota"));
+
+    let topped = h
+        .client
+        .admin
+        .clone()
+        .top_up(as_admin(TopUpRequest {
+            key: key.id.clone(),
+            amount_usd: "0.00002".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(topped.balance_usd.as_deref(), Some("0.00005"));
+    assert_eq!(topped.reserved_usd, "0.00002");
+    metering
+        .admit(with_key(admit_reserving("r3"), &secret))
+        .await
+        .unwrap();
+
+    // Amounts are decimal strings checked to the picodollar; nothing is changed by a bad one.
+    for (amount, param) in [
+        ("-1", "amount_usd"),
+        ("0.0000000000001", "amount_usd"),
+        ("0", "amount_usd"),
+    ] {
+        let err = h
+            .client
+            .admin
+            .clone()
+            .top_up(as_admin(TopUpRequest {
+                key: key.id.clone(),
+                amount_usd: amount.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{amount}");
+        assert_eq!(
+            support::error_param(&err).as_deref(),
+            Some(param),
+            "{amount}"
+        );
+    }
+
+    let budgeted = h
+        .client
+        .admin
+        .clone()
+        .update_key(as_admin(UpdateKeyRequest {
+            key: key.id.clone(),
+            monthly_budget_usd: Some("1.5".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(budgeted.monthly_budget_usd.as_deref(), Some("1.5"));
+    assert_eq!(budgeted.balance_usd.as_deref(), Some("0.00005"));
+    let cleared = h
+        .client
+        .admin
+        .clone()
+        .update_key(as_admin(UpdateKeyRequest {
+            key: key.id.clone(),
+            clear_monthly_budget: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cleared.monthly_budget_usd, None);
+    // Top-ups need the admin token like every other Admin call.
+    let err = h
+        .client
+        .admin
+        .clone()
+        .top_up(with_key(
+            TopUpRequest {
+                key: key.id.clone(),
+                amount_usd: "1".into(),
+            },
+            &secret,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
     h.stop().await;
 }

@@ -146,6 +146,12 @@ pub fn error_code(status: &tonic::Status) -> Option<String> {
     ApiError::from_status(status).code
 }
 
+/// The `param` (field) of a status built from the error table.
+#[allow(dead_code)] // Not every test binary that includes this module uses it.
+pub fn error_param(status: &tonic::Status) -> Option<String> {
+    ApiError::from_status(status).param
+}
+
 /// Polls `check` until it holds or `deadline` passes; true when it held.
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
 where

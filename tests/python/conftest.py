@@ -95,3 +95,11 @@ def grpc_channel(gateway: Gateway) -> grpc.Channel:
     grpc.channel_ready_future(channel).result(timeout=15)
     yield channel
     channel.close()
+
+
+@pytest.fixture(scope="module")
+def inference(grpc_channel: grpc.Channel):
+    """The Inference stub on the module's gateway."""
+    from tollgate.v1 import inference_pb2_grpc
+
+    return inference_pb2_grpc.InferenceStub(grpc_channel)

@@ -13,6 +13,7 @@ import re
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -526,3 +527,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} did not hold within {timeout}s")
         time.sleep(interval)
+
+
+def nonce() -> str:
+    """A short random marker, so a test finds its own requests among those the mock recorded."""
+    return uuid.uuid4().hex[:12]
+
+
+def user(text: str) -> list[dict]:
+    """`messages` of one user turn."""
+    return [{"role": "user", "content": text}]
+
+
+def extra(obj) -> dict:
+    """The fields an OpenAI SDK object carries beyond its declared ones (`reasoning_details`...)."""
+    return obj.model_extra or {}

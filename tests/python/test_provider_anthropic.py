@@ -16,16 +16,15 @@ import base64
 import json
 import re
 import time
-import uuid
 from decimal import Decimal
 
 import grpc
 import httpx
 import openai
 import pytest
-from tollgate.v1 import inference_pb2, inference_pb2_grpc
+from tollgate.v1 import inference_pb2
 
-from harness import PROVIDER_KEY, WRONG_PROVIDER_KEY, Gateway, auth
+from harness import PROVIDER_KEY, WRONG_PROVIDER_KEY, Gateway, auth, extra, nonce, user
 from mock_rules import (
     ANTHROPIC_TOOL_CALLS,
     CacheUsage,
@@ -121,23 +120,6 @@ def gateway(mock, tmp_path_factory):
     gw = Gateway(tmp_path_factory.mktemp("tollgate-anthropic"), mock, extra_config=anthropic_config(mock.base_url))
     yield gw
     gw.stop()
-
-
-@pytest.fixture(scope="module")
-def inference(grpc_channel):
-    return inference_pb2_grpc.InferenceStub(grpc_channel)
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def extra(obj) -> dict:
-    return obj.model_extra or {}
 
 
 def received(mock, marker: str) -> dict:

@@ -8,15 +8,14 @@ clean OpenAI answer, over REST (official SDK) and gRPC. Also DeepSeek's
 from __future__ import annotations
 
 import json
-import uuid
 from decimal import Decimal
 
 import httpx
 import openai
 import pytest
-from tollgate.v1 import inference_pb2, inference_pb2_grpc
+from tollgate.v1 import inference_pb2
 
-from harness import Gateway, MockUpstream, auth
+from harness import Gateway, MockUpstream, auth, extra, nonce, user
 from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, cost_usd, echo, expected_usage, reasoning, usage_of
 
 TIMEOUT = 30
@@ -70,23 +69,6 @@ def gateway(mock, tmp_path_factory):
     gw = Gateway(tmp_path_factory.mktemp("tollgate-compatible"), mock, compatible_config(mock.port))
     yield gw
     gw.stop()
-
-
-@pytest.fixture(scope="module")
-def inference(grpc_channel):
-    return inference_pb2_grpc.InferenceStub(grpc_channel)
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def extra(obj) -> dict:
-    return obj.model_extra or {}
 
 
 def stream_parts(chunks) -> tuple[str, str]:

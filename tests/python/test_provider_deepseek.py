@@ -7,13 +7,12 @@ for the round trip."""
 
 from __future__ import annotations
 
-import uuid
 
 import openai
 import pytest
-from tollgate.v1 import inference_pb2, inference_pb2_grpc
+from tollgate.v1 import inference_pb2
 
-from harness import Gateway
+from harness import Gateway, extra, nonce, user
 from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, echo, reasoning
 
 TIMEOUT = 30
@@ -48,23 +47,6 @@ def gateway(mock, tmp_path_factory):
     gw = Gateway(tmp_path_factory.mktemp("tollgate-deepseek"), mock, TEXT_ONLY_MODEL)
     yield gw
     gw.stop()
-
-
-@pytest.fixture(scope="module")
-def inference(grpc_channel):
-    return inference_pb2_grpc.InferenceStub(grpc_channel)
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def extra(obj) -> dict:
-    return obj.model_extra or {}
 
 
 def test_developer_becomes_system(client, mock):

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from decimal import Decimal
 
 import grpc
 import httpx
 import openai
 import pytest
-from tollgate.v1 import inference_pb2, inference_pb2_grpc
+from tollgate.v1 import inference_pb2
 
-from harness import PROVIDER_KEY, WRONG_PROVIDER_KEY, Gateway, auth
+from harness import PROVIDER_KEY, WRONG_PROVIDER_KEY, Gateway, auth, nonce, user
 from mock_rules import TOOL_ARGUMENTS, Usage, cost_usd, echo, last_user_text, message_text, usage_of, words
 
 TIMEOUT = 30
@@ -117,19 +116,6 @@ def gateway(mock, tmp_path_factory) -> Gateway:
     gw = Gateway(tmp_path_factory.mktemp("tollgate-gemini"), mock, extra_config=gemini_config(mock.base_url) + IMAGES_FOR_TESTS)
     yield gw
     gw.stop()
-
-
-@pytest.fixture(scope="module")
-def inference(grpc_channel):
-    return inference_pb2_grpc.InferenceStub(grpc_channel)
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def signature_for(name: str) -> str:

@@ -6,16 +6,15 @@ Every test checks what the client got and what the mock received."""
 from __future__ import annotations
 
 import json
-import uuid
 from decimal import Decimal
 
 import grpc
 import httpx
 import openai
 import pytest
-from tollgate.v1 import inference_pb2, inference_pb2_grpc
+from tollgate.v1 import inference_pb2
 
-from harness import PROVIDER_KEY, Gateway, auth
+from harness import PROVIDER_KEY, Gateway, auth, extra, nonce, user
 from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, cost_usd, echo, expected_usage, reasoning, usage_of
 
 TIMEOUT = 30
@@ -91,23 +90,6 @@ def gateway(mock, tmp_path_factory):
     gw = Gateway(tmp_path_factory.mktemp("tollgate-minimax"), mock, minimax_config(mock.port))
     yield gw
     gw.stop()
-
-
-@pytest.fixture(scope="module")
-def inference(grpc_channel):
-    return inference_pb2_grpc.InferenceStub(grpc_channel)
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def extra(message) -> dict:
-    return message.model_extra or {}
 
 
 def post(gateway, key, body: dict) -> httpx.Response:

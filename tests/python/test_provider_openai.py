@@ -8,15 +8,14 @@ A model is a reasoning model when its configuration says it thinks (`thinking = 
 from __future__ import annotations
 
 import json
-import uuid
 from decimal import Decimal
 
 import grpc
 import httpx
 import pytest
-from tollgate.v1 import inference_pb2, inference_pb2_grpc
+from tollgate.v1 import inference_pb2
 
-from harness import PRICES, PROVIDER_KEY, Gateway, auth
+from harness import PRICES, PROVIDER_KEY, Gateway, auth, nonce, user
 from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, cost_usd, echo, expected_usage
 
 TIMEOUT = 30
@@ -50,19 +49,6 @@ def gateway(mock, tmp_path_factory):
     gw = Gateway(tmp_path_factory.mktemp("tollgate-openai"), mock, REASONING_MODEL_CONFIG)
     yield gw
     gw.stop()
-
-
-@pytest.fixture(scope="module")
-def inference(grpc_channel):
-    return inference_pb2_grpc.InferenceStub(grpc_channel)
-
-
-def nonce() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def post(gateway, key, body: dict) -> httpx.Response:

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::accounts::{self, KeyMoney};
 use crate::clock::{Period, from_ms, now_ms};
-use crate::config::Tiers;
+use crate::config::{Tier, Tiers};
 use crate::entity::api_key;
 use crate::error::BillingError;
 use crate::ledger;
@@ -470,7 +470,9 @@ async fn find_one(db: &DatabaseConnection, wanted: &str) -> Result<api_key::Mode
 #[derive(Debug)]
 pub struct ActiveKey {
     pub record: KeyRecord,
-    pub limits: KeyLimits,
+    /// Shared by every cache entry of this key id (see [`KeyCache`]), so counters survive
+    /// evictions and re-reads.
+    pub limits: Arc<KeyLimits>,
     /// The key has a prepaid balance or a monthly budget: its admissions reserve money. Keys
     /// without either pay no database write at admission.
     pub metered: bool,
@@ -528,9 +530,17 @@ impl CacheEntry {
 const MAX_FILL_ATTEMPTS: usize = 3;
 
 /// Known keys by secret hash. A hit costs one SHA-256 and one map lookup.
+///
+/// The limits of a key (its RPM limiter and monthly counter) live apart from the entries, by key
+/// id, and outlive them: an entry evicted because its row changed, or dropped by a fill that raced
+/// an invalidation, is re-read with the same limiter and counter. Rebuilding the counter from the
+/// ledger instead would forget requests admitted but not yet settled, and a burst arriving during
+/// a re-read would be counted against two counters. A key whose limits changed (tier, overrides)
+/// gets a new limiter whose monthly count starts from what the old one had counted.
 #[derive(Debug, Default)]
 pub struct KeyCache {
     entries: DashMap<String, CacheEntry>,
+    limits: DashMap<String, Arc<KeyLimits>>,
     /// Bumped by every invalidation; a fill that saw it move re-reads, so an entry read before a
     /// revocation cannot be cached after the invalidation that should have removed it.
     epoch: AtomicU64,
@@ -569,7 +579,7 @@ impl KeyCache {
         loop {
             attempt += 1;
             let epoch = self.epoch.load(Ordering::SeqCst);
-            let loaded = load(db, tiers, &hash).await?;
+            let loaded = self.load(db, tiers, &hash).await?;
             // Concurrent fills of one key agree on one entry, so they share one quota counter.
             let entry = self.entries.entry(hash.clone()).or_insert(loaded).clone();
             if self.epoch.load(Ordering::SeqCst) == epoch || attempt >= MAX_FILL_ATTEMPTS {
@@ -578,6 +588,80 @@ impl KeyCache {
             self.entries
                 .remove_if(&hash, |_, cached| cached.same_as(&entry));
         }
+    }
+
+    /// The limits of `key_id` for `tier` and `overrides`: the live ones when they still apply,
+    /// else new ones counting at least `ledger_used` and what the old ones had counted.
+    fn limits_for(
+        &self,
+        key_id: &str,
+        tier: Arc<Tier>,
+        overrides: LimitOverrides,
+        period: Period,
+        ledger_used: u64,
+    ) -> Arc<KeyLimits> {
+        match self.limits.entry(key_id.to_owned()) {
+            dashmap::Entry::Occupied(mut live) => {
+                if live.get().applies(&tier, overrides) {
+                    return live.get().clone();
+                }
+                let used = ledger_used.max(live.get().used(period));
+                let limits = Arc::new(KeyLimits::with_overrides(tier, overrides, period, used));
+                live.insert(limits.clone());
+                limits
+            }
+            dashmap::Entry::Vacant(slot) => slot
+                .insert(Arc::new(KeyLimits::with_overrides(
+                    tier,
+                    overrides,
+                    period,
+                    ledger_used,
+                )))
+                .clone(),
+        }
+    }
+
+    /// Reads one key by hash and builds its cache entry.
+    async fn load(
+        &self,
+        db: &DatabaseConnection,
+        tiers: &Tiers,
+        hash: &str,
+    ) -> Result<CacheEntry, BillingError> {
+        let key = api_key::Entity::find()
+            .filter(api_key::Column::SecretHash.eq(hash))
+            .one(db)
+            .await?
+            .ok_or(BillingError::InvalidKey)?;
+        if key.revoked_at.is_some() {
+            self.limits.remove(&key.id);
+            return Ok(CacheEntry::Revoked {
+                key_id: key.id,
+                updated_at: key.updated_at,
+            });
+        }
+        let tier =
+            tiers
+                .get(&key.tier)
+                .cloned()
+                .ok_or_else(|| BillingError::TierNotConfigured {
+                    key_id: key.id.clone(),
+                    tier: key.tier.clone(),
+                })?;
+        let period = Period::current();
+        let used = ledger::count_requests(db, &key.id, period).await?;
+        let metered = accounts::account(db, &key.id)
+            .await?
+            .is_some_and(|account| account.is_metered());
+        let updated_at = key.updated_at;
+        let record = KeyRecord::from(key);
+        let limits = self.limits_for(&record.id, tier, record.overrides, period, used);
+        Ok(CacheEntry::Active(Arc::new(ActiveKey {
+            limits,
+            metered,
+            record,
+            updated_at,
+        })))
     }
 
     /// Drops the key `key_id` so the next request reads it afresh.
@@ -596,45 +680,6 @@ impl KeyCache {
                 .is_none_or(|updated_at| *updated_at == e.updated_at())
         });
     }
-}
-
-/// Reads one key by hash and builds its cache entry.
-async fn load(
-    db: &DatabaseConnection,
-    tiers: &Tiers,
-    hash: &str,
-) -> Result<CacheEntry, BillingError> {
-    let key = api_key::Entity::find()
-        .filter(api_key::Column::SecretHash.eq(hash))
-        .one(db)
-        .await?
-        .ok_or(BillingError::InvalidKey)?;
-    if key.revoked_at.is_some() {
-        return Ok(CacheEntry::Revoked {
-            key_id: key.id,
-            updated_at: key.updated_at,
-        });
-    }
-    let tier = tiers
-        .get(&key.tier)
-        .cloned()
-        .ok_or_else(|| BillingError::TierNotConfigured {
-            key_id: key.id.clone(),
-            tier: key.tier.clone(),
-        })?;
-    let period = Period::current();
-    let used = ledger::count_requests(db, &key.id, period).await?;
-    let metered = accounts::account(db, &key.id)
-        .await?
-        .is_some_and(|account| account.is_metered());
-    let updated_at = key.updated_at;
-    let record = KeyRecord::from(key);
-    Ok(CacheEntry::Active(Arc::new(ActiveKey {
-        limits: KeyLimits::with_overrides(tier, record.overrides, period, used),
-        metered,
-        record,
-        updated_at,
-    })))
 }
 
 /// How far back each poll looks before the newest change it has seen, in milliseconds: covers
@@ -766,6 +811,71 @@ mod tests {
         assert_eq!(cache.len(), 2);
         cache.invalidate(&a.id);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn counters_survive_evictions_and_carry_over_when_limits_change() {
+        use crate::config::{DatabaseConfig, TierConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::connect(&DatabaseConfig {
+            url: format!("sqlite://{}", dir.path().join("c.db").display()),
+        })
+        .await
+        .unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let tiers = Tiers::new(vec![TierConfig {
+            name: "basic".into(),
+            rpm: 1000,
+            monthly_requests: 3,
+            models: None,
+        }])
+        .unwrap();
+        let cache = KeyCache::new();
+        let (key, secret) = create_key(&db, &tiers, "basic", None).await.unwrap();
+        let period = Period::current();
+        let first = cache
+            .authenticate(&db, &tiers, secret.expose_secret())
+            .await
+            .unwrap();
+        // Two requests admitted and still in flight: nothing of them is in the ledger yet.
+        first.limits.admit(period).unwrap();
+        first.limits.admit(period).unwrap();
+
+        // An eviction (a key change seen by the poll, an InvalidateKey) and a re-read keep the
+        // counter: rebuilt from the ledger it would say 0 and admit 3 more.
+        cache.invalidate(&key.id);
+        let again = cache
+            .authenticate(&db, &tiers, secret.expose_secret())
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert!(Arc::ptr_eq(&first.limits, &again.limits));
+        again.limits.admit(period).unwrap();
+        assert!(matches!(
+            again.limits.admit(period),
+            Err(BillingError::QuotaExceeded { .. })
+        ));
+
+        // New limits (an override) get a new limiter that starts from what was counted.
+        update_key(
+            &db,
+            &tiers,
+            &key.id,
+            &KeyUpdate {
+                monthly_requests: Some(Some(5)),
+                ..KeyUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+        cache.invalidate(&key.id);
+        let changed = cache
+            .authenticate(&db, &tiers, secret.expose_secret())
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first.limits, &changed.limits));
+        assert_eq!(changed.limits.used(period), 3);
+        assert_eq!(changed.limits.monthly_limit(), 5);
     }
 
     #[test]

@@ -158,6 +158,12 @@ impl KeyLimits {
         &self.tier
     }
 
+    /// Whether these are the limits of a key of `tier` with `overrides` (so they can be kept
+    /// when the key is read again).
+    pub fn applies(&self, tier: &Tier, overrides: LimitOverrides) -> bool {
+        *self.tier == *tier && self.overrides == overrides
+    }
+
     /// Requests per minute in force for this key.
     pub fn rpm_limit(&self) -> NonZeroU32 {
         self.rpm_limit

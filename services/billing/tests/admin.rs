@@ -387,13 +387,14 @@ async fn keys_expire_by_the_clock_while_cached() {
         &h,
         CreateKeyRequest {
             tier: "basic".into(),
-            expires_at: Some(chrono::Utc::now().timestamp() + 1),
+            // Whole seconds: at least 2 s ahead, so the first call below is surely in time.
+            expires_at: Some(chrono::Utc::now().timestamp() + 3),
             ..Default::default()
         },
     )
     .await;
     authenticate(&h, &secret).await.unwrap();
-    let expired = support::eventually(Duration::from_secs(5), || {
+    let expired = support::eventually(Duration::from_secs(8), || {
         let h = &h;
         let secret = secret.clone();
         async move {

@@ -13,7 +13,7 @@
 //! Keys without a balance or budget never reach [`reserve`]; their spend totals are still kept by
 //! settlement, so `spent_total_picodollars` equals the sum of the key's ledger costs for every key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, EntityTrait, Statement,
@@ -315,35 +315,24 @@ pub(crate) async fn apply_settlements(
     if settled.is_empty() {
         return Ok(());
     }
-    let backend = txn.get_database_backend();
     let placeholders = vec!["?"; settled.len()].join(", ");
-    let released_rows = txn
-        .query_all(statement(
-            backend,
-            &format!(
-                "DELETE FROM reservations WHERE request_id IN ({placeholders}) \
-                 RETURNING key_id, amount_picodollars"
-            ),
-            settled
-                .iter()
-                .map(|s| s.request_id.as_str().into())
-                .collect(),
-        ))
-        .await?;
-    let mut released: HashMap<String, i64> = HashMap::new();
-    for row in released_rows {
-        let key_id: String = row.try_get("", "key_id")?;
-        let amount: i64 = row.try_get("", "amount_picodollars")?;
-        *released.entry(key_id).or_default() += amount;
-    }
-    // One statement per key and month in the batch.
-    let mut spent: Vec<((String, String), i64)> = Vec::new();
+    let (_, mut released) = delete_reservations(
+        txn,
+        &format!("request_id IN ({placeholders})"),
+        settled
+            .iter()
+            .map(|s| s.request_id.as_str().into())
+            .collect(),
+    )
+    .await?;
+    // One statement per key and month in the batch, in key order: every writer locks account
+    // rows in the same order, so two replicas' batches cannot deadlock on them.
+    let mut spent: BTreeMap<(String, String), i64> = BTreeMap::new();
     for s in settled {
-        let group = (s.key_id.clone(), s.period.clone());
-        match spent.iter_mut().find(|(g, _)| *g == group) {
-            Some((_, cost)) => *cost = cost.saturating_add(s.cost),
-            None => spent.push((group, s.cost)),
-        }
+        let cost = spent
+            .entry((s.key_id.clone(), s.period.clone()))
+            .or_default();
+        *cost = cost.saturating_add(s.cost);
     }
     for ((key_id, period), cost) in spent {
         let release = released.remove(&key_id).unwrap_or(0);
@@ -384,24 +373,38 @@ pub(crate) async fn apply_settlements(
     Ok(())
 }
 
-/// Releases the reservations that expired before `before` (Unix ms; `i64::MAX` releases all):
-/// their requests never settled, so their money goes back. Returns how many were released.
-pub async fn release_expired(db: &DatabaseConnection, before: i64) -> Result<u64, BillingError> {
-    let txn = db.begin().await?;
+/// Deletes the reservations matching `condition` (SQL with `?` placeholders for `values`) and
+/// returns how many there were and their amounts summed per key, in key order.
+async fn delete_reservations(
+    txn: &impl ConnectionTrait,
+    condition: &str,
+    values: Vec<Value>,
+) -> Result<(u64, BTreeMap<String, i64>), DbErr> {
     let rows = txn
         .query_all(statement(
             txn.get_database_backend(),
-            "DELETE FROM reservations WHERE expires_at < ? RETURNING key_id, amount_picodollars",
-            vec![before.into()],
+            &format!(
+                "DELETE FROM reservations WHERE {condition} RETURNING key_id, amount_picodollars"
+            ),
+            values,
         ))
         .await?;
     let count = rows.len() as u64;
-    let mut released: HashMap<String, i64> = HashMap::new();
+    let mut released: BTreeMap<String, i64> = BTreeMap::new();
     for row in rows {
         let key_id: String = row.try_get("", "key_id")?;
         let amount: i64 = row.try_get("", "amount_picodollars")?;
         *released.entry(key_id).or_default() += amount;
     }
+    Ok((count, released))
+}
+
+/// Releases the reservations that expired before `before` (Unix ms; `i64::MAX` releases all):
+/// their requests never settled, so their money goes back. Returns how many were released.
+pub async fn release_expired(db: &DatabaseConnection, before: i64) -> Result<u64, BillingError> {
+    let txn = db.begin().await?;
+    let (count, released) =
+        delete_reservations(&txn, "expires_at < ?", vec![before.into()]).await?;
     for (key_id, amount) in released {
         execute(
             &txn,

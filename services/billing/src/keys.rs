@@ -292,26 +292,22 @@ pub async fn revoke_key(
     db: &DatabaseConnection,
     id_or_prefix: &str,
 ) -> Result<KeyRecord, BillingError> {
-    let wanted = id_or_prefix.trim();
-    let wanted = wanted.strip_suffix("...").unwrap_or(wanted);
-    let key = find_one(db, wanted).await?;
+    let key = find_named(db, id_or_prefix).await?;
     if key.revoked_at.is_some() {
         return Ok(key.into());
     }
     let now = now_ms();
-    // `updated_at` must move even within one millisecond of the last change: caches compare it.
-    let updated_at = now.max(key.updated_at.saturating_add(1));
     api_key::Entity::update_many()
         .col_expr(api_key::Column::RevokedAt, Expr::value(Some(now)))
-        .col_expr(api_key::Column::UpdatedAt, Expr::value(updated_at))
+        .col_expr(
+            api_key::Column::UpdatedAt,
+            Expr::value(next_updated_at(&key)),
+        )
         .filter(api_key::Column::Id.eq(key.id.as_str()))
         .filter(api_key::Column::RevokedAt.is_null())
         .exec(db)
         .await?;
-    let key = api_key::Entity::find_by_id(key.id.as_str())
-        .one(db)
-        .await?
-        .ok_or_else(|| BillingError::KeyNotFound(wanted.to_owned()))?;
+    let key = reload(db, &key.id).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key revoked");
     Ok(key.into())
 }
@@ -420,9 +416,7 @@ pub async fn find_key(
     db: &DatabaseConnection,
     id_or_prefix: &str,
 ) -> Result<KeyRecord, BillingError> {
-    let wanted = id_or_prefix.trim();
-    let wanted = wanted.strip_suffix("...").unwrap_or(wanted);
-    Ok(find_one(db, wanted).await?.into())
+    Ok(find_named(db, id_or_prefix).await?.into())
 }
 
 async fn find_one(db: &DatabaseConnection, wanted: &str) -> Result<api_key::Model, BillingError> {

@@ -132,6 +132,7 @@ impl std::fmt::Debug for KeyLimits {
 
 impl KeyLimits {
     /// Limits for a key of `tier` that already made `used` requests in `period`.
+    #[cfg(test)]
     pub fn new(tier: Arc<Tier>, period: Period, used: u64) -> Self {
         Self::with_overrides(tier, LimitOverrides::default(), period, used)
     }
@@ -198,19 +199,29 @@ impl KeyLimits {
     /// limiter refuses, the monthly slot is given back, so a refused request counts nowhere.
     pub fn admit(&self, period: Period) -> Result<(), BillingError> {
         if !self.monthly.try_acquire(period, self.monthly_limit) {
-            return Err(BillingError::QuotaExceeded {
-                tier: self.limit_owner(self.overrides.monthly_requests.is_some()),
-                limit: self.monthly_limit,
-            });
+            return Err(self.quota_exceeded());
         }
         if self.rpm.check().is_err() {
             self.monthly.release(period);
-            return Err(BillingError::RateLimited {
-                tier: self.limit_owner(self.overrides.rpm.is_some()),
-                rpm: self.rpm_limit.get(),
-            });
+            return Err(self.rate_limited());
         }
         Ok(())
+    }
+
+    /// The refusal of a request over this key's monthly quota (whoever counted it).
+    pub fn quota_exceeded(&self) -> BillingError {
+        BillingError::QuotaExceeded {
+            tier: self.limit_owner(self.overrides.monthly_requests.is_some()),
+            limit: self.monthly_limit,
+        }
+    }
+
+    /// The refusal of a request over this key's requests per minute (whoever counted it).
+    pub fn rate_limited(&self) -> BillingError {
+        BillingError::RateLimited {
+            tier: self.limit_owner(self.overrides.rpm.is_some()),
+            rpm: self.rpm_limit.get(),
+        }
     }
 }
 

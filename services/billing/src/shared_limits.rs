@@ -122,14 +122,8 @@ impl SharedLimits {
             .map_err(redis_error)?;
         match verdict {
             0 => Ok(()),
-            1 => Err(BillingError::QuotaExceeded {
-                tier: limits.tier().name.clone(),
-                limit: monthly,
-            }),
-            _ => Err(BillingError::RateLimited {
-                tier: limits.tier().name.clone(),
-                rpm,
-            }),
+            1 => Err(limits.quota_exceeded()),
+            _ => Err(limits.rate_limited()),
         }
     }
 

@@ -399,3 +399,101 @@ fn new_key(tier: &str, money: KeyMoney) -> tollgate_billing::NewKey {
         ..Default::default()
     }
 }
+
+/// Every outcome releases its hold: a failed and a cancelled request settle their reservation to
+/// their real cost exactly like a successful one.
+#[tokio::test]
+async fn failed_and_cancelled_requests_release_their_reservations() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        &dir.path().join("o.db"),
+        tiers(vec![tier("wide", 10_000, 10_000)]),
+        Duration::from_millis(50),
+    )
+    .await;
+    let (record, secret) = create_key_with(
+        &h.db,
+        &h.tiers,
+        &new_key(
+            "wide",
+            KeyMoney {
+                balance_picodollars: Some(3 * RESERVE),
+                monthly_budget_picodollars: None,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let mut client = h.client.clone();
+    for (i, outcome) in [Outcome::Failed, Outcome::Cancelled]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("end-{i}");
+        client
+            .admit(with_key(admit(&id), secret.expose_secret()))
+            .await
+            .unwrap();
+        let held = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+        assert_eq!(held.reserved_picodollars, RESERVE, "{outcome:?}");
+        let mut request = settle(&id, &record.id, i as u64);
+        request.outcome = outcome as i32;
+        client.settle(request).await.unwrap();
+    }
+    assert_books_balance(&h.db, &record.id, 3 * RESERVE).await;
+    h.stop().await;
+}
+
+/// A real cost above what is left of the balance (an upstream that overran its limit) empties the
+/// balance, never below zero, and books the excess as written off.
+#[tokio::test]
+async fn a_cost_above_the_balance_stops_it_at_zero_and_writes_off_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        &dir.path().join("w.db"),
+        tiers(vec![tier("wide", 10_000, 10_000)]),
+        Duration::from_millis(50),
+    )
+    .await;
+    let (record, secret) = create_key_with(
+        &h.db,
+        &h.tiers,
+        &new_key(
+            "wide",
+            KeyMoney {
+                balance_picodollars: Some(RESERVE),
+                monthly_budget_picodollars: None,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let mut client = h.client.clone();
+    client
+        .admit(with_key(admit("overrun"), secret.expose_secret()))
+        .await
+        .unwrap();
+    // Ten times the reserved completion: the upstream ignored max_tokens.
+    let mut request = settle("overrun", &record.id, 0);
+    if let Some(usage) = request.usage.as_mut() {
+        usage.completion_tokens = 10_000;
+    }
+    let cost = client
+        .settle(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .cost_picodollars;
+    assert!(cost > RESERVE, "{cost} must exceed the balance {RESERVE}");
+    let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+    assert_eq!(account.balance_picodollars, Some(0));
+    assert_eq!(account.written_off_picodollars, cost - RESERVE);
+    assert_eq!(account.spent_total_picodollars, cost);
+    assert_eq!(account.reserved_picodollars, 0);
+    assert_eq!(
+        account.credited_total_picodollars - account.spent_total_picodollars
+            + account.written_off_picodollars,
+        0
+    );
+    h.stop().await;
+}

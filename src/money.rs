@@ -4,9 +4,6 @@
 
 use crate::v1::{Pricing, Usage};
 
-/// Micro-USD in one USD: the unit of a price per 1M tokens.
-pub const MICROS_PER_USD: i64 = 1_000_000;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PriceError {
     #[error("a price must be a non-negative decimal number of USD, got {0:?}")]
@@ -17,9 +14,6 @@ pub enum PriceError {
     TooLarge(String),
 }
 
-/// Picodollars in one USD: the unit of costs, balances and budgets.
-pub const PICODOLLARS_PER_USD: i64 = 1_000_000_000_000;
-
 /// Why a decimal string is not an amount at a given scale.
 enum DecimalError {
     NotADecimal,
@@ -29,7 +23,7 @@ enum DecimalError {
 
 /// Parses a non-negative decimal such as `"0.22"` into an integer count of `10^-scale` units,
 /// digit by digit (never through a float).
-fn parse_scaled(text: &str, scale: usize) -> Result<i64, DecimalError> {
+fn parse_scaled(text: &str, scale: u32) -> Result<i64, DecimalError> {
     let t = text.trim();
     let (int, frac) = t.split_once('.').unwrap_or((t, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
@@ -37,7 +31,8 @@ fn parse_scaled(text: &str, scale: usize) -> Result<i64, DecimalError> {
         return Err(DecimalError::NotADecimal);
     }
     let frac = frac.trim_end_matches('0');
-    if frac.len() > scale {
+    let width = scale as usize;
+    if frac.len() > width {
         return Err(DecimalError::TooPrecise);
     }
     let whole: i64 = if int.is_empty() {
@@ -45,11 +40,11 @@ fn parse_scaled(text: &str, scale: usize) -> Result<i64, DecimalError> {
     } else {
         int.parse().map_err(|_| DecimalError::TooLarge)?
     };
-    let unit = 10i64.pow(u32::try_from(scale).map_err(|_| DecimalError::TooLarge)?);
+    let unit = 10i64.pow(scale);
     let frac_units: i64 = if frac.is_empty() {
         0
     } else {
-        format!("{frac:0<scale$}")
+        format!("{frac:0<width$}")
             .parse()
             .map_err(|_| DecimalError::TooLarge)?
     };
@@ -175,7 +170,7 @@ mod tests {
     #[test]
     fn parses_amounts_to_the_picodollar() {
         assert_eq!(parse_usd_picodollars("0.05"), Ok(50_000_000_000));
-        assert_eq!(parse_usd_picodollars("12"), Ok(12 * PICODOLLARS_PER_USD));
+        assert_eq!(parse_usd_picodollars("12"), Ok(12_000_000_000_000));
         assert_eq!(parse_usd_picodollars("0.000000000001"), Ok(1));
         assert_eq!(parse_usd_picodollars("0.1"), Ok(100_000_000_000));
         assert!(matches!(

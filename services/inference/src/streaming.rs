@@ -186,7 +186,7 @@ async fn run(
         End::Finished => Outcome::Succeeded,
     };
     let estimated = usage.is_none();
-    let usage = usage
+    let mut usage = usage
         .unwrap_or_else(|| token_bounds::estimate(admitted.bounds.prompt_text_bytes, generated));
     let settled = service
         .settle(&admitted, Some(usage), outcome, estimated)
@@ -202,7 +202,6 @@ async fn run(
         (End::Finished, Err(status)) => Err(status),
         (End::Finished, Ok(_)) if !include_usage => return,
         (End::Finished, Ok(cost)) => {
-            let mut usage = usage;
             usage.cost_picodollars = Some(cost);
             Ok(ChatChunk {
                 id: admitted.request_id.clone(),

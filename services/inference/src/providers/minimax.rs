@@ -423,8 +423,8 @@ mod tests {
     #[test]
     fn base_resp_failures_map_onto_the_error_table() {
         let kind = |code: i64| {
-            let body =
-                json!({"id":"x","choices":null,"base_resp":{"status_code":code,"status_msg":"m"}});
+            // MiniMax's own wording, which must not decide what the caller reads.
+            let body = json!({"id":"x","choices":null,"base_resp":{"status_code":code,"status_msg":"insufficient balance"}});
             let from_json = parse_completion::<MiniMax>("minimax", body.clone()).unwrap_err();
             let mut normaliser = StreamNormaliser::<MiniMax>::default();
             let from_sse = normaliser.chunk("minimax", &body.to_string()).unwrap_err();

@@ -20,6 +20,7 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 use futures::Stream;
 use tollgate::v1::{ChatChunk, ChatRequest, ChatResponse, ResolvedModel};
 
+use http::Upstream;
 use openai_wire::{OpenAiFamily, OpenAiWire};
 
 use crate::{
@@ -93,24 +94,22 @@ impl Provider {
     /// Refuses at once when the provider cannot be called (its key is not configured), so such a
     /// request is never admitted nor counted.
     pub fn ready(&self) -> Result<(), UpstreamError> {
-        match self {
-            Self::Openai(p) => p.wire.ready(),
-            Self::Deepseek(p) => p.wire.ready(),
-            Self::OpenaiCompatible(p) => p.wire.ready(),
-            Self::Anthropic(p) => p.ready(),
-            Self::Gemini(p) => p.ready(),
-            Self::Minimax(p) => p.wire.ready(),
-        }
+        self.upstream().ready()
     }
 
     pub fn timeouts(&self) -> Timeouts {
+        self.upstream().timeouts()
+    }
+
+    /// The HTTP side of whichever provider this is.
+    fn upstream(&self) -> &Upstream {
         match self {
-            Self::Openai(p) => p.wire.timeouts(),
-            Self::Deepseek(p) => p.wire.timeouts(),
-            Self::OpenaiCompatible(p) => p.wire.timeouts(),
-            Self::Anthropic(p) => p.timeouts(),
-            Self::Gemini(p) => p.timeouts(),
-            Self::Minimax(p) => p.wire.timeouts(),
+            Self::Openai(p) => &p.wire.upstream,
+            Self::Deepseek(p) => &p.wire.upstream,
+            Self::OpenaiCompatible(p) => &p.wire.upstream,
+            Self::Minimax(p) => &p.wire.upstream,
+            Self::Anthropic(p) => &p.upstream,
+            Self::Gemini(p) => &p.upstream,
         }
     }
 

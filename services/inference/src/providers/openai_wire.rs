@@ -25,10 +25,7 @@ use super::{
     http::{KeyPlacement, Upstream, error_text},
     think_tags::ThinkTagSplitter,
 };
-use crate::{
-    UpstreamError,
-    config::{ProviderConfig, Timeouts},
-};
+use crate::{UpstreamError, config::ProviderConfig};
 
 /// DeepSeek's finish reason for a generation cut short by a lack of inference capacity.
 const INSUFFICIENT_RESOURCES: &str = "insufficient_system_resource";
@@ -135,7 +132,7 @@ impl<D: Dialect> ChatProvider for OpenAiFamily<D> {
 /// The OpenAI protocol over one [`Upstream`]: `POST {base_url}/chat/completions`, Bearer auth.
 #[derive(Debug)]
 pub struct OpenAiWire {
-    upstream: Upstream,
+    pub(super) upstream: Upstream,
     url: String,
 }
 
@@ -147,14 +144,6 @@ impl OpenAiWire {
         let upstream = Upstream::new(config, env)?;
         let url = format!("{}/chat/completions", upstream.base_url());
         Ok(Self { upstream, url })
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        self.upstream.timeouts()
-    }
-
-    pub fn ready(&self) -> Result<(), UpstreamError> {
-        self.upstream.ready()
     }
 
     async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
@@ -188,15 +177,8 @@ impl OpenAiWire {
                 let done = matches!(event, Ok(e) if e.data.trim() == "[DONE]");
                 futures::future::ready(!done)
             })
-            .map(move |event| event.and_then(|e| normaliser.chunk(&name, &e.data)))
-            // Nothing follows a failure: the service ends the client's stream with it.
-            .scan(false, |failed, item| {
-                let emit = (!*failed).then(|| {
-                    *failed = item.is_err();
-                    item
-                });
-                futures::future::ready(emit)
-            });
+            // The service ends the client's stream at the first failure; nothing after it is read.
+            .map(move |event| event.and_then(|e| normaliser.chunk(&name, &e.data)));
         Ok(Box::pin(stream))
     }
 }
@@ -374,7 +356,10 @@ fn normalise_delta<D: Dialect>(state: &mut ChoiceState, delta: &mut v1::Delta, f
             }
         }
     }
-    state.reasoning.push_str(&reasoning);
+    // Kept whole only where it goes back as a detail (MiniMax); others need no second copy.
+    if D::REASONING_FORMAT.is_some() {
+        state.reasoning.push_str(&reasoning);
+    }
     delta.reasoning_content = (!reasoning.is_empty()).then_some(reasoning);
     if finishing
         && let Some(format) = D::REASONING_FORMAT

@@ -26,10 +26,7 @@ use super::{
     ChatProvider, ChunkStream, Target,
     http::{KeyPlacement, Upstream, error_text},
 };
-use crate::{
-    UpstreamError,
-    config::{ProviderConfig, Timeouts},
-};
+use crate::{UpstreamError, config::ProviderConfig};
 
 /// The `format` of the reasoning details this provider emits and accepts back.
 const REASONING_FORMAT: &str = "anthropic-claude-v1";
@@ -40,7 +37,7 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The Anthropic Messages API over one [`Upstream`].
 #[derive(Debug)]
 pub struct Anthropic {
-    upstream: Upstream,
+    pub(super) upstream: Upstream,
     url: String,
 }
 
@@ -52,14 +49,6 @@ impl Anthropic {
         let upstream = Upstream::new(config, env)?;
         let url = format!("{}/messages", upstream.base_url());
         Ok(Self { upstream, url })
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        self.upstream.timeouts()
-    }
-
-    pub fn ready(&self) -> Result<(), UpstreamError> {
-        self.upstream.ready()
     }
 
     async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {

@@ -281,8 +281,8 @@ fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
         .enumerate()
         .map(|(i, tool)| {
             let param = format!("tools[{i}].function.parameters");
-            let function = tool.function.clone().unwrap_or_default();
-            let schema = match function.parameters_json.trim() {
+            let function = tool.function.as_ref();
+            let schema = match function.map_or("", |f| f.parameters_json.trim()) {
                 "" => empty_schema(),
                 text => {
                     let mut schema: Map<String, Value> =
@@ -299,12 +299,18 @@ fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
                 }
             };
             let mut out = Map::new();
-            out.insert("name".into(), json!(function.name));
-            if let Some(description) = function.description.filter(|d| !d.is_empty()) {
+            out.insert(
+                "name".into(),
+                json!(function.map_or("", |f| f.name.as_str())),
+            );
+            if let Some(description) = function
+                .and_then(|f| f.description.as_deref())
+                .filter(|d| !d.is_empty())
+            {
                 out.insert("description".into(), json!(description));
             }
             out.insert("input_schema".into(), schema);
-            if let Some(strict) = function.strict {
+            if let Some(strict) = function.and_then(|f| f.strict) {
                 out.insert("strict".into(), json!(strict));
             }
             Ok(Value::Object(out))
@@ -554,11 +560,14 @@ impl Conversation {
                                 format!("{param}.id is required"),
                             ));
                         }
-                        let function = call.function.clone().unwrap_or_default();
-                        let input = tool_input(&function.arguments, &param)?;
+                        let (name, arguments) = call
+                            .function
+                            .as_ref()
+                            .map_or(("", ""), |f| (f.name.as_str(), f.arguments.as_str()));
+                        let input = tool_input(arguments, &param)?;
                         call_origin.insert(call.id.clone(), param);
                         blocks.push(json!({
-                            "type": "tool_use", "id": call.id, "name": function.name, "input": input
+                            "type": "tool_use", "id": call.id, "name": name, "input": input
                         }));
                     }
                     ("assistant", blocks)

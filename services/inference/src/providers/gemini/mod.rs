@@ -20,11 +20,7 @@ use super::{
     ChatProvider, ChunkStream, Target,
     http::{KeyPlacement, Upstream, error_message},
 };
-use crate::{
-    UpstreamError,
-    config::{ProviderConfig, Timeouts},
-    images::ImageFetcher,
-};
+use crate::{UpstreamError, config::ProviderConfig, images::ImageFetcher};
 
 /// The `format` tag of the reasoning details this adapter emits and accepts back.
 pub const FORMAT: &str = "google-gemini-v1";
@@ -50,14 +46,6 @@ impl Gemini {
             upstream: Upstream::new(config, env)?,
             images,
         })
-    }
-
-    pub fn ready(&self) -> Result<(), UpstreamError> {
-        self.upstream.ready()
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        self.upstream.timeouts()
     }
 
     fn url(&self, target: &Target<'_>, method: &str) -> String {
@@ -117,7 +105,7 @@ impl ChatProvider for Gemini {
             .send(&self.url(target, "generateContent"), &body)
             .await?;
         let value = self.upstream.read_json(response).await?;
-        response::completion(&value).map_err(|message| self.upstream.failed(message))
+        response::completion(value).map_err(|message| self.upstream.failed(message))
     }
 
     async fn chat_stream(

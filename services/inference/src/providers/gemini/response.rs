@@ -213,12 +213,13 @@ fn translate_parts(parts: Vec<ResponsePart>, details_before: u32) -> Translated 
     out
 }
 
-fn parse(value: &Value) -> Result<GenerateContentResponse, String> {
-    GenerateContentResponse::deserialize(value).map_err(|e| format!("unreadable response: {e}"))
+/// Takes the value by value so its strings move into the response instead of being copied.
+fn parse(value: Value) -> Result<GenerateContentResponse, String> {
+    serde_json::from_value(value).map_err(|e| format!("unreadable response: {e}"))
 }
 
 /// A whole `generateContent` answer.
-pub(super) fn completion(value: &Value) -> Result<ChatResponse, String> {
+pub(super) fn completion(value: Value) -> Result<ChatResponse, String> {
     if let Some(error) = value.get("error") {
         return Err(error_text(error));
     }
@@ -309,7 +310,7 @@ impl StreamTranslator {
                 message: error_text(error),
             });
         }
-        let response = parse(&value).map_err(StreamFailure::Failed)?;
+        let response = parse(value).map_err(StreamFailure::Failed)?;
         let mut chunk = ChatChunk {
             usage: response
                 .usage_metadata
@@ -402,7 +403,7 @@ mod tests {
     #[test]
     fn ge1_a_function_call_answer_is_a_tool_call() {
         let ge1 = json!({"candidates":[{"content":{"parts":[{"functionCall":{"name":"find_theaters","args":{"movie":"Barbie","location":"Mountain View, CA"}}}],"role":"model"},"finishReason":"STOP","index":0,"safetyRatings":[{"category":"HARM_CATEGORY_HATE_SPEECH","probability":"NEGLIGIBLE"}]}]});
-        let r = completion(&ge1).unwrap();
+        let r = completion(ge1.clone()).unwrap();
         let choice = &r.choices[0];
         assert_eq!(choice.finish_reason, "tool_calls");
         let message = choice.message.as_ref().unwrap();
@@ -501,7 +502,7 @@ mod tests {
             {"functionCall":{"name":"b","args":{"x":1}}}
         ]},"finishReason":"STOP"}],
         "usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":4,"thoughtsTokenCount":3,"cachedContentTokenCount":6,"totalTokenCount":17}});
-        let r = completion(&answer).unwrap();
+        let r = completion(answer.clone()).unwrap();
         let m = r.choices[0].message.as_ref().unwrap();
         assert_eq!(m.reasoning_content.as_deref(), Some("planning"));
         assert_eq!(m.tool_calls[0].id, "fc-1");
@@ -562,7 +563,7 @@ mod tests {
     #[test]
     fn a_blocked_prompt_is_content_filtered() {
         let blocked = json!({"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":8,"totalTokenCount":8}});
-        let r = completion(&blocked).unwrap();
+        let r = completion(blocked.clone()).unwrap();
         assert_eq!(r.choices[0].finish_reason, "content_filter");
         assert_eq!(
             r.choices[0].message.as_ref().unwrap().content,
@@ -574,7 +575,7 @@ mod tests {
             chunk.choices[0].finish_reason.as_deref(),
             Some("content_filter")
         );
-        assert!(completion(&json!({"candidates": []})).is_err());
+        assert!(completion(json!({"candidates": []})).is_err());
     }
 
     #[test]

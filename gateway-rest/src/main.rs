@@ -301,10 +301,7 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             let amount = usd_amount("USD", &amount)?;
             let runtime = load(&config)?;
             let db = connect(&runtime).await?;
-            let record = tollgate_billing::keys::find_key(&db, &key)
-                .await
-                .map_err(|e| e.to_string())?;
-            let account = tollgate_billing::accounts::top_up(&db, &record.id, amount)
+            let (record, account) = tollgate_billing::keys::top_up_key(&db, &key, amount)
                 .await
                 .map_err(|e| e.to_string())?;
             println!(

@@ -345,13 +345,9 @@ impl Admin for AdminService {
                 BillingError::invalid("amount_usd", "a top-up must be more than 0 USD").into(),
             );
         }
-        let key = keys::find_key(&self.inner.db, &wanted).await?;
-        if key.revoked_at.is_some() {
-            return Err(BillingError::invalid("key", "a revoked key cannot be topped up").into());
-        }
-        accounts::top_up(&self.inner.db, &key.id, amount).await?;
+        let (key, account) = keys::top_up_key(&self.inner.db, &wanted, amount).await?;
         self.invalidate(&key.id).await;
-        Ok(Response::new(self.managed_now(&key).await?))
+        Ok(Response::new(self.managed(&key, Some(&account))))
     }
 }
 

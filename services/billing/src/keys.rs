@@ -419,6 +419,24 @@ pub async fn find_key(
     Ok(find_named(db, id_or_prefix).await?.into())
 }
 
+/// Adds `amount` picodollars to the prepaid balance of the key named by `id_or_prefix` (as
+/// [`revoke_key`] names keys). A revoked key is refused: its money could never be spent.
+pub async fn top_up_key(
+    db: &DatabaseConnection,
+    id_or_prefix: &str,
+    amount: i64,
+) -> Result<(KeyRecord, accounts::KeyAccount), BillingError> {
+    let key = find_named(db, id_or_prefix).await?;
+    if key.revoked_at.is_some() {
+        return Err(BillingError::invalid(
+            "key",
+            "a revoked key cannot be topped up",
+        ));
+    }
+    let account = accounts::top_up(db, &key.id, amount).await?;
+    Ok((key.into(), account))
+}
+
 async fn find_one(db: &DatabaseConnection, wanted: &str) -> Result<api_key::Model, BillingError> {
     if wanted.is_empty() {
         return Err(BillingError::KeyNotFound(String::new()));

@@ -576,5 +576,24 @@ async fn admin_gives_keys_money_tops_them_up_and_sets_budgets() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    // Money given to a revoked key could never be spent: refused, by the CLI's path too.
+    tollgate_billing::revoke_key(&h.db, &key.id).await.unwrap();
+    let err = h
+        .client
+        .admin
+        .clone()
+        .top_up(as_admin(TopUpRequest {
+            key: key.id.clone(),
+            amount_usd: "1".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(support::error_param(&err).as_deref(), Some("key"));
+    assert!(
+        tollgate_billing::keys::top_up_key(&h.db, &key.id, 1)
+            .await
+            .is_err()
+    );
     h.stop().await;
 }

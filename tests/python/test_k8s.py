@@ -55,7 +55,13 @@ TARGETS: dict[str, dict[str, Any]] = {
     },
 }
 # What each target dials, as [services] keys (`all` wires everything in-process).
-DIALS = {"all": set(), "rest": {"inference", "catalog", "billing"}, "inference": {"catalog", "metering"}, "catalog": set(), "billing": set()}
+DIALS: dict[str, set[str]] = {
+    "all": set(),
+    "rest": {"inference", "catalog", "billing"},
+    "inference": {"catalog", "metering"},
+    "catalog": set(),
+    "billing": set(),
+}
 # Which target serves each [services] key, and on which listener.
 SERVED_BY = {
     "inference": ("inference", "grpc_addr"),
@@ -131,7 +137,7 @@ def target_of(deployment: dict) -> str:
     name = deployment["metadata"]["name"]
     assert c.get("command") == [BINARY], f"{name}: command {c.get('command')}"
     args = c.get("args", [])
-    assert args[:3] == ["serve", "--config", CONFIG_PATH] and len(args) == 5 and args[3] == "--target", f"{name}: args {args}"
+    assert len(args) == 5 and args[:4] == ["serve", "--config", CONFIG_PATH, "--target"], f"{name}: args {args}"
     return args[4]
 
 
@@ -287,7 +293,8 @@ def test_every_pod_reads_the_configmap_and_the_migration_runs_with_it(overlay: s
     assert DATABASE_ENV in env_names(jobs[0])
     # `kubectl apply -l 'app.kubernetes.io/component in (config,migrate)'` applies exactly what
     # the migration needs, before the rollout.
-    alone = [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") in ("config", "migrate")]
+    component = "app.kubernetes.io/component"
+    alone = [o for o in objects if o["metadata"].get("labels", {}).get(component) in ("config", "migrate")]
     assert sorted(o["kind"] for o in alone) == ["ConfigMap", "Job"]
 
 
@@ -336,11 +343,13 @@ def test_services_urls_name_services_of_the_overlay_on_the_right_ports(overlay: 
         service = services[parts.hostname]
         port = next((p for p in service["spec"]["ports"] if p["port"] == parts.port), None)
         assert port, f"[services] {key} = {url}: Service {parts.hostname} has no port {parts.port}"
-        backends = [t for t, d in by_target.items() if selects({"matchLabels": service["spec"]["selector"]}, pod_labels(d))]
+        selector = {"matchLabels": service["spec"]["selector"]}
+        backends = [t for t, d in by_target.items() if selects(selector, pod_labels(d))]
         assert backends == [target], f"Service {parts.hostname} selects {backends}, not {target}"
         c = main_container(by_target[target])
         served = container_port(c, port.get("targetPort", port["port"]))
-        assert served == listener_port(cfg, listener), f"{url} reaches port {served}, {target} serves {listener} elsewhere"
+        expected = listener_port(cfg, listener)
+        assert served == expected, f"{url} reaches port {served}, {target} serves {listener} on {expected}"
         if service["spec"].get("clusterIP") == "None":
             assert parts.port == served, f"headless {parts.hostname}: clients dial the pod port"
     if "metering" in urls:
@@ -387,7 +396,8 @@ def test_network_policy_admits_only_inference_pods_to_metering() -> None:
     policies = [
         p
         for p in of_kind(objects, "NetworkPolicy")
-        if selects(p["spec"]["podSelector"], pod_labels(billing)) and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        if selects(p["spec"]["podSelector"], pod_labels(billing))
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
     ]
     assert policies, "no NetworkPolicy restricts ingress to billing pods"
     admitted_inference = False
@@ -501,7 +511,8 @@ def test_secrets_are_referenced_by_existing_keys_and_given_only_where_used(overl
         name = w["metadata"]["name"]
         for env, secret, key in secret_refs(w):
             assert secret in examples, f"{name}: Secret {secret} is not in {SECRETS_EXAMPLE.name}"
-            assert key in examples[secret].get("stringData", {}) | examples[secret].get("data", {}), f"{name}: {secret} has no key {key}"
+            keys = examples[secret].get("stringData", {}) | examples[secret].get("data", {})
+            assert key in keys, f"{name}: {secret} has no key {key}"
         env = env_names(w)
         target = target_of(w) if w["kind"] == "Deployment" else "migrate"
         wanted = {
@@ -524,7 +535,7 @@ def test_the_configs_agree_with_each_other_and_with_the_example_catalogue() -> N
     assert config(render("monolith")) == base
     trimmed = {k: v for k, v in split.items() if k != "services"}
     trimmed["server"] = {k: v for k, v in split["server"].items() if k not in ("internal_grpc_addr", "metrics_addr")}
-    assert trimmed == base, "overlays/microservices/tollgate.toml differs from the base beyond [services] and the split listeners"
+    assert trimmed == base, "overlays/microservices/tollgate.toml differs from the base beyond [services] and listeners"
     example = tomllib.loads((REPO_ROOT / "examples" / "tollgate.toml").read_text())
     for section in ("providers", "models", "aliases", "tiers"):
         known = {(e.get("id") or e.get("name")): e for e in example[section]}

@@ -138,6 +138,7 @@ def target_of(deployment: dict) -> str:
     assert c.get("command") == [BINARY], f"{name}: command {c.get('command')}"
     args = c.get("args", [])
     assert len(args) == 5 and args[:4] == ["serve", "--config", CONFIG_PATH, "--target"], f"{name}: args {args}"
+    assert args[4] in TARGETS, f"{name}: --target {args[4]} is none of {sorted(TARGETS)}"
     return args[4]
 
 
@@ -303,7 +304,6 @@ def test_listeners_ports_and_probes_agree_with_the_config(overlay: str) -> None:
     objects = render(overlay)
     cfg = config(objects)
     for target, d in deployments_by_target(objects).items():
-        assert target in TARGETS, f"unknown --target {target}"
         spec = TARGETS[target]
         c = main_container(d)
         for listener in spec["listeners"]:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end suite: builds the `tollgate` and `mock-upstream` binaries, prepares the Python venv
-# at .venv, starts real PostgreSQL and Redis servers (scripts/services.sh; unless the caller already
-# exported TOLLGATE_TEST_POSTGRES_URL and TOLLGATE_TEST_REDIS_URL) and runs tests/python with
-# pytest. Extra arguments go to pytest (e.g. `scripts/e2e.sh -k billing -x`). Idempotent and
-# non-interactive.
+# at .venv, finds or installs a kubectl with kustomize v5 for the k8s/ manifest tests
+# (scripts/kubectl.sh; exported as KUBECTL), starts real PostgreSQL and Redis servers
+# (scripts/services.sh; unless the caller already exported TOLLGATE_TEST_POSTGRES_URL and
+# TOLLGATE_TEST_REDIS_URL) and runs tests/python with pytest. Extra arguments go to pytest (e.g.
+# `scripts/e2e.sh -k billing -x`). Idempotent and non-interactive.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +17,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Pinned versions: a no-op without network access when they are already installed.
 .venv/bin/python -m pip install -q -r tests/python/requirements.txt
+KUBECTL="${KUBECTL:-$(scripts/kubectl.sh)}"
+export KUBECTL
 
 cargo build --bins
 

@@ -19,7 +19,7 @@ import pytest
 
 from harness import ApiKey, Gateway, MockUpstream, auth, wait_until
 from mock_rules import expected_usage
-from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_together, key_listing, nonce, pico
+from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_held, fire_together, key_listing, nonce, pico
 
 
 def sqlite_rows(db_path: Path, sql: str, *args) -> list[tuple]:
@@ -55,7 +55,7 @@ def chat(gateway: Gateway, key: ApiKey, text: str, **extra) -> httpx.Response:
 # 1. Balances and budgets -----------------------------------------------------------------------
 
 
-def test_simultaneous_requests_never_overdraw_a_prepaid_balance(gateway):
+def test_simultaneous_requests_never_overdraw_a_prepaid_balance(gateway, mock):
     """24 requests arrive together at a balance that covers exactly 5 worst cases: 5 are served,
     19 get 429 insufficient_quota (not retryable), and the balance ends at its start minus the
     exact costs reported, never below zero."""
@@ -63,8 +63,11 @@ def test_simultaneous_requests_never_overdraw_a_prepaid_balance(gateway):
     key = gateway.create_key("enterprise", None, "--balance", str(Decimal(balance) / PICO))
     assert key_listing(gateway, key)["balance_picodollars"] == balance
     n = nonce()
-    # Held 3 s upstream, so every admission happens while the admitted ones still hold money.
-    responses = fire_together(24, lambda i: chat(gateway, key, f"race {n} {i} [delay_ms=3000]"))
+    # Held upstream until all 24 are refused or held, so every admission happens while the
+    # admitted ones still hold money.
+    hold = f"race-{n}"
+    responses = fire_held(mock, hold, 24, lambda i: chat(gateway, key, f"race {n} {i} [hold={hold}]"))
+    assert mock.hold_status(hold)["arrived"] == 5
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     assert len(ok) == 5, [r.status_code for r in responses]
@@ -184,17 +187,21 @@ def ledger_of(gateway: Gateway, key: ApiKey) -> list[tuple]:
     )
 
 
-def test_a_client_leaving_mid_stream_is_billed_the_upstreams_final_count(gateway):
-    """The client reads one chunk and hangs up; the gateway reads the upstream on to its final
-    usage and bills exactly that (not the zero it had seen), as a real count."""
+def test_a_client_leaving_mid_stream_is_billed_the_upstreams_final_count(gateway, mock):
+    """The client reads one chunk and hangs up while the upstream holds the rest; the gateway
+    reads the upstream on to its final usage and bills exactly that (not the zero it had seen),
+    as a real count."""
     key = gateway.create_key("enterprise")
-    messages = [{"role": "user", "content": f"leave early {nonce()} one two three four five six [chunk_delay_ms=150]"}]
+    hold = f"leave-{nonce()}"
+    messages = [{"role": "user", "content": f"leave early {hold} one two three four five six [hold_after_first={hold}]"}]
     body = {"model": "deepseek-chat", "messages": messages, "stream": True}
     with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers=auth(key), json=body, timeout=30) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 break  # and close the connection mid-stream
+    mock.wait_held(hold, lambda status: status["waiting"] == 1, what="the rest of the stream is held")
+    mock.release(hold)
     wait_until(lambda: len(ledger_of(gateway, key)) == 1, timeout=20, what="the abandoned stream is settled")
     want = expected_usage(messages, thinking=False)
     assert ledger_of(gateway, key) == [("cancelled", want.prompt_tokens, want.completion_tokens, 0)]

@@ -10,7 +10,9 @@ import json
 import math
 import signal
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -136,6 +138,98 @@ def test_cli_refuses_inexact_amounts(gateway):
     assert done.returncode != 0 and "--balance" in done.stderr, done.stderr
     done = gateway.cli("keys", "create", "--tier", "basic", "--balance", "0.0000000000001", check=False)
     assert done.returncode != 0 and "12 decimal places" in done.stderr, done.stderr
+
+
+def test_a_top_up_past_the_largest_balance_is_refused_and_changes_nothing(gateway):
+    """Balances are i64 picodollars (about 9.22 million USD): a top-up that would carry the balance
+    past that is refused naming the amount, and the balance stays what it was."""
+    key = gateway.create_key("enterprise", None, "--balance", "9000000")
+    before = key_listing(gateway, key)
+    assert before["balance_picodollars"] == 9_000_000 * 10**12
+    done = gateway.cli("keys", "topup", key.key_id, "300000", check=False)
+    assert done.returncode != 0, done.stdout
+    assert "the balance would exceed the largest amount a key can hold" in done.stderr, done.stderr
+    done = gateway.cli("keys", "topup", key.key_id, "10000000", check=False)
+    assert done.returncode != 0 and "too large" in done.stderr, done.stderr
+    after = key_listing(gateway, key)
+    for field in ("balance_picodollars", "credited_total_picodollars"):
+        assert after[field] == before[field] == 9_000_000 * 10**12, field
+    r = chat(gateway, key, f"still rich {nonce()}")
+    assert r.status_code == 200, r.text
+
+
+def month_label(months_back: int = 0) -> str:
+    """`YYYY-MM` of this UTC month, or of one `months_back` before it."""
+    today = datetime.now(timezone.utc)
+    index = today.year * 12 + today.month - 1 - months_back
+    return f"{index // 12:04}-{index % 12 + 1:02}"
+
+
+def sqlite_write(db_path: Path, sql: str, *args) -> None:
+    db = sqlite3.connect(db_path, timeout=10)
+    try:
+        db.execute(sql, args)
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_a_monthly_budget_starts_afresh_each_month(gateway):
+    """A budget caps one calendar month's spend: spent in full this month, it refuses; spent in
+    full last month, it serves again, and this month's spend starts from this request's cost."""
+    budget = WORST_OUTPUT * 2
+    key = gateway.create_key("enterprise", None, "--monthly-budget", str(Decimal(budget) / PICO))
+    db_path = gateway.tmp_dir / "tollgate.db"
+    sqlite_write(
+        db_path,
+        "UPDATE key_accounts SET spent_month_picodollars = ?, spent_period = ? WHERE key_id = ?",
+        budget,
+        month_label(),
+        key.key_id,
+    )
+    assert key_listing(gateway, key)["spend_month_picodollars"] == budget
+    r = chat(gateway, key, f"budget spent {nonce()}")
+    assert (r.status_code, r.json()["error"]["code"]) == (429, "insufficient_quota"), r.text
+
+    sqlite_write(db_path, "UPDATE key_accounts SET spent_period = ? WHERE key_id = ?", month_label(1), key.key_id)
+    assert key_listing(gateway, key)["spend_month_picodollars"] == 0
+    r = chat(gateway, key, f"a new month {nonce()}")
+    assert r.status_code == 200, r.text
+    listing = key_listing(gateway, key)
+    assert listing["spend_month_picodollars"] == cost_of(r)
+    assert sqlite_rows(db_path, "SELECT spent_period, spent_month_picodollars FROM key_accounts WHERE key_id = ?", key.key_id) == [
+        (month_label(), cost_of(r))
+    ]
+
+
+def test_the_background_sweep_releases_expired_reservations_only(gateway):
+    """A reservation whose request never settled (its process died) is released by the running
+    gateway's sweep (every 10 s) once expired; one not yet expired is kept."""
+    key = gateway.create_key("enterprise", None, "--balance", "1")
+    db_path = gateway.tmp_dir / "tollgate.db"
+    now_ms = int(time.time() * 1000)
+    n = nonce()
+    lost, live = f"chatcmpl-lost{n}", f"chatcmpl-live{n}"
+    for request_id, amount, expires_at in ((lost, 5_000, now_ms - 60_000), (live, 7_000, now_ms + 3_600_000)):
+        sqlite_write(
+            db_path,
+            "INSERT INTO reservations (request_id, key_id, amount_picodollars, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            request_id,
+            key.key_id,
+            amount,
+            now_ms - 120_000,
+            expires_at,
+        )
+    sqlite_write(db_path, "UPDATE key_accounts SET reserved_picodollars = reserved_picodollars + 12000 WHERE key_id = ?", key.key_id)
+
+    def held() -> list[tuple]:
+        return sqlite_rows(db_path, "SELECT request_id FROM reservations WHERE key_id = ? ORDER BY request_id", key.key_id)
+
+    wait_until(lambda: held() == [(live,)], timeout=25, interval=0.25, what="the sweep released the expired reservation")
+    assert key_listing(gateway, key)["reserved_picodollars"] == 7_000
+    # Give the live one back, as its request would.
+    sqlite_write(db_path, "DELETE FROM reservations WHERE request_id = ?", live)
+    sqlite_write(db_path, "UPDATE key_accounts SET reserved_picodollars = reserved_picodollars - 7000 WHERE key_id = ?", key.key_id)
 
 
 # 2. Exact money --------------------------------------------------------------------------------

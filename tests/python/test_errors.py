@@ -417,19 +417,14 @@ def test_x_should_retry_says_which_failures_a_retry_can_cure(gateway, mock):
     assert_error(r, 400, "invalid_request_error", param="temperature")
     assert "x-should-retry" not in r.headers
 
-    rpm = gateway.create_key("tight_rpm")
-    for i in range(3):
-        assert post_chat(gateway, auth(rpm), {"model": "deepseek-chat", "messages": user(f"{i} {nonce()}")}).status_code == 200
-    r = post_chat(gateway, auth(rpm), {"model": "deepseek-chat", "messages": user(nonce())})
-    assert_error(r, 429, "rate_limit_error", code="rate_limit_exceeded")
-    assert r.headers.get("x-should-retry") == "true"
-
-    month = gateway.create_key("tight_month")
-    for i in range(5):
-        assert post_chat(gateway, auth(month), {"model": "deepseek-chat", "messages": user(f"{i} {nonce()}")}).status_code == 200
-    r = post_chat(gateway, auth(month), {"model": "deepseek-chat", "messages": user(nonce())})
-    assert_error(r, 429, "rate_limit_error", code="monthly_quota_exceeded")
-    assert r.headers.get("x-should-retry") == "false"
+    # tight_rpm admits 3 requests a minute (a retry later succeeds), tight_month 5 a month.
+    for tier, admitted, code, retry in (("tight_rpm", 3, "rate_limit_exceeded", "true"), ("tight_month", 5, "monthly_quota_exceeded", "false")):
+        limited = gateway.create_key(tier)
+        for i in range(admitted):
+            assert post_chat(gateway, auth(limited), {"model": "deepseek-chat", "messages": user(f"{i} {nonce()}")}).status_code == 200
+        r = post_chat(gateway, auth(limited), {"model": "deepseek-chat", "messages": user(nonce())})
+        assert_error(r, 429, "rate_limit_error", code=code)
+        assert r.headers.get("x-should-retry") == retry, tier
 
 
 TOTAL_DEADLINE_CONFIG = """

@@ -15,8 +15,8 @@ use tollgate::{
     error::ApiError,
     transport::{GrpcTransport, in_process},
     v1::{
-        ChatRequest, CreateKeyRequest, Message, Role, StreamOptions, admin_client::AdminClient,
-        admin_server::AdminServer, catalog_server::CatalogServer,
+        ChatChunk, ChatRequest, ChatResponse, CreateKeyRequest, Message, Role, StreamOptions,
+        admin_client::AdminClient, admin_server::AdminServer, catalog_server::CatalogServer,
         inference_client::InferenceClient, inference_server::InferenceServer, message::Content,
         metering_server::MeteringServer,
     },
@@ -25,7 +25,7 @@ use tollgate_billing::{AdminService, AdminToken, BillingService, TierConfig, Tie
 use tollgate_catalog::{Catalog, CatalogService, ModelConfig};
 use tollgate_e2e::mock_upstream::{self, MockConfig, MockHandle};
 use tollgate_inference::{ImagesConfig, InferenceService, ProviderConfig, Providers};
-use tonic::{Code, Request};
+use tonic::{Code, Request, Status, Streaming};
 
 const ADMIN_TOKEN: &str = "settlement-test-admin-token";
 /// gpt-4.1-mini's prices in micro-USD per 1M tokens, i.e. picodollars per token.
@@ -45,6 +45,22 @@ struct Row {
     cost_picodollars: i64,
     streamed: bool,
     estimated: bool,
+}
+
+impl Row {
+    /// The row of a request settled at the mock's own count for the user message `text`.
+    fn counted(request_id: String, outcome: &str, text: &str, streamed: bool) -> Self {
+        let (prompt, completion) = mock_usage(text);
+        Self {
+            request_id,
+            outcome: outcome.to_owned(),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost_picodollars: cost(prompt, completion),
+            streamed,
+            estimated: false,
+        }
+    }
 }
 
 /// The key's money after settlement: (reserved, balance, spent in total, open reservations).
@@ -142,6 +158,18 @@ impl Stack {
         InferenceClient::new(in_process(InferenceServer::new(self.inference.clone())))
     }
 
+    /// `Inference.Chat` of one user message with the key `secret`.
+    async fn chat(&self, secret: &str, text: &str) -> Result<ChatResponse, Status> {
+        let request = with_key(chat(text, false), secret);
+        Ok(self.client().chat(request).await?.into_inner())
+    }
+
+    /// `Inference.ChatStream` (usage chunk asked for) of one user message with the key `secret`.
+    async fn stream(&self, secret: &str, text: &str) -> Result<Streaming<ChatChunk>, Status> {
+        let request = with_key(chat(text, true), secret);
+        Ok(self.client().chat_stream(request).await?.into_inner())
+    }
+
     /// A new prepaid key: (key id, secret).
     async fn key(&self) -> (String, String) {
         let mut request = Request::new(CreateKeyRequest {
@@ -211,6 +239,13 @@ impl Stack {
         }
     }
 
+    /// The key's ledger is exactly `row`, and its money moved by exactly that row's cost.
+    async fn assert_settled_once(&self, key_id: &str, row: Row) {
+        let cost = row.cost_picodollars;
+        assert_eq!(self.rows(key_id).await, vec![row]);
+        self.assert_settled_money(key_id, cost).await;
+    }
+
     /// The key's money once its only settlement cost `cost`: nothing held, the cost debited.
     async fn assert_settled_money(&self, key_id: &str, cost: i64) {
         assert_eq!(
@@ -268,12 +303,7 @@ async fn a_successful_call_is_settled_once_at_the_upstreams_count() {
     let stack = Stack::start().await;
     let (key_id, secret) = stack.key().await;
     let text = "settle me once please";
-    let response = stack
-        .client()
-        .chat(with_key(chat(text, false), &secret))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = stack.chat(&secret, text).await.unwrap();
     stack.drained().await;
 
     let (prompt, completion) = mock_usage(text);
@@ -283,20 +313,8 @@ async fn a_successful_call_is_settled_once_at_the_upstreams_count() {
         (prompt as u64, completion as u64)
     );
     assert_eq!(usage.cost_picodollars, Some(cost(prompt, completion)));
-    assert_eq!(
-        stack.rows(&key_id).await,
-        vec![Row {
-            request_id: response.id,
-            outcome: "succeeded".to_owned(),
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            cost_picodollars: cost(prompt, completion),
-            streamed: false,
-            estimated: false,
-        }]
-    );
     stack
-        .assert_settled_money(&key_id, cost(prompt, completion))
+        .assert_settled_once(&key_id, Row::counted(response.id, "succeeded", text, false))
         .await;
     assert_eq!(stack.mock.requests().len(), 1);
     stack.billing.shutdown().await;
@@ -307,12 +325,7 @@ async fn a_finished_stream_is_settled_once_before_its_usage_chunk() {
     let stack = Stack::start().await;
     let (key_id, secret) = stack.key().await;
     let text = "stream and settle";
-    let mut stream = stack
-        .client()
-        .chat_stream(with_key(chat(text, true), &secret))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stack.stream(&secret, text).await.unwrap();
     let mut chunks = Vec::new();
     while let Some(chunk) = stream.message().await.unwrap() {
         chunks.push(chunk);
@@ -326,20 +339,11 @@ async fn a_finished_stream_is_settled_once_before_its_usage_chunk() {
         last.usage.unwrap().cost_picodollars,
         Some(cost(prompt, completion))
     );
-    assert_eq!(
-        stack.rows(&key_id).await,
-        vec![Row {
-            request_id: last.id.clone(),
-            outcome: "succeeded".to_owned(),
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            cost_picodollars: cost(prompt, completion),
-            streamed: true,
-            estimated: false,
-        }]
-    );
     stack
-        .assert_settled_money(&key_id, cost(prompt, completion))
+        .assert_settled_once(
+            &key_id,
+            Row::counted(last.id.clone(), "succeeded", text, true),
+        )
         .await;
     stack.billing.shutdown().await;
 }
@@ -349,8 +353,7 @@ async fn an_upstream_failure_is_settled_once_at_zero() {
     let stack = Stack::start().await;
     let (key_id, secret) = stack.key().await;
     let status = stack
-        .client()
-        .chat(with_key(chat("fail me [status=500]", false), &secret))
+        .chat(&secret, "fail me [status=500]")
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
@@ -360,8 +363,7 @@ async fn an_upstream_failure_is_settled_once_at_zero() {
     );
     // A stream that fails before its first chunk is a status too, and settled the same way.
     let status = stack
-        .client()
-        .chat_stream(with_key(chat("fail me too [status=500]", true), &secret))
+        .stream(&secret, "fail me too [status=500]")
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
@@ -394,14 +396,9 @@ async fn a_stream_failing_mid_way_is_settled_once_at_a_marked_estimate() {
     let stack = Stack::start().await;
     let (key_id, secret) = stack.key().await;
     let mut stream = stack
-        .client()
-        .chat_stream(with_key(
-            chat("one two three [stream_error]", true),
-            &secret,
-        ))
+        .stream(&secret, "one two three [stream_error]")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let mut content = String::new();
     let status = loop {
         match stream.message().await {
@@ -446,12 +443,7 @@ async fn a_stream_dropped_mid_way_is_settled_once_at_the_upstreams_final_count()
     let stack = Stack::start().await;
     let (key_id, secret) = stack.key().await;
     let text = "leave me one two three four five [hold_after_first=gone]";
-    let mut stream = stack
-        .client()
-        .chat_stream(with_key(chat(text, true), &secret))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stack.stream(&secret, text).await.unwrap();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.choices.len(), 1);
     // The upstream holds the rest of its answer until released: the client leaves mid-way.
@@ -466,21 +458,8 @@ async fn a_stream_dropped_mid_way_is_settled_once_at_the_upstreams_final_count()
     stack.mock.release("gone");
     stack.drained().await;
 
-    let (prompt, completion) = mock_usage(text);
-    assert_eq!(
-        stack.rows(&key_id).await,
-        vec![Row {
-            request_id: first.id,
-            outcome: "cancelled".to_owned(),
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            cost_picodollars: cost(prompt, completion),
-            streamed: true,
-            estimated: false,
-        }]
-    );
     stack
-        .assert_settled_money(&key_id, cost(prompt, completion))
+        .assert_settled_once(&key_id, Row::counted(first.id, "cancelled", text, true))
         .await;
     stack.billing.shutdown().await;
 }

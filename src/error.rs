@@ -209,23 +209,52 @@ mod tests {
     fn table_matches_the_product_error_table() {
         let rows: Vec<_> = ErrorKind::ALL
             .iter()
-            .map(|k| (k.http_status(), k.openai_type()))
+            .map(|k| (k.grpc_code(), k.http_status(), k.openai_type()))
             .collect();
         assert_eq!(
             rows,
             vec![
-                (400, "invalid_request_error"),
-                (401, "authentication_error"),
-                (403, "permission_error"),
-                (404, "not_found_error"),
-                (429, "rate_limit_error"),
-                (429, "insufficient_quota"),
-                (500, "internal_error"),
-                (502, "upstream_error"),
-                (503, "service_unavailable"),
-                (504, "upstream_timeout"),
+                (Code::InvalidArgument, 400, "invalid_request_error"),
+                (Code::Unauthenticated, 401, "authentication_error"),
+                (Code::PermissionDenied, 403, "permission_error"),
+                (Code::NotFound, 404, "not_found_error"),
+                (Code::ResourceExhausted, 429, "rate_limit_error"),
+                (Code::ResourceExhausted, 429, "insufficient_quota"),
+                (Code::Internal, 500, "internal_error"),
+                (Code::Unavailable, 502, "upstream_error"),
+                (Code::Unavailable, 503, "service_unavailable"),
+                (Code::DeadlineExceeded, 504, "upstream_timeout"),
             ]
         );
+    }
+
+    #[test]
+    fn a_status_carries_the_kind_as_error_info_and_the_field_as_a_bad_request() {
+        let status = ApiError::invalid_param("messages[0].role", "bad role")
+            .with_code("invalid_value")
+            .into_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("invalid_request_error", ERROR_DOMAIN)
+        );
+        assert_eq!(
+            info.metadata.get("code").map(String::as_str),
+            Some("invalid_value")
+        );
+        let violations = &details.bad_request().unwrap().field_violations;
+        assert_eq!(violations.len(), 1);
+        assert_eq!(
+            (
+                violations[0].field.as_str(),
+                violations[0].description.as_str()
+            ),
+            ("messages[0].role", "bad role")
+        );
+        let plain = ApiError::new(ErrorKind::Internal, "boom").into_status();
+        assert!(plain.get_error_details().bad_request().is_none());
     }
 
     #[test]

@@ -138,6 +138,21 @@ class MockUpstream:
         assert len(found) == 1, f"expected exactly one upstream request with {marker!r}, got {len(found)}: {found}"
         return found[0]
 
+    def hold_status(self, name: str) -> dict[str, Any]:
+        """`{"arrived", "waiting", "released"}` of the requests held by `[hold=NAME]` or
+        `[hold_after_first=NAME]`."""
+        resp = httpx.get(f"{self.base_url}/_mock/holds/{name}", timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def wait_held(self, name: str, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30) -> None:
+        """Waits until the hold's status satisfies `predicate` (e.g. n requests waiting)."""
+        wait_until(lambda: predicate(self.hold_status(name)), timeout=timeout, what=f"hold {name}: {what}")
+
+    def release(self, name: str) -> None:
+        """Lets every request held under NAME answer, now and later."""
+        httpx.post(f"{self.base_url}/_mock/holds/{name}/release", timeout=10).raise_for_status()
+
     def stop(self) -> None:
         self.process.stop()
 

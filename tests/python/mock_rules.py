@@ -36,6 +36,9 @@ More directives: `[finish=REASON]` replaces the finish reason; `[base_resp=CODE]
 in-band with HTTP 200; `[reasoning=reasoning_content|reasoning|details|think]` (compat) makes the
 model think and puts the reasoning there; `[usage=null_choices|missing_choices|finish]` (compat)
 says where a stream's usage goes; `[args=whole]` (compat) sends tool arguments in one delta.
+`[hold=NAME]` (OpenAI protocol) holds the answer, and `[hold_after_first=NAME]` a stream after its
+first chunk, until the test releases NAME (`MockUpstream.release`); `MockUpstream.hold_status`
+says how many requests arrived and wait under NAME, so tests synchronise on that, not on delays.
 """
 
 from __future__ import annotations

@@ -10,8 +10,12 @@ Decisions this suite holds the gateway to (where the product pages leave room):
 - upstream silent past first_token_timeout_secs -> 504 upstream_timeout;
 - an upstream failure after the stream started -> a final `data: {"error": {...}}` event of type
   upstream_error and no `data: [DONE]`;
-- a request body over server.max_body_bytes -> 400 (docs/config-reference.md).
-403 permission_error and 500 internal_error have no way to be provoked through the contract.
+- a request body over server.max_body_bytes -> 400 (docs/config-reference.md);
+- `x-should-retry: true` on every 5xx and on a per-minute 429, `false` on a spent monthly quota
+  or balance (the OpenAI SDKs retry 429 and 5xx unless told not to), none on a 4xx the caller
+  must fix.
+403 permission_error is provoked by a retired tier (below) and by tier allow-lists
+(test_admin.py); 500 internal_error by a ledger that cannot be written.
 """
 
 from __future__ import annotations
@@ -388,5 +392,89 @@ def test_a_failed_ledger_write_is_500_and_the_answer_is_withheld(tmp_path, mock)
             lines = [line for line in s.iter_lines() if line.startswith("data: ")]
         assert "data: [DONE]" not in lines
         assert json.loads(lines[-1][len("data: "):])["error"]["type"] == "internal_error"
+    finally:
+        gateway.stop()
+
+
+def test_x_should_retry_says_which_failures_a_retry_can_cure(gateway, mock):
+    """5xx and a per-minute 429 are worth retrying; a spent monthly quota is not; a 400 needs a
+    fixed request, not a header."""
+    key = gateway.create_key("enterprise")
+    for directive, status, type_ in (("[status=500]", 502, "upstream_error"), ("[status=503]", 503, "service_unavailable")):
+        r = post_chat(gateway, auth(key), {"model": "deepseek-chat", "messages": user(f"{nonce()} {directive}")})
+        assert_error(r, status, type_)
+        assert r.headers.get("x-should-retry") == "true", (directive, dict(r.headers))
+    # 504: the slow provider's first-token deadline (1 s) passes while the mock holds the answer.
+    hold = f"retry-{nonce()}"
+    try:
+        r = post_chat(gateway, auth(key), {"model": "deepseek-slow", "messages": user(f"{hold} [hold={hold}]")})
+    finally:
+        mock.release(hold)
+    assert_error(r, 504, "upstream_timeout")
+    assert r.headers.get("x-should-retry") == "true"
+
+    r = post_chat(gateway, auth(key), {"model": "deepseek-chat", "messages": user(nonce()), "temperature": 9})
+    assert_error(r, 400, "invalid_request_error", param="temperature")
+    assert "x-should-retry" not in r.headers
+
+    # tight_rpm admits 3 requests a minute (a retry later succeeds), tight_month 5 a month.
+    for tier, admitted, code, retry in (("tight_rpm", 3, "rate_limit_exceeded", "true"), ("tight_month", 5, "monthly_quota_exceeded", "false")):
+        limited = gateway.create_key(tier)
+        for i in range(admitted):
+            assert post_chat(gateway, auth(limited), {"model": "deepseek-chat", "messages": user(f"{i} {nonce()}")}).status_code == 200
+        r = post_chat(gateway, auth(limited), {"model": "deepseek-chat", "messages": user(nonce())})
+        assert_error(r, 429, "rate_limit_error", code=code)
+        assert r.headers.get("x-should-retry") == retry, tier
+
+
+TOTAL_DEADLINE_CONFIG = """
+# The upstream may take 20 s to start answering, but the whole call must end within 2 s: a
+# non-streamed answer that has not come by then is cut by request_timeout_secs.
+[[providers]]
+name = "short_total"
+kind = "deepseek"
+base_url = "http://127.0.0.1:{port}"
+api_key_env = "MOCK_DEEPSEEK_KEY"
+first_token_timeout_secs = 20
+request_timeout_secs = 2
+
+[[models]]
+id = "deepseek-short-total"
+provider = "short_total"
+upstream_model = "deepseek-v4-flash"
+context_length = 1000000
+max_output_tokens = 384000
+input_price = 0.22
+output_price = 0.44
+thinking = "optional"
+"""
+
+
+def test_a_non_streamed_call_past_request_timeout_is_504_and_billed_as_failed(tmp_path, mock):
+    """request_timeout_secs bounds a non-streamed call too: the mock holds the answer, the
+    gateway gives up after 2 s with 504 upstream_timeout, and the admitted request is settled
+    once, as failed."""
+    gateway = Gateway(tmp_path, mock, extra_config=TOTAL_DEADLINE_CONFIG.format(port=mock.port))
+    hold = f"total-{nonce()}"
+    try:
+        key = gateway.create_key("enterprise")
+        started = time.monotonic()
+        try:
+            r = post_chat(gateway, auth(key), {"model": "deepseek-short-total", "messages": user(f"{hold} [hold={hold}]")})
+        finally:
+            mock.release(hold)
+        elapsed = time.monotonic() - started
+        assert_error(r, 504, "upstream_timeout")
+        assert "2" in r.json()["error"]["message"], r.text
+        assert 1.5 <= elapsed < 10, f"cut after {elapsed:.1f}s; request_timeout_secs is 2"
+        assert mock.hold_status(hold)["arrived"] == 1
+        db = sqlite3.connect(f"file:{tmp_path / 'tollgate.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = db.execute(
+                "SELECT outcome, prompt_tokens, completion_tokens, streamed FROM usage_ledger WHERE key_id = ?", (key.key_id,)
+            ).fetchall()
+        finally:
+            db.close()
+        assert rows == [("failed", 0, 0, 0)]
     finally:
         gateway.stop()

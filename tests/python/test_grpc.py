@@ -1,16 +1,22 @@
 """The gRPC API (package tollgate.v1) through grpcio stubs generated from proto/: the same answers,
-catalogue and billing as REST, and errors as gRPC status codes."""
+catalogue and billing as REST, and errors as gRPC status codes whose `google.rpc.ErrorInfo`
+reason is the OpenAI error type (so 502 and 503, both UNAVAILABLE, stay apart) and whose
+`google.rpc.BadRequest` names the offending field, read with grpcio-status."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 
 import grpc
 import httpx
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from tollgate.v1 import (
     billing_pb2,
     billing_pb2_grpc,
@@ -20,7 +26,7 @@ from tollgate.v1 import (
     inference_pb2_grpc,
 )
 
-from harness import ALIASES, MODEL_IDS, PRICES, auth, make_client
+from harness import ALIASES, MODEL_IDS, PRICES, Gateway, auth, make_client, wait_until
 from mock_rules import Usage, cost_picodollars, cost_usd, echo, expected_usage, reasoning, usage_of
 
 TIMEOUT = 30
@@ -191,8 +197,8 @@ def test_rest_and_grpc_calls_are_counted_and_billed_identically(gateway, inferen
 
     resp = inference.Chat(proto_request("deepseek-chat", text), metadata=metadata(key), timeout=TIMEOUT)
     assert proto_usage(resp.usage) == one
-    if resp.usage.HasField("cost_picodollars"):
-        assert resp.usage.cost_picodollars == cost_picodollars(one, prices)
+    assert resp.usage.HasField("cost_picodollars"), resp.usage
+    assert resp.usage.cost_picodollars == cost_picodollars(one, prices)
     assert len(mock.requests_with(n)) == 2
 
     g = billing.GetUsage(billing_pb2.GetUsageRequest(), metadata=metadata(key), timeout=TIMEOUT)
@@ -237,32 +243,72 @@ def rpc_code(call) -> grpc.StatusCode:
     return err.value.code()
 
 
+@dataclass(frozen=True)
+class RpcFailure:
+    """A failed call as a gRPC client sees it: the status code, the `ErrorInfo` reason (the
+    OpenAI error type) and its `code` entry, and the `BadRequest` field violations."""
+
+    code: grpc.StatusCode
+    reason: str
+    error_code: str | None = None
+    fields: tuple[str, ...] = ()
+
+
+def rpc_failure(call) -> RpcFailure:
+    """Runs `call`, which must fail, and reads its `google.rpc.Status` details."""
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    status = rpc_status.from_call(err.value)
+    assert status is not None, f"{err.value.code()} carries no google.rpc.Status: {err.value.details()}"
+    assert status.code == err.value.code().value[0]
+    infos, fields = [], []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(v.field for v in bad.field_violations)
+    assert len(infos) == 1, status
+    assert infos[0].domain == "tollgate", infos[0]
+    return RpcFailure(err.value.code(), infos[0].reason, infos[0].metadata.get("code"), tuple(fields))
+
+
 def test_no_key_is_unauthenticated(inference, billing):
-    assert rpc_code(lambda: inference.Chat(proto_request("deepseek-chat", "hi"), timeout=TIMEOUT)) == grpc.StatusCode.UNAUTHENTICATED
-    assert rpc_code(lambda: billing.GetUsage(billing_pb2.GetUsageRequest(), timeout=TIMEOUT)) == grpc.StatusCode.UNAUTHENTICATED
-    assert (
-        rpc_code(lambda: list(inference.ChatStream(proto_request("deepseek-chat", "hi"), timeout=TIMEOUT)))
-        == grpc.StatusCode.UNAUTHENTICATED
-    )
+    unauthenticated = RpcFailure(grpc.StatusCode.UNAUTHENTICATED, "authentication_error", "missing_api_key")
+    assert rpc_failure(lambda: inference.Chat(proto_request("deepseek-chat", "hi"), timeout=TIMEOUT)) == unauthenticated
+    assert rpc_failure(lambda: billing.GetUsage(billing_pb2.GetUsageRequest(), timeout=TIMEOUT)) == unauthenticated
+    assert rpc_failure(lambda: list(inference.ChatStream(proto_request("deepseek-chat", "hi"), timeout=TIMEOUT))) == unauthenticated
 
 
 def test_bad_key_is_unauthenticated(inference):
     md = metadata("sk-not-a-real-key-000000000")
-    assert rpc_code(lambda: inference.Chat(proto_request("deepseek-chat", "hi"), metadata=md, timeout=TIMEOUT)) == grpc.StatusCode.UNAUTHENTICATED
+    assert rpc_failure(lambda: inference.Chat(proto_request("deepseek-chat", "hi"), metadata=md, timeout=TIMEOUT)) == RpcFailure(
+        grpc.StatusCode.UNAUTHENTICATED, "authentication_error", "invalid_api_key"
+    )
 
 
-def test_invalid_request_is_invalid_argument(inference, key, mock):
+def test_invalid_request_is_invalid_argument_naming_the_field(inference, key, mock):
     n = nonce()
     empty = inference_pb2.ChatRequest(model="deepseek-chat", messages=[], user=n)
-    assert rpc_code(lambda: inference.Chat(empty, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.INVALID_ARGUMENT
+    failure = rpc_failure(lambda: inference.Chat(empty, metadata=metadata(key), timeout=TIMEOUT))
+    assert (failure.code, failure.reason, failure.fields) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request_error", ("messages",))
     hot = proto_request("deepseek-chat", n, temperature=3.0)
-    assert rpc_code(lambda: inference.Chat(hot, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.INVALID_ARGUMENT
+    failure = rpc_failure(lambda: inference.Chat(hot, metadata=metadata(key), timeout=TIMEOUT))
+    assert (failure.code, failure.reason, failure.fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid_request_error",
+        ("temperature",),
+    )
     assert mock.requests_with(n) == []
 
 
 def test_unknown_model_is_not_found(inference, key):
     call = lambda: inference.Chat(proto_request("no-such-model", "hi"), metadata=metadata(key), timeout=TIMEOUT)  # noqa: E731
-    assert rpc_code(call) == grpc.StatusCode.NOT_FOUND
+    failure = rpc_failure(call)
+    assert (failure.code, failure.reason, failure.fields) == (grpc.StatusCode.NOT_FOUND, "not_found_error", ("model",))
 
 
 def test_rpm_limit_is_resource_exhausted(gateway, inference):
@@ -270,30 +316,125 @@ def test_rpm_limit_is_resource_exhausted(gateway, inference):
     for i in range(3):
         inference.Chat(proto_request("deepseek-chat", f"rpm {i} {nonce()}"), metadata=metadata(key), timeout=TIMEOUT)
     call = lambda: inference.Chat(proto_request("deepseek-chat", "too many"), metadata=metadata(key), timeout=TIMEOUT)  # noqa: E731
-    assert rpc_code(call) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rpc_failure(call) == RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limit_error", "rate_limit_exceeded")
 
 
-@pytest.mark.parametrize("upstream_status", [500, 503])
-def test_upstream_failure_is_unavailable(inference, key, upstream_status):
-    """502 upstream_error and 503 service_unavailable both travel as UNAVAILABLE."""
+def test_an_empty_balance_is_resource_exhausted_insufficient_quota(gateway, inference, mock):
+    """The same RESOURCE_EXHAUSTED as a rate limit, told apart by its reason; nothing reaches the
+    upstream and nothing is counted."""
+    key = gateway.create_key("pro", None, "--balance", "0")
+    n = nonce()
+    for call in (
+        lambda: inference.Chat(proto_request("deepseek-chat", n), metadata=metadata(key), timeout=TIMEOUT),
+        lambda: list(inference.ChatStream(proto_request("deepseek-chat", n), metadata=metadata(key), timeout=TIMEOUT)),
+    ):
+        assert rpc_failure(call) == RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "insufficient_quota", "insufficient_quota")
+    assert mock.requests_with(n) == []
+    assert usage_json(gateway, key)["monthly_requests"] == 0
+
+
+@pytest.mark.parametrize(("upstream_status", "reason"), [(500, "upstream_error"), (503, "service_unavailable")])
+def test_upstream_failure_is_unavailable(inference, key, upstream_status, reason):
+    """502 upstream_error and 503 service_unavailable both travel as UNAVAILABLE; the reason keeps
+    them apart."""
     req = proto_request("deepseek-chat", f"{nonce()} [status={upstream_status}]")
-    assert rpc_code(lambda: inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.UNAVAILABLE
+    failure = rpc_failure(lambda: inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, reason)
 
 
-def test_slow_upstream_is_deadline_exceeded(inference, key):
-    req = proto_request("deepseek-slow", f"{nonce()} [delay_ms=4000]")
-    assert rpc_code(lambda: inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)) == grpc.StatusCode.DEADLINE_EXCEEDED
+def test_slow_upstream_is_deadline_exceeded(inference, key, mock):
+    hold = f"slow-{nonce()}"
+    req = proto_request("deepseek-slow", f"{hold} [hold={hold}]")
+    try:
+        failure = rpc_failure(lambda: inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT))
+    finally:
+        mock.release(hold)
+    assert (failure.code, failure.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "upstream_timeout")
 
 
 def test_mid_stream_failure_ends_the_stream_with_an_error_status(inference, key):
     req = proto_request("deepseek-chat", f"one two three {nonce()} [stream_error]")
     received = []
-    with pytest.raises(grpc.RpcError) as err:
+
+    def read_all():
         for chunk in inference.ChatStream(req, metadata=metadata(key), timeout=TIMEOUT):
             if chunk.choices:
                 received.append(chunk.choices[0].delta.content)
+
+    failure = rpc_failure(read_all)
     assert "".join(received) == "Echo: one"
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "upstream_error")
+
+
+FLASH_ONLY_TIER = """
+[[tiers]]
+name = "flash_only"
+rpm = 100
+monthly_requests = 1000
+models = ["deepseek-v4-flash", "deepseek-chat"]
+"""
+
+
+def test_permission_denied_and_internal_travel_with_their_reasons(tmp_path, mock):
+    """A model outside the tier's allow-list is PERMISSION_DENIED (`model_not_allowed`, field
+    `model`); a ledger that cannot be written is INTERNAL, and the answer is withheld."""
+    gateway = Gateway(tmp_path, mock, extra_config=FLASH_ONLY_TIER)
+    channel = grpc.insecure_channel(gateway.grpc_addr)
+    try:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        key = gateway.create_key("flash_only")
+        n = nonce()
+        for call in (
+            lambda: stub.Chat(proto_request("gpt-4.1-mini", n), metadata=metadata(key), timeout=TIMEOUT),
+            lambda: list(stub.ChatStream(proto_request("deepseek-v4-pro", n), metadata=metadata(key), timeout=TIMEOUT)),
+        ):
+            assert rpc_failure(call) == RpcFailure(
+                grpc.StatusCode.PERMISSION_DENIED, "permission_error", "model_not_allowed", ("model",)
+            )
+        assert mock.requests_with(n) == []
+
+        # Warm the key (its monthly count is read from the ledger once), then take the ledger away.
+        stub.Chat(proto_request("deepseek-chat", nonce()), metadata=metadata(key), timeout=TIMEOUT)
+        db = sqlite3.connect(tmp_path / "tollgate.db", timeout=10)
+        db.execute("ALTER TABLE usage_ledger RENAME TO usage_ledger_gone")
+        db.commit()
+        db.close()
+        failure = rpc_failure(lambda: stub.Chat(proto_request("deepseek-chat", nonce()), metadata=metadata(key), timeout=TIMEOUT))
+        assert (failure.code, failure.reason) == (grpc.StatusCode.INTERNAL, "internal_error")
+    finally:
+        channel.close()
+        gateway.stop()
+
+
+def ledger_rows(gateway, key) -> list[tuple]:
+    db = sqlite3.connect(f"file:{gateway.tmp_dir / 'tollgate.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(
+            "SELECT outcome, prompt_tokens, completion_tokens, estimated FROM usage_ledger WHERE key_id = ?", (key.key_id,)
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def test_a_cancelled_grpc_stream_is_billed_the_upstreams_final_count(gateway, inference, billing, mock):
+    """A gRPC client that cancels its stream mid-way (the upstream holds the rest) is billed as a
+    REST client that hangs up: the gateway reads the upstream on to its final usage and settles
+    it once, as cancelled, with the real count."""
+    key = gateway.create_key("pro")
+    hold = f"cancel-{nonce()}"
+    text = f"cancel me {hold} one two three four [hold_after_first={hold}]"
+    call = inference.ChatStream(proto_request("deepseek-chat", text), metadata=metadata(key), timeout=TIMEOUT)
+    first = next(call)
+    assert first.choices[0].delta.role == "assistant"
+    mock.wait_held(hold, lambda status: status["waiting"] == 1, what="the rest of the stream is held")
+    call.cancel()
+    assert call.code() == grpc.StatusCode.CANCELLED
+    mock.release(hold)
+    wait_until(lambda: len(ledger_rows(gateway, key)) == 1, timeout=20, what="the cancelled stream is settled")
+    want = expected_usage(user(text), thinking=False)
+    assert ledger_rows(gateway, key) == [("cancelled", want.prompt_tokens, want.completion_tokens, 0)]
+    report = billing.GetUsage(billing_pb2.GetUsageRequest(), metadata=metadata(key), timeout=TIMEOUT)
+    assert report.total_cost_picodollars == cost_picodollars(want, PRICES["deepseek-v4-flash"])
 
 
 @pytest.mark.parametrize("method", ["Settle", "Admit", "Authenticate", "InvalidateKey"])

@@ -95,3 +95,14 @@ def test_unknown_model_is_404_not_found_error(gateway, key, client):
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_the_catalogue_is_public(gateway, key):
+    """`/v1/models` needs no key (prices are public information): the same answers without an
+    `Authorization` header, and with a key that does not exist."""
+    for path in ("/models", "/models/deepseek-chat"):
+        with_key = get_json(gateway, key, path)
+        for headers in ({}, auth("sk-not-a-real-key-000000000")):
+            r = httpx.get(f"{gateway.base_url}{path}", headers=headers, timeout=30)
+            assert (r.status_code, json.loads(r.text, parse_float=Decimal)) == with_key, (path, headers, r.text)
+    assert get_json(gateway, key, "/models")[0] == 200

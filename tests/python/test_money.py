@@ -10,7 +10,9 @@ import json
 import math
 import signal
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from harness import ApiKey, Gateway, MockUpstream, auth, wait_until
 from mock_rules import expected_usage
-from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_together, key_listing, nonce, pico
+from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_held, fire_together, key_listing, nonce, pico
 
 
 def sqlite_rows(db_path: Path, sql: str, *args) -> list[tuple]:
@@ -55,7 +57,7 @@ def chat(gateway: Gateway, key: ApiKey, text: str, **extra) -> httpx.Response:
 # 1. Balances and budgets -----------------------------------------------------------------------
 
 
-def test_simultaneous_requests_never_overdraw_a_prepaid_balance(gateway):
+def test_simultaneous_requests_never_overdraw_a_prepaid_balance(gateway, mock):
     """24 requests arrive together at a balance that covers exactly 5 worst cases: 5 are served,
     19 get 429 insufficient_quota (not retryable), and the balance ends at its start minus the
     exact costs reported, never below zero."""
@@ -63,8 +65,11 @@ def test_simultaneous_requests_never_overdraw_a_prepaid_balance(gateway):
     key = gateway.create_key("enterprise", None, "--balance", str(Decimal(balance) / PICO))
     assert key_listing(gateway, key)["balance_picodollars"] == balance
     n = nonce()
-    # Held 3 s upstream, so every admission happens while the admitted ones still hold money.
-    responses = fire_together(24, lambda i: chat(gateway, key, f"race {n} {i} [delay_ms=3000]"))
+    # Held upstream until all 24 are refused or held, so every admission happens while the
+    # admitted ones still hold money.
+    hold = f"race-{n}"
+    responses = fire_held(mock, hold, 24, lambda i: chat(gateway, key, f"race {n} {i} [hold={hold}]"))
+    assert mock.hold_status(hold)["arrived"] == 5
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     assert len(ok) == 5, [r.status_code for r in responses]
@@ -135,6 +140,98 @@ def test_cli_refuses_inexact_amounts(gateway):
     assert done.returncode != 0 and "12 decimal places" in done.stderr, done.stderr
 
 
+def test_a_top_up_past_the_largest_balance_is_refused_and_changes_nothing(gateway):
+    """Balances are i64 picodollars (about 9.22 million USD): a top-up that would carry the balance
+    past that is refused naming the amount, and the balance stays what it was."""
+    key = gateway.create_key("enterprise", None, "--balance", "9000000")
+    before = key_listing(gateway, key)
+    assert before["balance_picodollars"] == 9_000_000 * 10**12
+    done = gateway.cli("keys", "topup", key.key_id, "300000", check=False)
+    assert done.returncode != 0, done.stdout
+    assert "the balance would exceed the largest amount a key can hold" in done.stderr, done.stderr
+    done = gateway.cli("keys", "topup", key.key_id, "10000000", check=False)
+    assert done.returncode != 0 and "too large" in done.stderr, done.stderr
+    after = key_listing(gateway, key)
+    for field in ("balance_picodollars", "credited_total_picodollars"):
+        assert after[field] == before[field] == 9_000_000 * 10**12, field
+    r = chat(gateway, key, f"still rich {nonce()}")
+    assert r.status_code == 200, r.text
+
+
+def month_label(months_back: int = 0) -> str:
+    """`YYYY-MM` of this UTC month, or of one `months_back` before it."""
+    today = datetime.now(timezone.utc)
+    index = today.year * 12 + today.month - 1 - months_back
+    return f"{index // 12:04}-{index % 12 + 1:02}"
+
+
+def sqlite_write(db_path: Path, sql: str, *args) -> None:
+    db = sqlite3.connect(db_path, timeout=10)
+    try:
+        db.execute(sql, args)
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_a_monthly_budget_starts_afresh_each_month(gateway):
+    """A budget caps one calendar month's spend: spent in full this month, it refuses; spent in
+    full last month, it serves again, and this month's spend starts from this request's cost."""
+    budget = WORST_OUTPUT * 2
+    key = gateway.create_key("enterprise", None, "--monthly-budget", str(Decimal(budget) / PICO))
+    db_path = gateway.tmp_dir / "tollgate.db"
+    sqlite_write(
+        db_path,
+        "UPDATE key_accounts SET spent_month_picodollars = ?, spent_period = ? WHERE key_id = ?",
+        budget,
+        month_label(),
+        key.key_id,
+    )
+    assert key_listing(gateway, key)["spend_month_picodollars"] == budget
+    r = chat(gateway, key, f"budget spent {nonce()}")
+    assert (r.status_code, r.json()["error"]["code"]) == (429, "insufficient_quota"), r.text
+
+    sqlite_write(db_path, "UPDATE key_accounts SET spent_period = ? WHERE key_id = ?", month_label(1), key.key_id)
+    assert key_listing(gateway, key)["spend_month_picodollars"] == 0
+    r = chat(gateway, key, f"a new month {nonce()}")
+    assert r.status_code == 200, r.text
+    listing = key_listing(gateway, key)
+    assert listing["spend_month_picodollars"] == cost_of(r)
+    assert sqlite_rows(db_path, "SELECT spent_period, spent_month_picodollars FROM key_accounts WHERE key_id = ?", key.key_id) == [
+        (month_label(), cost_of(r))
+    ]
+
+
+def test_the_background_sweep_releases_expired_reservations_only(gateway):
+    """A reservation whose request never settled (its process died) is released by the running
+    gateway's sweep (every 10 s) once expired; one not yet expired is kept."""
+    key = gateway.create_key("enterprise", None, "--balance", "1")
+    db_path = gateway.tmp_dir / "tollgate.db"
+    now_ms = int(time.time() * 1000)
+    n = nonce()
+    lost, live = f"chatcmpl-lost{n}", f"chatcmpl-live{n}"
+    for request_id, amount, expires_at in ((lost, 5_000, now_ms - 60_000), (live, 7_000, now_ms + 3_600_000)):
+        sqlite_write(
+            db_path,
+            "INSERT INTO reservations (request_id, key_id, amount_picodollars, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            request_id,
+            key.key_id,
+            amount,
+            now_ms - 120_000,
+            expires_at,
+        )
+    sqlite_write(db_path, "UPDATE key_accounts SET reserved_picodollars = reserved_picodollars + 12000 WHERE key_id = ?", key.key_id)
+
+    def held() -> list[tuple]:
+        return sqlite_rows(db_path, "SELECT request_id FROM reservations WHERE key_id = ? ORDER BY request_id", key.key_id)
+
+    wait_until(lambda: held() == [(live,)], timeout=25, interval=0.25, what="the sweep released the expired reservation")
+    assert key_listing(gateway, key)["reserved_picodollars"] == 7_000
+    # Give the live one back, as its request would.
+    sqlite_write(db_path, "DELETE FROM reservations WHERE request_id = ?", live)
+    sqlite_write(db_path, "UPDATE key_accounts SET reserved_picodollars = reserved_picodollars - 7000 WHERE key_id = ?", key.key_id)
+
+
 # 2. Exact money --------------------------------------------------------------------------------
 
 
@@ -184,17 +281,21 @@ def ledger_of(gateway: Gateway, key: ApiKey) -> list[tuple]:
     )
 
 
-def test_a_client_leaving_mid_stream_is_billed_the_upstreams_final_count(gateway):
-    """The client reads one chunk and hangs up; the gateway reads the upstream on to its final
-    usage and bills exactly that (not the zero it had seen), as a real count."""
+def test_a_client_leaving_mid_stream_is_billed_the_upstreams_final_count(gateway, mock):
+    """The client reads one chunk and hangs up while the upstream holds the rest; the gateway
+    reads the upstream on to its final usage and bills exactly that (not the zero it had seen),
+    as a real count."""
     key = gateway.create_key("enterprise")
-    messages = [{"role": "user", "content": f"leave early {nonce()} one two three four five six [chunk_delay_ms=150]"}]
+    hold = f"leave-{nonce()}"
+    messages = [{"role": "user", "content": f"leave early {hold} one two three four five six [hold_after_first={hold}]"}]
     body = {"model": "deepseek-chat", "messages": messages, "stream": True}
     with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers=auth(key), json=body, timeout=30) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 break  # and close the connection mid-stream
+    mock.wait_held(hold, lambda status: status["waiting"] == 1, what="the rest of the stream is held")
+    mock.release(hold)
     wait_until(lambda: len(ledger_of(gateway, key)) == 1, timeout=20, what="the abandoned stream is settled")
     want = expected_usage(messages, thinking=False)
     assert ledger_of(gateway, key) == [("cancelled", want.prompt_tokens, want.completion_tokens, 0)]

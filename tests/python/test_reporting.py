@@ -172,8 +172,10 @@ def test_subscription_answers_as_openai_clients_expect(gateway):
     sub = resp.json()
     assert sub["object"] == "billing_subscription"
     assert sub["has_payment_method"] is False
+    # No balance and no budget: the value OpenAI-compatible dashboards read as unlimited, exactly.
     for field in ("hard_limit_usd", "soft_limit_usd", "system_hard_limit_usd"):
-        assert isinstance(sub[field], (int, float)) and sub[field] > 0, (field, sub)
+        assert type(sub[field]) is int and sub[field] == 100_000_000, (field, sub)
+    assert (sub["balance_usd"], sub["monthly_budget_usd"], sub["spend_month_usd"]) == (None, None, "0"), sub
     assert sub["access_until"] == int(expires.timestamp())
     assert sub["plan"] == {"title": "pro", "id": "pro"}
     assert (sub["rpm_limit"], sub["monthly_limit"]) == (30, 3000)

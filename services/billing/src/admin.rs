@@ -364,8 +364,12 @@ mod tests {
         assert!(!token.matches("admin-token-0123456789x"));
         assert!(!token.matches(""));
         assert_eq!(format!("{token:?}"), "AdminToken(***)");
-        assert!(AdminToken::new("short").is_err());
-        assert!(AdminToken::new("   ").is_err());
+        let too_short = format!(
+            "the admin token must have at least {} characters",
+            AdminToken::MIN_LEN
+        );
+        assert_eq!(AdminToken::new("short").unwrap_err(), too_short);
+        assert_eq!(AdminToken::new("   ").unwrap_err(), too_short);
     }
 
     #[test]

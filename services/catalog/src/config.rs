@@ -95,7 +95,7 @@ pub struct AliasConfig {
 mod tests {
     use super::*;
 
-    #[derive(Deserialize)]
+    #[derive(Debug, Deserialize)]
     struct Prices {
         a: Price,
         b: Price,
@@ -115,7 +115,10 @@ mod tests {
                 Price(2_800_000)
             )
         );
-        assert!(toml::from_str::<Prices>("a = -1\nb = 0\nc = 0\nd = 0").is_err());
-        assert!(toml::from_str::<Prices>("a = 0.0000001\nb = 0\nc = 0\nd = 0").is_err());
+        let refused = |text: &str| toml::from_str::<Prices>(text).unwrap_err().to_string();
+        let negative = money::PriceError::NotADecimal("-1".to_owned()).to_string();
+        assert!(refused("a = -1\nb = 0\nc = 0\nd = 0").contains(&negative));
+        let precise = money::PriceError::TooPrecise("0.0000001".to_owned()).to_string();
+        assert!(refused("a = 0.0000001\nb = 0\nc = 0\nd = 0").contains(&precise));
     }
 }

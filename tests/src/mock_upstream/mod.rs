@@ -13,7 +13,9 @@
 //! Routes: `POST …/chat/completions` (any prefix), `POST …/messages` (Anthropic's Messages API,
 //! `anthropic.rs`), `POST …/models/{model}:generateContent` and
 //! `…:streamGenerateContent?alt=sse` (Gemini, `gemini.rs`), `GET /_mock/requests` (the recorded
-//! requests as a JSON array), `DELETE /_mock/requests` (forget them), and images for the
+//! requests as a JSON array), `DELETE /_mock/requests` (forget them), `GET /_mock/holds/{name}`
+//! and `POST /_mock/holds/{name}/release` (answers held by `[hold=NAME]` until the test releases
+//! them, `hold.rs`), and images for the
 //! gateway's image fetcher: `GET /_mock/image.png` (a real 1x1 PNG), `GET /_mock/huge.png`
 //! (2 MiB, PNG-typed), `GET /_mock/page.html` (not an image), `GET /_mock/redirect.png` (302 to
 //! the PNG).
@@ -22,6 +24,7 @@ mod anthropic;
 mod compatible;
 mod error;
 pub mod gemini;
+mod hold;
 mod minimax;
 mod request;
 mod response;
@@ -39,7 +42,7 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     serve::ListenerExt,
 };
 use serde::{Deserialize, Serialize};
@@ -48,6 +51,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 pub use anthropic::{AnthropicError, STREAM_ERROR_MESSAGE as ANTHROPIC_STREAM_ERROR, signature};
 pub use error::MockError;
+pub use hold::{HoldStatus, MAX_HOLD};
 pub use request::{
     Answer, ChatPlan, Flavour, TOOL_ARGUMENT_FRAGMENTS, TOOL_CALL_ID, message_text, pieces, plan,
     word_count,
@@ -81,6 +85,7 @@ pub struct RecordedRequest {
 struct MockState {
     api_key: Option<String>,
     requests: Mutex<Vec<RecordedRequest>>,
+    holds: hold::Holds,
 }
 
 impl MockState {
@@ -115,6 +120,16 @@ impl MockHandle {
     pub fn clear_requests(&self) {
         self.state.requests().clear();
     }
+
+    /// How many requests arrived under `[hold=name]`, and how many wait for their release now.
+    pub fn hold_status(&self, name: &str) -> HoldStatus {
+        self.state.holds.status(name)
+    }
+
+    /// Lets every request held under `[hold=name]` answer, now and later.
+    pub fn release(&self, name: &str) {
+        self.state.holds.release(name);
+    }
 }
 
 impl Drop for MockHandle {
@@ -133,6 +148,7 @@ pub async fn spawn(config: MockConfig) -> std::io::Result<MockHandle> {
     let state = Arc::new(MockState {
         api_key: config.api_key,
         requests: Mutex::default(),
+        holds: hold::Holds::default(),
     });
     let app = router(Arc::clone(&state));
     // Chunks are small and must leave one by one: no Nagle delay.
@@ -152,6 +168,8 @@ pub async fn spawn(config: MockConfig) -> std::io::Result<MockHandle> {
 fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
+        .route("/_mock/holds/{name}", get(hold::status))
+        .route("/_mock/holds/{name}/release", post(hold::release))
         .route("/_mock/image.png", get(image_png))
         .route("/_mock/huge.png", get(huge_png))
         .route("/_mock/page.html", get(page_html))
@@ -229,7 +247,7 @@ async fn dispatch(
 }
 
 async fn chat_completions(
-    state: &MockState,
+    state: &Arc<MockState>,
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
@@ -256,6 +274,11 @@ async fn chat_completions(
         Ok(plan) => plan,
         Err(err) => return err.into_response(),
     };
+    if let Some(name) = hold::name_in(&body, hold::BEFORE_ANSWER)
+        && !state.holds.wait(&name).await
+    {
+        return hold::never_released(&name).into_response();
+    }
 
     if !plan.stream {
         tokio::time::sleep(plan.delay).await;
@@ -276,7 +299,9 @@ async fn chat_completions(
         let body = MockError::minimax(code, base_resp_message(code)).body();
         return sse_body(plan.delay, vec![sse_event(&body.to_string())]);
     }
-    sse_response(plan)
+    let mid_hold =
+        hold::name_in(&body, hold::AFTER_FIRST_CHUNK).map(|name| (Arc::clone(state), name));
+    sse_response(plan, mid_hold)
 }
 
 /// Records one request; returns its `Authorization` header.
@@ -380,8 +405,9 @@ fn sse_body(delay: std::time::Duration, events: Vec<Bytes>) -> Response {
 }
 
 /// A raw `text/event-stream` body written chunk by chunk as `data: <json>\n\n`. The headers
-/// go out at once; `[delay_ms]` holds back the first event.
-fn sse_response(plan: ChatPlan) -> Response {
+/// go out at once; `[delay_ms]` holds back the first event; `mid_hold` (`[hold_after_first=NAME]`)
+/// holds the rest after the first chunk until the test releases NAME.
+fn sse_response(plan: ChatPlan, mid_hold: Option<(Arc<MockState>, String)>) -> Response {
     let ident = ReplyIdentity::new(plan.flavour);
     let script = response::stream(&plan, &ident);
     let events = async_stream::stream! {
@@ -390,6 +416,13 @@ fn sse_response(plan: ChatPlan) -> Response {
             yield Ok::<Bytes, Infallible>(Bytes::from_static(b": keep-alive\n\n"));
         }
         for (i, chunk) in script.chunks.iter().enumerate() {
+            if i == 1
+                && let Some((state, name)) = &mid_hold
+                && !state.holds.wait(name).await
+            {
+                yield Ok(sse_event(&hold::never_released(name).body().to_string()));
+                return;
+            }
             if i > 0 && !plan.chunk_delay.is_zero() {
                 tokio::time::sleep(plan.chunk_delay).await;
             }

@@ -94,7 +94,8 @@ mod tests {
         let with_stop = serde_json::json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"END"});
         let e = prepared(ThinkingSupport::Always, with_stop.clone()).unwrap_err();
         assert_eq!(e.to_api_error().param.as_deref(), Some("stop"));
-        assert!(prepared(ThinkingSupport::Optional, with_stop.clone()).is_err());
+        let e = prepared(ThinkingSupport::Optional, with_stop.clone()).unwrap_err();
+        assert_eq!(e.to_api_error().param.as_deref(), Some("stop"));
         let body = prepared(ThinkingSupport::None, with_stop).unwrap();
         assert_eq!(body["stop"], serde_json::json!(["END"]));
     }

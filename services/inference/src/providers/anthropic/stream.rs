@@ -631,6 +631,8 @@ data: {"type": "message_stop"}
             .on_event(r#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#)
             .unwrap_err();
         assert!(other.to_string().contains("Internal server error"));
-        assert!(t.on_event("not json").is_err());
+        assert!(
+            matches!(t.on_event("not json"), Err(UpstreamError::Failed { message, .. }) if message.starts_with("unreadable stream event"))
+        );
     }
 }

@@ -491,7 +491,9 @@ mod tests {
             .unwrap_err()
             .into_error("gemini");
         assert!(matches!(e, UpstreamError::Overloaded { status: 503, .. }));
-        assert!(t.on_event("{not json").is_err());
+        assert!(
+            matches!(t.on_event("{not json"), Err(StreamFailure::Failed(m)) if m.starts_with("unreadable stream event"))
+        );
     }
 
     #[test]
@@ -552,7 +554,7 @@ mod tests {
         ] {
             assert_eq!(finish_reason(gemini, calls), Ok(openai), "{gemini}");
         }
-        assert!(finish_reason("MALFORMED_FUNCTION_CALL", false).is_err());
+        assert_eq!(finish_reason("MALFORMED_FUNCTION_CALL", false), Err("the model ended its answer with MALFORMED_FUNCTION_CALL: it produced no usable function call".to_owned()));
         let mut t = StreamTranslator::default();
         assert!(matches!(
             t.on_event(r#"{"candidates":[{"content":{"parts":[]},"finishReason":"MALFORMED_FUNCTION_CALL"}]}"#),
@@ -575,7 +577,10 @@ mod tests {
             chunk.choices[0].finish_reason.as_deref(),
             Some("content_filter")
         );
-        assert!(completion(json!({"candidates": []})).is_err());
+        assert_eq!(
+            completion(json!({"candidates": []})).unwrap_err(),
+            "the answer has no candidates"
+        );
     }
 
     #[test]

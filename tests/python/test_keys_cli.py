@@ -6,7 +6,6 @@ no admin token: the CLI needs none."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
@@ -18,7 +17,9 @@ import grpc
 import httpx
 from tollgate.v1 import billing_pb2, billing_pb2_grpc
 
-from harness import CLI_TIMEOUT_SECS, TIERS, auth, gateway_config, key_line_in_list, make_client, tollgate_bin, wait_until
+from money_checks import key_listing
+
+from harness import CLI_TIMEOUT_SECS, TIERS, ApiKey, auth, gateway_config, key_line_in_list, make_client, tollgate_bin, wait_until
 
 REVOCATION_DEADLINE_SECS = 1.5  # the contract: ~1 s at most, plus a little slack for a loaded machine
 # A change made by the CLI (another process) reaches the gateway within server.key_refresh_ms (1 s).
@@ -164,21 +165,13 @@ def test_migrate_creates_the_schema_once_and_the_cli_works_on_it(mock, tmp_path)
 
 def test_migrate_beside_a_running_gateway_changes_nothing(gateway):
     key = gateway.create_key("basic")
-    done = gateway.cli("migrate")
-    assert done.stdout.strip() == "database is up to date"
+    done = run(["migrate", "--config", str(gateway.config_path)], gateway.env)
+    assert done.returncode == 0 and done.stdout.strip() == "database is up to date", done.stderr
     assert status_of(gateway, key.secret) == 200
-    assert listed(gateway, key.key_id)["status"] == "active"
+    assert key_listing(gateway, key)["status"] == "active"
 
 
 # --- keys update and keys budget -------------------------------------------------------------------
-
-
-def listed(gateway, key_id: str) -> dict:
-    for line in gateway.cli("keys", "list", "--json").stdout.splitlines():
-        entry = json.loads(line)
-        if entry["id"] == key_id:
-            return entry
-    raise AssertionError(f"key {key_id} is not in `keys list --json`")
 
 
 def usage(gateway, secret: str) -> dict:
@@ -187,10 +180,10 @@ def usage(gateway, secret: str) -> dict:
     return resp.json()
 
 
-def update(gateway, key_id: str, *flags: str) -> dict:
-    done = gateway.cli("keys", "update", key_id, *flags)
-    assert done.stdout.startswith(f"updated key {key_id} ("), done.stdout
-    return listed(gateway, key_id)
+def update(gateway, key: ApiKey, *flags: str) -> dict:
+    done = gateway.cli("keys", "update", key.key_id, *flags)
+    assert done.stdout.startswith(f"updated key {key.key_id} ("), done.stdout
+    return key_listing(gateway, key)
 
 
 def test_update_sets_and_clears_each_field(gateway):
@@ -198,40 +191,40 @@ def test_update_sets_and_clears_each_field(gateway):
     pro_rpm, pro_monthly = TIERS["pro"]
     basic_rpm, basic_monthly = TIERS["basic"]
 
-    assert update(gateway, key.key_id, "--name", "after")["name"] == "after"
+    assert update(gateway, key, "--name", "after")["name"] == "after"
 
-    entry = update(gateway, key.key_id, "--rpm", "3")
+    entry = update(gateway, key, "--rpm", "3")
     assert (entry["rpm_override"], entry["rpm_limit"]) == (3, 3)
     wait_until(lambda: usage(gateway, key.secret)["rpm_limit"] == 3, REFRESH_DEADLINE_SECS, what="the gateway applies --rpm")
-    entry = update(gateway, key.key_id, "--tier-rpm")
+    entry = update(gateway, key, "--tier-rpm")
     assert (entry["rpm_override"], entry["rpm_limit"]) == (None, pro_rpm)
     wait_until(lambda: usage(gateway, key.secret)["rpm_limit"] == pro_rpm, REFRESH_DEADLINE_SECS, what="the gateway applies --tier-rpm")
 
-    entry = update(gateway, key.key_id, "--monthly-requests", "7")
+    entry = update(gateway, key, "--monthly-requests", "7")
     assert (entry["monthly_requests_override"], entry["monthly_limit"]) == (7, 7)
     wait_until(lambda: usage(gateway, key.secret)["monthly_limit"] == 7, REFRESH_DEADLINE_SECS, what="the gateway applies --monthly-requests")
-    entry = update(gateway, key.key_id, "--tier-monthly-requests")
+    entry = update(gateway, key, "--tier-monthly-requests")
     assert (entry["monthly_requests_override"], entry["monthly_limit"]) == (None, pro_monthly)
 
-    entry = update(gateway, key.key_id, "--tier", "basic")
+    entry = update(gateway, key, "--tier", "basic")
     assert (entry["tier"], entry["rpm_limit"], entry["monthly_limit"]) == ("basic", basic_rpm, basic_monthly)
     wait_until(lambda: usage(gateway, key.secret)["tier"] == "basic", REFRESH_DEADLINE_SECS, what="the gateway applies --tier")
 
     next_year = (datetime.now(timezone.utc) + timedelta(days=365)).replace(hour=0, minute=0, second=0, microsecond=0)
-    entry = update(gateway, key.key_id, "--expires-at", next_year.strftime("%Y-%m-%d"))
+    entry = update(gateway, key, "--expires-at", next_year.strftime("%Y-%m-%d"))
     assert entry["expires_at"] == next_year.isoformat()
     assert entry["status"] == "active"
-    assert update(gateway, key.key_id, "--no-expiry")["expires_at"] is None
+    assert update(gateway, key, "--no-expiry")["expires_at"] is None
 
     # Several at once, and nothing else moves.
-    entry = update(gateway, key.key_id, "--name", "both", "--rpm", "4", "--monthly-requests", "9")
+    entry = update(gateway, key, "--name", "both", "--rpm", "4", "--monthly-requests", "9")
     assert (entry["name"], entry["rpm_override"], entry["monthly_requests_override"], entry["tier"]) == ("both", 4, 9, "basic")
     assert status_of(gateway, key.secret) == 200
 
 
 def test_update_refuses_what_it_cannot_do(gateway):
     key = gateway.create_key("pro")
-    before = listed(gateway, key.key_id)
+    before = key_listing(gateway, key)
     for flags, says in [
         ([], "nothing to update"),
         (["--rpm", "3", "--tier-rpm"], "--tier-rpm"),
@@ -243,7 +236,7 @@ def test_update_refuses_what_it_cannot_do(gateway):
         done = gateway.cli("keys", "update", key.key_id, *flags, check=False)
         assert done.returncode != 0, (flags, done.stdout)
         assert says in done.stderr, (flags, done.stderr)
-    assert listed(gateway, key.key_id) == before
+    assert key_listing(gateway, key) == before
     done = gateway.cli("keys", "update", "no-such-key", "--name", "x", check=False)
     assert done.returncode != 0 and "no API key" in done.stderr, done.stderr
 
@@ -264,7 +257,7 @@ def test_budget_sets_and_clears_a_monthly_budget(gateway):
     # Far below the worst case of one request (the model's whole max output at its price).
     done = gateway.cli("keys", "budget", key.key_id, "0.0001")
     assert done.stdout.strip() == f"key {key.key_id} ({key.secret[:12]}): monthly budget $0.0001"
-    entry = listed(gateway, key.key_id)
+    entry = key_listing(gateway, key)
     assert (entry["monthly_budget_usd"], entry["monthly_budget_picodollars"]) == ("0.0001", 100_000_000)
     assert entry["balance_picodollars"] is None, "a budget is not a balance"
 
@@ -276,7 +269,7 @@ def test_budget_sets_and_clears_a_monthly_budget(gateway):
 
     done = gateway.cli("keys", "budget", key.key_id, "none")
     assert done.stdout.strip() == f"key {key.key_id} ({key.secret[:12]}): no monthly budget"
-    entry = listed(gateway, key.key_id)
+    entry = key_listing(gateway, key)
     assert (entry["monthly_budget_usd"], entry["monthly_budget_picodollars"]) == (None, None)
     wait_until(lambda: chat(gateway, key.secret, "budget gone").status_code == 200, REFRESH_DEADLINE_SECS, what="the gateway drops the budget")
 
@@ -287,7 +280,7 @@ def test_budget_sets_and_clears_a_monthly_budget(gateway):
         assert done.returncode != 0 and says in done.stderr, (bad, done.stderr)
     done = gateway.cli("keys", "budget", "no-such-key", "1", check=False)
     assert done.returncode != 0 and "no API key" in done.stderr, done.stderr
-    assert listed(gateway, key.key_id)["monthly_budget_usd"] is None
+    assert key_listing(gateway, key)["monthly_budget_usd"] is None
 
 
 # --- --expires-at formats ---------------------------------------------------------------------------
@@ -303,14 +296,14 @@ def test_expires_at_takes_rfc3339_a_utc_date_or_unix_seconds(gateway):
     later = midnight + timedelta(days=1)
     for text, later_text in zip(expiry_formats(midnight), expiry_formats(later)):
         key = gateway.create_key("basic", None, "--expires-at", text)
-        entry = listed(gateway, key.key_id)
+        entry = key_listing(gateway, key)
         assert (entry["expires_at"], entry["status"]) == (midnight.isoformat(), "active"), text
         assert status_of(gateway, key.secret) == 200
         # `keys update` reads the same formats.
-        assert update(gateway, key.key_id, "--expires-at", later_text)["expires_at"] == later.isoformat(), later_text
+        assert update(gateway, key, "--expires-at", later_text)["expires_at"] == later.isoformat(), later_text
     # An offset other than Z is the instant it names.
     key = gateway.create_key("basic", None, "--expires-at", (midnight + timedelta(hours=2)).astimezone(timezone(timedelta(hours=2))).isoformat())
-    assert listed(gateway, key.key_id)["expires_at"] == (midnight + timedelta(hours=2)).isoformat()
+    assert key_listing(gateway, key)["expires_at"] == (midnight + timedelta(hours=2)).isoformat()
 
 
 def test_a_bad_expiry_is_refused_naming_the_formats(gateway):

@@ -521,6 +521,17 @@ mod tests {
         ))
     }
 
+    /// The error code of a refused `ListKeys`.
+    async fn refusal(
+        admin: &mut tollgate::v1::admin_client::AdminClient<GrpcTransport>,
+        request: Request<ListKeysRequest>,
+    ) -> String {
+        let status = admin.list_keys(request).await.unwrap_err();
+        tollgate::error::ApiError::from_status(&status)
+            .code
+            .unwrap_or_default()
+    }
+
     #[tokio::test]
     async fn the_local_operator_is_authorised_in_process_and_nobody_else_without_the_token() {
         let dir = tempfile::tempdir().unwrap();
@@ -537,17 +548,14 @@ mod tests {
             .into_inner();
         assert!(created.secret.starts_with("sk-"));
         // Without the extension, even an in-process call is a caller like any other: no token
-        // is configured, so it is refused.
-        let refused = local
-            .list_keys(Request::new(ListKeysRequest {}))
-            .await
-            .unwrap_err();
-        let refused = tollgate::error::ApiError::from_status(&refused);
-        assert_eq!(refused.code.as_deref(), Some("admin_disabled"));
-        // An API key is no substitute either.
+        // is configured, so it is refused; an API key is no substitute.
+        assert_eq!(
+            refusal(&mut local, Request::new(ListKeysRequest {})).await,
+            "admin_disabled"
+        );
         let mut with_api_key = Request::new(ListKeysRequest {});
         tollgate::auth::set_api_key(with_api_key.metadata_mut(), &created.secret);
-        assert!(local.list_keys(with_api_key).await.is_err());
+        assert_eq!(refusal(&mut local, with_api_key).await, "admin_disabled");
 
         // A service with a token (as `tollgate serve` runs it) still wants the token from
         // everyone but the local operator.
@@ -561,12 +569,10 @@ mod tests {
             }),
         };
         let mut served = client(served);
-        let refused = served
-            .list_keys(Request::new(ListKeysRequest {}))
-            .await
-            .unwrap_err();
-        let refused = tollgate::error::ApiError::from_status(&refused);
-        assert_eq!(refused.code.as_deref(), Some("invalid_admin_token"));
+        assert_eq!(
+            refusal(&mut served, Request::new(ListKeysRequest {})).await,
+            "invalid_admin_token"
+        );
         let listed = served
             .list_keys(LocalOperator::authorize(ListKeysRequest {}))
             .await

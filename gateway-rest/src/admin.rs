@@ -11,11 +11,12 @@
 //! | `POST /admin/keys/{key}/revoke`| RevokeKey  |
 //! | `POST /admin/keys/{key}/topup` | TopUp      |
 //!
-//! `{key}` is a key id, a shown prefix or a secret. Times are Unix seconds; `expires_at` may
-//! also be given as RFC 3339. In a `PATCH`, `null` clears a field (`"expires_at": null`: never
-//! expires; `"rpm": null`: back to the tier's) and an absent field is left as it is. Money is
-//! always a USD decimal string (`"balance_usd": "5"`, `"amount_usd": "0.25"`), never a JSON
-//! number, so no amount ever passes through a float.
+//! `{key}` is a key id, a shown prefix or a secret. Answers show times as Unix seconds;
+//! `expires_at` is taken in every format [`crate::expiry`] accepts. In a `PATCH`, `null` clears
+//! a field (`"expires_at": null`: never expires; `"rpm": null`: back to the tier's) and an absent
+//! field is left as it is; both become the Admin request's `clear_*` flags. Money is always a USD
+//! decimal string (`"balance_usd": "5"`, `"amount_usd": "0.25"`), never a JSON number, so no
+//! amount ever passes through a float. Keys are shown as [`crate::key_view`] renders them.
 
 use axum::{
     Json,
@@ -36,33 +37,9 @@ use tollgate::{
 use crate::{
     app::{AppState, with_key},
     error::RestError,
+    expiry::Expiry,
+    key_view::{self, Times},
 };
-
-/// `expires_at` as Unix seconds or an RFC 3339 string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Timestamp {
-    Secs(i64),
-    Text(String),
-}
-
-impl Timestamp {
-    fn unix_secs(&self) -> Result<i64, ApiError> {
-        match self {
-            Self::Secs(secs) => Ok(*secs),
-            Self::Text(text) => chrono::DateTime::parse_from_rfc3339(text)
-                .map(|t| t.timestamp())
-                .map_err(|e| {
-                    ApiError::invalid_param(
-                        "expires_at",
-                        format!(
-                            "expires_at must be Unix seconds or an RFC 3339 time, got {text:?}: {e}"
-                        ),
-                    )
-                }),
-        }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +48,7 @@ struct CreateBody {
     #[serde(default)]
     name: String,
     #[serde(default)]
-    expires_at: Option<Timestamp>,
+    expires_at: Option<Expiry>,
     #[serde(default)]
     rpm: Option<u32>,
     #[serde(default)]
@@ -103,7 +80,7 @@ struct UpdateBody {
     #[serde(default)]
     tier: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    expires_at: Option<Option<Timestamp>>,
+    expires_at: Option<Option<Expiry>>,
     #[serde(default, deserialize_with = "present")]
     rpm: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
@@ -134,27 +111,9 @@ async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
     })
 }
 
+/// A key as REST answers show it.
 fn key_json(key: &ManagedKey) -> Value {
-    json!({
-        "object": "api_key",
-        "id": key.id,
-        "name": key.name,
-        "prefix": key.prefix,
-        "tier": key.tier,
-        "status": key.status,
-        "created_at": key.created_at,
-        "revoked_at": key.revoked_at,
-        "expires_at": key.expires_at,
-        "rpm_override": key.rpm_override,
-        "monthly_requests_override": key.monthly_requests_override,
-        "rpm_limit": key.rpm_limit,
-        "monthly_limit": key.monthly_limit,
-        "balance_usd": key.balance_usd,
-        "monthly_budget_usd": key.monthly_budget_usd,
-        "reserved_usd": key.reserved_usd,
-        "spend_month_usd": key.spend_month_usd,
-        "spend_total_usd": key.spend_total_usd,
-    })
+    key_view::key_json(key, Times::UnixSeconds)
 }
 
 fn issued_json(issued: IssuedKey) -> Value {

@@ -7,6 +7,8 @@ pub mod app;
 mod chat_completions;
 pub mod config;
 mod error;
+pub mod expiry;
+pub mod key_view;
 mod models;
 pub mod server;
 mod usage;

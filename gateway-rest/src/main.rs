@@ -1,11 +1,27 @@
 //! The `tollgate` command: `serve` runs the gateway, `keys` administers API keys, `migrate`
-//! prepares the database.
+//! prepares the database. `--config` is one global option, given before or after the subcommand.
+//!
+//! `keys` goes through the Admin service like REST `/admin` does, called in this process
+//! (`tollgate::transport::in_process`) as the trusted [`LocalOperator`]: whoever can read the
+//! config and the database is an administrator, so no admin token is needed. The Admin service
+//! owns every rule (validation, the key's view); this file owns the flags and the words printed.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
+use tollgate::error::ApiError;
 use tollgate::money::{format_picodollars, parse_usd_picodollars};
+use tollgate::transport::{GrpcTransport, in_process};
+use tollgate::v1::admin_client::AdminClient;
+use tollgate::v1::admin_server::AdminServer;
+use tollgate::v1::{
+    CreateKeyRequest, ListKeysRequest, ManagedKey, RevokeKeyRequest, RotateKeyRequest,
+    TopUpRequest, UpdateKeyRequest,
+};
+use tollgate_billing::{AdminService, LocalOperator};
+use tollgate_gateway::expiry::parse_expiry;
+use tollgate_gateway::key_view::{Times, key_json, key_table};
 use tollgate_gateway::{Config, Runtime, server};
 
 #[derive(Parser)]
@@ -15,6 +31,9 @@ use tollgate_gateway::{Config, Runtime, server};
     about = "A self-hosted LLM gateway with per-key token billing"
 )]
 struct Cli {
+    /// The configuration file, before or after the subcommand.
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG", value_name = "FILE")]
+    config: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,8 +42,6 @@ struct Cli {
 enum Command {
     /// Run the gateway (REST and gRPC in one process).
     Serve {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
         /// Overrides server.http_addr.
         #[arg(long)]
         http_addr: Option<std::net::SocketAddr>,
@@ -38,26 +55,21 @@ enum Command {
         command: KeysCommand,
     },
     /// Create or upgrade the database schema.
-    Migrate {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
-    },
+    Migrate,
 }
 
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key; its secret is printed once, as the last line.
     Create {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
         #[arg(long)]
         tier: String,
         #[arg(long)]
         name: Option<String>,
-        /// When the key stops working: RFC 3339 (`2027-01-01T00:00:00Z`) or a UTC date
-        /// (`2027-01-01`, midnight).
+        /// When the key stops working: RFC 3339 (`2027-01-01T00:00:00Z`), a UTC date
+        /// (`2027-01-01`, midnight) or Unix seconds.
         #[arg(long, value_parser = parse_expiry)]
-        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        expires_at: Option<i64>,
         /// The key's own requests per minute, replacing its tier's.
         #[arg(long)]
         rpm: Option<u32>,
@@ -75,8 +87,6 @@ enum KeysCommand {
     },
     /// Add USD to a key's prepaid balance (a key without one gets one).
     Topup {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
         /// The key's id or shown prefix.
         key: String,
         #[arg(value_name = "USD")]
@@ -84,8 +94,6 @@ enum KeysCommand {
     },
     /// Set a key's monthly budget in USD, or remove it with `none`.
     Budget {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
         /// The key's id or shown prefix.
         key: String,
         #[arg(value_name = "USD|none")]
@@ -93,37 +101,25 @@ enum KeysCommand {
     },
     /// List keys (never their secrets).
     List {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a key by id or by its shown prefix.
-    Revoke {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
-        key: String,
-    },
+    Revoke { key: String },
     /// Give a key (by id or shown prefix) a new secret, printed once as the last line. The id,
     /// tier, limits and usage history stay; the old secret stops working.
-    Rotate {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
-        key: String,
-    },
+    Rotate { key: String },
     /// Change a key's name, tier, expiry or limit overrides.
     Update {
-        #[arg(long, env = "TOLLGATE_CONFIG")]
-        config: String,
         key: String,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
         tier: Option<String>,
-        /// RFC 3339 or a UTC date; a past time expires the key at once.
+        /// RFC 3339, a UTC date or Unix seconds; a past time expires the key at once.
         #[arg(long, value_parser = parse_expiry, conflicts_with = "no_expiry")]
-        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        expires_at: Option<i64>,
         /// Remove the expiry.
         #[arg(long)]
         no_expiry: bool,
@@ -140,27 +136,6 @@ enum KeysCommand {
     },
 }
 
-/// `--expires-at`: RFC 3339, or `YYYY-MM-DD` meaning that day's UTC midnight.
-fn parse_expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-        .ok_or_else(|| format!("{text:?} is neither RFC 3339 nor YYYY-MM-DD"))
-}
-
-/// `Some(value)` to set, `Some(None)` to clear, `None` to leave.
-fn change<T>(value: Option<T>, clear: bool) -> Option<Option<T>> {
-    if clear { Some(None) } else { value.map(Some) }
-}
-
-fn optional_rfc3339(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
-    t.map(|t| t.to_rfc3339())
-}
-
 fn load(path: &str) -> Result<Runtime, String> {
     Config::load(path, std::env::vars())
         .and_then(Config::validate)
@@ -175,6 +150,47 @@ async fn connect(runtime: &Runtime) -> Result<sea_orm::DatabaseConnection, Strin
         .await
         .map_err(|e| e.to_string())?;
     Ok(db)
+}
+
+/// The Admin service over this process's database, reached in-process.
+async fn admin_client(runtime: &Runtime) -> Result<AdminClient<GrpcTransport>, String> {
+    let db = connect(runtime).await?;
+    let service = AdminService::for_local_operator(db, runtime.tiers.clone());
+    Ok(AdminClient::new(in_process(AdminServer::new(service))))
+}
+
+/// A failed Admin call in the CLI's words: a field is named by the flag (or argument) that set
+/// it, from `flags` (`(param, flag)` pairs).
+fn refusal(status: &tonic::Status, flags: &[(&str, &str)]) -> String {
+    let err = ApiError::from_status(status);
+    let flag = err
+        .param
+        .as_deref()
+        .and_then(|param| flags.iter().find(|(p, _)| *p == param));
+    match flag {
+        Some((_, flag)) => format!("{flag}: {}", err.message),
+        None => err.message,
+    }
+}
+
+/// What `keys create` and `keys update` call their fields.
+const KEY_FLAGS: &[(&str, &str)] = &[
+    ("expires_at", "--expires-at"),
+    ("rpm", "--rpm"),
+    ("monthly_requests", "--monthly-requests"),
+    ("balance_usd", "--balance"),
+    ("monthly_budget_usd", "--monthly-budget"),
+    ("key", "KEY"),
+];
+/// What `keys topup` and `keys budget` call their amount.
+const AMOUNT_FLAGS: &[(&str, &str)] = &[
+    ("amount_usd", "USD"),
+    ("monthly_budget_usd", "USD"),
+    ("key", "KEY"),
+];
+
+fn shown(key: Option<ManagedKey>) -> Result<ManagedKey, String> {
+    key.ok_or_else(|| "the Admin service answered without the key".to_owned())
 }
 
 async fn shutdown_signal() {
@@ -199,13 +215,15 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let config = cli
+        .config
+        .ok_or("give the configuration file: --config FILE (or TOLLGATE_CONFIG)")?;
+    let mut runtime = load(&config)?;
     match cli.command {
         Command::Serve {
-            config,
             http_addr,
             grpc_addr,
         } => {
-            let mut runtime = load(&config)?;
             if let Some(addr) = http_addr {
                 runtime.server.http_addr = addr;
             }
@@ -234,20 +252,20 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
         }
-        Command::Migrate { config } => {
-            let runtime = load(&config)?;
+        Command::Migrate => {
             connect(&runtime).await?;
             println!("database is up to date");
             Ok(())
         }
-        Command::Keys { command } => keys(command).await,
+        Command::Keys { command } => keys(&runtime, command).await,
     }
 }
 
-async fn keys(command: KeysCommand) -> Result<(), String> {
+async fn keys(runtime: &Runtime, command: KeysCommand) -> Result<(), String> {
+    let mut admin = admin_client(runtime).await?;
+    let refresh_ms = runtime.server.key_refresh_ms;
     match command {
         KeysCommand::Create {
-            config,
             tier,
             name,
             expires_at,
@@ -256,125 +274,120 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             balance,
             monthly_budget,
         } => {
-            let money = tollgate_billing::KeyMoney {
-                balance_picodollars: balance
-                    .as_deref()
-                    .map(|usd| usd_amount("--balance", usd))
-                    .transpose()?,
-                monthly_budget_picodollars: monthly_budget
-                    .as_deref()
-                    .map(|usd| usd_amount("--monthly-budget", usd))
-                    .transpose()?,
-            };
-            let runtime = load(&config)?;
-            let db = connect(&runtime).await?;
-            let new = tollgate_billing::NewKey {
+            let request = CreateKeyRequest {
                 tier,
-                name,
+                name: name.unwrap_or_default(),
                 expires_at,
                 rpm,
                 monthly_requests,
-                money,
+                balance_usd: balance,
+                monthly_budget_usd: monthly_budget,
             };
-            let (record, secret) = tollgate_billing::create_key_with(&db, &runtime.tiers, &new)
+            let issued = admin
+                .create_key(LocalOperator::authorize(request))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| refusal(&e, KEY_FLAGS))?
+                .into_inner();
+            let key = shown(issued.key)?;
             println!(
                 "created key {} ({}) in tier {}",
-                record.id, record.prefix, record.tier
+                key.id, key.prefix, key.tier
             );
-            if let Some(balance) = money.balance_picodollars {
-                println!("prepaid balance: ${}", format_picodollars(balance));
+            if let Some(balance) = &key.balance_usd {
+                println!("prepaid balance: ${balance}");
             }
-            if let Some(budget) = money.monthly_budget_picodollars {
-                println!("monthly budget: ${}", format_picodollars(budget));
+            if let Some(budget) = &key.monthly_budget_usd {
+                println!("monthly budget: ${budget}");
             }
             println!("the secret is shown once; store it now:");
-            println!("{}", secret.expose_secret());
+            println!("{}", issued.secret);
             Ok(())
         }
-        KeysCommand::Topup {
-            config,
-            key,
-            amount,
-        } => {
-            let amount = usd_amount("USD", &amount)?;
-            let runtime = load(&config)?;
-            let db = connect(&runtime).await?;
-            let (record, account) = tollgate_billing::keys::top_up_key(&db, &key, amount)
+        KeysCommand::Topup { key, amount } => {
+            let request = TopUpRequest {
+                key,
+                amount_usd: amount.clone(),
+            };
+            let key = admin
+                .top_up(LocalOperator::authorize(request))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| refusal(&e, AMOUNT_FLAGS))?
+                .into_inner();
+            // Accepted, so exact: shown in its canonical form.
+            let amount = parse_usd_picodollars(amount.trim()).map_or(amount, format_picodollars);
             println!(
-                "topped up key {} ({}) by ${}; balance ${}",
-                record.id,
-                record.prefix,
-                format_picodollars(amount),
-                format_picodollars(account.balance_picodollars.unwrap_or(0))
+                "topped up key {} ({}) by ${amount}; balance ${}",
+                key.id,
+                key.prefix,
+                key.balance_usd.as_deref().unwrap_or("0")
             );
             Ok(())
         }
-        KeysCommand::Budget {
-            config,
-            key,
-            amount,
-        } => {
-            let budget = if amount.trim().eq_ignore_ascii_case("none") {
-                None
-            } else {
-                Some(usd_amount("USD", &amount)?)
+        KeysCommand::Budget { key, amount } => {
+            let clear = amount.trim().eq_ignore_ascii_case("none");
+            let request = UpdateKeyRequest {
+                key,
+                monthly_budget_usd: (!clear).then_some(amount),
+                clear_monthly_budget: clear,
+                ..UpdateKeyRequest::default()
             };
-            let runtime = load(&config)?;
-            let db = connect(&runtime).await?;
-            let record = tollgate_billing::keys::find_key(&db, &key)
+            let key = admin
+                .update_key(LocalOperator::authorize(request))
                 .await
-                .map_err(|e| e.to_string())?;
-            tollgate_billing::accounts::set_monthly_budget(&db, &record.id, budget)
-                .await
-                .map_err(|e| e.to_string())?;
-            match budget {
-                Some(b) => println!(
-                    "key {} ({}): monthly budget ${}",
-                    record.id,
-                    record.prefix,
-                    format_picodollars(b)
-                ),
-                None => println!("key {} ({}): no monthly budget", record.id, record.prefix),
+                .map_err(|e| refusal(&e, AMOUNT_FLAGS))?
+                .into_inner();
+            match &key.monthly_budget_usd {
+                Some(budget) => {
+                    println!("key {} ({}): monthly budget ${budget}", key.id, key.prefix)
+                }
+                None => println!("key {} ({}): no monthly budget", key.id, key.prefix),
             }
             Ok(())
         }
-        KeysCommand::List { config, json } => {
-            let runtime = load(&config)?;
-            let db = connect(&runtime).await?;
-            list_keys(&db, json).await.map_err(|e| e.to_string())
-        }
-        KeysCommand::Revoke { config, key } => {
-            let runtime = load(&config)?;
-            let db = connect(&runtime).await?;
-            let record = tollgate_billing::revoke_key(&db, &key)
+        KeysCommand::List { json } => {
+            let keys = admin
+                .list_keys(LocalOperator::authorize(ListKeysRequest {}))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| refusal(&e, &[]))?
+                .into_inner()
+                .keys;
+            if json {
+                for key in &keys {
+                    println!("{}", key_json(key, Times::Rfc3339));
+                }
+            } else {
+                print!("{}", key_table(&keys));
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { key } => {
+            let key = admin
+                .revoke_key(LocalOperator::authorize(RevokeKeyRequest { key }))
+                .await
+                .map_err(|e| refusal(&e, KEY_FLAGS))?
+                .into_inner();
             println!(
-                "revoked key {} ({}); running gateways refuse it within {} ms",
-                record.id, record.prefix, runtime.server.key_refresh_ms
+                "revoked key {} ({}); running gateways refuse it within {refresh_ms} ms",
+                key.id, key.prefix
             );
             Ok(())
         }
-        KeysCommand::Rotate { config, key } => {
-            let runtime = load(&config)?;
-            let db = connect(&runtime).await?;
-            let (record, secret) = tollgate_billing::rotate_key(&db, &key)
+        KeysCommand::Rotate { key } => {
+            let issued = admin
+                .rotate_key(LocalOperator::authorize(RotateKeyRequest { key }))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| refusal(&e, KEY_FLAGS))?
+                .into_inner();
+            let key = shown(issued.key)?;
             println!(
-                "rotated key {} (now {}); running gateways refuse the old secret within {} ms",
-                record.id, record.prefix, runtime.server.key_refresh_ms
+                "rotated key {} (now {}); running gateways refuse the old secret within {refresh_ms} ms",
+                key.id, key.prefix
             );
             println!("the new secret is shown once; store it now:");
-            println!("{}", secret.expose_secret());
+            println!("{}", issued.secret);
             Ok(())
         }
         KeysCommand::Update {
-            config,
             key,
             name,
             tier,
@@ -385,118 +398,37 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             monthly_requests,
             tier_monthly_requests,
         } => {
-            let runtime = load(&config)?;
-            let db = connect(&runtime).await?;
-            let update = tollgate_billing::KeyUpdate {
+            let request = UpdateKeyRequest {
+                key,
                 name,
                 tier,
-                expires_at: change(expires_at, no_expiry),
-                rpm: change(rpm, tier_rpm),
-                monthly_requests: change(monthly_requests, tier_monthly_requests),
+                expires_at,
+                clear_expires_at: no_expiry,
+                rpm,
+                clear_rpm: tier_rpm,
+                monthly_requests,
+                clear_monthly_requests: tier_monthly_requests,
+                ..UpdateKeyRequest::default()
             };
-            if update.is_empty() {
+            let untouched = UpdateKeyRequest {
+                key: request.key.clone(),
+                ..UpdateKeyRequest::default()
+            };
+            if request == untouched {
                 return Err("nothing to update: give --name, --tier, --expires-at, --no-expiry, --rpm, --tier-rpm, --monthly-requests or --tier-monthly-requests".to_owned());
             }
-            let record = tollgate_billing::update_key(&db, &runtime.tiers, &key, &update)
+            let key = admin
+                .update_key(LocalOperator::authorize(request))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| refusal(&e, KEY_FLAGS))?
+                .into_inner();
             println!(
-                "updated key {} ({}); running gateways apply it within {} ms",
-                record.id, record.prefix, runtime.server.key_refresh_ms
+                "updated key {} ({}); running gateways apply it within {refresh_ms} ms",
+                key.id, key.prefix
             );
             Ok(())
         }
     }
-}
-
-/// A USD amount from the command line, exact to the picodollar.
-fn usd_amount(what: &str, text: &str) -> Result<i64, String> {
-    parse_usd_picodollars(text).map_err(|e| format!("{what}: {e}"))
-}
-
-/// `keys list`: a table, or one JSON object per key with its money (exact decimal strings and
-/// integer picodollars) and its request counters.
-async fn list_keys(
-    db: &sea_orm::DatabaseConnection,
-    json: bool,
-) -> Result<(), tollgate_billing::BillingError> {
-    use tollgate_billing::{clock::Period, ledger};
-    let keys = tollgate_billing::list_keys(db).await?;
-    let accounts = tollgate_billing::accounts::all_accounts(db).await?;
-    let period = Period::current();
-    let now = chrono::Utc::now();
-    if !json {
-        println!(
-            "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  {:>14}  {:>14}  NAME",
-            "ID",
-            "PREFIX",
-            "TIER",
-            "STATUS",
-            "EXPIRES",
-            "RPM",
-            "MONTHLY",
-            "BALANCE_USD",
-            "SPEND_MONTH"
-        );
-    }
-    for k in keys {
-        let status = k.status(now);
-        let account = accounts.get(&k.id);
-        let balance = account.and_then(|a| a.balance_picodollars);
-        let budget = account.and_then(|a| a.monthly_budget_picodollars);
-        let spent_month = account.map_or(0, |a| a.spent_in(period));
-        let spent_total = account.map_or(0, |a| a.spent_total_picodollars);
-        if json {
-            let requests_month = ledger::count_requests(db, &k.id, period).await?;
-            let requests_total = ledger::count_all_requests(db, &k.id).await?;
-            let usd = |pico: Option<i64>| pico.map(format_picodollars);
-            println!(
-                "{}",
-                serde_json::json!({
-                    "id": k.id, "prefix": k.prefix, "tier": k.tier, "name": k.name,
-                    "status": status, "created_at": k.created_at.to_rfc3339(),
-                    "revoked_at": optional_rfc3339(k.revoked_at),
-                    "expires_at": optional_rfc3339(k.expires_at),
-                    "rpm_override": k.overrides.rpm,
-                    "monthly_requests_override": k.overrides.monthly_requests,
-                    "balance_usd": usd(balance),
-                    "balance_picodollars": balance,
-                    "monthly_budget_usd": usd(budget),
-                    "monthly_budget_picodollars": budget,
-                    "reserved_picodollars": account.map_or(0, |a| a.reserved_picodollars),
-                    "credited_total_picodollars": account.map_or(0, |a| a.credited_total_picodollars),
-                    "written_off_picodollars": account.map_or(0, |a| a.written_off_picodollars),
-                    "spend_month_usd": format_picodollars(spent_month),
-                    "spend_month_picodollars": spent_month,
-                    "spend_total_usd": format_picodollars(spent_total),
-                    "spend_total_picodollars": spent_total,
-                    "period": period.label(),
-                    "requests_month": requests_month,
-                    "requests_total": requests_total,
-                })
-            );
-        } else {
-            // Overrides are shown; `-` means the tier's limit.
-            let or_tier = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-            println!(
-                "{:<36}  {:<16}  {:<12}  {:<8}  {:<20}  {:<6}  {:<10}  {:>14}  {:>14}  {}",
-                k.id,
-                k.prefix,
-                k.tier,
-                status,
-                or_tier(
-                    k.expires_at
-                        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                ),
-                or_tier(k.overrides.rpm.map(|r| r.to_string())),
-                or_tier(k.overrides.monthly_requests.map(|m| m.to_string())),
-                balance.map_or_else(|| "unlimited".to_owned(), format_picodollars),
-                format_picodollars(spent_month),
-                k.name
-            );
-        }
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -124,7 +124,9 @@ def test_rest_rotate_refuses_the_old_secret_at_once(gateway):
 
 
 def test_expired_key_is_a_401_saying_so(gateway):
-    expires = (datetime.now(timezone.utc) + timedelta(seconds=2)).replace(microsecond=0)
+    # Long enough for two CLI runs and a request on a loaded machine; the wait below is on the
+    # observable 401, not on the clock.
+    expires = (datetime.now(timezone.utc) + timedelta(seconds=5)).replace(microsecond=0)
     key = gateway.create_key("pro", None, "--expires-at", expires.isoformat())
     assert listed_key(gateway, key.key_id)["expires_at"].startswith(expires.strftime("%Y-%m-%dT%H:%M:%S"))
     client = make_client(gateway, key)
@@ -287,6 +289,73 @@ def test_a_configured_admin_token_must_be_set(mock, tmp_path_factory):
         Gateway(tmp_path_factory.mktemp("tollgate-unset-token"), mock, ADMIN_CONFIG.replace("TOLLGATE_ADMIN_TOKEN", unset))
     with pytest.raises(RuntimeError, match="at least 16 characters"):
         Gateway(tmp_path_factory.mktemp("tollgate-short-token"), mock, ADMIN_CONFIG, {"TOLLGATE_ADMIN_TOKEN": "short"})
+
+
+# --- expires_at formats and the one key view ----------------------------------------------------------
+
+
+def test_admin_rest_expires_at_takes_rfc3339_a_utc_date_or_unix_seconds(gateway):
+    midnight = (datetime.now(timezone.utc) + timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0)
+    secs = int(midnight.timestamp())
+    later = secs + 86400
+    for given, later_given in [
+        (midnight.isoformat().replace("+00:00", "Z"), (midnight + timedelta(days=1)).isoformat()),
+        (midnight.strftime("%Y-%m-%d"), (midnight + timedelta(days=1)).strftime("%Y-%m-%d")),
+        (str(secs), str(later)),
+        (secs, later),
+    ]:
+        created = admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "expires_at": given})
+        assert created.status_code == 201, (given, created.text)
+        assert (created.json()["expires_at"], created.json()["status"]) == (secs, "active"), given
+        patched = admin(gateway, "PATCH", f"/admin/keys/{created.json()['id']}", json={"expires_at": later_given})
+        assert patched.status_code == 200, (later_given, patched.text)
+        assert patched.json()["expires_at"] == later, later_given
+        # The CLI reads it back as the same instant.
+        assert listed_key(gateway, created.json()["id"])["expires_at"] == (midnight + timedelta(days=1)).isoformat()
+
+
+def test_admin_rest_refuses_a_bad_expiry_naming_the_field_and_formats(gateway):
+    key = admin(gateway, "POST", "/admin/keys", json={"tier": "pro"}).json()
+    count = len(admin(gateway, "GET", "/admin/keys").json()["data"])
+    for bad in ["tomorrow", "2099-02-30", "01/02/2099", "2099-01-01 00:00", ""]:
+        for resp in (
+            admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "expires_at": bad}),
+            admin(gateway, "PATCH", f"/admin/keys/{key['id']}", json={"expires_at": bad}),
+        ):
+            error = assert_error(resp, 400, "invalid_request_error")
+            assert error["param"] == "expires_at", error
+            for fmt in ("RFC 3339", "UTC date", "Unix seconds"):
+                assert fmt in error["message"], error
+    for bad in [1.5, True, ["2099-01-01"]]:
+        resp = admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "expires_at": bad})
+        assert assert_error(resp, 400, "invalid_request_error")["param"] == "expires_at"
+    assert len(admin(gateway, "GET", "/admin/keys").json()["data"]) == count, "a refused create made a key"
+    assert listed_key(gateway, key["id"])["expires_at"] is None
+
+
+def test_rest_and_cli_show_a_key_the_same_way(gateway):
+    """One view of a key: REST `/admin` and `keys list --json` differ only in how times are written."""
+    expires = (datetime.now(timezone.utc) + timedelta(days=3)).replace(microsecond=0)
+    created = admin(
+        gateway,
+        "POST",
+        "/admin/keys",
+        json={"tier": "pro", "name": "one-view", "expires_at": int(expires.timestamp()), "rpm": 4, "balance_usd": "0.5", "monthly_budget_usd": "2"},
+    )
+    assert created.status_code == 201, created.text
+    key_id = created.json()["id"]
+    assert chat(gateway, created.json()["secret"], "spend a little").status_code == 200
+    rest = next(k for k in admin(gateway, "GET", "/admin/keys").json()["data"] if k["id"] == key_id)
+    cli = listed_key(gateway, key_id)
+    assert cli["expires_at"] == expires.isoformat() and rest["expires_at"] == int(expires.timestamp())
+    assert datetime.fromisoformat(cli["created_at"]).timestamp() == rest["created_at"]
+    for times in ("created_at", "expires_at", "revoked_at"):
+        del rest[times], cli[times]
+    assert rest == cli
+    assert (rest["requests_month"], rest["requests_total"], rest["rpm_limit"]) == (1, 1, 4)
+    assert Decimal(rest["balance_usd"]) == Decimal("0.5") - Decimal(rest["spend_month_usd"]) > 0
+    assert rest["balance_picodollars"] == int(Decimal(rest["balance_usd"]) * 10**12)
+    assert rest["credited_total_usd"] == "0.5" and rest["written_off_picodollars"] == 0
 
 
 # --- Admin gRPC -----------------------------------------------------------------------------------

@@ -1,17 +1,27 @@
 //! The `tollgate.v1.Admin` gRPC service: key administration (create, list, rotate, revoke,
-//! update, top up) for operators holding the admin token. The token is not an API key: it comes from the
-//! process environment (`[admin] token_env`), travels as `authorization: Bearer <token>`, and is
-//! compared in constant time. Without a configured token every call is refused.
+//! update, top up) and the one view of a key operators get back ([`ManagedKey`]). Two callers are
+//! authorised:
+//!
+//! - network (and REST) callers holding the admin token. The token is not an API key: it comes from
+//!   the process environment (`[admin] token_env`), travels as `authorization: Bearer <token>`, and
+//!   is compared in constant time. Without a configured token every such call is refused;
+//! - a [`LocalOperator`]: code in this process that has the config and the database anyway (the
+//!   `tollgate` CLI). It is a request extension, which exists only in memory, so no network peer
+//!   can present it and the token check for network callers is untouched.
 //!
 //! After a rotation, revocation or update the key is dropped from the serving cache through
 //! Metering's `InvalidateKey`, so this process stops accepting an old secret at once; other
-//! processes notice through their refresh poll of `api_keys.updated_at`.
+//! processes notice through their refresh poll of `api_keys.updated_at`. A process without a key
+//! cache (the CLI) has no Metering to tell.
 
 use std::fmt;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use sea_orm::DatabaseConnection;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tollgate::money::{format_picodollars, parse_usd_picodollars};
@@ -27,6 +37,7 @@ use tonic::{Request, Response, Status};
 use crate::accounts::{self, KeyAccount, KeyMoney};
 use crate::clock::Period;
 use crate::config::Tiers;
+use crate::entity::usage_ledger;
 use crate::error::BillingError;
 use crate::keys::{self, KeyRecord, KeyUpdate, NewKey};
 
@@ -69,6 +80,23 @@ impl fmt::Debug for AdminToken {
     }
 }
 
+/// The identity of a trusted caller in this process: one that holds the config and the database
+/// (the `tollgate` CLI), so the admin token would add nothing. Put it in a request's extensions
+/// with [`LocalOperator::authorize`]. Extensions never cross a socket, so a network or REST caller
+/// cannot present one; it reaches the service only through an in-process transport
+/// (`tollgate::transport::in_process`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalOperator;
+
+impl LocalOperator {
+    /// `request`, marked as coming from the local operator.
+    pub fn authorize<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(Self);
+        request
+    }
+}
+
 /// The Admin service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -80,7 +108,8 @@ struct Inner {
     db: DatabaseConnection,
     tiers: Tiers,
     token: Option<AdminToken>,
-    metering: MeteringClient<GrpcTransport>,
+    /// The key cache to invalidate; `None` in a process that serves no keys.
+    metering: Option<MeteringClient<GrpcTransport>>,
 }
 
 impl AdminService {
@@ -97,12 +126,30 @@ impl AdminService {
                 db,
                 tiers,
                 token,
-                metering: MeteringClient::new(metering),
+                metering: Some(MeteringClient::new(metering)),
+            }),
+        }
+    }
+
+    /// The service for a process that serves no keys and takes no network calls: the `tollgate`
+    /// CLI, calling it in-process as the [`LocalOperator`]. No admin token is configured, so any
+    /// other caller is refused; there is no key cache here to invalidate (serving processes
+    /// follow within their key-refresh interval).
+    pub fn for_local_operator(db: DatabaseConnection, tiers: Tiers) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                tiers,
+                token: None,
+                metering: None,
             }),
         }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), BillingError> {
+        if request.extensions().get::<LocalOperator>().is_some() {
+            return Ok(());
+        }
         let Some(token) = &self.inner.token else {
             return Err(BillingError::AdminDisabled);
         };
@@ -121,26 +168,58 @@ impl AdminService {
     /// Drops the key from the serving cache. A failure is logged, not returned: the change is
     /// committed, and the refresh poll evicts the key within its interval anyway.
     async fn invalidate(&self, key_id: &str) {
+        let Some(metering) = &self.inner.metering else {
+            return;
+        };
         let request = InvalidateKeyRequest {
             key_id: key_id.to_owned(),
         };
-        if let Err(err) = self.inner.metering.clone().invalidate_key(request).await {
+        if let Err(err) = metering.clone().invalidate_key(request).await {
             tracing::warn!(key_id, error = %err, "InvalidateKey failed; the refresh poll will evict the key");
         }
     }
 
-    /// The key as operators see it, with its money read afresh.
+    /// The key as operators see it, with its money and request counts read afresh.
     async fn managed_now(&self, key: &KeyRecord) -> Result<ManagedKey, BillingError> {
         let account = accounts::account(&self.inner.db, &key.id).await?;
-        Ok(self.managed(key, account.as_ref()))
+        self.managed_with(key, account.as_ref()).await
     }
 
-    fn managed(&self, key: &KeyRecord, account: Option<&KeyAccount>) -> ManagedKey {
+    /// The key as operators see it, with `account` as its money and its request counts read
+    /// afresh.
+    async fn managed_with(
+        &self,
+        key: &KeyRecord,
+        account: Option<&KeyAccount>,
+    ) -> Result<ManagedKey, BillingError> {
+        let period = Period::current();
+        let requests = request_counts(&self.inner.db, Some(&key.id), period).await?;
+        Ok(self.managed(
+            key,
+            account,
+            period,
+            requests.get(&key.id).copied().unwrap_or_default(),
+        ))
+    }
+
+    /// The one place a key's view is made: its record, its money and its settled requests.
+    fn managed(
+        &self,
+        key: &KeyRecord,
+        account: Option<&KeyAccount>,
+        period: Period,
+        requests: RequestCounts,
+    ) -> ManagedKey {
         // A key whose tier was removed from the config has no limits in force (it is refused).
         let (rpm_limit, monthly_limit) = self.inner.tiers.get(&key.tier).map_or((0, 0), |tier| {
             let (rpm, monthly) = key.overrides.apply(tier);
             (rpm.get(), monthly)
         });
+        let balance = account.and_then(|a| a.balance_picodollars);
+        let budget = account.and_then(|a| a.monthly_budget_picodollars);
+        let reserved = account.map_or(0, |a| a.reserved_picodollars);
+        let spend_month = account.map_or(0, |a| a.spent_in(period));
+        let spend_total = account.map_or(0, |a| a.spent_total_picodollars);
         ManagedKey {
             id: key.id.clone(),
             name: key.name.clone(),
@@ -154,17 +233,21 @@ impl AdminService {
             rpm_limit,
             monthly_limit,
             status: key.status(Utc::now()).to_owned(),
-            balance_usd: account
-                .and_then(|a| a.balance_picodollars)
-                .map(format_picodollars),
-            monthly_budget_usd: account
-                .and_then(|a| a.monthly_budget_picodollars)
-                .map(format_picodollars),
-            reserved_usd: format_picodollars(account.map_or(0, |a| a.reserved_picodollars)),
-            spend_month_usd: format_picodollars(
-                account.map_or(0, |a| a.spent_in(Period::current())),
-            ),
-            spend_total_usd: format_picodollars(account.map_or(0, |a| a.spent_total_picodollars)),
+            balance_usd: balance.map(format_picodollars),
+            monthly_budget_usd: budget.map(format_picodollars),
+            reserved_usd: format_picodollars(reserved),
+            spend_month_usd: format_picodollars(spend_month),
+            spend_total_usd: format_picodollars(spend_total),
+            balance_picodollars: balance,
+            monthly_budget_picodollars: budget,
+            reserved_picodollars: reserved,
+            spend_month_picodollars: spend_month,
+            spend_total_picodollars: spend_total,
+            credited_total_picodollars: account.map_or(0, |a| a.credited_total_picodollars),
+            written_off_picodollars: account.map_or(0, |a| a.written_off_picodollars),
+            period: period.label(),
+            requests_month: requests.month,
+            requests_total: requests.total,
         }
     }
 
@@ -178,6 +261,45 @@ impl AdminService {
             secret: secret.expose_secret().to_owned(),
         })
     }
+}
+
+/// A key's settled requests: in the current period and in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RequestCounts {
+    month: u64,
+    total: u64,
+}
+
+/// Ledger rows per key (only `key_id`'s when given), in `period` and in all: one grouped query,
+/// so listing every key costs one scan, not two counts per key.
+async fn request_counts(
+    db: &DatabaseConnection,
+    key_id: Option<&str>,
+    period: Period,
+) -> Result<HashMap<String, RequestCounts>, BillingError> {
+    use usage_ledger::Column;
+    let mut query = usage_ledger::Entity::find()
+        .select_only()
+        .column(Column::KeyId)
+        .column(Column::Period)
+        .column_as(Expr::col(Column::Id).count(), "requests")
+        .group_by(Column::KeyId)
+        .group_by(Column::Period);
+    if let Some(key_id) = key_id {
+        query = query.filter(Column::KeyId.eq(key_id));
+    }
+    let rows: Vec<(String, String, i64)> = query.into_tuple().all(db).await?;
+    let period = period.label();
+    let mut counts: HashMap<String, RequestCounts> = HashMap::new();
+    for (key_id, in_period, requests) in rows {
+        let requests = u64::try_from(requests).unwrap_or(0);
+        let entry = counts.entry(key_id).or_default();
+        entry.total += requests;
+        if in_period == period {
+            entry.month += requests;
+        }
+    }
+    Ok(counts)
 }
 
 /// A USD amount given as a decimal string, in picodollars; a 400 naming `param` otherwise.
@@ -257,10 +379,15 @@ impl Admin for AdminService {
         self.authorize(&request)?;
         let keys = keys::list_keys(&self.inner.db).await?;
         let accounts = accounts::all_accounts(&self.inner.db).await?;
+        let period = Period::current();
+        let requests = request_counts(&self.inner.db, None, period).await?;
         Ok(Response::new(ListKeysResponse {
             keys: keys
                 .iter()
-                .map(|k| self.managed(k, accounts.get(&k.id)))
+                .map(|k| {
+                    let counts = requests.get(&k.id).copied().unwrap_or_default();
+                    self.managed(k, accounts.get(&k.id), period, counts)
+                })
                 .collect(),
         }))
     }
@@ -347,7 +474,9 @@ impl Admin for AdminService {
         }
         let (key, account) = keys::top_up_key(&self.inner.db, &wanted, amount).await?;
         self.invalidate(&key.id).await;
-        Ok(Response::new(self.managed(&key, Some(&account))))
+        Ok(Response::new(
+            self.managed_with(&key, Some(&account)).await?,
+        ))
     }
 }
 
@@ -370,6 +499,170 @@ mod tests {
         );
         assert_eq!(AdminToken::new("short").unwrap_err(), too_short);
         assert_eq!(AdminToken::new("   ").unwrap_err(), too_short);
+    }
+
+    async fn database(dir: &tempfile::TempDir) -> (DatabaseConnection, Tiers) {
+        let db = crate::connect(&crate::DatabaseConfig {
+            url: format!("sqlite://{}", dir.path().join("admin.db").display()),
+        })
+        .await
+        .unwrap();
+        crate::migrate(&db).await.unwrap();
+        let tiers = Tiers::new(vec![crate::TierConfig {
+            name: "pro".into(),
+            rpm: 30,
+            monthly_requests: 3000,
+            models: None,
+        }])
+        .unwrap();
+        (db, tiers)
+    }
+
+    fn client(service: AdminService) -> tollgate::v1::admin_client::AdminClient<GrpcTransport> {
+        use tollgate::v1::admin_server::AdminServer;
+        tollgate::v1::admin_client::AdminClient::new(tollgate::transport::in_process(
+            AdminServer::new(service),
+        ))
+    }
+
+    /// The error code of a refused `ListKeys`.
+    async fn refusal(
+        admin: &mut tollgate::v1::admin_client::AdminClient<GrpcTransport>,
+        request: Request<ListKeysRequest>,
+    ) -> String {
+        let status = admin.list_keys(request).await.unwrap_err();
+        tollgate::error::ApiError::from_status(&status)
+            .code
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn the_local_operator_is_authorised_in_process_and_nobody_else_without_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, tiers) = database(&dir).await;
+        let mut local = client(AdminService::for_local_operator(db.clone(), tiers.clone()));
+        let created = local
+            .create_key(LocalOperator::authorize(CreateKeyRequest {
+                tier: "pro".into(),
+                name: "cli".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(created.secret.starts_with("sk-"));
+        // Without the extension, even an in-process call is a caller like any other: no token
+        // is configured, so it is refused; an API key is no substitute.
+        assert_eq!(
+            refusal(&mut local, Request::new(ListKeysRequest {})).await,
+            "admin_disabled"
+        );
+        let mut with_api_key = Request::new(ListKeysRequest {});
+        tollgate::auth::set_api_key(with_api_key.metadata_mut(), &created.secret);
+        assert_eq!(refusal(&mut local, with_api_key).await, "admin_disabled");
+
+        // A service with a token (as `tollgate serve` runs it) still wants the token from
+        // everyone but the local operator.
+        let token = AdminToken::new("admin-token-0123456789").unwrap();
+        let served = AdminService {
+            inner: Arc::new(Inner {
+                db,
+                tiers,
+                token: Some(token),
+                metering: None,
+            }),
+        };
+        let mut served = client(served);
+        assert_eq!(
+            refusal(&mut served, Request::new(ListKeysRequest {})).await,
+            "invalid_admin_token"
+        );
+        let listed = served
+            .list_keys(LocalOperator::authorize(ListKeysRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.keys.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_view_counts_settled_requests_per_month_and_in_all() {
+        use sea_orm::{ActiveModelTrait, IntoActiveModel};
+        let dir = tempfile::tempdir().unwrap();
+        let (db, tiers) = database(&dir).await;
+        let mut admin = client(AdminService::for_local_operator(db.clone(), tiers));
+        let mut ids = Vec::new();
+        for name in ["busy", "idle"] {
+            let issued = admin
+                .create_key(LocalOperator::authorize(CreateKeyRequest {
+                    tier: "pro".into(),
+                    name: name.into(),
+                    balance_usd: Some("2".into()),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            ids.push(issued.key.unwrap().id);
+        }
+        let now = Period::current();
+        let earlier = Period::of(Utc::now() - chrono::Duration::days(40));
+        for (n, period) in (1..).zip([now, now, earlier]) {
+            usage_ledger::Model {
+                id: n,
+                request_id: format!("req-{n}"),
+                key_id: ids[0].clone(),
+                requested_model: "m".into(),
+                model_id: "m".into(),
+                provider: "p".into(),
+                upstream_model: "m".into(),
+                prompt_tokens: 1,
+                cached_prompt_tokens: 0,
+                completion_tokens: 1,
+                reasoning_tokens: 0,
+                cache_write_tokens: 0,
+                cost_picodollars: 0,
+                outcome: "succeeded".into(),
+                streamed: false,
+                estimated: false,
+                created_at: 0,
+                period: period.label(),
+            }
+            .into_active_model()
+            .insert(&db)
+            .await
+            .unwrap();
+        }
+        let listed = admin
+            .list_keys(LocalOperator::authorize(ListKeysRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        let counts: Vec<_> = listed
+            .iter()
+            .map(|k| (k.name.as_str(), k.requests_month, k.requests_total))
+            .collect();
+        assert_eq!(counts, vec![("busy", 2, 3), ("idle", 0, 0)]);
+        assert_eq!(listed[0].period, now.label());
+        assert_eq!(
+            (
+                listed[0].balance_picodollars,
+                listed[0].credited_total_picodollars
+            ),
+            (Some(2_000_000_000_000), 2_000_000_000_000)
+        );
+        // A single key's answer counts the same way.
+        let updated = admin
+            .update_key(LocalOperator::authorize(UpdateKeyRequest {
+                key: ids[0].clone(),
+                name: Some("renamed".into()),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((updated.requests_month, updated.requests_total), (2, 3));
     }
 
     #[test]

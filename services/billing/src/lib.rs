@@ -40,7 +40,7 @@ pub mod service;
 pub mod shared_limits;
 
 pub use accounts::{KeyAccount, KeyMoney};
-pub use admin::{AdminService, AdminToken};
+pub use admin::{AdminService, AdminToken, LocalOperator};
 pub use config::{ConfigError, DatabaseConfig, RedisConfig, Tier, TierConfig, Tiers};
 pub use db::{connect, migrate};
 pub use error::BillingError;

@@ -5,10 +5,12 @@
 //! every figure as a ratio to the floor (`report.rs`). `profile.rs` runs the gateway under
 //! callgrind over a fixed number of requests and sums where the instructions go.
 
+pub mod callgrind;
 pub mod client;
 pub mod gateway;
 pub mod load;
 pub mod process;
+pub mod profile;
 pub mod proxy;
 pub mod report;
 pub mod run;

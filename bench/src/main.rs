@@ -1,10 +1,11 @@
-//! `tollgate-bench`: `run` benchmarks the gateway against the floor; `upstream` and `proxy` are
-//! the services a run starts (each prints `READY http=ADDR` once it listens).
+//! `tollgate-bench`: `run` benchmarks the gateway against the floor; `profile` runs it under
+//! callgrind and sums where the instructions go; `upstream` and `proxy` are the services a run
+//! starts (each prints `READY http=ADDR` once it listens).
 
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use tollgate_bench::{Error, process, proxy, run, upstream};
+use tollgate_bench::{Error, process, profile, proxy, run, upstream};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +21,17 @@ struct Cli {
 enum Command {
     /// Run the benchmark (`--smoke` for a few seconds).
     Run(run::RunArgs),
+    /// Profile the gateway under callgrind over a fixed number of requests.
+    Profile(profile::ProfileArgs),
+    /// Summarise an existing callgrind output file by category.
+    CallgrindSummary {
+        file: PathBuf,
+        /// Requests the profile covers, for the per-request figure.
+        #[arg(long, default_value_t = 1)]
+        requests: u64,
+        #[arg(long, default_value_t = 40)]
+        top: usize,
+    },
     /// Serve the mock upstream.
     Upstream {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -81,6 +93,19 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Run(args) => bench(args),
+        Command::Profile(args) => {
+            let summary = runtime()?.block_on(profile::profile(&args))?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CallgrindSummary {
+            file,
+            requests,
+            top,
+        } => {
+            println!("{}", profile::summarise_file(&file, requests, top)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

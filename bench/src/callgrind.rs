@@ -1,12 +1,13 @@
 //! Where the instructions go: reads a callgrind output file and sums its instruction counts
 //! (Ir) by what the code is for — JSON, protobuf, the ledger, logging, allocation, hyper/axum,
-//! the runtime, the gateway's own code, ... — in two views:
+//! the runtime, the gateway's own code, ... — in two views that each add up to 100%:
 //!
-//! - **self**: each function's own instructions go to its category; the shares add up to 100%.
-//! - **inclusive**: for each category, the cost of every call entering it from outside it,
-//!   callees included (so the allocation and copying JSON parsing does counts as JSON). These
-//!   overlap and do not add up; they are shown only where they mean something (categories that
-//!   do not call back into the request's whole path).
+//! - **self**: each function's own instructions go to its category.
+//! - **charged**: the instructions of allocation, memcpy and std/core generics (`Vec`, `String`,
+//!   iterators, `fmt`) are charged to whoever called them, in proportion to the calls' cost,
+//!   up the call graph until a caller of another category takes them; so the allocating and
+//!   copying JSON parsing causes counts as JSON. Callgrind keeps caller/callee pairs, not whole
+//!   stacks, so this is a proportional estimate, not an exact attribution.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -70,21 +71,26 @@ impl Category {
             Category::Other => "other (uuid, chrono, ld.so, unnamed, ...)",
         }
     }
+}
 
-    /// Whether "inclusive" means something: the category does not call back into the rest of
-    /// the request (hyper calls the handler, tokio polls everything, tonic calls the services).
-    pub fn inclusive_is_meaningful(self) -> bool {
-        matches!(
-            self,
-            Category::Json
-                | Category::Protobuf
-                | Category::Ledger
-                | Category::Logging
-                | Category::Allocation
-                | Category::MemCopy
-                | Category::KeyHashing
-                | Category::Limits
-        )
+/// Whether allocation, copies and generics are charged to their callers.
+fn is_transparent(category: Category) -> bool {
+    matches!(
+        category,
+        Category::Allocation | Category::MemCopy | Category::StdGeneric
+    )
+}
+
+/// The category of a function from its source file, where that tells (SQLite's amalgamation,
+/// glibc's allocator and string functions), else from its (demangled) name.
+pub fn categorise_in(name: &str, file: Option<&str>) -> Category {
+    match file {
+        Some(f) if f.ends_with("sqlite3.c") => Category::Ledger,
+        Some(f) if f.contains("malloc/") => Category::Allocation,
+        Some(f) if f.contains("/multiarch/mem") || f.contains("/multiarch/str") => {
+            Category::MemCopy
+        }
+        _ => categorise(name),
     }
 }
 
@@ -97,6 +103,9 @@ pub fn categorise(name: &str) -> Category {
     }
     if is_mem_op(name) {
         return Category::MemCopy;
+    }
+    if name.starts_with("pthread_") || name.starts_with("__pthread_") {
+        return Category::Runtime;
     }
     if name.starts_with("sqlite3") || name.starts_with("pcache1") || name.starts_with("unixSync") {
         return Category::Ledger;
@@ -119,20 +128,21 @@ pub fn categorise(name: &str) -> Category {
         "serde" | "serde_json" | "serde_path_to_error" | "serde_core" => Category::Json,
         "prost" | "prost_types" => Category::Protobuf,
         "tonic" | "tonic_types" => Category::GrpcPlumbing,
-        "sqlx" | "sqlx_core" | "sqlx_sqlite" | "sea_orm" | "sea_query" | "libsqlite3_sys" => {
-            Category::Ledger
-        }
-        "tracing" | "tracing_core" | "tracing_subscriber" | "tracing_log" | "sharded_slab" => {
-            Category::Logging
-        }
+        "sqlx" | "sqlx_core" | "sqlx_sqlite" | "sea_orm" | "sea_query" | "sea_query_binder"
+        | "libsqlite3_sys" => Category::Ledger,
+        "tracing" | "tracing_core" | "tracing_subscriber" | "tracing_log" | "sharded_slab"
+        | "log" | "nu_ansi_term" => Category::Logging,
         "hyper" | "hyper_util" | "axum" | "axum_core" | "h2" | "http" | "http_body"
         | "http_body_util" | "httparse" | "tower" | "tower_http" | "tower_layer"
         | "tower_service" | "matchit" | "httpdate" | "mime" => Category::Http,
-        "reqwest" | "eventsource_stream" | "nom" => Category::UpstreamClient,
+        "reqwest" | "eventsource_stream" | "nom" | "url" | "idna" | "form_urlencoded" => {
+            Category::UpstreamClient
+        }
         "tokio" | "tokio_util" | "tokio_stream" | "mio" | "futures_util" | "futures_core"
         | "futures_channel" | "futures_task" | "futures_executor" | "async_stream"
-        | "parking_lot" | "parking_lot_core" | "pin_project_lite" | "flume" => Category::Runtime,
-        "sha2" | "digest" | "subtle" | "hex" | "block_buffer" | "cpufeatures" => {
+        | "parking_lot" | "parking_lot_core" | "pin_project_lite" | "flume" | "crossbeam_queue"
+        | "crossbeam_utils" | "event_listener" => Category::Runtime,
+        "sha2" | "digest" | "subtle" | "hex" | "block_buffer" | "cpufeatures" | "generic_array" => {
             Category::KeyHashing
         }
         "governor" | "dashmap" | "quanta" | "nonzero_ext" => Category::Limits,
@@ -174,8 +184,9 @@ fn is_allocation(name: &str) -> bool {
         || name.starts_with("tcache_")
         || name.starts_with("sysmalloc")
         || name.starts_with("alloc::alloc::")
-        || name.starts_with("__rdl_")
-        || name.starts_with("__rg_")
+        || name.trim_start_matches("__rustc::").starts_with("__rdl_")
+        || name.trim_start_matches("__rustc::").starts_with("__rg_")
+        || name.trim_start_matches("__rustc::").starts_with("__rust_")
 }
 
 fn is_mem_op(name: &str) -> bool {
@@ -224,6 +235,10 @@ pub fn own_path(name: &str) -> &str {
         .trim_start_matches("*const ")
         .trim_start_matches("*mut ");
     if let Some(tr) = tr {
+        // A generic parameter, a primitive or a tuple: the trait's code it is.
+        if !ty.contains("::") {
+            return tr;
+        }
         let trait_crate = crate_of(tr);
         if matches!(
             trait_crate,
@@ -252,12 +267,16 @@ pub struct Profile {
     pub self_cost: HashMap<String, u64>,
     /// (caller, callee) -> inclusive Ir of those calls.
     pub calls: HashMap<(String, String), u64>,
+    /// The source file of each function, where the profile names one.
+    pub files: HashMap<String, String>,
 }
 
 /// Parses callgrind's output format (name compression, relative positions, the first event
 /// being Ir, as `--tool=callgrind` writes it by default).
 pub fn parse(text: &str) -> Result<Profile, Error> {
     let mut names: HashMap<String, String> = HashMap::new();
+    let mut file_names: HashMap<String, String> = HashMap::new();
+    let mut file = String::new();
     let mut profile = Profile::default();
     let mut positions = 1usize;
     let mut current = String::new();
@@ -267,9 +286,23 @@ pub fn parse(text: &str) -> Result<Profile, Error> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("positions:") {
             positions = rest.split_whitespace().count().max(1);
+        } else if let Some(rest) = line.strip_prefix("fl=") {
+            file = resolve(&mut file_names, rest);
+        } else if let Some(rest) = ["fi=", "fe=", "cfi=", "cfl="]
+            .iter()
+            .find_map(|key| line.strip_prefix(key))
+        {
+            // Same namespace as fl=: names defined here may be referred to later.
+            resolve(&mut file_names, rest);
         } else if let Some(rest) = line.strip_prefix("fn=") {
             current = resolve(&mut names, rest);
             callee = None;
+            if !file.is_empty() && file != "???" {
+                profile
+                    .files
+                    .entry(current.clone())
+                    .or_insert_with(|| file.clone());
+            }
         } else if let Some(rest) = line.strip_prefix("cfn=") {
             callee = Some(resolve(&mut names, rest));
         } else if line.starts_with("calls=") {
@@ -330,43 +363,81 @@ fn resolve(names: &mut HashMap<String, String>, spec: &str) -> String {
 pub struct Summary {
     pub total: u64,
     pub by_self: HashMap<Category, u64>,
-    pub inclusive: HashMap<Category, u64>,
+    /// Allocation, copies and generics charged to their callers' categories.
+    pub charged: HashMap<Category, u64>,
     /// The dearest functions by own cost.
     pub top: Vec<(String, u64, Category)>,
 }
 
+/// Rounds of charging up the call graph; what is left after them (deep recursion through
+/// generics) stays where it is.
+const CHARGE_ROUNDS: usize = 16;
+
 pub fn summarise(profile: &Profile, top: usize) -> Summary {
-    let mut by_self: HashMap<Category, u64> = HashMap::new();
-    let categories: HashMap<&str, Category> = profile
+    let category_of: HashMap<&str, Category> = profile
         .self_cost
         .keys()
-        .map(|name| (name.as_str(), categorise(name)))
+        .chain(profile.calls.keys().flat_map(|(a, b)| [a, b]))
+        .map(|name| {
+            let file = profile.files.get(name).map(String::as_str);
+            (name.as_str(), categorise_in(name, file))
+        })
         .collect();
-    let category_of = |name: &str| -> Category {
-        categories
-            .get(name)
-            .copied()
-            .unwrap_or_else(|| categorise(name))
-    };
+    let category = |name: &str| category_of.get(name).copied().unwrap_or(Category::Other);
+    let mut by_self: HashMap<Category, u64> = HashMap::new();
     let mut ranked: Vec<(String, u64, Category)> = Vec::new();
     for (name, &cost) in &profile.self_cost {
-        let category = category_of(name);
-        *by_self.entry(category).or_default() += cost;
-        ranked.push((name.clone(), cost, category));
-    }
-    let mut inclusive: HashMap<Category, u64> = HashMap::new();
-    for ((caller, to), &cost) in &profile.calls {
-        let into = category_of(to);
-        if category_of(caller) != into {
-            *inclusive.entry(into).or_default() += cost;
-        }
+        *by_self.entry(category(name)).or_default() += cost;
+        ranked.push((name.clone(), cost, category(name)));
     }
     ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
     ranked.truncate(top);
+
+    // Callers of each function, with the inclusive cost of their calls, as weights.
+    let mut callers: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
+    for ((caller, callee), &cost) in &profile.calls {
+        if caller != callee && cost > 0 {
+            callers.entry(callee).or_default().push((caller, cost));
+        }
+    }
+    let mut charged: HashMap<Category, f64> = HashMap::new();
+    let mut pending: HashMap<&str, f64> = HashMap::new();
+    for (name, &cost) in &profile.self_cost {
+        if is_transparent(category(name)) {
+            *pending.entry(name.as_str()).or_default() += cost as f64;
+        } else {
+            *charged.entry(category(name)).or_default() += cost as f64;
+        }
+    }
+    for _ in 0..CHARGE_ROUNDS {
+        let mut next: HashMap<&str, f64> = HashMap::new();
+        for (name, amount) in pending {
+            let Some(up) = callers.get(name) else {
+                *charged.entry(category(name)).or_default() += amount;
+                continue;
+            };
+            let weight: u64 = up.iter().map(|(_, w)| w).sum();
+            for (caller, w) in up {
+                let share = amount * *w as f64 / weight.max(1) as f64;
+                if is_transparent(category(caller)) {
+                    *next.entry(caller).or_default() += share;
+                } else {
+                    *charged.entry(category(caller)).or_default() += share;
+                }
+            }
+        }
+        pending = next;
+    }
+    for (name, amount) in pending {
+        *charged.entry(category(name)).or_default() += amount;
+    }
     Summary {
         total: profile.total,
         by_self,
-        inclusive,
+        charged: charged
+            .into_iter()
+            .map(|(c, v)| (c, v.round() as u64))
+            .collect(),
         top: ranked,
     }
 }
@@ -384,31 +455,28 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "\n  {:<58} {:>8} {:>11} {:>13}",
-            "category", "self %", "inclusive %", "incl Ir/req"
+            "\n  {:<58} {:>8} {:>10} {:>14}",
+            "category", "self %", "charged %", "charged Ir/req"
         );
         let mut rows: Vec<Category> = Category::ALL.to_vec();
         rows.sort_by_key(|c| std::cmp::Reverse(self.by_self.get(c).copied().unwrap_or(0)));
         for category in rows {
             let own = self.by_self.get(&category).copied().unwrap_or(0);
-            let (incl, per) = if category.inclusive_is_meaningful() {
-                let incl = self.inclusive.get(&category).copied().unwrap_or(0).max(own);
-                (
-                    format!("{:.1}", pct(incl)),
-                    format!("{}", incl / requests.max(1)),
-                )
-            } else {
-                ("-".into(), "-".into())
-            };
+            let charged = self.charged.get(&category).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "  {:<58} {:>8.1} {:>11} {:>13}",
+                "  {:<58} {:>8.1} {:>10.1} {:>14}",
                 category.label(),
                 pct(own),
-                incl,
-                per
+                pct(charged),
+                charged / requests.max(1)
             );
         }
+        let _ = writeln!(
+            out,
+            "\n  self: each function's own instructions. charged: allocation, copies and std \
+             generics\n  charged to their callers' categories in proportion to the calls' cost."
+        );
         let _ = writeln!(out, "\n  dearest functions by own instructions:");
         for (name, cost, category) in &self.top {
             let mut shown: String = name.chars().take(120).collect();
@@ -500,10 +568,75 @@ mod tests {
                 Category::StdGeneric,
             ),
             ("0x0000000000a1b2c3", Category::Other),
+            (
+                "<T as alloc::slice::<impl [T]>::to_vec_in::ConvertVec>::to_vec",
+                Category::StdGeneric,
+            ),
+            (
+                "<(S,T) as sea_query::types::IntoColumnRef>::into_column_ref",
+                Category::Ledger,
+            ),
+            ("__rustc::__rdl_alloc", Category::Allocation),
+            ("url::parser::Parser::parse_path", Category::UpstreamClient),
         ];
         for (name, want) in cases {
             assert_eq!(categorise(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn the_source_file_tells_sqlite_and_glibc_apart() {
+        assert_eq!(
+            categorise_in(
+                "walChecksumBytes",
+                Some("/x/libsqlite3-sys/sqlite3/sqlite3.c")
+            ),
+            Category::Ledger
+        );
+        assert_eq!(
+            categorise_in("checkchunk", Some("./malloc/malloc.c")),
+            Category::Allocation
+        );
+        assert_eq!(
+            categorise_in(
+                "foo",
+                Some("../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S")
+            ),
+            Category::MemCopy
+        );
+    }
+
+    #[test]
+    fn generics_are_charged_up_to_a_caller_of_another_category() {
+        let text = "\
+events: Ir
+positions: line
+fl=(1) src/ledger.rs
+fn=(1) tollgate_billing::ledger::write
+1 10
+cfl=(2) alloc/vec.rs
+cfn=(2) alloc::vec::Vec<T>::push
+calls=1 1
+1 90
+fl=(2)
+fn=(2)
+1 30
+cfn=(3) malloc
+calls=1 1
+1 60
+fn=(3)
+1 60
+";
+        let profile = parse(text).unwrap();
+        assert_eq!(profile.files["alloc::vec::Vec<T>::push"], "alloc/vec.rs");
+        let summary = summarise(&profile, 3);
+        assert_eq!(summary.total, 100);
+        assert_eq!(summary.by_self[&Category::StdGeneric], 30);
+        assert_eq!(summary.charged[&Category::Ledger], 100);
+        assert_eq!(
+            summary.top[0],
+            ("malloc".to_owned(), 60, Category::Allocation)
+        );
     }
 
     #[test]
@@ -539,8 +672,9 @@ totals: 1000
         let summary = summarise(&profile, 10);
         assert_eq!(summary.by_self[&Category::Json], 550);
         assert_eq!(summary.by_self[&Category::Allocation], 50);
-        // JSON inclusive counts the allocation it does.
-        assert_eq!(summary.inclusive[&Category::Json], 600);
+        // Charged: the allocation JSON parsing does counts as JSON.
+        assert_eq!(summary.charged[&Category::Json], 600);
+        assert_eq!(summary.charged.get(&Category::Allocation), None);
         let text = summary.render(10);
         assert!(text.contains("100 per request"), "{text}");
     }

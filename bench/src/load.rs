@@ -296,23 +296,13 @@ pub async fn hold(
         })
         .buffer_unordered(parallel.max(1));
     let mut streams = Vec::with_capacity(wanted as usize);
-    let mut errors = 0u64;
-    let mut first_error = None::<String>;
-    let opened_all = tokio::time::timeout(cap, async {
-        let mut opening = std::pin::pin!(opening);
-        while let Some(outcome) = opening.next().await {
-            match outcome {
-                Ok(stream) => streams.push(stream),
-                Err(e) => {
-                    errors += 1;
-                    first_error.get_or_insert_with(|| e.to_string());
-                }
-            }
-        }
-    })
-    .await;
-    if opened_all.is_err() {
-        first_error.get_or_insert_with(|| format!("opening the streams took over {cap:?}"));
+    let mut failures = Failures::default();
+    let opened = drain(opening, cap, |outcome| match outcome {
+        Ok(stream) => streams.push(stream),
+        Err(e) => failures.note(e),
+    });
+    if !opened.await {
+        failures.note(format!("opening the streams took over {cap:?}"));
     }
     let held = streams.len() as u64;
     let rss_held_kib = process::rss_kib(pid)?;
@@ -325,22 +315,17 @@ pub async fn hold(
         })
         .buffer_unordered(parallel.max(1) * 4);
     let mut finished = 0u64;
-    let drained = tokio::time::timeout(cap, async {
-        let mut draining = std::pin::pin!(draining);
-        while let Some(outcome) = draining.next().await {
-            match outcome {
-                Ok(_) => finished += 1,
-                Err(e) => {
-                    errors += 1;
-                    first_error.get_or_insert_with(|| e.to_string());
-                }
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        first_error.get_or_insert_with(|| format!("draining the streams took over {cap:?}"));
+    let drained = drain(draining, cap, |outcome| match outcome {
+        Ok(_) => finished += 1,
+        Err(e) => failures.note(e),
+    });
+    if !drained.await {
+        failures.note(format!("draining the streams took over {cap:?}"));
     }
+    let Failures {
+        count: errors,
+        first: first_error,
+    } = failures;
     Ok(Held {
         wanted,
         held,
@@ -350,6 +335,36 @@ pub async fn hold(
         rss_before_kib,
         rss_held_kib,
     })
+}
+
+/// Failed requests of a phase: how many, and the first one's message.
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn note(&mut self, error: impl std::fmt::Display) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| error.to_string());
+    }
+}
+
+/// Hands each item of `items` to `each` until the stream ends (true) or `cap` passes (false).
+async fn drain<T>(
+    items: impl futures::Stream<Item = T>,
+    cap: Duration,
+    mut each: impl FnMut(T),
+) -> bool {
+    let mut items = std::pin::pin!(items);
+    tokio::time::timeout(cap, async {
+        while let Some(item) = items.next().await {
+            each(item);
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// Lets every stream the upstream holds finish.

@@ -55,6 +55,29 @@ pub struct RatioPair {
     pub p99: Option<f64>,
 }
 
+/// Sets each row's ratio to the floor's row of the same kind; `figure` gives a row's endpoint,
+/// kind (shape, stream count) and value.
+fn set_ratios<R, K: PartialEq>(
+    rows: &mut [R],
+    figure: impl Fn(&R) -> (&str, K, f64),
+    set: impl Fn(&mut R, Option<f64>),
+) {
+    let floors: Vec<(K, f64)> = rows
+        .iter()
+        .map(&figure)
+        .filter(|(endpoint, _, _)| *endpoint == FLOOR)
+        .map(|(_, kind, value)| (kind, value))
+        .collect();
+    for row in rows.iter_mut() {
+        let (_, kind, value) = figure(row);
+        let ratio = floors
+            .iter()
+            .find(|(floor_kind, _)| *floor_kind == kind)
+            .and_then(|(_, floor)| ratio(value, *floor));
+        set(row, ratio);
+    }
+}
+
 fn ratio(value: f64, floor: f64) -> Option<f64> {
     (floor > 0.0).then(|| value / floor)
 }
@@ -258,42 +281,21 @@ impl Report {
 
     /// Fills in the ratios of throughput, CPU and memory to the floor's row of the same kind.
     pub fn compute_ratios(&mut self) {
-        let floors: Vec<(Shape, f64)> = self
-            .throughput
-            .iter()
-            .filter(|r| r.endpoint == FLOOR)
-            .map(|r| (r.shape, r.requests_per_second))
-            .collect();
-        for row in &mut self.throughput {
-            row.ratio = floors
-                .iter()
-                .find(|(shape, _)| *shape == row.shape)
-                .and_then(|(_, floor)| ratio(row.requests_per_second, *floor));
-        }
-        let floors: Vec<(Shape, f64)> = self
-            .cpu
-            .iter()
-            .filter(|r| r.endpoint == FLOOR)
-            .map(|r| (r.shape, r.cpu_seconds_per_1000))
-            .collect();
-        for row in &mut self.cpu {
-            row.ratio = floors
-                .iter()
-                .find(|(shape, _)| *shape == row.shape)
-                .and_then(|(_, floor)| ratio(row.cpu_seconds_per_1000, *floor));
-        }
-        let floors: Vec<(u64, f64)> = self
-            .memory
-            .iter()
-            .filter(|r| r.endpoint == FLOOR)
-            .map(|r| (r.streams, r.rss_held_mib))
-            .collect();
-        for row in &mut self.memory {
-            row.ratio = floors
-                .iter()
-                .find(|(streams, _)| *streams == row.streams)
-                .and_then(|(_, floor)| ratio(row.rss_held_mib, *floor));
-        }
+        set_ratios(
+            &mut self.throughput,
+            |r| (r.endpoint.as_str(), r.shape, r.requests_per_second),
+            |r, ratio| r.ratio = ratio,
+        );
+        set_ratios(
+            &mut self.cpu,
+            |r| (r.endpoint.as_str(), r.shape, r.cpu_seconds_per_1000),
+            |r, ratio| r.ratio = ratio,
+        );
+        set_ratios(
+            &mut self.memory,
+            |r| (r.endpoint.as_str(), r.streams, r.rss_held_mib),
+            |r, ratio| r.ratio = ratio,
+        );
     }
 
     /// Failed requests in all phases, and streams that could not be held.

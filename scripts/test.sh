@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every Rust test, then the end-to-end suite that drives
 # the real `tollgate` binary with the official OpenAI Python SDK and a grpcio client against a
-# mock upstream. Installs what it needs (a Python venv under .venv); runs unattended.
+# mock upstream, and a smoke run of the benchmark (bench/). Installs what it needs (a Python venv
+# under .venv); runs unattended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,6 @@ cargo test -p tollgate-billing --test postgres --test postgres_keys_reporting --
 
 echo "==> end-to-end (OpenAI SDK, grpcio)"
 scripts/e2e.sh "$@"
+
+echo "==> benchmark smoke (debug build: every path and phase works; the figures mean nothing)"
+BENCH_PROFILE=dev scripts/bench.sh --smoke --out target/bench/report-smoke.json

@@ -914,6 +914,62 @@ mod tests {
         );
     }
 
+    /// A typical chat body: a system prompt, a short tool loop, one tool, sampling parameters
+    /// and one field the gateway passes through.
+    fn typical_body() -> Vec<u8> {
+        let history: Vec<Value> = (0..6)
+            .map(|i| {
+                json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                       "content": format!("Message {i}: {}", "lorem ipsum dolor sit amet ".repeat(12))})
+            })
+            .collect();
+        let mut messages = vec![json!({"role": "system", "content": "You are a terse assistant."})];
+        messages.extend(history);
+        messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+        ]}));
+        messages
+            .push(json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"celsius\":21}"}));
+        serde_json::to_vec(&json!({
+            "model": "deepseek-chat",
+            "messages": messages,
+            "temperature": 0.7,
+            "max_tokens": 512,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather by city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+            "tool_choice": "auto",
+            "user": "user-42",
+            "metadata": {"trace": "abc"}
+        }))
+        .unwrap()
+    }
+
+    /// Not a pass/fail test: prints the cost of parsing a typical body from bytes, as the
+    /// facade does. `cargo test -p tollgate --release --lib parse_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a timing measurement, run by hand"]
+    fn parse_timing() {
+        let body = typical_body();
+        let rounds = 20_000;
+        let parse = |bytes: &[u8]| {
+            ChatCompletionRequest::from_json(serde_json::from_slice(bytes).unwrap()).unwrap()
+        };
+        for _ in 0..1_000 {
+            std::hint::black_box(parse(std::hint::black_box(&body)));
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(parse(std::hint::black_box(&body)));
+        }
+        let per_parse = start.elapsed() / rounds;
+        println!(
+            "parse of a {} byte body: {per_parse:?} per parse over {rounds} rounds",
+            body.len()
+        );
+    }
+
     #[test]
     fn string_stop_becomes_a_list() {
         let r = parse(json!({"model": "m", "messages": [], "stop": "END"}))

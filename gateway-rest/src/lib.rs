@@ -7,6 +7,7 @@ pub mod app;
 mod chat_completions;
 pub mod config;
 mod error;
+mod extract;
 mod models;
 pub mod server;
 mod usage;

@@ -969,6 +969,24 @@ mod tests {
     }
 
     #[test]
+    fn a_named_field_given_twice_is_refused_and_unknown_ones_pass_through() {
+        let e = crate::openai::body::from_slice::<ChatCompletionRequest>(
+            br#"{"model": "a", "messages": [], "model": "b"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let r = crate::openai::body::from_slice::<ChatCompletionRequest>(
+            br#"{"model": "a", "messages": [], "metadata": {"k": 1}, "logit_bias": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.extra.keys().collect::<Vec<_>>(),
+            ["metadata", "logit_bias"]
+        );
+        assert_eq!(r.to_json()["metadata"], json!({"k": 1}));
+    }
+
+    #[test]
     fn string_stop_becomes_a_list() {
         let r = parse(json!({"model": "m", "messages": [], "stop": "END"}))
             .unwrap()

@@ -3,6 +3,8 @@
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 
+use crate::error::{ApiError, ErrorKind};
+
 /// The metadata (and HTTP header) name that carries the API key.
 pub const AUTHORIZATION: &str = "authorization";
 
@@ -11,6 +13,15 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The refusal of a call that needs an API key and carries none (or not as `Bearer`).
+pub fn missing_api_key() -> ApiError {
+    ApiError::new(
+        ErrorKind::Authentication,
+        "Missing API key: send Authorization: Bearer sk-...",
+    )
+    .with_code("missing_api_key")
 }
 
 /// The API key in a request's metadata, if any.

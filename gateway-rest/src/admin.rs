@@ -20,11 +20,10 @@
 
 use axum::{
     Json,
-    body::Body,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
 };
-use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use tollgate::{
     error::ApiError,
@@ -35,15 +34,16 @@ use tollgate::{
 };
 
 use crate::{
-    app::{AppState, with_key},
+    app::AppState,
     error::RestError,
     expiry::Expiry,
+    extract::{AdminToken, JsonBody},
     key_view::{self, Times},
 };
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     tier: String,
     #[serde(default)]
     name: String,
@@ -61,7 +61,7 @@ struct CreateBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TopUpBody {
+pub(crate) struct TopUpBody {
     amount_usd: String,
 }
 
@@ -74,7 +74,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpdateBody {
+pub(crate) struct UpdateBody {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -87,28 +87,6 @@ struct UpdateBody {
     monthly_requests: Option<Option<u64>>,
     #[serde(default, deserialize_with = "present")]
     monthly_budget_usd: Option<Option<String>>,
-}
-
-/// Reads a JSON object body into `T`: a 400 naming the field when it does not fit.
-async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        ApiError::invalid_param("body", format!("The request body could not be read: {e}"))
-    })?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.inner().to_string();
-        let param = if path == "." {
-            // `unknown field `x``/`missing field `x``: name x.
-            message
-                .split('`')
-                .nth(1)
-                .map_or_else(|| "body".to_owned(), str::to_owned)
-        } else {
-            path
-        };
-        ApiError::invalid_param(param, format!("Invalid request body: {message}"))
-    })
 }
 
 /// A key as REST answers show it.
@@ -128,10 +106,9 @@ fn issued_json(issued: IssuedKey) -> Value {
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    token: AdminToken,
+    JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<(StatusCode, Json<Value>), RestError> {
-    let body: CreateBody = json_body(body, state.max_body_bytes).await?;
     let request = CreateKeyRequest {
         tier: body.tier,
         name: body.name,
@@ -144,7 +121,7 @@ pub(crate) async fn create(
     let issued = state
         .admin
         .clone()
-        .create_key(with_key(&headers, request))
+        .create_key(token.request(request))
         .await?
         .into_inner();
     Ok((StatusCode::CREATED, Json(issued_json(issued))))
@@ -152,12 +129,12 @@ pub(crate) async fn create(
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    token: AdminToken,
 ) -> Result<Json<Value>, RestError> {
     let keys = state
         .admin
         .clone()
-        .list_keys(with_key(&headers, ListKeysRequest {}))
+        .list_keys(token.request(ListKeysRequest {}))
         .await?
         .into_inner()
         .keys;
@@ -169,13 +146,13 @@ pub(crate) async fn list(
 
 pub(crate) async fn rotate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    token: AdminToken,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, RestError> {
     let issued = state
         .admin
         .clone()
-        .rotate_key(with_key(&headers, RotateKeyRequest { key }))
+        .rotate_key(token.request(RotateKeyRequest { key }))
         .await?
         .into_inner();
     Ok(Json(issued_json(issued)))
@@ -183,13 +160,13 @@ pub(crate) async fn rotate(
 
 pub(crate) async fn revoke(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    token: AdminToken,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, RestError> {
     let key = state
         .admin
         .clone()
-        .revoke_key(with_key(&headers, RevokeKeyRequest { key }))
+        .revoke_key(token.request(RevokeKeyRequest { key }))
         .await?
         .into_inner();
     Ok(Json(key_json(&key)))
@@ -197,11 +174,10 @@ pub(crate) async fn revoke(
 
 pub(crate) async fn update(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    token: AdminToken,
     Path(key): Path<String>,
-    body: Body,
+    JsonBody(body): JsonBody<UpdateBody>,
 ) -> Result<Json<Value>, RestError> {
-    let body: UpdateBody = json_body(body, state.max_body_bytes).await?;
     let expires_at = match body.expires_at {
         Some(Some(t)) => Some(Some(t.unix_secs()?)),
         Some(None) => Some(None),
@@ -223,7 +199,7 @@ pub(crate) async fn update(
     let key = state
         .admin
         .clone()
-        .update_key(with_key(&headers, request))
+        .update_key(token.request(request))
         .await?
         .into_inner();
     Ok(Json(key_json(&key)))
@@ -231,11 +207,10 @@ pub(crate) async fn update(
 
 pub(crate) async fn top_up(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    token: AdminToken,
     Path(key): Path<String>,
-    body: Body,
+    JsonBody(body): JsonBody<TopUpBody>,
 ) -> Result<Json<Value>, RestError> {
-    let body: TopUpBody = json_body(body, state.max_body_bytes).await?;
     let request = TopUpRequest {
         key,
         amount_usd: body.amount_usd,
@@ -243,7 +218,7 @@ pub(crate) async fn top_up(
     let key = state
         .admin
         .clone()
-        .top_up(with_key(&headers, request))
+        .top_up(token.request(request))
         .await?
         .into_inner();
     Ok(Json(key_json(&key)))
@@ -252,17 +227,15 @@ pub(crate) async fn top_up(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use tollgate::openai::body::from_slice;
+
     use super::*;
 
-    #[tokio::test]
-    async fn patch_bodies_tell_null_from_absent() {
-        let body: UpdateBody = json_body(
-            Body::from(
-                r#"{"rpm": null, "monthly_requests": 7, "expires_at": "2030-01-01T00:00:00Z"}"#,
-            ),
-            1024,
+    #[test]
+    fn patch_bodies_tell_null_from_absent() {
+        let body: UpdateBody = from_slice(
+            br#"{"rpm": null, "monthly_requests": 7, "expires_at": "2030-01-01T00:00:00Z"}"#,
         )
-        .await
         .unwrap();
         assert_eq!(body.rpm, Some(None));
         assert_eq!(body.monthly_requests, Some(Some(7)));
@@ -270,24 +243,18 @@ mod tests {
             body.expires_at.flatten().unwrap().unix_secs().unwrap(),
             1_893_456_000
         );
-        let body: UpdateBody = json_body(Body::from("{}"), 1024).await.unwrap();
+        let body: UpdateBody = from_slice(b"{}").unwrap();
         assert_eq!((body.rpm, body.monthly_requests), (None, None));
         assert!(body.expires_at.is_none());
     }
 
-    #[tokio::test]
-    async fn bad_bodies_name_the_field() {
-        let err = json_body::<CreateBody>(Body::from(r#"{"tier": "pro", "rpm": "two"}"#), 1024)
-            .await
-            .unwrap_err();
+    #[test]
+    fn bad_bodies_name_the_field() {
+        let err = from_slice::<CreateBody>(br#"{"tier": "pro", "rpm": "two"}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("rpm"));
-        let err = json_body::<CreateBody>(Body::from(r#"{"tier": "pro", "burst": 1}"#), 1024)
-            .await
-            .unwrap_err();
+        let err = from_slice::<CreateBody>(br#"{"tier": "pro", "burst": 1}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("burst"));
-        let err = json_body::<CreateBody>(Body::from(r#"{"name": "x"}"#), 1024)
-            .await
-            .unwrap_err();
+        let err = from_slice::<CreateBody>(br#"{"name": "x"}"#).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("tier"));
     }
 }

@@ -2,12 +2,11 @@
 
 use axum::{
     Router,
-    http::{HeaderMap, Method, Uri},
+    http::{Method, Uri},
     response::IntoResponse,
     routing::{get, patch, post},
 };
 use tollgate::{
-    auth::AUTHORIZATION,
     error::{ApiError, ErrorKind},
     transport::GrpcTransport,
     v1::{
@@ -76,19 +75,6 @@ pub fn app(state: AppState) -> Router {
             .into_response()
         }))
         .layer(TraceLayer::new_for_http())
-}
-
-/// A gRPC request carrying the caller's `authorization` header as metadata.
-pub(crate) fn with_key<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(value) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-    {
-        request.metadata_mut().insert(AUTHORIZATION, value);
-    }
-    request
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> RestError {

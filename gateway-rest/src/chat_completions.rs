@@ -5,9 +5,7 @@ use std::convert::Infallible;
 
 use axum::{
     Json,
-    body::Body,
     extract::State,
-    http::HeaderMap,
     response::{
         IntoResponse, Response,
         sse::{Event, Sse},
@@ -17,81 +15,41 @@ use futures::{Stream, StreamExt};
 use tollgate::{
     error::ApiError,
     openai::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest},
-    v1::ChatRequest,
 };
 
 use crate::{
-    app::{AppState, with_key},
+    app::AppState,
     error::RestError,
+    extract::{ApiKey, JsonBody},
 };
 
-/// A parsed request and how to answer it.
-struct Parsed {
-    request: ChatRequest,
-    stream: bool,
-    include_usage: bool,
-}
-
-/// Reads and parses the body: too large, not JSON, or the wrong shape are each a 400 that says
-/// what is wrong and where.
-async fn parse(body: Body, limit: usize) -> Result<Parsed, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        let message = if too_large {
-            format!("The request body is larger than the limit of {limit} bytes")
-        } else {
-            format!("The request body could not be read: {e}")
-        };
-        ApiError::invalid_param("body", message)
-    })?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::invalid_param(
-            "body",
-            format!("We could not parse the JSON body of your request: {e}"),
-        )
-    })?;
-    let request = ChatCompletionRequest::from_json(value)?;
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    key: ApiKey,
+    JsonBody(request): JsonBody<ChatCompletionRequest>,
+) -> Result<Response, RestError> {
     let stream = request.stream.unwrap_or(false);
     if request.stream_options.is_some() && !stream {
         return Err(ApiError::invalid_param(
             "stream_options",
             "stream_options is only allowed when stream is true",
-        ));
+        )
+        .into());
     }
     let include_usage = request
         .stream_options
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    Ok(Parsed {
-        request: request.into_proto()?,
-        stream,
-        include_usage,
-    })
-}
-
-pub(crate) async fn create(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, RestError> {
-    let Parsed {
-        request,
-        stream,
-        include_usage,
-    } = parse(body, state.max_body_bytes).await?;
+    let request = request.into_proto()?;
     let mut inference = state.inference.clone();
     if !stream {
-        let response = inference
-            .chat(with_key(&headers, request))
-            .await?
-            .into_inner();
+        let response = inference.chat(key.request(request)).await?.into_inner();
         return Ok(Json(ChatCompletion::from_proto(&response)).into_response());
     }
     // Answered only once the first chunk exists, so early failures keep their HTTP status.
     let chunks = inference
-        .chat_stream(with_key(&headers, request))
+        .chat_stream(key.request(request))
         .await?
         .into_inner();
     Ok(Sse::new(sse_events(chunks, include_usage)).into_response())

@@ -8,6 +8,7 @@ mod chat_completions;
 pub mod config;
 mod error;
 pub mod expiry;
+mod extract;
 pub mod key_view;
 mod models;
 pub mod server;

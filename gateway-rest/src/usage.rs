@@ -12,7 +12,6 @@
 use axum::{
     Json,
     extract::{Query, State, rejection::QueryRejection},
-    http::HeaderMap,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,10 +21,7 @@ use tollgate::{
     v1::{DailyUsage, GetSubscriptionRequest, GetUsageRequest},
 };
 
-use crate::{
-    app::{AppState, with_key},
-    error::RestError,
-};
+use crate::{app::AppState, error::RestError, extract::ApiKey};
 
 /// What `hard_limit_usd` says for a key without a spending limit. OpenAI's format has no "none";
 /// OpenAI-compatible gateways and the dashboards built on them read this value as "unlimited".
@@ -64,7 +60,7 @@ fn day_json(day: &DailyUsage) -> Value {
 
 pub(crate) async fn report(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    key: ApiKey,
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<Value>, RestError> {
     let Query(query) =
@@ -72,13 +68,10 @@ pub(crate) async fn report(
     let u = state
         .billing
         .clone()
-        .get_usage(with_key(
-            &headers,
-            GetUsageRequest {
-                start_date: query.start_date,
-                end_date: query.end_date,
-            },
-        ))
+        .get_usage(key.request(GetUsageRequest {
+            start_date: query.start_date,
+            end_date: query.end_date,
+        }))
         .await?
         .into_inner();
     // A percentage with one decimal, computed in integers (142 of 3000 -> 4.7).
@@ -116,12 +109,12 @@ pub(crate) async fn report(
 /// expiry is `access_until` (0 when it never expires).
 pub(crate) async fn subscription(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    key: ApiKey,
 ) -> Result<Json<Value>, RestError> {
     let s = state
         .billing
         .clone()
-        .get_subscription(with_key(&headers, GetSubscriptionRequest {}))
+        .get_subscription(key.request(GetSubscriptionRequest {}))
         .await?
         .into_inner();
     let limit = match monthly_hard_limit(&s) {

@@ -99,11 +99,7 @@ impl BillingError {
                 ErrorKind::Unavailable,
                 "The billing service is shutting down",
             ),
-            Self::MissingKey => ApiError::new(
-                ErrorKind::Authentication,
-                "Missing API key: send Authorization: Bearer sk-...",
-            )
-            .with_code("missing_api_key"),
+            Self::MissingKey => tollgate::auth::missing_api_key(),
             Self::InvalidKey => {
                 ApiError::new(ErrorKind::Authentication, "Invalid API key provided")
                     .with_code("invalid_api_key")

@@ -1,0 +1,116 @@
+//! What handlers take from a request, each refusal already in the product's error format: the
+//! JSON body parsed into its type ([`JsonBody`]), the caller's API key ([`ApiKey`]) and the
+//! admin token ([`AdminToken`]), the last two forwarded to the services as gRPC metadata.
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{HeaderMap, request::Parts},
+};
+use serde::de::DeserializeOwned;
+use tollgate::{
+    auth::{AUTHORIZATION, bearer_token, missing_api_key},
+    error::ApiError,
+};
+use tonic::metadata::{Ascii, MetadataValue};
+
+use crate::{app::AppState, error::RestError};
+
+/// A JSON object body parsed straight into `T` (`tollgate::openai::body`): a body over
+/// `server.max_body_bytes`, one that is not JSON or one that does not fit `T` is a 400 whose
+/// `param` names the field at fault, or `body`. The content type is not checked: clients that
+/// send JSON as `text/plain` or without a type are served.
+#[derive(Debug)]
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = RestError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.max_body_bytes;
+        let bytes = axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|e| {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                let message = if too_large {
+                    format!("The request body is larger than the limit of {limit} bytes")
+                } else {
+                    format!("The request body could not be read: {e}")
+                };
+                ApiError::invalid_param("body", message)
+            })?;
+        Ok(Self(tollgate::openai::body::from_slice(&bytes)?))
+    }
+}
+
+/// The caller's `authorization: Bearer <key>`, for routes that act for a key. Missing, not
+/// `Bearer`, or not sendable as metadata: 401 `missing_api_key` before anything else is read.
+/// Whether the key is valid is Billing's to say.
+pub(crate) struct ApiKey(MetadataValue<Ascii>);
+
+impl ApiKey {
+    /// `message` as a gRPC request carrying the key.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        with_authorization(Some(&self.0), message)
+    }
+}
+
+// The key is a secret: never in logs.
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
+    type Rejection = RestError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        authorization(&parts.headers)
+            .filter(|value| value.to_str().ok().and_then(bearer_token).is_some())
+            .map(Self)
+            .ok_or_else(|| RestError(missing_api_key()))
+    }
+}
+
+/// Whatever `authorization` the caller sent to an `/admin` route, forwarded as is: only the
+/// Admin service knows whether a token is configured (`admin_disabled`) and compares it (in
+/// constant time), so nothing is refused here.
+pub(crate) struct AdminToken(Option<MetadataValue<Ascii>>);
+
+impl AdminToken {
+    /// `message` as a gRPC request carrying the token.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        with_authorization(self.0.as_ref(), message)
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminToken {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(authorization(&parts.headers)))
+    }
+}
+
+/// The `authorization` header as metadata, if it can travel as metadata.
+fn authorization(headers: &HeaderMap) -> Option<MetadataValue<Ascii>> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn with_authorization<T>(value: Option<&MetadataValue<Ascii>>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = value {
+        request.metadata_mut().insert(AUTHORIZATION, value.clone());
+    }
+    request
+}

@@ -25,12 +25,9 @@ use axum::{
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
-use tollgate::{
-    error::ApiError,
-    v1::{
-        CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey, RevokeKeyRequest,
-        RotateKeyRequest, TopUpRequest, UpdateKeyRequest,
-    },
+use tollgate::v1::{
+    CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey, RevokeKeyRequest, RotateKeyRequest,
+    TopUpRequest, UpdateKeyRequest,
 };
 
 use crate::{

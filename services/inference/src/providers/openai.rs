@@ -28,15 +28,17 @@ fn is_reasoning_model(target: &Target<'_>) -> bool {
 }
 
 impl Dialect for OpenAi {
+    const DEVELOPER_ROLE: bool = true;
+
     fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
         if is_reasoning_model(target) && body.stop.is_some() {
-            return Err(UpstreamError::Unsupported {
-                param: "stop".to_owned(),
-                message: format!(
+            return Err(UpstreamError::unsupported(
+                "stop",
+                format!(
                     "stop sequences are not supported by the reasoning model {}",
                     target.route.requested_id
                 ),
-            });
+            ));
         }
         if body.max_completion_tokens.is_none() {
             body.max_completion_tokens = body.max_tokens.take();

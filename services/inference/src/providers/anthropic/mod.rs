@@ -37,7 +37,7 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The Anthropic Messages API over one [`Upstream`].
 #[derive(Debug)]
 pub struct Anthropic {
-    pub(super) upstream: Upstream,
+    upstream: Upstream,
     url: String,
 }
 
@@ -64,6 +64,10 @@ impl Anthropic {
 }
 
 impl ChatProvider for Anthropic {
+    fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     async fn chat(
         &self,
         request: &ChatRequest,

@@ -41,13 +41,6 @@ fn empty_schema() -> Value {
     json!({"type": "object", "properties": {}})
 }
 
-fn unsupported(param: impl Into<String>, message: impl Into<String>) -> UpstreamError {
-    UpstreamError::Unsupported {
-        param: param.into(),
-        message: message.into(),
-    }
-}
-
 /// The thinking budget for a `reasoning_effort`, before it is fitted under `max_tokens`:
 ///
 /// | reasoning_effort            | budget_tokens |
@@ -69,7 +62,7 @@ pub fn thinking_budget(effort: Option<&str>) -> Result<u32, UpstreamError> {
         Some("xhigh") => 24576,
         Some("max") => 32768,
         Some(other) => {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "reasoning_effort",
                 format!(
                     "reasoning_effort must be one of none, minimal, low, medium, high, xhigh, max; got {other:?}"
@@ -84,7 +77,7 @@ pub fn thinking_budget(effort: Option<&str>) -> Result<u32, UpstreamError> {
 fn fitted_budget(budget: u32, max_tokens: u32, param: &str) -> Result<u32, UpstreamError> {
     let fitted = budget.min((max_tokens / 2).max(MIN_THINKING_BUDGET));
     if fitted >= max_tokens {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             param,
             format!(
                 "{param} must be above {MIN_THINKING_BUDGET} with thinking on: Anthropic needs a \
@@ -143,7 +136,7 @@ pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, Upstrea
                         .ok()
                         .filter(Value::is_object)
                         .ok_or_else(|| {
-                            unsupported(
+                            UpstreamError::unsupported(
                                 "response_format.json_schema.schema",
                                 "response_format.json_schema.schema must be a JSON object",
                             )
@@ -173,13 +166,13 @@ pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, Upstrea
 
     if let Some(t) = request.temperature {
         if t > 1.0 {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "temperature",
                 format!("Anthropic accepts a temperature between 0 and 1, got {t}"),
             ));
         }
         if thinking && (t - 1.0).abs() > f64::EPSILON {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "temperature",
                 "Anthropic does not allow a temperature other than 1 with thinking on; leave \
                  temperature unset or turn thinking off (reasoning_effort: none)",
@@ -209,7 +202,7 @@ pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, Upstrea
             .and_then(Value::as_str)
             .is_some_and(|t| t == "any" || t == "tool")
     {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             "tool_choice",
             "Anthropic does not allow thinking when tool_choice forces a tool call (required or \
              a named function); use tool_choice auto, or turn thinking off (reasoning_effort: none)",
@@ -239,13 +232,13 @@ pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, Upstrea
 /// OpenAI fields Anthropic has no way to honour.
 fn refuse_unsupported_fields(request: &ChatRequest) -> Result<(), UpstreamError> {
     if request.n.is_some_and(|n| n > 1) {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             "n",
             "Anthropic returns one choice per request: n must be 1",
         ));
     }
     if request.logprobs == Some(true) || request.top_logprobs.is_some_and(|n| n > 0) {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             "logprobs",
             "Anthropic does not return log probabilities: logprobs is not supported",
         ));
@@ -255,7 +248,7 @@ fn refuse_unsupported_fields(request: &ChatRequest) -> Result<(), UpstreamError>
         ("frequency_penalty", request.frequency_penalty),
     ] {
         if value.is_some_and(|v| v != 0.0) {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 param,
                 format!("Anthropic has no {param}: it is not supported"),
             ));
@@ -270,7 +263,7 @@ fn extra_field(request: &ChatRequest, name: &str) -> Result<Option<Value>, Upstr
         return Ok(None);
     }
     let extra: Map<String, Value> = serde_json::from_str(&request.extra_json)
-        .map_err(|e| unsupported(name, format!("unreadable extra fields: {e}")))?;
+        .map_err(|e| UpstreamError::unsupported(name, format!("unreadable extra fields: {e}")))?;
     Ok(extra.get(name).filter(|v| !v.is_null()).cloned())
 }
 
@@ -287,7 +280,10 @@ fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
                 text => {
                     let mut schema: Map<String, Value> =
                         serde_json::from_str(text).map_err(|_| {
-                            unsupported(&param, format!("{param} must be a JSON object"))
+                            UpstreamError::unsupported(
+                                &param,
+                                format!("{param} must be a JSON object"),
+                            )
                         })?;
                     if schema.is_empty() {
                         empty_schema()
@@ -324,7 +320,7 @@ fn tool_choice(
 ) -> Result<Option<Map<String, Value>>, UpstreamError> {
     let choice = request.tool_choice.as_ref().and_then(|c| c.choice.as_ref());
     let forced_without_tools = || {
-        unsupported(
+        UpstreamError::unsupported(
             "tool_choice",
             "tool_choice forces a tool call but the request declares no tools",
         )
@@ -337,7 +333,7 @@ fn tool_choice(
             "required" if has_tools => Some(json!({"type": "any"})),
             "required" => return Err(forced_without_tools()),
             other => {
-                return Err(unsupported(
+                return Err(UpstreamError::unsupported(
                     "tool_choice",
                     format!(
                         "tool_choice must be none, auto, required or a function, got {other:?}"
@@ -348,7 +344,7 @@ fn tool_choice(
         Some(Choice::FunctionName(_)) if !has_tools => return Err(forced_without_tools()),
         Some(Choice::FunctionName(name)) => Some(json!({"type": "tool", "name": name})),
         Some(Choice::OtherJson(_)) => {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "tool_choice",
                 "Anthropic supports tool_choice none, auto, required and a named function only",
             ));
@@ -381,7 +377,7 @@ fn texts(message: &Message, i: usize) -> Result<Vec<String>, UpstreamError> {
             .enumerate()
             .map(|(j, part)| match &part.part {
                 Some(Part::Text(text)) => Ok(text.clone()),
-                _ => Err(unsupported(
+                _ => Err(UpstreamError::unsupported(
                     format!("messages[{i}].content[{j}]"),
                     format!(
                         "messages[{i}].content[{j}]: only text parts are allowed in this message"
@@ -399,18 +395,18 @@ fn text_block(text: String) -> Option<Value> {
 
 fn image_block(url: &str, param: &str) -> Result<Value, UpstreamError> {
     if let Some(rest) = url.strip_prefix("data:") {
-        let (header, data) = rest
-            .split_once(',')
-            .ok_or_else(|| unsupported(param, format!("{param} is a data URL without a comma")))?;
+        let (header, data) = rest.split_once(',').ok_or_else(|| {
+            UpstreamError::unsupported(param, format!("{param} is a data URL without a comma"))
+        })?;
         let media_type = header.strip_suffix(";base64").ok_or_else(|| {
-            unsupported(
+            UpstreamError::unsupported(
                 param,
                 format!("{param} must be a base64 data URL (data:<type>;base64,...)"),
             )
         })?;
         let media_type = media_type.to_ascii_lowercase();
         if !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 param,
                 format!(
                     "{param}: Anthropic accepts image/jpeg, image/png, image/gif and image/webp, got {media_type:?}"
@@ -426,7 +422,7 @@ fn image_block(url: &str, param: &str) -> Result<Value, UpstreamError> {
     if matches!(scheme.as_deref(), Some("http" | "https")) {
         return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
     }
-    Err(unsupported(
+    Err(UpstreamError::unsupported(
         param,
         format!("{param} must be an http(s) URL or a data URL"),
     ))
@@ -446,7 +442,7 @@ fn user_blocks(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError>
                         &format!("messages[{i}].content[{j}].image_url.url"),
                     )?),
                     _ => {
-                        return Err(unsupported(
+                        return Err(UpstreamError::unsupported(
                             format!("messages[{i}].content[{j}]"),
                             format!(
                                 "messages[{i}].content[{j}]: Anthropic takes text and image_url parts only"
@@ -555,7 +551,7 @@ impl Conversation {
                     for (j, call) in message.tool_calls.iter().enumerate() {
                         let param = format!("messages[{i}].tool_calls[{j}]");
                         if call.id.is_empty() {
-                            return Err(unsupported(
+                            return Err(UpstreamError::unsupported(
                                 format!("{param}.id"),
                                 format!("{param}.id is required"),
                             ));
@@ -573,7 +569,7 @@ impl Conversation {
                     ("assistant", blocks)
                 }
                 Role::Unspecified => {
-                    return Err(unsupported(
+                    return Err(UpstreamError::unsupported(
                         format!("messages[{i}].role"),
                         format!("messages[{i}].role is not set"),
                     ));
@@ -592,7 +588,7 @@ impl Conversation {
             }
         }
         if turns.is_empty() {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "messages",
                 "messages must contain a user or assistant message with non-empty content",
             ));
@@ -622,11 +618,11 @@ fn tool_input(arguments: &str, param: &str) -> Result<Value, UpstreamError> {
     }
     match serde_json::from_str::<Value>(arguments) {
         Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err(unsupported(
+        Ok(_) => Err(UpstreamError::unsupported(
             &param,
             format!("{param} must encode a JSON object"),
         )),
-        Err(e) => Err(unsupported(
+        Err(e) => Err(UpstreamError::unsupported(
             &param,
             format!("{param} is not valid JSON: {e}"),
         )),
@@ -651,7 +647,7 @@ fn check_tool_pairs(
             for id in turn.ids("tool_use", "id") {
                 if !answered.contains(id) {
                     let param = call_origin.get(id).cloned().unwrap_or_default();
-                    return Err(unsupported(
+                    return Err(UpstreamError::unsupported(
                         param.clone(),
                         format!(
                             "{param} (id {id}) has no tool message answering it: every tool call \
@@ -671,7 +667,7 @@ fn check_tool_pairs(
             for id in turn.ids("tool_result", "tool_use_id") {
                 if !made.contains(id) {
                     let param = result_origin.get(id).cloned().unwrap_or_default();
-                    return Err(unsupported(
+                    return Err(UpstreamError::unsupported(
                         param.clone(),
                         format!(
                             "{param} ({id}) answers no tool call of the assistant message \

@@ -38,13 +38,6 @@ use tollgate::v1::{
 use super::{FORMAT, response::is_synthesized_id};
 use crate::{UpstreamError, images::ImageFetcher, providers::Target};
 
-fn bad(param: impl Into<String>, message: impl Into<String>) -> UpstreamError {
-    UpstreamError::Unsupported {
-        param: param.into(),
-        message: message.into(),
-    }
-}
-
 /// Builds the whole request body; fetches http(s) images on the way.
 pub(super) async fn body(
     request: &ChatRequest,
@@ -103,7 +96,7 @@ fn plain_text(message: &Message, i: usize) -> Result<String, UpstreamError> {
                 match &part.part {
                     Some(Part::Text(t)) => texts.push(t.as_str()),
                     _ => {
-                        return Err(bad(
+                        return Err(UpstreamError::unsupported(
                             format!("messages[{i}].content[{j}]"),
                             format!(
                                 "messages[{i}].content[{j}]: only text parts are accepted in this message"
@@ -152,7 +145,7 @@ async fn contents(
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().unwrap_or_default();
                 let Some(&(name, position)) = calls.get(id) else {
-                    return Err(bad(
+                    return Err(UpstreamError::unsupported(
                         format!("messages[{i}].tool_call_id"),
                         format!(
                             "messages[{i}].tool_call_id {id:?} matches no tool call of an earlier assistant message"
@@ -171,7 +164,10 @@ async fn contents(
                 responses.push((position, json!({ "functionResponse": response })));
             }
             Role::Unspecified => {
-                return Err(bad(format!("messages[{i}].role"), "unknown role"));
+                return Err(UpstreamError::unsupported(
+                    format!("messages[{i}].role"),
+                    "unknown role",
+                ));
             }
         }
     }
@@ -210,7 +206,7 @@ async fn user_parts(
                 out.push(image_part(&image.url, &param, images).await?);
             }
             Some(Part::OtherJson(_)) | None => {
-                return Err(bad(
+                return Err(UpstreamError::unsupported(
                     format!("messages[{i}].content[{j}]"),
                     format!(
                         "messages[{i}].content[{j}]: this part type is not supported for Gemini models (text and image_url are)"
@@ -226,19 +222,19 @@ async fn user_parts(
 async fn image_part(url: &str, param: &str, images: &ImageFetcher) -> Result<Value, UpstreamError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',').ok_or_else(|| {
-            bad(
+            UpstreamError::unsupported(
                 param,
                 format!("{param}: a data URL needs a comma before its data"),
             )
         })?;
         let mime = meta.strip_suffix(";base64").ok_or_else(|| {
-            bad(
+            UpstreamError::unsupported(
                 param,
                 format!("{param}: only base64 data URLs are supported"),
             )
         })?;
         if !mime.starts_with("image/") || BASE64.decode(data).is_err() {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 param,
                 format!("{param}: expected data:image/<type>;base64,<base64 data>"),
             ));
@@ -248,7 +244,7 @@ async fn image_part(url: &str, param: &str, images: &ImageFetcher) -> Result<Val
     let image = images
         .fetch(url)
         .await
-        .map_err(|e| bad(param, format!("{param}: {e}")))?;
+        .map_err(|e| UpstreamError::unsupported(param, format!("{param}: {e}")))?;
     Ok(json!({
         "inlineData": { "mimeType": image.mime_type, "data": BASE64.encode(&image.bytes) }
     }))
@@ -281,7 +277,7 @@ fn model_parts(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError>
             match serde_json::from_str::<Value>(arguments) {
                 Ok(object @ Value::Object(_)) => object,
                 _ => {
-                    return Err(bad(
+                    return Err(UpstreamError::unsupported(
                         &param,
                         format!("{param} must be a JSON object encoded as a string"),
                     ));
@@ -325,7 +321,7 @@ fn tools(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
     let mut declarations = Vec::with_capacity(request.tools.len());
     for (i, tool) in request.tools.iter().enumerate() {
         if !tool.r#type.is_empty() && tool.r#type != "function" {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 format!("tools[{i}].type"),
                 format!(
                     "tools[{i}].type {:?} is not supported for Gemini models",
@@ -334,7 +330,7 @@ fn tools(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
             ));
         }
         let Some(function) = &tool.function else {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 format!("tools[{i}].function"),
                 "a function tool needs its function",
             ));
@@ -345,8 +341,9 @@ fn tools(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
         }
         if !function.parameters_json.trim().is_empty() {
             let param = format!("tools[{i}].function.parameters");
-            let schema: Value = serde_json::from_str(&function.parameters_json)
-                .map_err(|_| bad(&param, format!("{param} must be a JSON Schema object")))?;
+            let schema: Value = serde_json::from_str(&function.parameters_json).map_err(|_| {
+                UpstreamError::unsupported(&param, format!("{param} must be a JSON Schema object"))
+            })?;
             declaration["parametersJsonSchema"] = schema;
         }
         declarations.push(declaration);
@@ -364,7 +361,7 @@ fn tool_config(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
             "none" => json!({ "mode": "NONE" }),
             "required" => json!({ "mode": "ANY" }),
             other => {
-                return Err(bad(
+                return Err(UpstreamError::unsupported(
                     "tool_choice",
                     format!("tool_choice {other:?} must be none, auto, required or a function"),
                 ));
@@ -372,7 +369,7 @@ fn tool_config(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
         },
         Choice::FunctionName(name) => json!({ "mode": "ANY", "allowedFunctionNames": [name] }),
         Choice::OtherJson(_) => {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 "tool_choice",
                 "this tool_choice form is not supported for Gemini models (use none, auto, required or a function)",
             ));
@@ -417,7 +414,7 @@ fn generation_config(
     }
     if let Some(seed) = request.seed {
         let seed = i32::try_from(seed).map_err(|_| {
-            bad(
+            UpstreamError::unsupported(
                 "seed",
                 "seed must fit in a 32-bit signed integer for Gemini models",
             )
@@ -447,14 +444,20 @@ fn generation_config(
                     .as_ref()
                     .map(|s| s.schema_json.as_str())
                     .filter(|s| !s.trim().is_empty())
-                    .ok_or_else(|| bad(param, format!("{param} is required")))?;
-                let schema: Value = serde_json::from_str(schema)
-                    .map_err(|_| bad(param, format!("{param} must be a JSON Schema object")))?;
+                    .ok_or_else(|| {
+                        UpstreamError::unsupported(param, format!("{param} is required"))
+                    })?;
+                let schema: Value = serde_json::from_str(schema).map_err(|_| {
+                    UpstreamError::unsupported(
+                        param,
+                        format!("{param} must be a JSON Schema object"),
+                    )
+                })?;
                 set("responseMimeType", json!("application/json"));
                 set("responseJsonSchema", schema);
             }
             other => {
-                return Err(bad(
+                return Err(UpstreamError::unsupported(
                     "response_format.type",
                     format!("response_format.type {other:?} is not supported"),
                 ));

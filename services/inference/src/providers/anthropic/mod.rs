@@ -51,7 +51,10 @@ impl Anthropic {
         Ok(Self { upstream, url })
     }
 
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
+    async fn send(
+        &self,
+        body: &request::MessagesRequest<'_>,
+    ) -> Result<reqwest::Response, UpstreamError> {
         self.upstream
             .post_json(
                 &self.url,
@@ -89,7 +92,7 @@ impl ChatProvider for Anthropic {
         target: &Target<'_>,
     ) -> Result<ChunkStream, UpstreamError> {
         let mut body = request::body(request, target)?;
-        body["stream"] = Value::Bool(true);
+        body.stream = Some(true);
         let response = self.send(&body).await?;
         let mut translator = stream::StreamTranslator::new(self.upstream.name());
         let chunks = self.upstream.events(response).filter_map(move |event| {

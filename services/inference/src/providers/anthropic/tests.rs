@@ -36,13 +36,15 @@ fn chat(openai: Value) -> ChatRequest {
 
 fn body_with(openai: Value, thinking: Option<bool>) -> Result<Value, UpstreamError> {
     let route = route();
+    let request = chat(openai);
     request::body(
-        &chat(openai),
+        &request,
         &Target {
             route: &route,
             thinking,
         },
     )
+    .map(|body| serde_json::to_value(body).unwrap())
 }
 
 fn body(openai: Value) -> Value {

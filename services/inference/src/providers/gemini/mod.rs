@@ -56,7 +56,11 @@ impl Gemini {
 
     /// Sends `body`; a non-2xx answer becomes the matching [`UpstreamError`] (see
     /// [`status_error`]).
-    async fn send(&self, url: &str, body: &Value) -> Result<reqwest::Response, UpstreamError> {
+    async fn send(
+        &self,
+        url: &str,
+        body: &request::GenerateContentRequest,
+    ) -> Result<reqwest::Response, UpstreamError> {
         self.upstream
             .post_json_with(url, KEY, &[], body, status_error)
             .await

@@ -36,7 +36,7 @@ impl Dialect for DeepSeek {
                 ),
             ));
         }
-        if let Some(on) = target.thinking {
+        if let Some(on) = target.thinking.switch() {
             let kind = if on { "enabled" } else { "disabled" };
             body.extra
                 .insert("thinking".to_owned(), json!({"type": kind}));
@@ -102,7 +102,7 @@ mod tests {
         };
         let target = Target {
             route: &route,
-            thinking,
+            thinking: crate::thinking::Thinking::from_switch(thinking),
         };
         let request = ChatCompletionRequest::from_json(body)
             .unwrap()

@@ -78,7 +78,7 @@ impl Dialect for MiniMax {
             .retain(|k, _| !OPENAI_ONLY_FIELDS.contains(&k.as_str()));
         body.extra
             .insert("reasoning_split".to_owned(), Value::Bool(true));
-        if let Some(on) = target.thinking {
+        if let Some(on) = target.thinking.switch() {
             let kind = if on { "adaptive" } else { "disabled" };
             body.extra
                 .insert("thinking".to_owned(), json!({"type": kind}));
@@ -155,7 +155,7 @@ mod tests {
         let route = route();
         let target = Target {
             route: &route,
-            thinking,
+            thinking: crate::thinking::Thinking::from_switch(thinking),
         };
         let request: ChatRequest = ChatCompletionRequest::from_json(body)
             .unwrap()

@@ -31,6 +31,7 @@ use crate::{
     UpstreamError,
     config::{ProviderConfig, ProviderKind, Timeouts},
     images::{ImageFetcher, ImagesConfig},
+    thinking::Thinking,
 };
 
 /// Why a provider's HTTP client could not be built.
@@ -43,14 +44,21 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
     pub route: &'a ResolvedModel,
-    /// Thinking forced on or off (by the alias or the request); `None` leaves the upstream default.
-    pub thinking: Option<bool>,
+    /// Thinking as decided for this request (`thinking::decide`); adapters only render it.
+    pub thinking: Thinking,
 }
 
 /// What every provider adapter does.
 pub trait ChatProvider: Send + Sync {
     /// The HTTP side of this provider (key, deadlines, pooled client).
     fn upstream(&self) -> &Upstream;
+
+    /// Refuses, before the request is admitted (and counted), what this provider is known to
+    /// refuse for the routed model; cheap and without I/O. The rest is found while building the
+    /// upstream body.
+    fn check(&self, _request: &ChatRequest, _target: &Target<'_>) -> Result<(), UpstreamError> {
+        Ok(())
+    }
 
     fn chat(
         &self,
@@ -120,6 +128,11 @@ impl Provider {
         self.dispatch(UpstreamOf).timeouts()
     }
 
+    /// [`ChatProvider::check`]: run before admission.
+    pub fn check(&self, request: &ChatRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
+        self.dispatch(Check { request, target })
+    }
+
     pub async fn chat(
         &self,
         request: &ChatRequest,
@@ -150,6 +163,19 @@ impl<'a> ProviderCall<'a> for UpstreamOf {
     type Output = &'a Upstream;
     fn call<P: ChatProvider>(self, provider: &'a P) -> &'a Upstream {
         provider.upstream()
+    }
+}
+
+/// [`ChatProvider::check`].
+struct Check<'a> {
+    request: &'a ChatRequest,
+    target: &'a Target<'a>,
+}
+
+impl<'a> ProviderCall<'a> for Check<'a> {
+    type Output = Result<(), UpstreamError>;
+    fn call<P: ChatProvider>(self, provider: &'a P) -> Self::Output {
+        provider.check(self.request, self.target)
     }
 }
 

@@ -17,7 +17,10 @@ use std::{collections::HashMap, fmt, marker::PhantomData};
 use futures::StreamExt;
 use serde_json::Value;
 use tollgate::{
-    openai::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, RoleJson, UsageJson},
+    openai::{
+        ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ReasoningEffortJson, RoleJson,
+        UsageJson,
+    },
     v1::{self, ChatRequest, ChatResponse, Usage},
 };
 
@@ -39,6 +42,11 @@ pub(super) fn request_body<D: Dialect>(
     let mut body = ChatCompletionRequest::from_proto(request)
         .map_err(|e| UpstreamError::unsupported(e.param.unwrap_or_default(), e.message))?;
     body.model = target.route.upstream_model.clone();
+    // The effort of the decision, not the request's: an alias may have overridden it.
+    body.reasoning_effort = target
+        .thinking
+        .effort()
+        .and_then(ReasoningEffortJson::from_proto);
     for message in &mut body.messages {
         if !D::DEVELOPER_ROLE && message.role == RoleJson::Developer {
             message.role = RoleJson::System;
@@ -73,6 +81,11 @@ pub trait Dialect: fmt::Debug + Send + Sync + 'static {
 
     /// Whether the provider takes the `developer` role; if not, it is sent as `system`.
     const DEVELOPER_ROLE: bool = false;
+
+    /// Refuses, before admission, what the provider refuses for the routed model.
+    fn check(_request: &ChatRequest, _target: &Target<'_>) -> Result<(), UpstreamError> {
+        Ok(())
+    }
 
     /// Adjusts the OpenAI-shaped body (already addressed to the upstream model); refuses what
     /// the provider cannot honour.
@@ -119,6 +132,10 @@ impl<D: Dialect> OpenAiFamily<D> {
 impl<D: Dialect> ChatProvider for OpenAiFamily<D> {
     fn upstream(&self) -> &Upstream {
         &self.wire.upstream
+    }
+
+    fn check(&self, request: &ChatRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
+        D::check(request, target)
     }
 
     async fn chat(
@@ -698,7 +715,7 @@ mod tests {
         let route = tollgate::v1::ResolvedModel::default();
         let target = Target {
             route: &route,
-            thinking: None,
+            thinking: crate::thinking::Thinking::Default { thinks: false },
         };
         let body = request_body::<OpenAiCompatible>(&request, &target).unwrap();
         assert!(body.messages[0].reasoning_details.is_none());

@@ -7,20 +7,18 @@
 //!   `seed` (best effort even at OpenAI) is dropped.
 //! - `temperature > 1`: 400 (Anthropic's range is 0–1; clamping would change the sampling the
 //!   caller asked for without telling them).
-//! - A tool call without a tool message answering it: 400 naming `messages[i].tool_calls[j]`,
-//!   as OpenAI itself answers; no result is made up.
+//! - A tool call without a tool message answering it is refused before this, for every provider
+//!   (`crate::validate`); no result is made up.
 //! - `response_format: json_object`: an instruction appended to `system` (Anthropic has no JSON
 //!   mode); `json_schema` becomes `output_config.format`.
 //! - Thinking: `budget_tokens` from `reasoning_effort` ([`thinking_budget`]); forced tool use or
 //!   a modified temperature with thinking on: 400 (Anthropic refuses both).
 //! - Of the fields the contract does not name (`extra_json`), only `top_k` is passed on.
 
-use std::collections::{HashMap, HashSet};
-
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tollgate::v1::{
-    ChatRequest, Message, ReasoningDetail, Role, ThinkingSupport, content_part::Part,
+    ChatRequest, Message, ReasoningDetail, ReasoningEffort, Role, content_part::Part,
     message::Content, tool_choice::Choice,
 };
 
@@ -189,29 +187,23 @@ enum TurnRole {
 /// |-----------------------------|---------------|
 /// | `minimal`                   | 1024          |
 /// | `low`                       | 2048          |
-/// | `medium`, unset or `none`*  | 8192          |
+/// | `medium` or unset*          | 8192          |
 /// | `high`                      | 16384         |
 /// | `xhigh`                     | 24576         |
 /// | `max`                       | 32768         |
 ///
-/// (*) `none` reaches here only when an alias forces thinking on.
-pub fn thinking_budget(effort: Option<&str>) -> Result<u32, UpstreamError> {
-    Ok(match effort {
-        Some("minimal") => 1024,
-        Some("low") => 2048,
-        None | Some("medium" | "none") => 8192,
-        Some("high") => 16384,
-        Some("xhigh") => 24576,
-        Some("max") => 32768,
-        Some(other) => {
-            return Err(UpstreamError::unsupported(
-                "reasoning_effort",
-                format!(
-                    "reasoning_effort must be one of none, minimal, low, medium, high, xhigh, max; got {other:?}"
-                ),
-            ));
-        }
-    })
+/// (*) Unset: thinking switched on by an alias, by `thinking`, or by the model's default (an
+/// alias that forces thinking on also turns a `none` effort into unset).
+pub fn thinking_budget(effort: Option<ReasoningEffort>) -> u32 {
+    match effort {
+        Some(ReasoningEffort::Minimal) => 1024,
+        Some(ReasoningEffort::Low) => 2048,
+        Some(ReasoningEffort::High) => 16384,
+        Some(ReasoningEffort::Xhigh) => 24576,
+        Some(ReasoningEffort::Max) => 32768,
+        Some(ReasoningEffort::Medium | ReasoningEffort::None | ReasoningEffort::Unspecified)
+        | None => 8192,
+    }
 }
 
 /// Fits the budget under `max_tokens`: at most half of it (so the answer keeps room), never
@@ -228,17 +220,6 @@ fn fitted_budget(budget: u32, max_tokens: u32, param: &str) -> Result<u32, Upstr
         ));
     }
     Ok(fitted)
-}
-
-/// Whether this request runs with thinking on.
-pub fn thinking_on(target: &Target<'_>) -> bool {
-    let support = ThinkingSupport::try_from(target.route.thinking).unwrap_or_default();
-    if support == ThinkingSupport::None {
-        return false;
-    }
-    target
-        .thinking
-        .unwrap_or(support == ThinkingSupport::Always)
 }
 
 /// The Anthropic request body (`stream` unset).
@@ -258,7 +239,8 @@ pub fn body<'a>(
                 .max(1),
         ),
     };
-    let thinking = thinking_on(target);
+    // Anthropic thinks only when asked: a model whose default is thinking is asked too.
+    let thinking = target.thinking.is_on();
 
     let mut conversation = Conversation::build(&request.messages)?;
     let mut output_config = None;
@@ -324,7 +306,7 @@ pub fn body<'a>(
 
     let thinking = if thinking {
         let budget = fitted_budget(
-            thinking_budget(request.reasoning_effort.as_deref())?,
+            thinking_budget(target.thinking.effort()),
             max_tokens,
             max_param,
         )?;
@@ -616,30 +598,6 @@ pub struct Turn {
     blocks: Vec<Block>,
 }
 
-impl Turn {
-    /// The ids of this turn's `tool_use` blocks.
-    fn tool_use_ids(&self) -> Vec<&str> {
-        self.blocks
-            .iter()
-            .filter_map(|b| match b {
-                Block::ToolUse { id, .. } => Some(id.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The ids its `tool_result` blocks answer.
-    fn tool_result_ids(&self) -> Vec<&str> {
-        self.blocks
-            .iter()
-            .filter_map(|b| match b {
-                Block::ToolResult { tool_use_id, .. } => Some(tool_use_id.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
 /// The OpenAI messages as Anthropic's top-level `system` blocks and alternating turns.
 #[derive(Debug)]
 struct Conversation {
@@ -651,9 +609,6 @@ impl Conversation {
     fn build(messages: &[Message]) -> Result<Self, UpstreamError> {
         let mut system = Vec::new();
         let mut turns: Vec<Turn> = Vec::new();
-        // Where each tool call and tool result came from, for error messages.
-        let mut call_origin: HashMap<String, String> = HashMap::new();
-        let mut result_origin: HashMap<String, String> = HashMap::new();
         for (i, message) in messages.iter().enumerate() {
             let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
             let (anthropic_role, blocks) = match role {
@@ -664,9 +619,6 @@ impl Conversation {
                 Role::User => (TurnRole::User, user_blocks(message, i)?),
                 Role::Tool => {
                     let id = message.tool_call_id.clone().unwrap_or_default();
-                    result_origin
-                        .entry(id.clone())
-                        .or_insert_with(|| format!("messages[{i}].tool_call_id"));
                     let content = texts(message, i)?.concat();
                     let block = Block::ToolResult {
                         tool_use_id: id,
@@ -690,7 +642,6 @@ impl Conversation {
                             .as_ref()
                             .map_or(("", ""), |f| (f.name.as_str(), f.arguments.as_str()));
                         let input = tool_input(arguments, &param)?;
-                        call_origin.insert(call.id.clone(), param);
                         blocks.push(Block::ToolUse {
                             id: call.id.clone(),
                             name: name.to_owned(),
@@ -738,7 +689,6 @@ impl Conversation {
                 !leads
             });
         }
-        check_tool_pairs(&turns, &call_origin, &result_origin)?;
         Ok(Self { system, turns })
     }
 }
@@ -761,56 +711,4 @@ fn tool_input(arguments: &str, param: &str) -> Result<Value, UpstreamError> {
             format!("{param} is not valid JSON: {e}"),
         )),
     }
-}
-
-/// Every tool call must be answered in the very next turn and every answer must belong to a call
-/// of the turn before (Anthropic refuses both otherwise, and so does OpenAI).
-fn check_tool_pairs(
-    turns: &[Turn],
-    call_origin: &HashMap<String, String>,
-    result_origin: &HashMap<String, String>,
-) -> Result<(), UpstreamError> {
-    for (t, turn) in turns.iter().enumerate() {
-        if turn.role == TurnRole::Assistant {
-            let answered: HashSet<&str> = turns
-                .get(t + 1)
-                .map(Turn::tool_result_ids)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            for id in turn.tool_use_ids() {
-                if !answered.contains(id) {
-                    let param = call_origin.get(id).cloned().unwrap_or_default();
-                    return Err(UpstreamError::unsupported(
-                        param.clone(),
-                        format!(
-                            "{param} (id {id}) has no tool message answering it: every tool call \
-                             must be followed by a tool message with its tool_call_id"
-                        ),
-                    ));
-                }
-            }
-        } else {
-            let made: HashSet<&str> = t
-                .checked_sub(1)
-                .and_then(|p| turns.get(p))
-                .map(Turn::tool_use_ids)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            for id in turn.tool_result_ids() {
-                if !made.contains(id) {
-                    let param = result_origin.get(id).cloned().unwrap_or_default();
-                    return Err(UpstreamError::unsupported(
-                        param.clone(),
-                        format!(
-                            "{param} ({id}) answers no tool call of the assistant message \
-                             right before it"
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
 }

@@ -23,8 +23,9 @@
 //! | high, xhigh, max | 24576 |
 //! | unset (thinking switched on by an alias or `thinking`) | -1 (dynamic) |
 //!
-//! Thinking off sends `thinkingBudget: 0`, except to models whose catalogue entry says they
-//! always think (2.5 Pro cannot turn it off), which get no budget at all.
+//! Thinking off sends `thinkingBudget: 0`; nobody asking sends no `thinkingConfig` (the model's
+//! default). Whether thinking is on is decided before this (`crate::thinking`): a model that
+//! always thinks (2.5 Pro) is never asked to switch it off.
 
 use std::collections::HashMap;
 
@@ -32,12 +33,12 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tollgate::v1::{
-    ChatRequest, Message, Role, ThinkingSupport, content_part::Part, message::Content,
+    ChatRequest, Message, ReasoningEffort, Role, content_part::Part, message::Content,
     tool_choice::Choice,
 };
 
 use super::{FORMAT, response::is_synthesized_id};
-use crate::{UpstreamError, images::ImageFetcher, providers::Target};
+use crate::{UpstreamError, images::ImageFetcher, providers::Target, thinking::Thinking};
 
 /// A `GenerateContentRequest` body (lowerCamelCase). Fields serialise in this order; unset or
 /// empty ones are left out.
@@ -537,13 +538,13 @@ fn mode_only(mode: &'static str) -> FunctionCallingConfig {
 }
 
 /// The thinking budget for a `reasoning_effort` (table in the module comment).
-pub(super) fn thinking_budget(effort: Option<&str>) -> i64 {
+pub(super) fn thinking_budget(effort: Option<ReasoningEffort>) -> i64 {
     match effort {
-        Some("minimal") => 128,
-        Some("low") => 1024,
-        Some("medium") => 8192,
-        Some("high" | "xhigh" | "max") => 24576,
-        _ => -1,
+        Some(ReasoningEffort::Minimal) => 128,
+        Some(ReasoningEffort::Low) => 1024,
+        Some(ReasoningEffort::Medium) => 8192,
+        Some(ReasoningEffort::High | ReasoningEffort::Xhigh | ReasoningEffort::Max) => 24576,
+        Some(ReasoningEffort::None | ReasoningEffort::Unspecified) | None => -1,
     }
 }
 
@@ -606,18 +607,17 @@ fn generation_config(
             }
         }
     }
-    let support = ThinkingSupport::try_from(target.route.thinking).unwrap_or_default();
     config.thinking_config = match target.thinking {
-        _ if support == ThinkingSupport::None => None,
-        Some(true) => Some(ThinkingConfig {
+        Thinking::On { effort } => Some(ThinkingConfig {
             include_thoughts: Some(true),
-            thinking_budget: thinking_budget(request.reasoning_effort.as_deref()),
+            thinking_budget: thinking_budget(effort),
         }),
-        Some(false) if support != ThinkingSupport::Always => Some(ThinkingConfig {
+        Thinking::Off => Some(ThinkingConfig {
             include_thoughts: None,
             thinking_budget: 0,
         }),
-        Some(false) | None => None,
+        // The model's default (2.5 Pro always thinks; asking for thoughts would change the answer).
+        Thinking::Default { .. } => None,
     };
     Ok(config)
 }
@@ -627,7 +627,7 @@ mod tests {
     use super::*;
     use tollgate::v1::{
         ContentPart, ContentParts, FunctionCall, FunctionDefinition, ImageUrl, ReasoningDetail,
-        ResolvedModel, ResponseFormat, Tool, ToolCall, ToolChoice,
+        ResolvedModel, ResponseFormat, ThinkingSupport, Tool, ToolCall, ToolChoice,
     };
 
     fn msg(role: Role, text: &str) -> Message {
@@ -667,10 +667,15 @@ mod tests {
         }
     }
 
+    /// The body with the caller's thinking switch set to `thinking`, decided as the service
+    /// decides it.
     async fn build(request: &ChatRequest, thinking: Option<bool>) -> Result<Value, UpstreamError> {
         let route = route(ThinkingSupport::Optional);
+        let mut request = request.clone();
+        request.thinking = thinking;
+        let thinking = crate::thinking::decide(&request, &route).unwrap();
         body(
-            request,
+            &request,
             &Target {
                 route: &route,
                 thinking,
@@ -951,7 +956,7 @@ mod tests {
             on["generationConfig"]["thinkingConfig"],
             json!({"includeThoughts": true, "thinkingBudget": -1})
         );
-        r.reasoning_effort = Some("low".into());
+        r.reasoning_effort = Some(ReasoningEffort::Low.into());
         let low = build(&r, Some(true)).await.unwrap();
         assert_eq!(
             low["generationConfig"]["thinkingConfig"]["thinkingBudget"],
@@ -966,13 +971,14 @@ mod tests {
             .await
             .unwrap();
         assert!(default.get("generationConfig").is_none());
-        // A model that always thinks cannot be switched off: no budget is sent.
+        // A model that always thinks, left to its default: nothing is sent (asking for thoughts
+        // would change the answer).
         let always = route(ThinkingSupport::Always);
         let body = body(
             &r,
             &Target {
                 route: &always,
-                thinking: Some(false),
+                thinking: Thinking::Default { thinks: true },
             },
             &ImageFetcher::default(),
         )
@@ -986,9 +992,9 @@ mod tests {
         );
         assert_eq!(
             (
-                thinking_budget(Some("minimal")),
-                thinking_budget(Some("medium")),
-                thinking_budget(Some("max"))
+                thinking_budget(Some(ReasoningEffort::Minimal)),
+                thinking_budget(Some(ReasoningEffort::Medium)),
+                thinking_budget(Some(ReasoningEffort::Max))
             ),
             (128, 8192, 24576)
         );

@@ -47,7 +47,7 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning_effort: Option<String>,
+    pub reasoning_effort: Option<ReasoningEffortJson>,
     /// DeepSeek-style thinking switch. Not rendered upstream as is: each provider expresses
     /// thinking its own way.
     #[serde(default, skip_serializing)]
@@ -183,6 +183,48 @@ pub struct ThinkingJson {
 pub enum ThinkingType {
     Enabled,
     Disabled,
+}
+
+/// OpenAI's `reasoning_effort` values, plus `max` (DeepSeek's and Anthropic's top effort).
+/// Anything else is a 400 naming `reasoning_effort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasoningEffortJson {
+    None,
+    Minimal,
+    Low,
+    Medium,
+    High,
+    Xhigh,
+    Max,
+}
+
+impl ReasoningEffortJson {
+    pub fn to_proto(self) -> v1::ReasoningEffort {
+        match self {
+            Self::None => v1::ReasoningEffort::None,
+            Self::Minimal => v1::ReasoningEffort::Minimal,
+            Self::Low => v1::ReasoningEffort::Low,
+            Self::Medium => v1::ReasoningEffort::Medium,
+            Self::High => v1::ReasoningEffort::High,
+            Self::Xhigh => v1::ReasoningEffort::Xhigh,
+            Self::Max => v1::ReasoningEffort::Max,
+        }
+    }
+
+    /// `None` for `UNSPECIFIED`, which has no JSON form.
+    pub fn from_proto(effort: v1::ReasoningEffort) -> Option<Self> {
+        Some(match effort {
+            v1::ReasoningEffort::Unspecified => return None,
+            v1::ReasoningEffort::None => Self::None,
+            v1::ReasoningEffort::Minimal => Self::Minimal,
+            v1::ReasoningEffort::Low => Self::Low,
+            v1::ReasoningEffort::Medium => Self::Medium,
+            v1::ReasoningEffort::High => Self::High,
+            v1::ReasoningEffort::Xhigh => Self::Xhigh,
+            v1::ReasoningEffort::Max => Self::Max,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -346,7 +388,7 @@ impl ChatCompletionRequest {
             frequency_penalty: self.frequency_penalty,
             logprobs: self.logprobs,
             top_logprobs: self.top_logprobs,
-            reasoning_effort: self.reasoning_effort,
+            reasoning_effort: self.reasoning_effort.map(|e| e.to_proto().into()),
             thinking: self.thinking.map(|t| t.kind == ThinkingType::Enabled),
             extra_json: if self.extra.is_empty() {
                 String::new()
@@ -451,7 +493,20 @@ impl ChatCompletionRequest {
             frequency_penalty: request.frequency_penalty,
             logprobs: request.logprobs,
             top_logprobs: request.top_logprobs,
-            reasoning_effort: request.reasoning_effort.clone(),
+            reasoning_effort: request
+                .reasoning_effort
+                .map(|e| {
+                    v1::ReasoningEffort::try_from(e)
+                        .ok()
+                        .and_then(ReasoningEffortJson::from_proto)
+                        .ok_or_else(|| {
+                            ApiError::invalid_param(
+                                "reasoning_effort",
+                                format!("reasoning_effort {e} is not a known effort"),
+                            )
+                        })
+                })
+                .transpose()?,
             thinking: request.thinking.map(|on| ThinkingJson {
                 kind: if on {
                     ThinkingType::Enabled
@@ -839,6 +894,34 @@ mod tests {
         let e = parse(json!({"model": "m", "messages": [], "thinking": {"type": "maybe"}}))
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("thinking.type"));
+    }
+
+    #[test]
+    fn reasoning_effort_is_one_of_the_known_efforts() {
+        for (text, effort) in [
+            ("none", v1::ReasoningEffort::None),
+            ("minimal", v1::ReasoningEffort::Minimal),
+            ("low", v1::ReasoningEffort::Low),
+            ("medium", v1::ReasoningEffort::Medium),
+            ("high", v1::ReasoningEffort::High),
+            ("xhigh", v1::ReasoningEffort::Xhigh),
+            ("max", v1::ReasoningEffort::Max),
+        ] {
+            let r = parse(json!({"model": "m", "messages": [], "reasoning_effort": text})).unwrap();
+            let proto = r.into_proto().unwrap();
+            assert_eq!(proto.reasoning_effort(), effort);
+            let back = ChatCompletionRequest::from_proto(&proto).unwrap();
+            assert_eq!(back.to_json()["reasoning_effort"], text);
+        }
+        let e = parse(json!({"model": "m", "messages": [], "reasoning_effort": "extreme"}))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
+        let unknown = v1::ChatRequest {
+            reasoning_effort: Some(99),
+            ..Default::default()
+        };
+        let e = ChatCompletionRequest::from_proto(&unknown).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
     }
 
     #[test]

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import uuid
 
+import grpc
 import openai
 import pytest
+
+from grpc_details import bad_request_fields
 
 from mock_rules import echo, expected_usage, reasoning, usage_of
 
@@ -91,14 +94,14 @@ def test_alias_thinking_wins_over_the_request(client, mock):
     """`deepseek-chat` is non-thinking by definition, whatever the body asks."""
     n = nonce()
     messages = [{"role": "user", "content": f"override attempt {n}"}]
-    try:
-        client.chat.completions.create(
-            model="deepseek-chat", messages=messages, extra_body={"thinking": {"type": "enabled"}}
-        )
-    except openai.BadRequestError:  # refusing the contradiction is acceptable too
-        pass
-    for r in mock.requests_with(n):
-        assert r["body"].get("thinking") == {"type": "disabled"}
+    resp = client.chat.completions.create(
+        model="deepseek-chat", messages=messages, extra_body={"thinking": {"type": "enabled"}, "reasoning_effort": "high"}
+    )
+    assert resp.choices[0].message.content == echo(messages)
+    assert extra(resp.choices[0].message).get("reasoning_content") is None
+    upstream = mock.single_request_with(n)["body"]
+    assert upstream["thinking"] == {"type": "disabled"}
+    assert "reasoning_effort" not in upstream, "the alias switched thinking off: no effort is sent"
 
 
 def test_openai_provider_never_receives_thinking(client, mock):
@@ -114,18 +117,16 @@ def test_openai_provider_never_receives_thinking(client, mock):
         assert r["body"]["model"] == "gpt-4.1-mini"
         assert "thinking" not in r["body"]
 
-    # Even when the client asks for thinking, the OpenAI upstream must not see the field
-    # (the gateway may refuse with 400 or drop it; the mock would answer 400 otherwise).
+    # gpt-4.1-mini cannot think (`thinking = "none"`): asking it to is a 400 naming the field.
     n = nonce()
-    try:
+    with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="gpt-4.1-mini",
             messages=[{"role": "user", "content": f"think anyway {n}"}],
             extra_body={"thinking": {"type": "enabled"}},
         )
-    except openai.BadRequestError:
-        pass
-    assert all("thinking" not in r["body"] for r in mock.requests_with(n))
+    assert err.value.body["param"] == "thinking"
+    assert mock.requests_with(n) == []
 
 
 @pytest.mark.parametrize("switch", ["enabled", "disabled"])
@@ -140,3 +141,98 @@ def test_caller_switches_thinking_on_a_plain_model(client, mock, switch):
     thinking = switch == "enabled"
     assert extra(resp.choices[0].message).get("reasoning_content") == (reasoning(messages) if thinking else None)
     assert usage_of(resp.usage) == expected_usage(messages, thinking)
+
+
+# ---------------------------------------------------------------- reasoning_effort
+
+
+@pytest.mark.parametrize("effort", ["none", "low", "high"])
+def test_reasoning_effort_on_a_model_that_cannot_think_is_400(client, mock, effort):
+    """As OpenAI answers: gpt-4.1-mini has `thinking = "none"`, so any effort is refused."""
+    n = nonce()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": f"effort {n}"}], reasoning_effort=effort
+        )
+    assert err.value.body["param"] == "reasoning_effort"
+    assert "gpt-4.1-mini" in err.value.body["message"]
+    assert mock.requests_with(n) == []
+
+
+def test_unknown_reasoning_effort_is_400(client, mock):
+    n = nonce()
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="deepseek-v4-flash", messages=[{"role": "user", "content": f"effort {n}"}], reasoning_effort="extreme"
+        )
+    assert err.value.body["param"] == "reasoning_effort"
+    assert mock.requests_with(n) == []
+
+
+@pytest.mark.parametrize("effort, thinking", [("high", {"type": "enabled"}), ("none", {"type": "disabled"})])
+def test_reasoning_effort_switches_thinking_on_a_plain_model(client, mock, effort, thinking):
+    n = nonce()
+    messages = [{"role": "user", "content": f"effort {effort} {n}"}]
+    resp = client.chat.completions.create(model="deepseek-v4-flash", messages=messages, reasoning_effort=effort)
+    sent = mock.single_request_with(n)["body"]
+    assert sent["thinking"] == thinking
+    assert sent.get("reasoning_effort") == (effort if effort != "none" else None)
+    on = thinking["type"] == "enabled"
+    assert extra(resp.choices[0].message).get("reasoning_content") == (reasoning(messages) if on else None)
+
+
+def test_an_alias_that_forces_thinking_on_keeps_the_requested_effort(client, mock):
+    n = nonce()
+    client.chat.completions.create(
+        model="deepseek-reasoner", messages=[{"role": "user", "content": f"effort {n}"}], reasoning_effort="low"
+    )
+    sent = mock.single_request_with(n)["body"]
+    assert (sent["thinking"], sent["reasoning_effort"]) == ({"type": "enabled"}, "low")
+
+
+def grpc_chat(model: str, text: str, **fields):
+    from tollgate.v1 import inference_pb2
+
+    return inference_pb2.ChatRequest(model=model, messages=[inference_pb2.Message(role=inference_pb2.ROLE_USER, text=text)], **fields)
+
+
+def test_grpc_reasoning_effort_on_a_model_that_cannot_think_is_invalid_argument(inference, key, mock):
+    from tollgate.v1 import inference_pb2
+
+    n = nonce()
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Chat(
+            grpc_chat("gpt-4.1-mini", f"effort {n}", reasoning_effort=inference_pb2.REASONING_EFFORT_HIGH),
+            metadata=[("authorization", f"Bearer {key.secret}")],
+            timeout=30,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value) == ["reasoning_effort"]
+    assert mock.requests_with(n) == []
+
+
+@pytest.mark.parametrize("value", [0, 99])
+def test_grpc_unknown_reasoning_effort_is_invalid_argument(inference, key, mock, value):
+    n = nonce()
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Chat(
+            grpc_chat("deepseek-v4-flash", f"effort {n}", reasoning_effort=value),
+            metadata=[("authorization", f"Bearer {key.secret}")],
+            timeout=30,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value) == ["reasoning_effort"]
+    assert mock.requests_with(n) == []
+
+
+def test_grpc_reasoning_effort_is_rendered_by_the_provider(inference, key, mock):
+    from tollgate.v1 import inference_pb2
+
+    n = nonce()
+    inference.Chat(
+        grpc_chat("deepseek-v4-flash", f"effort {n}", reasoning_effort=inference_pb2.REASONING_EFFORT_MAX),
+        metadata=[("authorization", f"Bearer {key.secret}")],
+        timeout=30,
+    )
+    sent = mock.single_request_with(n)["body"]
+    assert (sent["thinking"], sent["reasoning_effort"]) == ({"type": "enabled"}, "max")

@@ -24,6 +24,7 @@ import openai
 import pytest
 from tollgate.v1 import inference_pb2
 
+from grpc_details import error_reason
 from harness import PROVIDER_KEY, WRONG_PROVIDER_KEY, Gateway, auth, extra, nonce, user
 from mock_rules import (
     ANTHROPIC_TOOL_CALLS,
@@ -434,17 +435,37 @@ def test_image_of_an_unsupported_type_is_400(gateway, key, mock):
 
 
 def test_stop_temperature_top_p_and_user(client, mock):
+    # Claude 4.5 models take temperature or top_p, not both: each is checked on its own request.
     n = nonce()
     resp = client.chat.completions.create(
-        model=MODEL, messages=user(f"one two STOP three {n}"), stop=["STOP"], temperature=0.5, top_p=0.9, user="user-42"
+        model=MODEL, messages=user(f"one two STOP three {n}"), stop=["STOP"], temperature=0.5, user="user-42"
     )
     body = received(mock, n)
     assert body["stop_sequences"] == ["STOP"]
-    assert (body["temperature"], body["top_p"]) == (0.5, 0.9)
+    assert body["temperature"] == 0.5 and "top_p" not in body
     assert body["metadata"] == {"user_id": "user-42"}
     assert "user" not in body and "stop" not in body
     assert resp.choices[0].message.content == "Echo: one two "
     assert resp.choices[0].finish_reason == "stop"
+    n = nonce()
+    client.chat.completions.create(model=MODEL, messages=user(f"nucleus {n}"), top_p=0.9)
+    body = received(mock, n)
+    assert body["top_p"] == 0.9 and "temperature" not in body
+
+
+BOTH_SAMPLERS = "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+
+
+def test_temperature_with_top_p_is_anthropics_400_relayed(gateway, key, mock):
+    """Claude 4.5 models refuse both; older ones take both, and the catalogue does not say which
+    is which, so the gateway forwards the pair and relays Anthropic's 400 with its message."""
+    n = nonce()
+    r = post(gateway, key, {"model": MODEL, "messages": user(f"both {n}"), "temperature": 0.5, "top_p": 0.9})
+    err = assert_error(r, 400, "invalid_request_error", None)
+    assert err["code"] == "upstream_rejected", err
+    assert BOTH_SAMPLERS in err["message"], err
+    body = received(mock, n)
+    assert (body["temperature"], body["top_p"]) == (0.5, 0.9)
 
 
 def test_max_tokens_truncates_with_finish_reason_length(client, mock):
@@ -777,6 +798,19 @@ def test_grpc_upstream_errors(inference, key, status, code):
         inference.Chat(request, metadata=metadata(key), timeout=TIMEOUT)
     assert err.value.code() == code
     assert PROVIDER_KEY not in (err.value.details() or "")
+
+
+def test_grpc_temperature_with_top_p_is_anthropics_400_relayed(inference, key, mock):
+    n = nonce()
+    request = inference_pb2.ChatRequest(
+        model=MODEL, messages=[inference_pb2.Message(role=inference_pb2.ROLE_USER, text=f"both {n}")], temperature=0.5, top_p=0.9
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Chat(request, metadata=metadata(key), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert BOTH_SAMPLERS in err.value.details()
+    assert error_reason(err.value) == "invalid_request_error"
+    assert received(mock, n)["top_p"] == 0.9
 
 
 def test_grpc_n_above_one_is_invalid_argument(inference, key, mock):

@@ -419,9 +419,13 @@ def test_a_missing_tool_result_is_gemini_s_400(client, mock):
         },
         {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
     ]
+    # Gemini would answer 400 ("... number of function response parts is equal to the number of
+    # function call parts ..."); the gateway refuses it first, for every provider, naming the call.
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER, TIME])
-    assert "number of function response parts is equal to the number of function call parts" in err.value.message
+    assert err.value.body["param"] == "messages[1].tool_calls[1]"
+    assert "call_b" in err.value.message
+    assert mock.requests_with(n) == []
 
 
 # ---- images ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from tollgate.v1 import inference_pb2
 
+from grpc_details import bad_request_fields
 from harness import PRICES, PROVIDER_KEY, Gateway, auth, nonce, user
 from mock_rules import TOOL_ARGUMENTS, TOOL_CALL_ID, cost_usd, echo, expected_usage
 
@@ -96,16 +97,118 @@ def test_fields_only_openai_knows_pass_through(gateway, key, mock):
         "user": "user-1",
         "safety_identifier": "hashed-user",
         "prompt_cache_key": "cache-key-1",
-        "presence_penalty": 0.5,
-        "frequency_penalty": -0.5,
-        "logprobs": True,
-        "top_logprobs": 2,
         "reasoning_effort": "high",
     }
     r = post(gateway, key, {"model": "o4-mini", "messages": user(f"pass it all {n}"), **fields})
     assert r.status_code == 200, r.text
     sent = mock.single_request_with(n)["body"]
     assert {k: sent.get(k) for k in fields} == fields
+
+
+# What OpenAI's reasoning models answer `unsupported_parameter` for (the gateway refuses it first).
+REASONING_MODEL_REFUSES = {"presence_penalty": 0.5, "frequency_penalty": -0.5, "logprobs": True, "top_logprobs": 2}
+
+
+@pytest.mark.parametrize("field", REASONING_MODEL_REFUSES)
+def test_penalties_and_logprobs_are_refused_for_reasoning_models_with_400(gateway, key, mock, field):
+    n = nonce()
+    r = post(gateway, key, {"model": "o4-mini", "messages": user(f"refuse {field} {n}"), field: REASONING_MODEL_REFUSES[field]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"]) == ("invalid_request_error", field)
+    assert "o4-mini" in err["message"]
+    assert mock.requests_with(n) == []
+
+
+def test_penalties_and_logprobs_reach_other_models(gateway, key, mock):
+    n = nonce()
+    r = post(gateway, key, {"model": "gpt-4.1-mini", "messages": user(f"penalties {n}"), **REASONING_MODEL_REFUSES})
+    assert r.status_code == 200, r.text
+    sent = mock.single_request_with(n)["body"]
+    assert {k: sent.get(k) for k in REASONING_MODEL_REFUSES} == REASONING_MODEL_REFUSES
+
+
+@pytest.mark.parametrize("field", REASONING_MODEL_REFUSES)
+def test_grpc_penalties_and_logprobs_for_a_reasoning_model_are_invalid_argument(inference, key, mock, field):
+    n = nonce()
+    req = inference_pb2.ChatRequest(
+        model="o4-mini", messages=[inference_pb2.Message(role=inference_pb2.ROLE_USER, text=f"refuse {n}")], **{field: REASONING_MODEL_REFUSES[field]}
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value) == [field]
+    assert mock.requests_with(n) == []
+
+
+def tool_call(call_id: str) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    "messages, param",
+    [
+        # A tool message with no assistant tool_calls before it.
+        ([{"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "call_1", "content": "r"}], "messages[1].tool_call_id"),
+        # A tool message answering an id the assistant did not call.
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [tool_call("call_1")]},
+             {"role": "tool", "tool_call_id": "call_9", "content": "r"}],
+            "messages[2].tool_call_id",
+        ),
+        # A call left unanswered.
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [tool_call("call_1"), tool_call("call_2")]},
+             {"role": "tool", "tool_call_id": "call_1", "content": "r"}, {"role": "user", "content": "next"}],
+            "messages[1].tool_calls[1]",
+        ),
+    ],
+)
+def test_tool_messages_that_answer_no_call_are_refused_with_400(gateway, key, mock, messages, param):
+    """OpenAI (and the mock) refuse these; the gateway refuses them first, naming the message."""
+    n = nonce()
+    messages = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} {n}"}]
+    r = post(gateway, key, {"model": "gpt-4.1-mini", "messages": messages, "tools": [WEATHER_TOOL]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"]) == ("invalid_request_error", param)
+    assert mock.requests_with(n) == []
+
+
+def test_user_message_between_tool_results_is_openais_400_relayed(gateway, key, mock):
+    """The Anthropic and Gemini adapters merge such a message into the results' turn; OpenAI
+    refuses it, so the gateway forwards it and relays OpenAI's 400 with its message."""
+    n = nonce()
+    messages = [
+        {"role": "user", "content": f"q {n}"},
+        {"role": "assistant", "content": None, "tool_calls": [tool_call("call_1"), tool_call("call_2")]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "r1"},
+        {"role": "user", "content": "and"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "r2"},
+    ]
+    r = post(gateway, key, {"model": "gpt-4.1-mini", "messages": messages, "tools": [WEATHER_TOOL]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["code"]) == ("invalid_request_error", "upstream_rejected")
+    assert "must be followed by tool messages responding to each 'tool_call_id'" in err["message"]
+    assert "call_2" in err["message"]
+    assert len(mock.requests_with(n)) == 1
+
+
+def test_grpc_tool_message_answering_no_call_is_invalid_argument(inference, key, mock):
+    n = nonce()
+    req = inference_pb2.ChatRequest(
+        model="gpt-4.1-mini",
+        messages=[
+            inference_pb2.Message(role=inference_pb2.ROLE_USER, text=f"q {n}"),
+            inference_pb2.Message(role=inference_pb2.ROLE_TOOL, text="r", tool_call_id="call_1"),
+        ],
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value) == ["messages[1].tool_call_id"]
+    assert mock.requests_with(n) == []
 
 
 def test_developer_role_is_kept_and_reasoning_fields_are_stripped(client, mock):

@@ -40,6 +40,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A request this provider cannot take: a 400 naming the OpenAI field `param`.
+    pub fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Unsupported {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
     /// Maps an upstream HTTP error status (and the upstream's message) onto the error kinds.
     pub fn from_status(provider: &str, status: u16, message: String) -> Self {
         let provider = provider.to_owned();

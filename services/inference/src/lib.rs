@@ -8,6 +8,7 @@ pub mod images;
 pub mod providers;
 pub mod service;
 mod streaming;
+pub mod thinking;
 pub mod token_bounds;
 pub mod validate;
 

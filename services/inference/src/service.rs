@@ -26,6 +26,7 @@ use crate::{
     Provider, Providers, UpstreamError,
     providers::Target,
     streaming,
+    thinking::{self, Thinking},
     token_bounds::{self, TokenBounds},
     validate,
 };
@@ -83,7 +84,7 @@ pub(crate) struct Admitted {
     pub key_id: String,
     pub route: ResolvedModel,
     pub provider: Arc<Provider>,
-    pub thinking: Option<bool>,
+    pub thinking: Thinking,
     pub streamed: bool,
     /// The token bounds the request was admitted (and its money reserved) at.
     pub bounds: TokenBounds,
@@ -145,6 +146,7 @@ impl InferenceService {
             .await?
             .into_inner();
         validate::for_model(request, &route)?;
+        let thinking = thinking::decide(request, &route)?;
         let provider = self
             .inner
             .providers
@@ -157,6 +159,15 @@ impl InferenceService {
                 )
             })?;
         provider.ready().map_err(|e| e.to_api_error())?;
+        provider
+            .check(
+                request,
+                &Target {
+                    route: &route,
+                    thinking,
+                },
+            )
+            .map_err(|e| e.to_api_error())?;
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let bounds = token_bounds::bounds(request, &route);
         let total_ms = u64::try_from(provider.timeouts().total.as_millis()).unwrap_or(u64::MAX);
@@ -174,13 +185,6 @@ impl InferenceService {
         }
         let admission = self.inner.metering.clone().admit(admit).await?.into_inner();
         let in_flight = InFlightGuard::new(&self.inner.in_flight);
-        // The alias decides first, then the caller's thinking switch, then reasoning_effort.
-        let thinking = route.thinking_override.or(request.thinking).or_else(|| {
-            request
-                .reasoning_effort
-                .as_deref()
-                .map(|effort| effort != "none")
-        });
         Ok(Admitted {
             request_id,
             created: chrono::Utc::now().timestamp(),

@@ -3,7 +3,10 @@
 
 use tollgate::{
     error::ApiError,
-    v1::{ChatRequest, ResolvedModel, Role, content_part::Part, message::Content},
+    v1::{
+        ChatRequest, Message, ReasoningEffort, ResolvedModel, Role, content_part::Part,
+        message::Content,
+    },
 };
 
 /// OpenAI's limit on stop sequences.
@@ -76,6 +79,16 @@ pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
             ));
         }
     }
+    tool_results_answer_calls(&request.messages)?;
+    let known_effort = |e: i32| {
+        ReasoningEffort::try_from(e).is_ok_and(|effort| effort != ReasoningEffort::Unspecified)
+    };
+    if request.reasoning_effort.is_some_and(|e| !known_effort(e)) {
+        return Err(ApiError::invalid_param(
+            "reasoning_effort",
+            "reasoning_effort must be one of none, minimal, low, medium, high, xhigh, max",
+        ));
+    }
     range("temperature", request.temperature, 0.0, 2.0)?;
     range("top_p", request.top_p, 0.0, 1.0)?;
     range("presence_penalty", request.presence_penalty, -2.0, 2.0)?;
@@ -134,6 +147,69 @@ pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The calls of the assistant message being answered: its index and, per call not answered
+/// yet, the call's index and id.
+type OpenCalls<'a> = Option<(usize, Vec<(usize, &'a str)>)>;
+
+/// Every tool message answers a call of the last assistant message before it, and every call is
+/// answered before the next assistant message (or the end): every provider refuses a
+/// conversation that breaks this, so it is refused here, naming the message. User or system
+/// messages between the results are left to the provider: the Anthropic and Gemini adapters
+/// merge them into the results' turn, OpenAI-protocol upstreams refuse them (their 400 is
+/// relayed).
+fn tool_results_answer_calls(messages: &[Message]) -> Result<(), ApiError> {
+    let mut open: OpenCalls<'_> = None;
+    for (i, message) in messages.iter().enumerate() {
+        if message.role() == Role::Tool {
+            let id = message.tool_call_id.as_deref().unwrap_or_default();
+            let answered = open.as_mut().and_then(|(_, calls)| {
+                let k = calls.iter().position(|(_, call)| *call == id)?;
+                Some(calls.remove(k))
+            });
+            if answered.is_none() {
+                let param = format!("messages[{i}].tool_call_id");
+                return Err(ApiError::invalid_param(
+                    &param,
+                    format!(
+                        "{param} ({id}) answers no tool call of the assistant message before it: \
+                         tool messages must follow the assistant message whose tool_calls they \
+                         answer"
+                    ),
+                ));
+            }
+            continue;
+        }
+        if message.role() != Role::Assistant {
+            continue;
+        }
+        unanswered_call(&open)?;
+        open = (!message.tool_calls.is_empty()).then(|| {
+            let calls = message.tool_calls.iter().map(|c| c.id.as_str());
+            (i, calls.enumerate().collect())
+        });
+    }
+    unanswered_call(&open)
+}
+
+fn unanswered_call(open: &OpenCalls<'_>) -> Result<(), ApiError> {
+    match open {
+        Some((i, calls)) => match calls.first() {
+            Some((j, id)) => {
+                let param = format!("messages[{i}].tool_calls[{j}]");
+                Err(ApiError::invalid_param(
+                    &param,
+                    format!(
+                        "{param} (id {id}) has no tool message answering it: every tool call \
+                         must be followed by a tool message with its tool_call_id"
+                    ),
+                ))
+            }
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
 }
 
 /// Checks the request against the model it resolved to.
@@ -245,6 +321,103 @@ mod tests {
             json_schema: None,
         });
         assert_eq!(param(&r).as_deref(), Some("response_format.type"));
+    }
+
+    #[test]
+    fn reasoning_effort_must_be_a_known_effort() {
+        let mut r = valid();
+        r.reasoning_effort = Some(ReasoningEffort::High.into());
+        assert_eq!(param(&r), None);
+        for unknown in [0, 99] {
+            r.reasoning_effort = Some(unknown);
+            assert_eq!(param(&r).as_deref(), Some("reasoning_effort"));
+        }
+    }
+
+    #[test]
+    fn tool_messages_answer_the_calls_right_before_them() {
+        use tollgate::v1::{FunctionCall, ToolCall};
+        let user = |text: &str| Message {
+            role: Role::User.into(),
+            content: Some(Content::Text(text.into())),
+            ..Default::default()
+        };
+        let calls = |ids: &[&str]| Message {
+            role: Role::Assistant.into(),
+            tool_calls: ids
+                .iter()
+                .map(|id| ToolCall {
+                    id: (*id).into(),
+                    r#type: "function".into(),
+                    function: Some(FunctionCall {
+                        name: "f".into(),
+                        arguments: "{}".into(),
+                    }),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let answer = |id: &str| Message {
+            role: Role::Tool.into(),
+            content: Some(Content::Text("r".into())),
+            tool_call_id: Some(id.into()),
+            ..Default::default()
+        };
+        let check = |messages: Vec<Message>| {
+            param(&ChatRequest {
+                messages,
+                ..valid()
+            })
+        };
+        // Answered in any order, then the conversation goes on.
+        let ok = vec![
+            user("q"),
+            calls(&["a", "b"]),
+            answer("b"),
+            answer("a"),
+            user("more"),
+        ];
+        assert_eq!(check(ok), None);
+        // A user message between the results is the provider's business.
+        assert_eq!(
+            check(vec![
+                user("q"),
+                calls(&["a", "b"]),
+                answer("a"),
+                user("and"),
+                answer("b")
+            ]),
+            None
+        );
+        // A call left unanswered, at the end or before the next assistant message.
+        assert_eq!(
+            check(vec![user("q"), calls(&["a", "b"]), answer("a")]).as_deref(),
+            Some("messages[1].tool_calls[1]")
+        );
+        let assistant = Message {
+            role: Role::Assistant.into(),
+            content: Some(Content::Text("done".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(vec![
+                user("q"),
+                calls(&["a"]),
+                user("never mind"),
+                assistant
+            ])
+            .as_deref(),
+            Some("messages[1].tool_calls[0]")
+        );
+        // A tool message with nothing to answer, or answering another id.
+        assert_eq!(
+            check(vec![user("q"), answer("a")]).as_deref(),
+            Some("messages[1].tool_call_id")
+        );
+        assert_eq!(
+            check(vec![user("q"), calls(&["a"]), answer("x")]).as_deref(),
+            Some("messages[2].tool_call_id")
+        );
     }
 
     #[test]

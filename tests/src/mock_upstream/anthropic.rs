@@ -6,7 +6,8 @@
 //! It refuses what Anthropic refuses, with Anthropic's wording where it is on record: unknown
 //! top-level fields, a missing `max_tokens`, a `system` role inside `messages`, empty content and
 //! empty text blocks, tool_use blocks without tool_result blocks in the next user message,
-//! tool_result blocks that are not first or answer nothing, `temperature` above 1, base64 image
+//! tool_result blocks that are not first or answer nothing, `temperature` above 1, `temperature`
+//! and `top_p` together on Claude 4.5 and later models, base64 image
 //! data with a `data:` prefix or an unsupported `media_type`, a thinking budget under 1024 or not
 //! below `max_tokens`, thinking with forced tool use or a modified temperature, and — with
 //! thinking on — a final assistant tool_use turn that does not start with its thinking block, or
@@ -228,6 +229,22 @@ pub async fn messages(api_key: Option<&str>, headers: &HeaderMap, body: &Bytes) 
     }
 }
 
+/// Claude models from the 4.5 generation on (`claude-sonnet-4-5`, `claude-haiku-4-5-20251001`,
+/// `claude-opus-4-6`, ...) take `temperature` or `top_p`, not both; older ones
+/// (`claude-sonnet-4-20250514`, `claude-3-7-sonnet-latest`) take both.
+fn refuses_temperature_with_top_p(model: &str) -> bool {
+    let mut numbers = model
+        .split('-')
+        .filter_map(|part| part.parse::<u32>().ok())
+        // A date suffix is not a version number.
+        .filter(|n| *n < 100);
+    match (numbers.next(), numbers.next()) {
+        (Some(major), _) if major >= 5 => true,
+        (Some(4), Some(minor)) => minor >= 5,
+        _ => false,
+    }
+}
+
 fn field_required(field: &str) -> AnthropicError {
     AnthropicError::invalid(format!("{field}: Field required"))
 }
@@ -269,6 +286,12 @@ fn plan(body: &Value) -> Result<Plan, AnthropicError> {
                 )));
             }
         }
+    }
+    let set = |field: &str| obj.get(field).is_some_and(|v| !v.is_null());
+    if set("temperature") && set("top_p") && refuses_temperature_with_top_p(&model) {
+        return Err(AnthropicError::invalid(
+            "`temperature` and `top_p` cannot both be specified for this model. Please use only one.",
+        ));
     }
     let stop_sequences: Vec<String> = match obj.get("stop_sequences") {
         None => vec![],
@@ -1095,6 +1118,36 @@ mod tests {
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "data:image/png;base64,AAAA"}}
         ]}]});
         assert!(refusal(prefixed).contains("not valid base64"));
+    }
+
+    #[test]
+    fn claude_4_5_and_later_take_temperature_or_top_p_not_both() {
+        let both = json!({"temperature": 0.5, "top_p": 0.9});
+        let e = plan(&request(both.clone())).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.body()["error"],
+            json!({
+                "type": "invalid_request_error",
+                "message": "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+            })
+        );
+        assert!(plan(&request(json!({"temperature": 0.5}))).is_ok());
+        assert!(plan(&request(json!({"top_p": 0.9}))).is_ok());
+        for model in ["claude-haiku-4-5-20251001", "claude-opus-4-6"] {
+            let mut body = request(both.clone());
+            body["model"] = json!(model);
+            assert!(plan(&body).is_err(), "{model}");
+        }
+        for model in [
+            "claude-sonnet-4-20250514",
+            "claude-3-7-sonnet-latest",
+            "claude-opus-4-1",
+        ] {
+            let mut body = request(both.clone());
+            body["model"] = json!(model);
+            assert!(plan(&body).is_ok(), "{model}");
+        }
     }
 
     #[test]

@@ -191,6 +191,7 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         Some(other) => return Err(invalid_type("model", "a string", other)),
     }
     let messages = validate_messages(obj)?;
+    validate_tool_pairs(messages)?;
     let minimax = match flavour {
         Flavour::MiniMax => Some(super::minimax::validate(obj, messages)?),
         _ => None,
@@ -321,7 +322,8 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
     })
 }
 
-/// OpenAI's reasoning models (`o1*`, `o3*`, `o4*`, `gpt-5*`) refuse `max_tokens` and `stop`.
+/// OpenAI's reasoning models (`o1*`, `o3*`, `o4*`, `gpt-5*`) refuse `max_tokens`, `stop`, the
+/// penalties and log probabilities (`unsupported_parameter`).
 fn validate_openai_reasoning_model(obj: &Map<String, Value>, model: &str) -> Result<(), MockError> {
     let reasoning = ["o1", "o3", "o4", "gpt-5"]
         .iter()
@@ -343,7 +345,76 @@ fn validate_openai_reasoning_model(obj: &Map<String, Value>, model: &str) -> Res
         .with_param("stop")
         .with_code("unsupported_parameter"));
     }
+    for field in [
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+    ] {
+        if obj.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(MockError::invalid(format!(
+                "Unsupported parameter: '{field}' is not supported with this model."
+            ))
+            .with_param(field)
+            .with_code("unsupported_parameter"));
+        }
+    }
     Ok(())
+}
+
+/// OpenAI's (and its family's) rule on tool results: a `tool` message must answer a call of the
+/// assistant message its run of tool messages follows, and every call of that message must be
+/// answered before any other message. Refused in OpenAI's words.
+fn validate_tool_pairs(messages: &[Value]) -> Result<(), MockError> {
+    // The assistant message being answered: its index and the call ids not answered yet.
+    let mut open: Option<(usize, Vec<&str>)> = None;
+    for (i, message) in messages.iter().enumerate() {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        if role == "tool" {
+            let id = message
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let Some((_, pending)) = open.as_mut() else {
+                return Err(MockError::invalid(
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                )
+                .with_param(format!("messages.[{i}].role")));
+            };
+            let Some(k) = pending.iter().position(|p| *p == id) else {
+                return Err(MockError::invalid(format!(
+                    "Invalid parameter: 'tool_call_id' of '{id}' not found in 'tool_calls' of previous message."
+                ))
+                .with_param(format!("messages.[{i}].tool_call_id")));
+            };
+            pending.remove(k);
+            continue;
+        }
+        unanswered(open.as_ref())?;
+        let calls: Vec<&str> = message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter_map(|c| c.get("id").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        open = (role == "assistant" && !calls.is_empty()).then_some((i, calls));
+    }
+    unanswered(open.as_ref())
+}
+
+fn unanswered(open: Option<&(usize, Vec<&str>)>) -> Result<(), MockError> {
+    match open {
+        Some((i, pending)) if !pending.is_empty() => Err(MockError::invalid(format!(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
+            pending.join(", ")
+        ))
+        .with_param(format!("messages.[{i}].role"))),
+        _ => Ok(()),
+    }
 }
 
 fn validate_messages(obj: &Map<String, Value>) -> Result<&Vec<Value>, MockError> {
@@ -778,6 +849,8 @@ pub(super) fn number_directive(text: &str, name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -793,5 +866,83 @@ mod tests {
         assert_eq!(number_directive("x [cache=12] y", "cache"), Some(12));
         assert_eq!(number_directive("[delay_ms=5]", "delay_ms"), Some(5));
         assert_eq!(number_directive("[chunk_delay_ms=7]", "delay_ms"), None);
+    }
+
+    fn refusal(body: Value) -> MockError {
+        match plan(&body) {
+            Ok(_) => panic!("the mock accepted {body}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn reasoning_models_refuse_penalties_and_logprobs_as_openai_does() {
+        for (field, value) in [
+            ("presence_penalty", json!(0.5)),
+            ("frequency_penalty", json!(-0.5)),
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(2)),
+        ] {
+            let mut body =
+                json!({"model": "o4-mini", "messages": [{"role": "user", "content": "hi"}]});
+            body[field] = value;
+            let e = refusal(body.clone());
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(
+                e.body()["error"],
+                json!({
+                    "message": format!("Unsupported parameter: '{field}' is not supported with this model."),
+                    "type": "invalid_request_error",
+                    "param": field,
+                    "code": "unsupported_parameter",
+                })
+            );
+            body["model"] = json!("gpt-4.1-mini");
+            assert!(plan(&body).is_ok(), "{field} is fine for other models");
+        }
+    }
+
+    #[test]
+    fn tool_messages_must_answer_the_calls_before_them() {
+        let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}});
+        let user = json!({"role": "user", "content": "q"});
+        let asked = |ids: &[&str]| json!({"role": "assistant", "content": null, "tool_calls": ids.iter().map(|id| call(id)).collect::<Vec<_>>()});
+        let answer = |id: &str| json!({"role": "tool", "tool_call_id": id, "content": "r"});
+        let body = |messages: Vec<Value>| json!({"model": "gpt-4.1-mini", "messages": messages});
+
+        assert!(
+            plan(&body(vec![
+                user.clone(),
+                asked(&["a", "b"]),
+                answer("b"),
+                answer("a"),
+                user.clone()
+            ]))
+            .is_ok()
+        );
+
+        let orphan = refusal(body(vec![user.clone(), answer("a")]));
+        assert_eq!(
+            orphan.body()["error"],
+            json!({
+                "message": "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                "type": "invalid_request_error",
+                "param": "messages.[1].role",
+                "code": null,
+            })
+        );
+        let unknown = refusal(body(vec![user.clone(), asked(&["a"]), answer("x")]));
+        assert_eq!(unknown.param.as_deref(), Some("messages.[2].tool_call_id"));
+        let unanswered = refusal(body(vec![
+            user.clone(),
+            asked(&["a", "b"]),
+            answer("a"),
+            user,
+        ]));
+        assert_eq!(
+            unanswered.message,
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: b"
+        );
+        assert_eq!(unanswered.param.as_deref(), Some("messages.[1].role"));
     }
 }

@@ -3,16 +3,21 @@
 //! `reasoning_content`; usage reports cache hits as `prompt_cache_hit_tokens`. Assistant
 //! messages keep their `reasoning_content`, which DeepSeek requires back after tool calls.
 //! `response_format` is `text` or `json_object` only: a `json_schema` request is refused with a
-//! 400 naming `response_format` rather than forwarded to fail upstream.
+//! 400 naming `response_format` rather than forwarded to fail upstream. A generation cut short
+//! for lack of capacity (finish reason `insufficient_system_resource`) fails the request with a
+//! retryable 503 instead of passing as a silent stop.
 
 use serde_json::{Value, json};
 use tollgate::{
-    openai::{ChatCompletionRequest, RoleJson, UsageJson},
+    openai::{ChatCompletionRequest, UsageJson},
     v1::Usage,
 };
 
 use super::{Target, openai_wire::Dialect};
 use crate::UpstreamError;
+
+/// DeepSeek's finish reason for a generation cut short by a lack of inference capacity.
+const INSUFFICIENT_RESOURCES: &str = "insufficient_system_resource";
 
 #[derive(Debug)]
 pub struct DeepSeek;
@@ -23,25 +28,27 @@ impl Dialect for DeepSeek {
             && format.kind != "text"
             && format.kind != "json_object"
         {
-            return Err(UpstreamError::Unsupported {
-                param: "response_format".to_owned(),
-                message: format!(
+            return Err(UpstreamError::unsupported(
+                "response_format",
+                format!(
                     "DeepSeek models support response_format text and json_object, not {}",
                     format.kind
                 ),
-            });
+            ));
         }
-        for message in &mut body.messages {
-            if message.role == RoleJson::Developer {
-                message.role = RoleJson::System;
-            }
-        }
-        if let Some(on) = target.thinking {
+        if let Some(on) = target.thinking.switch() {
             let kind = if on { "enabled" } else { "disabled" };
             body.extra
                 .insert("thinking".to_owned(), json!({"type": kind}));
         }
         Ok(())
+    }
+
+    fn failed_finish(provider: &str, reason: &str) -> Option<UpstreamError> {
+        (reason == INSUFFICIENT_RESOURCES).then(|| UpstreamError::OutOfCapacity {
+            provider: provider.to_owned(),
+            reason: reason.to_owned(),
+        })
     }
 
     /// DeepSeek's usage: cache hits may come only as `prompt_cache_hit_tokens`.
@@ -95,7 +102,7 @@ mod tests {
         };
         let target = Target {
             route: &route,
-            thinking,
+            thinking: crate::thinking::Thinking::from_switch(thinking),
         };
         let request = ChatCompletionRequest::from_json(body)
             .unwrap()

@@ -9,6 +9,7 @@ use std::fmt;
 
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
@@ -102,15 +103,31 @@ impl Upstream {
         }
     }
 
-    /// POSTs `body` as JSON and returns the response whatever its status, once its headers
-    /// arrived within the first-token deadline. Callers that need to read a provider-specific
-    /// error body use this; the others use [`Upstream::post_json`].
-    pub async fn post_json_any_status(
+    /// POSTs `body` as JSON; a non-2xx answer becomes the matching [`UpstreamError`] carrying the
+    /// upstream's message (`{"error":{"message"}}`, the shape OpenAI, Anthropic and Gemini share).
+    pub async fn post_json(
         &self,
         url: &str,
         key: KeyPlacement,
         headers: &[(&'static str, &str)],
-        body: &Value,
+        body: &impl Serialize,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.post_json_with(url, key, headers, body, |provider, status, text| {
+            UpstreamError::from_status(provider, status, error_message(text))
+        })
+        .await
+    }
+
+    /// [`Upstream::post_json`] for a provider whose error bodies need reading its own way:
+    /// `status_error(provider name, HTTP status, body text)` maps a non-2xx answer. The answer
+    /// counts once its headers arrived within the first-token deadline.
+    pub async fn post_json_with(
+        &self,
+        url: &str,
+        key: KeyPlacement,
+        headers: &[(&'static str, &str)],
+        body: &impl Serialize,
+        status_error: impl FnOnce(&str, u16, &str) -> UpstreamError,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.ready()?;
         let mut request = self.client.post(url).json(body);
@@ -123,35 +140,19 @@ impl Upstream {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        tokio::time::timeout(self.timeouts.first_token, request.send())
+        let response = tokio::time::timeout(self.timeouts.first_token, request.send())
             .await
             .map_err(|_| UpstreamError::Timeout {
                 provider: self.name.clone(),
                 seconds: self.timeouts.first_token.as_secs(),
             })?
-            .map_err(|e| self.transport_error(&e))
-    }
-
-    /// POSTs `body` as JSON; a non-2xx answer becomes the matching [`UpstreamError`] carrying the
-    /// upstream's message (`{"error":{"message"}}`, the shape OpenAI, Anthropic and Gemini share).
-    pub async fn post_json(
-        &self,
-        url: &str,
-        key: KeyPlacement,
-        headers: &[(&'static str, &str)],
-        body: &Value,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let response = self.post_json_any_status(url, key, headers, body).await?;
+            .map_err(|e| self.transport_error(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        Err(UpstreamError::from_status(
-            &self.name,
-            status,
-            error_message(&text),
-        ))
+        Err(status_error(&self.name, status, &text))
     }
 
     /// The whole body of a successful response as JSON. Leading blank lines (DeepSeek's

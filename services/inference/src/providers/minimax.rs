@@ -36,10 +36,10 @@ pub struct MiniMax;
 /// Refuses a sampling parameter outside MiniMax's (0, 1].
 fn check_unit_interval(field: &str, value: Option<f64>) -> Result<(), UpstreamError> {
     match value {
-        Some(v) if !(v > 0.0 && v <= 1.0) => Err(UpstreamError::Unsupported {
-            param: field.to_owned(),
-            message: format!("MiniMax models take {field} in (0, 1]; got {v}"),
-        }),
+        Some(v) if !(v > 0.0 && v <= 1.0) => Err(UpstreamError::unsupported(
+            field,
+            format!("MiniMax models take {field} in (0, 1]; got {v}"),
+        )),
         _ => Ok(()),
     }
 }
@@ -52,15 +52,12 @@ impl Dialect for MiniMax {
         check_unit_interval("temperature", body.temperature)?;
         check_unit_interval("top_p", body.top_p)?;
         if body.n.is_some_and(|n| n > 1) {
-            return Err(UpstreamError::Unsupported {
-                param: "n".to_owned(),
-                message: "MiniMax models return one choice: n must be 1".to_owned(),
-            });
+            return Err(UpstreamError::unsupported(
+                "n",
+                "MiniMax models return one choice: n must be 1",
+            ));
         }
         for message in &mut body.messages {
-            if message.role == RoleJson::Developer {
-                message.role = RoleJson::System;
-            }
             // MiniMax takes reasoning back as reasoning_details (the wire kept ours), not as
             // text. A client that kept only `reasoning_content` (as DeepSeek clients do) still
             // gets a working tool loop: the text becomes the detail MiniMax needs.
@@ -81,7 +78,7 @@ impl Dialect for MiniMax {
             .retain(|k, _| !OPENAI_ONLY_FIELDS.contains(&k.as_str()));
         body.extra
             .insert("reasoning_split".to_owned(), Value::Bool(true));
-        if let Some(on) = target.thinking {
+        if let Some(on) = target.thinking.switch() {
             let kind = if on { "adaptive" } else { "disabled" };
             body.extra
                 .insert("thinking".to_owned(), json!({"type": kind}));
@@ -158,7 +155,7 @@ mod tests {
         let route = route();
         let target = Target {
             route: &route,
-            thinking,
+            thinking: crate::thinking::Thinking::from_switch(thinking),
         };
         let request: ChatRequest = ChatCompletionRequest::from_json(body)
             .unwrap()

@@ -1,5 +1,7 @@
 //! Provider adapters: one file per provider kind, a closed enum over them, and one trait for
-//! their shape. Adding a provider is one file, one enum arm and one config `kind`.
+//! their shape. Adding a provider is one file (implementing [`ChatProvider`], or [`Dialect`]
+//! for an OpenAI-protocol provider), one [`Provider`] variant with its arm in [`Provider::new`]
+//! and in [`Provider::dispatch`] (the only `match` over providers), and one config `kind`.
 //!
 //! Adapters speak in `tollgate.v1` messages: a [`ChatRequest`] plus its resolved [`Target`] in,
 //! a [`ChatResponse`] or a stream of [`ChatChunk`]s (usage normalised, possibly attached to any
@@ -17,16 +19,19 @@ mod think_tags;
 
 use std::{collections::HashMap, pin::Pin, sync::Arc};
 
-use futures::Stream;
+use futures::{Stream, future::BoxFuture};
 use tollgate::v1::{ChatChunk, ChatRequest, ChatResponse, ResolvedModel};
 
 use http::Upstream;
+#[cfg(doc)]
+use openai_wire::Dialect;
 use openai_wire::{OpenAiFamily, OpenAiWire};
 
 use crate::{
     UpstreamError,
     config::{ProviderConfig, ProviderKind, Timeouts},
     images::{ImageFetcher, ImagesConfig},
+    thinking::Thinking,
 };
 
 /// Why a provider's HTTP client could not be built.
@@ -39,12 +44,22 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, UpstreamError
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
     pub route: &'a ResolvedModel,
-    /// Thinking forced on or off (by the alias or the request); `None` leaves the upstream default.
-    pub thinking: Option<bool>,
+    /// Thinking as decided for this request (`thinking::decide`); adapters only render it.
+    pub thinking: Thinking,
 }
 
 /// What every provider adapter does.
-pub trait ChatProvider {
+pub trait ChatProvider: Send + Sync {
+    /// The HTTP side of this provider (key, deadlines, pooled client).
+    fn upstream(&self) -> &Upstream;
+
+    /// Refuses, before the request is admitted (and counted), what this provider is known to
+    /// refuse for the routed model; cheap and without I/O. The rest is found while building the
+    /// upstream body.
+    fn check(&self, _request: &ChatRequest, _target: &Target<'_>) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+
     fn chat(
         &self,
         request: &ChatRequest,
@@ -91,26 +106,31 @@ impl Provider {
         })
     }
 
+    /// Hands the adapter inside to `call`: the one place that matches over provider kinds.
+    fn dispatch<'a, C: ProviderCall<'a>>(&'a self, call: C) -> C::Output {
+        match self {
+            Self::Openai(p) => call.call(p),
+            Self::Deepseek(p) => call.call(p),
+            Self::OpenaiCompatible(p) => call.call(p),
+            Self::Anthropic(p) => call.call(p),
+            Self::Gemini(p) => call.call(p),
+            Self::Minimax(p) => call.call(p),
+        }
+    }
+
     /// Refuses at once when the provider cannot be called (its key is not configured), so such a
     /// request is never admitted nor counted.
     pub fn ready(&self) -> Result<(), UpstreamError> {
-        self.upstream().ready()
+        self.dispatch(UpstreamOf).ready()
     }
 
     pub fn timeouts(&self) -> Timeouts {
-        self.upstream().timeouts()
+        self.dispatch(UpstreamOf).timeouts()
     }
 
-    /// The HTTP side of whichever provider this is.
-    fn upstream(&self) -> &Upstream {
-        match self {
-            Self::Openai(p) => &p.wire.upstream,
-            Self::Deepseek(p) => &p.wire.upstream,
-            Self::OpenaiCompatible(p) => &p.wire.upstream,
-            Self::Minimax(p) => &p.wire.upstream,
-            Self::Anthropic(p) => &p.upstream,
-            Self::Gemini(p) => &p.upstream,
-        }
+    /// [`ChatProvider::check`]: run before admission.
+    pub fn check(&self, request: &ChatRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
+        self.dispatch(Check { request, target })
     }
 
     pub async fn chat(
@@ -118,14 +138,7 @@ impl Provider {
         request: &ChatRequest,
         target: &Target<'_>,
     ) -> Result<ChatResponse, UpstreamError> {
-        match self {
-            Self::Openai(p) => p.chat(request, target).await,
-            Self::Deepseek(p) => p.chat(request, target).await,
-            Self::OpenaiCompatible(p) => p.chat(request, target).await,
-            Self::Anthropic(p) => p.chat(request, target).await,
-            Self::Gemini(p) => p.chat(request, target).await,
-            Self::Minimax(p) => p.chat(request, target).await,
-        }
+        self.dispatch(Chat { request, target }).await
     }
 
     pub async fn chat_stream(
@@ -133,14 +146,62 @@ impl Provider {
         request: &ChatRequest,
         target: &Target<'_>,
     ) -> Result<ChunkStream, UpstreamError> {
-        match self {
-            Self::Openai(p) => p.chat_stream(request, target).await,
-            Self::Deepseek(p) => p.chat_stream(request, target).await,
-            Self::OpenaiCompatible(p) => p.chat_stream(request, target).await,
-            Self::Anthropic(p) => p.chat_stream(request, target).await,
-            Self::Gemini(p) => p.chat_stream(request, target).await,
-            Self::Minimax(p) => p.chat_stream(request, target).await,
-        }
+        self.dispatch(ChatStream { request, target }).await
+    }
+}
+
+/// Something done with whichever adapter a [`Provider`] holds (see [`Provider::dispatch`]).
+trait ProviderCall<'a> {
+    type Output;
+    fn call<P: ChatProvider>(self, provider: &'a P) -> Self::Output;
+}
+
+/// The adapter's [`Upstream`].
+struct UpstreamOf;
+
+impl<'a> ProviderCall<'a> for UpstreamOf {
+    type Output = &'a Upstream;
+    fn call<P: ChatProvider>(self, provider: &'a P) -> &'a Upstream {
+        provider.upstream()
+    }
+}
+
+/// [`ChatProvider::check`].
+struct Check<'a> {
+    request: &'a ChatRequest,
+    target: &'a Target<'a>,
+}
+
+impl<'a> ProviderCall<'a> for Check<'a> {
+    type Output = Result<(), UpstreamError>;
+    fn call<P: ChatProvider>(self, provider: &'a P) -> Self::Output {
+        provider.check(self.request, self.target)
+    }
+}
+
+/// [`ChatProvider::chat`], boxed so that every adapter's future has one type.
+struct Chat<'a> {
+    request: &'a ChatRequest,
+    target: &'a Target<'a>,
+}
+
+impl<'a> ProviderCall<'a> for Chat<'a> {
+    type Output = BoxFuture<'a, Result<ChatResponse, UpstreamError>>;
+    fn call<P: ChatProvider>(self, provider: &'a P) -> Self::Output {
+        Box::pin(provider.chat(self.request, self.target))
+    }
+}
+
+/// [`ChatProvider::chat_stream`], boxed likewise.
+struct ChatStream<'a> {
+    request: &'a ChatRequest,
+    target: &'a Target<'a>,
+}
+
+impl<'a> ProviderCall<'a> for ChatStream<'a> {
+    type Output = BoxFuture<'a, Result<ChunkStream, UpstreamError>>;
+    fn call<P: ChatProvider>(self, provider: &'a P) -> Self::Output {
+        Box::pin(provider.chat_stream(self.request, self.target))
     }
 }
 

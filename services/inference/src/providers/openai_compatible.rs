@@ -6,7 +6,7 @@
 //! parser) is moved to `reasoning_content`. Their reasoning is not round-tripped: no
 //! `reasoning_details` are kept for them, as these servers document no way to take it back.
 
-use tollgate::openai::{ChatCompletionRequest, RoleJson};
+use tollgate::openai::ChatCompletionRequest;
 
 use super::{Target, openai_wire::Dialect};
 use crate::UpstreamError;
@@ -37,9 +37,6 @@ impl Dialect for OpenAiCompatible {
         _target: &Target<'_>,
     ) -> Result<(), UpstreamError> {
         for message in &mut body.messages {
-            if message.role == RoleJson::Developer {
-                message.role = RoleJson::System;
-            }
             message.reasoning_content = None;
         }
         body.extra

@@ -6,17 +6,21 @@
 //! Parsing is defensive (providers.md section 6), for every member of the family: reasoning is
 //! read from `reasoning_content`, `reasoning`, `reasoning_details[].text` or (where the dialect
 //! says so) inline `<think>` tags; tool-call fragments that repeat their id and name are passed
-//! on once; `finish_reason: "stop"` after tool calls becomes `tool_calls`; DeepSeek's
-//! `insufficient_system_resource` is an error, not a silent stop; usage is taken from whichever
-//! chunk carries it (a `choices: null` chunk, the finish chunk, unrequested); a stream that ends
-//! without `[DONE]` after its finish chunk is complete.
+//! on once; `finish_reason: "stop"` after tool calls becomes `tool_calls`; a finish reason the
+//! dialect calls a failure (DeepSeek's `insufficient_system_resource`) is an error, not a silent
+//! stop; usage is taken from whichever chunk carries it (a `choices: null` chunk, the finish
+//! chunk, unrequested); a stream that ends without `[DONE]` after its finish chunk is complete.
+//! `developer` messages become `system` for every dialect but OpenAI's own.
 
 use std::{collections::HashMap, fmt, marker::PhantomData};
 
 use futures::StreamExt;
 use serde_json::Value;
 use tollgate::{
-    openai::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, UsageJson},
+    openai::{
+        ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ReasoningEffortJson, RoleJson,
+        UsageJson,
+    },
     v1::{self, ChatRequest, ChatResponse, Usage},
 };
 
@@ -27,23 +31,26 @@ use super::{
 };
 use crate::{UpstreamError, config::ProviderConfig};
 
-/// DeepSeek's finish reason for a generation cut short by a lack of inference capacity.
-const INSUFFICIENT_RESOURCES: &str = "insufficient_system_resource";
-
 /// The request in OpenAI's JSON shape, addressed to the upstream model, with the reasoning
 /// details of other providers dropped and those of this dialect's format (if any) in the
-/// provider's own wire form (without our `format` tag); each provider adjusts it from there.
+/// provider's own wire form (without our `format` tag), `developer` turned into `system` unless
+/// the dialect takes it; each provider adjusts it from there.
 pub(super) fn request_body<D: Dialect>(
     request: &ChatRequest,
     target: &Target<'_>,
 ) -> Result<ChatCompletionRequest, UpstreamError> {
-    let mut body =
-        ChatCompletionRequest::from_proto(request).map_err(|e| UpstreamError::Unsupported {
-            param: e.param.unwrap_or_default(),
-            message: e.message,
-        })?;
+    let mut body = ChatCompletionRequest::from_proto(request)
+        .map_err(|e| UpstreamError::unsupported(e.param.unwrap_or_default(), e.message))?;
     body.model = target.route.upstream_model.clone();
+    // The effort of the decision, not the request's: an alias may have overridden it.
+    body.reasoning_effort = target
+        .thinking
+        .effort()
+        .and_then(ReasoningEffortJson::from_proto);
     for message in &mut body.messages {
+        if !D::DEVELOPER_ROLE && message.role == RoleJson::Developer {
+            message.role = RoleJson::System;
+        }
         let kept: Vec<_> = message
             .reasoning_details
             .take()
@@ -72,6 +79,14 @@ pub trait Dialect: fmt::Debug + Send + Sync + 'static {
     /// Whether reasoning may arrive inline in the content as a leading `<think>…</think>`.
     const INLINE_THINK_TAGS: bool = false;
 
+    /// Whether the provider takes the `developer` role; if not, it is sent as `system`.
+    const DEVELOPER_ROLE: bool = false;
+
+    /// Refuses, before admission, what the provider refuses for the routed model.
+    fn check(_request: &ChatRequest, _target: &Target<'_>) -> Result<(), UpstreamError> {
+        Ok(())
+    }
+
     /// Adjusts the OpenAI-shaped body (already addressed to the upstream model); refuses what
     /// the provider cannot honour.
     fn prepare(body: &mut ChatCompletionRequest, target: &Target<'_>) -> Result<(), UpstreamError>;
@@ -85,12 +100,17 @@ pub trait Dialect: fmt::Debug + Send + Sync + 'static {
     fn in_band_error(_provider: &str, _body: &Value) -> Option<UpstreamError> {
         None
     }
+
+    /// A finish reason that means the generation failed (DeepSeek's lack of capacity).
+    fn failed_finish(_provider: &str, _reason: &str) -> Option<UpstreamError> {
+        None
+    }
 }
 
 /// A provider that speaks OpenAI's protocol in dialect `D`.
 #[derive(Debug)]
 pub struct OpenAiFamily<D> {
-    pub(super) wire: OpenAiWire,
+    wire: OpenAiWire,
     dialect: PhantomData<D>,
 }
 
@@ -110,6 +130,14 @@ impl<D: Dialect> OpenAiFamily<D> {
 }
 
 impl<D: Dialect> ChatProvider for OpenAiFamily<D> {
+    fn upstream(&self) -> &Upstream {
+        &self.wire.upstream
+    }
+
+    fn check(&self, request: &ChatRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
+        D::check(request, target)
+    }
+
     async fn chat(
         &self,
         request: &ChatRequest,
@@ -132,7 +160,7 @@ impl<D: Dialect> ChatProvider for OpenAiFamily<D> {
 /// The OpenAI protocol over one [`Upstream`]: `POST {base_url}/chat/completions`, Bearer auth.
 #[derive(Debug)]
 pub struct OpenAiWire {
-    pub(super) upstream: Upstream,
+    upstream: Upstream,
     url: String,
 }
 
@@ -198,13 +226,6 @@ fn in_band_error<D: Dialect>(provider: &str, value: &Value) -> Option<UpstreamEr
     }
 }
 
-fn insufficient_resources(provider: &str) -> UpstreamError {
-    UpstreamError::OutOfCapacity {
-        provider: provider.to_owned(),
-        reason: INSUFFICIENT_RESOURCES.to_owned(),
-    }
-}
-
 /// A whole `chat.completion` body, normalised.
 pub(super) fn parse_completion<D: Dialect>(
     provider: &str,
@@ -235,7 +256,7 @@ pub(super) fn parse_completion<D: Dialect>(
             _ => vec![],
         };
         message.reasoning_content = (!reasoning.is_empty()).then_some(reasoning);
-        choice.finish_reason = finish_reason(
+        choice.finish_reason = finish_reason::<D>(
             provider,
             &choice.finish_reason,
             !message.tool_calls.is_empty(),
@@ -260,14 +281,16 @@ fn reasoning_detail(text: &str, format: &str) -> v1::ReasoningDetail {
 }
 
 /// OpenAI's finish reason for the upstream's: `stop` after tool calls is `tool_calls` (some
-/// compatible servers), DeepSeek's lack of capacity fails the request (retryable 503).
-fn finish_reason(
+/// compatible servers); a reason the dialect calls a failure fails the request.
+fn finish_reason<D: Dialect>(
     provider: &str,
     reason: &str,
     called_tools: bool,
 ) -> Result<String, UpstreamError> {
+    if let Some(error) = D::failed_finish(provider, reason) {
+        return Err(error);
+    }
     Ok(match reason {
-        INSUFFICIENT_RESOURCES => return Err(insufficient_resources(provider)),
         "stop" if called_tools => "tool_calls".to_owned(),
         other => other.to_owned(),
     })
@@ -324,7 +347,8 @@ impl<D: Dialect> StreamNormaliser<D> {
             let delta = choice.delta.get_or_insert_default();
             normalise_delta::<D>(state, delta, choice.finish_reason.is_some());
             if let Some(reason) = &choice.finish_reason {
-                choice.finish_reason = Some(finish_reason(provider, reason, state.called_tools)?);
+                choice.finish_reason =
+                    Some(finish_reason::<D>(provider, reason, state.called_tools)?);
             }
         }
         Ok(proto)
@@ -691,7 +715,7 @@ mod tests {
         let route = tollgate::v1::ResolvedModel::default();
         let target = Target {
             route: &route,
-            thinking: None,
+            thinking: crate::thinking::Thinking::Default { thinks: false },
         };
         let body = request_body::<OpenAiCompatible>(&request, &target).unwrap();
         assert!(body.messages[0].reasoning_details.is_none());

@@ -37,7 +37,7 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The Anthropic Messages API over one [`Upstream`].
 #[derive(Debug)]
 pub struct Anthropic {
-    pub(super) upstream: Upstream,
+    upstream: Upstream,
     url: String,
 }
 
@@ -51,7 +51,10 @@ impl Anthropic {
         Ok(Self { upstream, url })
     }
 
-    async fn send(&self, body: &Value) -> Result<reqwest::Response, UpstreamError> {
+    async fn send(
+        &self,
+        body: &request::MessagesRequest<'_>,
+    ) -> Result<reqwest::Response, UpstreamError> {
         self.upstream
             .post_json(
                 &self.url,
@@ -64,6 +67,10 @@ impl Anthropic {
 }
 
 impl ChatProvider for Anthropic {
+    fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     async fn chat(
         &self,
         request: &ChatRequest,
@@ -85,7 +92,7 @@ impl ChatProvider for Anthropic {
         target: &Target<'_>,
     ) -> Result<ChunkStream, UpstreamError> {
         let mut body = request::body(request, target)?;
-        body["stream"] = Value::Bool(true);
+        body.stream = Some(true);
         let response = self.send(&body).await?;
         let mut translator = stream::StreamTranslator::new(self.upstream.name());
         let chunks = self.upstream.events(response).filter_map(move |event| {

@@ -7,19 +7,18 @@
 //!   `seed` (best effort even at OpenAI) is dropped.
 //! - `temperature > 1`: 400 (Anthropic's range is 0–1; clamping would change the sampling the
 //!   caller asked for without telling them).
-//! - A tool call without a tool message answering it: 400 naming `messages[i].tool_calls[j]`,
-//!   as OpenAI itself answers; no result is made up.
+//! - A tool call without a tool message answering it is refused before this, for every provider
+//!   (`crate::validate`); no result is made up.
 //! - `response_format: json_object`: an instruction appended to `system` (Anthropic has no JSON
 //!   mode); `json_schema` becomes `output_config.format`.
 //! - Thinking: `budget_tokens` from `reasoning_effort` ([`thinking_budget`]); forced tool use or
 //!   a modified temperature with thinking on: 400 (Anthropic refuses both).
 //! - Of the fields the contract does not name (`extra_json`), only `top_k` is passed on.
 
-use std::collections::{HashMap, HashSet};
-
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tollgate::v1::{
-    ChatRequest, Message, ReasoningDetail, Role, ThinkingSupport, content_part::Part,
+    ChatRequest, Message, ReasoningDetail, ReasoningEffort, Role, content_part::Part,
     message::Content, tool_choice::Choice,
 };
 
@@ -41,11 +40,145 @@ fn empty_schema() -> Value {
     json!({"type": "object", "properties": {}})
 }
 
-fn unsupported(param: impl Into<String>, message: impl Into<String>) -> UpstreamError {
-    UpstreamError::Unsupported {
-        param: param.into(),
-        message: message.into(),
+/// An Anthropic Messages request body. Fields serialise in this order (the order the wire
+/// fixtures show); unset ones are left out.
+#[derive(Debug, Serialize)]
+pub struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<OutputConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<Block>,
+    messages: Vec<Turn>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<Value>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolDefinition<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Thinking>,
+    /// Set for streaming calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+}
+
+/// `output_config`: structured output.
+#[derive(Debug, Serialize)]
+struct OutputConfig {
+    format: OutputFormat,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum OutputFormat {
+    JsonSchema { schema: Value },
+}
+
+#[derive(Debug, Serialize)]
+struct Metadata<'a> {
+    user_id: &'a str,
+}
+
+/// `thinking`: on, with a budget (off is the absence of the field).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Thinking {
+    Enabled { budget_tokens: u32 },
+}
+
+#[derive(Debug, Serialize)]
+struct ToolDefinition<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strict: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct ToolChoice<'a> {
+    #[serde(rename = "type")]
+    kind: ToolChoiceKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ToolChoiceKind {
+    Auto,
+    None,
+    /// Some tool must be called (OpenAI's `required`).
+    Any,
+    /// The named tool must be called.
+    Tool,
+}
+
+impl ToolChoice<'_> {
+    fn of(kind: ToolChoiceKind) -> Self {
+        Self {
+            kind,
+            name: None,
+            disable_parallel_tool_use: None,
+        }
     }
+}
+
+/// A content block of a message or of `system`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    Image {
+        source: ImageSource,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
+    },
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    RedactedThinking {
+        data: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSource {
+    Base64 { media_type: String, data: String },
+    Url { url: String },
+}
+
+/// The two roles of Anthropic messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum TurnRole {
+    User,
+    Assistant,
 }
 
 /// The thinking budget for a `reasoning_effort`, before it is fitted under `max_tokens`:
@@ -54,29 +187,23 @@ fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Upstream
 /// |-----------------------------|---------------|
 /// | `minimal`                   | 1024          |
 /// | `low`                       | 2048          |
-/// | `medium`, unset or `none`*  | 8192          |
+/// | `medium` or unset*          | 8192          |
 /// | `high`                      | 16384         |
 /// | `xhigh`                     | 24576         |
 /// | `max`                       | 32768         |
 ///
-/// (*) `none` reaches here only when an alias forces thinking on.
-pub fn thinking_budget(effort: Option<&str>) -> Result<u32, UpstreamError> {
-    Ok(match effort {
-        Some("minimal") => 1024,
-        Some("low") => 2048,
-        None | Some("medium" | "none") => 8192,
-        Some("high") => 16384,
-        Some("xhigh") => 24576,
-        Some("max") => 32768,
-        Some(other) => {
-            return Err(unsupported(
-                "reasoning_effort",
-                format!(
-                    "reasoning_effort must be one of none, minimal, low, medium, high, xhigh, max; got {other:?}"
-                ),
-            ));
-        }
-    })
+/// (*) Unset: thinking switched on by an alias, by `thinking`, or by the model's default (an
+/// alias that forces thinking on also turns a `none` effort into unset).
+pub fn thinking_budget(effort: Option<ReasoningEffort>) -> u32 {
+    match effort {
+        Some(ReasoningEffort::Minimal) => 1024,
+        Some(ReasoningEffort::Low) => 2048,
+        Some(ReasoningEffort::High) => 16384,
+        Some(ReasoningEffort::Xhigh) => 24576,
+        Some(ReasoningEffort::Max) => 32768,
+        Some(ReasoningEffort::Medium | ReasoningEffort::None | ReasoningEffort::Unspecified)
+        | None => 8192,
+    }
 }
 
 /// Fits the budget under `max_tokens`: at most half of it (so the answer keeps room), never
@@ -84,7 +211,7 @@ pub fn thinking_budget(effort: Option<&str>) -> Result<u32, UpstreamError> {
 fn fitted_budget(budget: u32, max_tokens: u32, param: &str) -> Result<u32, UpstreamError> {
     let fitted = budget.min((max_tokens / 2).max(MIN_THINKING_BUDGET));
     if fitted >= max_tokens {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             param,
             format!(
                 "{param} must be above {MIN_THINKING_BUDGET} with thinking on: Anthropic needs a \
@@ -95,19 +222,11 @@ fn fitted_budget(budget: u32, max_tokens: u32, param: &str) -> Result<u32, Upstr
     Ok(fitted)
 }
 
-/// Whether this request runs with thinking on.
-pub fn thinking_on(target: &Target<'_>) -> bool {
-    let support = ThinkingSupport::try_from(target.route.thinking).unwrap_or_default();
-    if support == ThinkingSupport::None {
-        return false;
-    }
-    target
-        .thinking
-        .unwrap_or(support == ThinkingSupport::Always)
-}
-
-/// The Anthropic request body (without `stream`).
-pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, UpstreamError> {
+/// The Anthropic request body (`stream` unset).
+pub fn body<'a>(
+    request: &'a ChatRequest,
+    target: &Target<'a>,
+) -> Result<MessagesRequest<'a>, UpstreamError> {
     refuse_unsupported_fields(request)?;
     let (max_param, max_tokens) = match (request.max_completion_tokens, request.max_tokens) {
         (Some(n), _) => ("max_completion_tokens", n),
@@ -120,18 +239,16 @@ pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, Upstrea
                 .max(1),
         ),
     };
-    let thinking = thinking_on(target);
-
-    let mut body = Map::new();
-    body.insert("model".into(), json!(target.route.upstream_model));
-    body.insert("max_tokens".into(), json!(max_tokens));
+    // Anthropic thinks only when asked: a model whose default is thinking is asked too.
+    let thinking = target.thinking.is_on();
 
     let mut conversation = Conversation::build(&request.messages)?;
+    let mut output_config = None;
     if let Some(format) = &request.response_format {
         match format.r#type.as_str() {
-            "json_object" => conversation
-                .system
-                .push(json!({"type": "text", "text": JSON_OBJECT_INSTRUCTION})),
+            "json_object" => conversation.system.push(Block::Text {
+                text: JSON_OBJECT_INSTRUCTION.to_owned(),
+            }),
             "json_schema" => {
                 let schema_json = format
                     .json_schema
@@ -143,109 +260,94 @@ pub fn body(request: &ChatRequest, target: &Target<'_>) -> Result<Value, Upstrea
                         .ok()
                         .filter(Value::is_object)
                         .ok_or_else(|| {
-                            unsupported(
+                            UpstreamError::unsupported(
                                 "response_format.json_schema.schema",
                                 "response_format.json_schema.schema must be a JSON object",
                             )
                         })?,
                 };
-                body.insert(
-                    "output_config".into(),
-                    json!({"format": {"type": "json_schema", "schema": schema}}),
-                );
+                output_config = Some(OutputConfig {
+                    format: OutputFormat::JsonSchema { schema },
+                });
             }
             _ => {}
         }
     }
-    if !conversation.system.is_empty() {
-        body.insert("system".into(), Value::Array(conversation.system));
-    }
-    body.insert(
-        "messages".into(),
-        Value::Array(
-            conversation
-                .turns
-                .into_iter()
-                .map(Turn::into_json)
-                .collect(),
-        ),
-    );
 
     if let Some(t) = request.temperature {
         if t > 1.0 {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "temperature",
                 format!("Anthropic accepts a temperature between 0 and 1, got {t}"),
             ));
         }
         if thinking && (t - 1.0).abs() > f64::EPSILON {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "temperature",
                 "Anthropic does not allow a temperature other than 1 with thinking on; leave \
                  temperature unset or turn thinking off (reasoning_effort: none)",
             ));
         }
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = request.top_p {
-        body.insert("top_p".into(), json!(p));
-    }
-    if let Some(top_k) = extra_field(request, "top_k")? {
-        body.insert("top_k".into(), top_k);
-    }
-    if !request.stop.is_empty() {
-        body.insert("stop_sequences".into(), json!(request.stop));
-    }
-    if let Some(user) = request.user.as_deref().filter(|u| !u.is_empty()) {
-        body.insert("metadata".into(), json!({"user_id": user}));
     }
 
     let tools = tools(request)?;
-    let choice = tool_choice(request, !tools.is_empty())?;
+    let tool_choice = tool_choice(request, !tools.is_empty())?;
     if thinking
-        && choice
+        && tool_choice
             .as_ref()
-            .and_then(|c| c.get("type"))
-            .and_then(Value::as_str)
-            .is_some_and(|t| t == "any" || t == "tool")
+            .is_some_and(|c| matches!(c.kind, ToolChoiceKind::Any | ToolChoiceKind::Tool))
     {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             "tool_choice",
             "Anthropic does not allow thinking when tool_choice forces a tool call (required or \
              a named function); use tool_choice auto, or turn thinking off (reasoning_effort: none)",
         ));
     }
-    if !tools.is_empty() {
-        body.insert("tools".into(), Value::Array(tools));
-    }
-    if let Some(choice) = choice {
-        body.insert("tool_choice".into(), Value::Object(choice));
-    }
 
-    if thinking {
+    let thinking = if thinking {
         let budget = fitted_budget(
-            thinking_budget(request.reasoning_effort.as_deref())?,
+            thinking_budget(target.thinking.effort()),
             max_tokens,
             max_param,
         )?;
-        body.insert(
-            "thinking".into(),
-            json!({"type": "enabled", "budget_tokens": budget}),
-        );
-    }
-    Ok(Value::Object(body))
+        Some(Thinking::Enabled {
+            budget_tokens: budget,
+        })
+    } else {
+        None
+    };
+    Ok(MessagesRequest {
+        model: &target.route.upstream_model,
+        max_tokens,
+        output_config,
+        system: conversation.system,
+        messages: conversation.turns,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        top_k: extra_field(request, "top_k")?,
+        stop_sequences: &request.stop,
+        metadata: request
+            .user
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(|user_id| Metadata { user_id }),
+        tools,
+        tool_choice,
+        thinking,
+        stream: None,
+    })
 }
 
 /// OpenAI fields Anthropic has no way to honour.
 fn refuse_unsupported_fields(request: &ChatRequest) -> Result<(), UpstreamError> {
     if request.n.is_some_and(|n| n > 1) {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             "n",
             "Anthropic returns one choice per request: n must be 1",
         ));
     }
     if request.logprobs == Some(true) || request.top_logprobs.is_some_and(|n| n > 0) {
-        return Err(unsupported(
+        return Err(UpstreamError::unsupported(
             "logprobs",
             "Anthropic does not return log probabilities: logprobs is not supported",
         ));
@@ -255,7 +357,7 @@ fn refuse_unsupported_fields(request: &ChatRequest) -> Result<(), UpstreamError>
         ("frequency_penalty", request.frequency_penalty),
     ] {
         if value.is_some_and(|v| v != 0.0) {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 param,
                 format!("Anthropic has no {param}: it is not supported"),
             ));
@@ -270,11 +372,11 @@ fn extra_field(request: &ChatRequest, name: &str) -> Result<Option<Value>, Upstr
         return Ok(None);
     }
     let extra: Map<String, Value> = serde_json::from_str(&request.extra_json)
-        .map_err(|e| unsupported(name, format!("unreadable extra fields: {e}")))?;
+        .map_err(|e| UpstreamError::unsupported(name, format!("unreadable extra fields: {e}")))?;
     Ok(extra.get(name).filter(|v| !v.is_null()).cloned())
 }
 
-fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
+fn tools(request: &ChatRequest) -> Result<Vec<ToolDefinition<'_>>, UpstreamError> {
     request
         .tools
         .iter()
@@ -287,7 +389,10 @@ fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
                 text => {
                     let mut schema: Map<String, Value> =
                         serde_json::from_str(text).map_err(|_| {
-                            unsupported(&param, format!("{param} must be a JSON object"))
+                            UpstreamError::unsupported(
+                                &param,
+                                format!("{param} must be a JSON object"),
+                            )
                         })?;
                     if schema.is_empty() {
                         empty_schema()
@@ -298,22 +403,14 @@ fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
                     }
                 }
             };
-            let mut out = Map::new();
-            out.insert(
-                "name".into(),
-                json!(function.map_or("", |f| f.name.as_str())),
-            );
-            if let Some(description) = function
-                .and_then(|f| f.description.as_deref())
-                .filter(|d| !d.is_empty())
-            {
-                out.insert("description".into(), json!(description));
-            }
-            out.insert("input_schema".into(), schema);
-            if let Some(strict) = function.and_then(|f| f.strict) {
-                out.insert("strict".into(), json!(strict));
-            }
-            Ok(Value::Object(out))
+            Ok(ToolDefinition {
+                name: function.map_or("", |f| f.name.as_str()),
+                description: function
+                    .and_then(|f| f.description.as_deref())
+                    .filter(|d| !d.is_empty()),
+                input_schema: schema,
+                strict: function.and_then(|f| f.strict),
+            })
         })
         .collect()
 }
@@ -321,10 +418,10 @@ fn tools(request: &ChatRequest) -> Result<Vec<Value>, UpstreamError> {
 fn tool_choice(
     request: &ChatRequest,
     has_tools: bool,
-) -> Result<Option<Map<String, Value>>, UpstreamError> {
+) -> Result<Option<ToolChoice<'_>>, UpstreamError> {
     let choice = request.tool_choice.as_ref().and_then(|c| c.choice.as_ref());
     let forced_without_tools = || {
-        unsupported(
+        UpstreamError::unsupported(
             "tool_choice",
             "tool_choice forces a tool call but the request declares no tools",
         )
@@ -332,12 +429,12 @@ fn tool_choice(
     let mut out = match choice {
         None => None,
         Some(Choice::Mode(mode)) => match mode.as_str() {
-            "auto" => Some(json!({"type": "auto"})),
-            "none" => Some(json!({"type": "none"})),
-            "required" if has_tools => Some(json!({"type": "any"})),
+            "auto" => Some(ToolChoice::of(ToolChoiceKind::Auto)),
+            "none" => Some(ToolChoice::of(ToolChoiceKind::None)),
+            "required" if has_tools => Some(ToolChoice::of(ToolChoiceKind::Any)),
             "required" => return Err(forced_without_tools()),
             other => {
-                return Err(unsupported(
+                return Err(UpstreamError::unsupported(
                     "tool_choice",
                     format!(
                         "tool_choice must be none, auto, required or a function, got {other:?}"
@@ -346,9 +443,12 @@ fn tool_choice(
             }
         },
         Some(Choice::FunctionName(_)) if !has_tools => return Err(forced_without_tools()),
-        Some(Choice::FunctionName(name)) => Some(json!({"type": "tool", "name": name})),
+        Some(Choice::FunctionName(name)) => Some(ToolChoice {
+            name: Some(name),
+            ..ToolChoice::of(ToolChoiceKind::Tool)
+        }),
         Some(Choice::OtherJson(_)) => {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "tool_choice",
                 "Anthropic supports tool_choice none, auto, required and a named function only",
             ));
@@ -359,15 +459,12 @@ fn tool_choice(
         return Ok(None);
     }
     if request.parallel_tool_calls == Some(false) {
-        let choice = out.get_or_insert_with(|| json!({"type": "auto"}));
-        if choice["type"] != "none" {
-            choice["disable_parallel_tool_use"] = json!(true);
+        let choice = out.get_or_insert_with(|| ToolChoice::of(ToolChoiceKind::Auto));
+        if choice.kind != ToolChoiceKind::None {
+            choice.disable_parallel_tool_use = Some(true);
         }
     }
-    Ok(out.and_then(|v| match v {
-        Value::Object(map) => Some(map),
-        _ => None,
-    }))
+    Ok(out)
 }
 
 /// The text of a message whose content must be text (system, developer, tool, assistant).
@@ -381,7 +478,7 @@ fn texts(message: &Message, i: usize) -> Result<Vec<String>, UpstreamError> {
             .enumerate()
             .map(|(j, part)| match &part.part {
                 Some(Part::Text(text)) => Ok(text.clone()),
-                _ => Err(unsupported(
+                _ => Err(UpstreamError::unsupported(
                     format!("messages[{i}].content[{j}]"),
                     format!(
                         "messages[{i}].content[{j}]: only text parts are allowed in this message"
@@ -392,47 +489,53 @@ fn texts(message: &Message, i: usize) -> Result<Vec<String>, UpstreamError> {
     }
 }
 
-fn text_block(text: String) -> Option<Value> {
+fn text_block(text: String) -> Option<Block> {
     // Anthropic rejects empty text blocks.
-    (!text.is_empty()).then(|| json!({"type": "text", "text": text}))
+    (!text.is_empty()).then_some(Block::Text { text })
 }
 
-fn image_block(url: &str, param: &str) -> Result<Value, UpstreamError> {
+fn image_block(url: &str, param: &str) -> Result<Block, UpstreamError> {
     if let Some(rest) = url.strip_prefix("data:") {
-        let (header, data) = rest
-            .split_once(',')
-            .ok_or_else(|| unsupported(param, format!("{param} is a data URL without a comma")))?;
+        let (header, data) = rest.split_once(',').ok_or_else(|| {
+            UpstreamError::unsupported(param, format!("{param} is a data URL without a comma"))
+        })?;
         let media_type = header.strip_suffix(";base64").ok_or_else(|| {
-            unsupported(
+            UpstreamError::unsupported(
                 param,
                 format!("{param} must be a base64 data URL (data:<type>;base64,...)"),
             )
         })?;
         let media_type = media_type.to_ascii_lowercase();
         if !IMAGE_MEDIA_TYPES.contains(&media_type.as_str()) {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 param,
                 format!(
                     "{param}: Anthropic accepts image/jpeg, image/png, image/gif and image/webp, got {media_type:?}"
                 ),
             ));
         }
-        return Ok(json!({
-            "type": "image",
-            "source": {"type": "base64", "media_type": media_type, "data": data}
-        }));
+        return Ok(Block::Image {
+            source: ImageSource::Base64 {
+                media_type,
+                data: data.to_owned(),
+            },
+        });
     }
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     if matches!(scheme.as_deref(), Some("http" | "https")) {
-        return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
+        return Ok(Block::Image {
+            source: ImageSource::Url {
+                url: url.to_owned(),
+            },
+        });
     }
-    Err(unsupported(
+    Err(UpstreamError::unsupported(
         param,
         format!("{param} must be an http(s) URL or a data URL"),
     ))
 }
 
-fn user_blocks(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError> {
+fn user_blocks(message: &Message, i: usize) -> Result<Vec<Block>, UpstreamError> {
     match &message.content {
         None => Ok(vec![]),
         Some(Content::Text(text)) => Ok(text_block(text.clone()).into_iter().collect()),
@@ -446,7 +549,7 @@ fn user_blocks(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError>
                         &format!("messages[{i}].content[{j}].image_url.url"),
                     )?),
                     _ => {
-                        return Err(unsupported(
+                        return Err(UpstreamError::unsupported(
                             format!("messages[{i}].content[{j}]"),
                             format!(
                                 "messages[{i}].content[{j}]: Anthropic takes text and image_url parts only"
@@ -462,7 +565,7 @@ fn user_blocks(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError>
 
 /// The thinking blocks an assistant message carried, from its `reasoning_details` of our format
 /// (others came from another provider and are dropped). Anthropic needs them back exactly.
-fn thinking_blocks(details: &[ReasoningDetail]) -> Vec<Value> {
+fn thinking_blocks(details: &[ReasoningDetail]) -> Vec<Block> {
     let mut ours: Vec<&ReasoningDetail> = details
         .iter()
         .filter(|d| d.format.as_deref() == Some(REASONING_FORMAT))
@@ -473,16 +576,14 @@ fn thinking_blocks(details: &[ReasoningDetail]) -> Vec<Value> {
             "reasoning.text" => {
                 // A thinking block without its signature would be refused.
                 let signature = d.signature.as_deref().filter(|s| !s.is_empty())?;
-                Some(json!({
-                    "type": "thinking",
-                    "thinking": d.text.clone().unwrap_or_default(),
-                    "signature": signature,
-                }))
+                Some(Block::Thinking {
+                    thinking: d.text.clone().unwrap_or_default(),
+                    signature: signature.to_owned(),
+                })
             }
-            "reasoning.encrypted" => d
-                .data
-                .as_deref()
-                .map(|data| json!({"type": "redacted_thinking", "data": data})),
+            "reasoning.encrypted" => d.data.as_deref().map(|data| Block::RedactedThinking {
+                data: data.to_owned(),
+            }),
             _ => None,
         })
         .collect()
@@ -490,35 +591,17 @@ fn thinking_blocks(details: &[ReasoningDetail]) -> Vec<Value> {
 
 /// One Anthropic message being built. Consecutive OpenAI messages of the same Anthropic role
 /// are merged into one.
-#[derive(Debug)]
-struct Turn {
-    role: &'static str,
-    blocks: Vec<Value>,
-}
-
-impl Turn {
-    fn block_type(block: &Value) -> &str {
-        block.get("type").and_then(Value::as_str).unwrap_or("")
-    }
-
-    /// The ids of this turn's blocks of `kind` under `field`.
-    fn ids<'a>(&'a self, kind: &str, field: &str) -> Vec<&'a str> {
-        self.blocks
-            .iter()
-            .filter(|b| Self::block_type(b) == kind)
-            .filter_map(|b| b.get(field).and_then(Value::as_str))
-            .collect()
-    }
-
-    fn into_json(self) -> Value {
-        json!({"role": self.role, "content": self.blocks})
-    }
+#[derive(Debug, Serialize)]
+pub struct Turn {
+    role: TurnRole,
+    #[serde(rename = "content")]
+    blocks: Vec<Block>,
 }
 
 /// The OpenAI messages as Anthropic's top-level `system` blocks and alternating turns.
 #[derive(Debug)]
 struct Conversation {
-    system: Vec<Value>,
+    system: Vec<Block>,
     turns: Vec<Turn>,
 }
 
@@ -526,9 +609,6 @@ impl Conversation {
     fn build(messages: &[Message]) -> Result<Self, UpstreamError> {
         let mut system = Vec::new();
         let mut turns: Vec<Turn> = Vec::new();
-        // Where each tool call and tool result came from, for error messages.
-        let mut call_origin: HashMap<String, String> = HashMap::new();
-        let mut result_origin: HashMap<String, String> = HashMap::new();
         for (i, message) in messages.iter().enumerate() {
             let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
             let (anthropic_role, blocks) = match role {
@@ -536,18 +616,15 @@ impl Conversation {
                     system.extend(texts(message, i)?.into_iter().filter_map(text_block));
                     continue;
                 }
-                Role::User => ("user", user_blocks(message, i)?),
+                Role::User => (TurnRole::User, user_blocks(message, i)?),
                 Role::Tool => {
                     let id = message.tool_call_id.clone().unwrap_or_default();
-                    result_origin
-                        .entry(id.clone())
-                        .or_insert_with(|| format!("messages[{i}].tool_call_id"));
                     let content = texts(message, i)?.concat();
-                    let mut block = json!({"type": "tool_result", "tool_use_id": id});
-                    if !content.is_empty() {
-                        block["content"] = json!(content);
-                    }
-                    ("user", vec![block])
+                    let block = Block::ToolResult {
+                        tool_use_id: id,
+                        content: (!content.is_empty()).then_some(content),
+                    };
+                    (TurnRole::User, vec![block])
                 }
                 Role::Assistant => {
                     let mut blocks = thinking_blocks(&message.reasoning_details);
@@ -555,7 +632,7 @@ impl Conversation {
                     for (j, call) in message.tool_calls.iter().enumerate() {
                         let param = format!("messages[{i}].tool_calls[{j}]");
                         if call.id.is_empty() {
-                            return Err(unsupported(
+                            return Err(UpstreamError::unsupported(
                                 format!("{param}.id"),
                                 format!("{param}.id is required"),
                             ));
@@ -565,15 +642,16 @@ impl Conversation {
                             .as_ref()
                             .map_or(("", ""), |f| (f.name.as_str(), f.arguments.as_str()));
                         let input = tool_input(arguments, &param)?;
-                        call_origin.insert(call.id.clone(), param);
-                        blocks.push(json!({
-                            "type": "tool_use", "id": call.id, "name": name, "input": input
-                        }));
+                        blocks.push(Block::ToolUse {
+                            id: call.id.clone(),
+                            name: name.to_owned(),
+                            input,
+                        });
                     }
-                    ("assistant", blocks)
+                    (TurnRole::Assistant, blocks)
                 }
                 Role::Unspecified => {
-                    return Err(unsupported(
+                    return Err(UpstreamError::unsupported(
                         format!("messages[{i}].role"),
                         format!("messages[{i}].role is not set"),
                     ));
@@ -592,7 +670,7 @@ impl Conversation {
             }
         }
         if turns.is_empty() {
-            return Err(unsupported(
+            return Err(UpstreamError::unsupported(
                 "messages",
                 "messages must contain a user or assistant message with non-empty content",
             ));
@@ -600,15 +678,17 @@ impl Conversation {
         for turn in &mut turns {
             // tool_result blocks first in a user turn, thinking first in an assistant turn; the
             // rest keeps its order (a stable sort).
-            let leads: &[&str] = if turn.role == "user" {
-                &["tool_result"]
-            } else {
-                &["thinking", "redacted_thinking"]
-            };
-            turn.blocks
-                .sort_by_key(|b| !leads.contains(&Turn::block_type(b)));
+            let role = turn.role;
+            turn.blocks.sort_by_key(|b| {
+                let leads = match role {
+                    TurnRole::User => matches!(b, Block::ToolResult { .. }),
+                    TurnRole::Assistant => {
+                        matches!(b, Block::Thinking { .. } | Block::RedactedThinking { .. })
+                    }
+                };
+                !leads
+            });
         }
-        check_tool_pairs(&turns, &call_origin, &result_origin)?;
         Ok(Self { system, turns })
     }
 }
@@ -622,65 +702,13 @@ fn tool_input(arguments: &str, param: &str) -> Result<Value, UpstreamError> {
     }
     match serde_json::from_str::<Value>(arguments) {
         Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err(unsupported(
+        Ok(_) => Err(UpstreamError::unsupported(
             &param,
             format!("{param} must encode a JSON object"),
         )),
-        Err(e) => Err(unsupported(
+        Err(e) => Err(UpstreamError::unsupported(
             &param,
             format!("{param} is not valid JSON: {e}"),
         )),
     }
-}
-
-/// Every tool call must be answered in the very next turn and every answer must belong to a call
-/// of the turn before (Anthropic refuses both otherwise, and so does OpenAI).
-fn check_tool_pairs(
-    turns: &[Turn],
-    call_origin: &HashMap<String, String>,
-    result_origin: &HashMap<String, String>,
-) -> Result<(), UpstreamError> {
-    for (t, turn) in turns.iter().enumerate() {
-        if turn.role == "assistant" {
-            let answered: HashSet<&str> = turns
-                .get(t + 1)
-                .map(|next| next.ids("tool_result", "tool_use_id"))
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            for id in turn.ids("tool_use", "id") {
-                if !answered.contains(id) {
-                    let param = call_origin.get(id).cloned().unwrap_or_default();
-                    return Err(unsupported(
-                        param.clone(),
-                        format!(
-                            "{param} (id {id}) has no tool message answering it: every tool call \
-                             must be followed by a tool message with its tool_call_id"
-                        ),
-                    ));
-                }
-            }
-        } else {
-            let made: HashSet<&str> = t
-                .checked_sub(1)
-                .and_then(|p| turns.get(p))
-                .map(|prev| prev.ids("tool_use", "id"))
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            for id in turn.ids("tool_result", "tool_use_id") {
-                if !made.contains(id) {
-                    let param = result_origin.get(id).cloned().unwrap_or_default();
-                    return Err(unsupported(
-                        param.clone(),
-                        format!(
-                            "{param} ({id}) answers no tool call of the assistant message \
-                             right before it"
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
 }

@@ -34,15 +34,23 @@ fn chat(openai: Value) -> ChatRequest {
         .unwrap()
 }
 
+/// The body for `openai` with the caller's thinking switch set to `thinking`, decided as the
+/// service decides it.
 fn body_with(openai: Value, thinking: Option<bool>) -> Result<Value, UpstreamError> {
     let route = route();
-    request::body(
-        &chat(openai),
-        &Target {
-            route: &route,
-            thinking,
-        },
-    )
+    let mut request = chat(openai);
+    request.thinking = thinking;
+    let thinking = crate::thinking::decide(&request, &route).unwrap();
+    body_for(&request, &route, thinking)
+}
+
+fn body_for(
+    request: &ChatRequest,
+    route: &ResolvedModel,
+    thinking: crate::thinking::Thinking,
+) -> Result<Value, UpstreamError> {
+    request::body(request, &Target { route, thinking })
+        .map(|body| serde_json::to_value(body).unwrap())
 }
 
 fn body(openai: Value) -> Value {
@@ -201,33 +209,6 @@ fn tool_results_go_first_in_one_user_message_with_user_text_after() {
             {"type": "text", "text": "and be brief"}
         ]})
     );
-}
-
-#[test]
-fn unanswered_or_unknown_tool_calls_are_refused() {
-    let call = json!({"role": "assistant", "tool_calls": [
-        {"id": "toolu_a", "type": "function", "function": {"name": "w", "arguments": "{}"}},
-        {"id": "toolu_b", "type": "function", "function": {"name": "w", "arguments": "{}"}}
-    ]});
-    let (param, message) = refused(
-        with_messages(json!([
-            {"role": "user", "content": "q"},
-            call,
-            {"role": "tool", "tool_call_id": "toolu_a", "content": "r"},
-            {"role": "user", "content": "next"}
-        ])),
-        None,
-    );
-    assert_eq!(param, "messages[1].tool_calls[1]");
-    assert!(message.contains("toolu_b"), "{message}");
-    let (param, _) = refused(
-        with_messages(json!([
-            {"role": "user", "content": "q"},
-            {"role": "tool", "tool_call_id": "toolu_x", "content": "r"}
-        ])),
-        None,
-    );
-    assert_eq!(param, "messages[1].tool_call_id");
 }
 
 #[test]
@@ -421,8 +402,6 @@ fn thinking_budget_follows_reasoning_effort_and_fits_under_max_tokens() {
     assert_eq!(b["thinking"]["budget_tokens"], 1024);
     let (param, _) = refused(ask(Some("high"), Some(1024)), Some(true));
     assert_eq!(param, "max_completion_tokens");
-    let (param, _) = refused(ask(Some("extreme"), None), Some(true));
-    assert_eq!(param, "reasoning_effort");
     // Off, or left to a model that does not think by default: no thinking field.
     assert!(
         body_with(ask(Some("high"), None), Some(false))
@@ -481,20 +460,20 @@ fn reasoning_details_of_our_format_return_as_thinking_blocks_first() {
 }
 
 #[test]
-fn a_model_that_always_thinks_thinks_unless_told_otherwise() {
-    let mut route = route();
-    route.thinking = ThinkingSupport::Always.into();
-    let target = |thinking| Target {
-        route: &route,
-        thinking,
-    };
-    assert!(request::thinking_on(&target(None)));
-    assert!(!request::thinking_on(&target(Some(false))));
-    let mut none = self::route();
-    none.thinking = ThinkingSupport::None.into();
-    let never = Target {
-        route: &none,
-        thinking: Some(true),
-    };
-    assert!(!request::thinking_on(&never));
+fn a_model_that_always_thinks_is_asked_to_think_by_default() {
+    use crate::thinking::Thinking;
+    let request = chat(with_messages(json!([{"role": "user", "content": "hi"}])));
+    let mut always = route();
+    always.thinking = ThinkingSupport::Always.into();
+    let decided = crate::thinking::decide(&request, &always).unwrap();
+    assert_eq!(decided, Thinking::Default { thinks: true });
+    let b = body_for(&request, &always, decided).unwrap();
+    assert_eq!(
+        b["thinking"],
+        json!({"type": "enabled", "budget_tokens": 8192})
+    );
+    let optional = route();
+    let decided = crate::thinking::decide(&request, &optional).unwrap();
+    let b = body_for(&request, &optional, decided).unwrap();
+    assert!(b.get("thinking").is_none());
 }

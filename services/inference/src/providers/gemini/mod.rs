@@ -32,7 +32,7 @@ const KEY: KeyPlacement = KeyPlacement::Header("x-goog-api-key");
 /// only takes image bytes).
 #[derive(Debug)]
 pub struct Gemini {
-    pub(super) upstream: Upstream,
+    upstream: Upstream,
     images: ImageFetcher,
 }
 
@@ -56,17 +56,14 @@ impl Gemini {
 
     /// Sends `body`; a non-2xx answer becomes the matching [`UpstreamError`] (see
     /// [`status_error`]).
-    async fn send(&self, url: &str, body: &Value) -> Result<reqwest::Response, UpstreamError> {
-        let response = self
-            .upstream
-            .post_json_any_status(url, KEY, &[], body)
-            .await?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        Err(status_error(self.upstream.name(), status, &text))
+    async fn send(
+        &self,
+        url: &str,
+        body: &request::GenerateContentRequest,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.upstream
+            .post_json_with(url, KEY, &[], body, status_error)
+            .await
     }
 }
 
@@ -95,6 +92,10 @@ fn status_error(provider: &str, status: u16, body: &str) -> UpstreamError {
 }
 
 impl ChatProvider for Gemini {
+    fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     async fn chat(
         &self,
         request: &ChatRequest,

@@ -23,26 +23,163 @@
 //! | high, xhigh, max | 24576 |
 //! | unset (thinking switched on by an alias or `thinking`) | -1 (dynamic) |
 //!
-//! Thinking off sends `thinkingBudget: 0`, except to models whose catalogue entry says they
-//! always think (2.5 Pro cannot turn it off), which get no budget at all.
+//! Thinking off sends `thinkingBudget: 0`; nobody asking sends no `thinkingConfig` (the model's
+//! default). Whether thinking is on is decided before this (`crate::thinking`): a model that
+//! always thinks (2.5 Pro) is never asked to switch it off.
 
 use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 use tollgate::v1::{
-    ChatRequest, Message, Role, ThinkingSupport, content_part::Part, message::Content,
+    ChatRequest, Message, ReasoningEffort, Role, content_part::Part, message::Content,
     tool_choice::Choice,
 };
 
 use super::{FORMAT, response::is_synthesized_id};
-use crate::{UpstreamError, images::ImageFetcher, providers::Target};
+use crate::{UpstreamError, images::ImageFetcher, providers::Target, thinking::Thinking};
 
-fn bad(param: impl Into<String>, message: impl Into<String>) -> UpstreamError {
-    UpstreamError::Unsupported {
-        param: param.into(),
-        message: message.into(),
+/// A `GenerateContentRequest` body (lowerCamelCase). Fields serialise in this order; unset or
+/// empty ones are left out.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct GenerateContentRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<SystemInstruction>,
+    contents: Vec<Turn>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolSet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ToolConfig>,
+    #[serde(skip_serializing_if = "GenerationConfig::is_empty")]
+    generation_config: GenerationConfig,
+}
+
+#[derive(Debug, Serialize)]
+struct SystemInstruction {
+    parts: Vec<PartJson>,
+}
+
+/// A content: its role (`user` or `model`) and parts.
+#[derive(Debug, Serialize)]
+struct Turn {
+    role: &'static str,
+    parts: Vec<PartJson>,
+}
+
+/// One part: exactly one of its data fields is set, plus an optional thought signature.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PartJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inline_data: Option<InlineData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<FunctionCallJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_response: Option<FunctionResponse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought_signature: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InlineData {
+    mime_type: String,
+    data: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionCallJson {
+    name: String,
+    args: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionResponse {
+    name: String,
+    response: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolSet {
+    function_declarations: Vec<FunctionDeclaration>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionDeclaration {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters_json_schema: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolConfig {
+    function_calling_config: FunctionCallingConfig,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionCallingConfig {
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_function_names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop_sequences: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_config: Option<ThinkingConfig>,
+}
+
+impl GenerationConfig {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
     }
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThinkingConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    include_thoughts: Option<bool>,
+    thinking_budget: i64,
 }
 
 /// Builds the whole request body; fetches http(s) images on the way.
@@ -50,34 +187,19 @@ pub(super) async fn body(
     request: &ChatRequest,
     target: &Target<'_>,
     images: &ImageFetcher,
-) -> Result<Value, UpstreamError> {
-    let mut body = Map::new();
+) -> Result<GenerateContentRequest, UpstreamError> {
     let (system, contents) = contents(request, images).await?;
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({ "parts": system }));
-    }
-    body.insert("contents".into(), Value::Array(contents));
-    if let Some(tools) = tools(request)? {
-        body.insert("tools".into(), tools);
-    }
-    if let Some(config) = tool_config(request)? {
-        body.insert("toolConfig".into(), config);
-    }
-    let generation = generation_config(request, target)?;
-    if !generation.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(generation));
-    }
-    Ok(Value::Object(body))
-}
-
-/// A content being built: its role and parts.
-struct Turn {
-    role: &'static str,
-    parts: Vec<Value>,
+    Ok(GenerateContentRequest {
+        system_instruction: (!system.is_empty()).then_some(SystemInstruction { parts: system }),
+        contents,
+        tools: tools(request)?,
+        tool_config: tool_config(request)?,
+        generation_config: generation_config(request, target)?,
+    })
 }
 
 /// Appends parts under `role`, merging into the previous content when it has the same role.
-fn push(turns: &mut Vec<Turn>, role: &'static str, parts: Vec<Value>) {
+fn push(turns: &mut Vec<Turn>, role: &'static str, parts: Vec<PartJson>) {
     if parts.is_empty() {
         return;
     }
@@ -87,8 +209,11 @@ fn push(turns: &mut Vec<Turn>, role: &'static str, parts: Vec<Value>) {
     }
 }
 
-fn text_part(text: &str) -> Option<Value> {
-    (!text.is_empty()).then(|| json!({ "text": text }))
+fn text_part(text: &str) -> Option<PartJson> {
+    (!text.is_empty()).then(|| PartJson {
+        text: Some(text.to_owned()),
+        ..PartJson::default()
+    })
 }
 
 /// The text of a message that only holds text (system, developer, tool): its string, or its
@@ -103,7 +228,7 @@ fn plain_text(message: &Message, i: usize) -> Result<String, UpstreamError> {
                 match &part.part {
                     Some(Part::Text(t)) => texts.push(t.as_str()),
                     _ => {
-                        return Err(bad(
+                        return Err(UpstreamError::unsupported(
                             format!("messages[{i}].content[{j}]"),
                             format!(
                                 "messages[{i}].content[{j}]: only text parts are accepted in this message"
@@ -121,14 +246,14 @@ fn plain_text(message: &Message, i: usize) -> Result<String, UpstreamError> {
 async fn contents(
     request: &ChatRequest,
     images: &ImageFetcher,
-) -> Result<(Vec<Value>, Vec<Value>), UpstreamError> {
+) -> Result<(Vec<PartJson>, Vec<Turn>), UpstreamError> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     // tool_call_id → (function name, position among its turn's calls), from assistant messages
     // seen so far.
     let mut calls: HashMap<&str, (&str, usize)> = HashMap::new();
     // functionResponse parts of consecutive tool messages, with the position of their call.
-    let mut responses: Vec<(usize, Value)> = Vec::new();
+    let mut responses: Vec<(usize, PartJson)> = Vec::new();
     for (i, message) in request.messages.iter().enumerate() {
         let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
         if role != Role::Tool && !responses.is_empty() {
@@ -152,7 +277,7 @@ async fn contents(
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().unwrap_or_default();
                 let Some(&(name, position)) = calls.get(id) else {
-                    return Err(bad(
+                    return Err(UpstreamError::unsupported(
                         format!("messages[{i}].tool_call_id"),
                         format!(
                             "messages[{i}].tool_call_id {id:?} matches no tool call of an earlier assistant message"
@@ -164,28 +289,34 @@ async fn contents(
                     Ok(object @ Value::Object(_)) => object,
                     _ => json!({ "output": text }),
                 };
-                let mut response = json!({ "name": name, "response": output });
-                if !is_synthesized_id(id) {
-                    response["id"] = Value::String(id.to_owned());
-                }
-                responses.push((position, json!({ "functionResponse": response })));
+                let response = FunctionResponse {
+                    name: name.to_owned(),
+                    response: output,
+                    id: (!is_synthesized_id(id)).then(|| id.to_owned()),
+                };
+                responses.push((
+                    position,
+                    PartJson {
+                        function_response: Some(response),
+                        ..PartJson::default()
+                    },
+                ));
             }
             Role::Unspecified => {
-                return Err(bad(format!("messages[{i}].role"), "unknown role"));
+                return Err(UpstreamError::unsupported(
+                    format!("messages[{i}].role"),
+                    "unknown role",
+                ));
             }
         }
     }
     flush_responses(&mut turns, &mut responses);
-    let contents = turns
-        .into_iter()
-        .map(|t| json!({ "role": t.role, "parts": t.parts }))
-        .collect();
-    Ok((system, contents))
+    Ok((system, turns))
 }
 
 /// Puts the pending function responses into one `user` content, in the order of their calls
 /// (Gemini pairs them with the calls by position).
-fn flush_responses(turns: &mut Vec<Turn>, responses: &mut Vec<(usize, Value)>) {
+fn flush_responses(turns: &mut Vec<Turn>, responses: &mut Vec<(usize, PartJson)>) {
     responses.sort_by_key(|(position, _)| *position);
     let parts = responses.drain(..).map(|(_, part)| part).collect();
     push(turns, "user", parts);
@@ -195,7 +326,7 @@ async fn user_parts(
     message: &Message,
     i: usize,
     images: &ImageFetcher,
-) -> Result<Vec<Value>, UpstreamError> {
+) -> Result<Vec<PartJson>, UpstreamError> {
     let parts = match &message.content {
         None => return Ok(vec![]),
         Some(Content::Text(text)) => return Ok(text_part(text).into_iter().collect()),
@@ -210,7 +341,7 @@ async fn user_parts(
                 out.push(image_part(&image.url, &param, images).await?);
             }
             Some(Part::OtherJson(_)) | None => {
-                return Err(bad(
+                return Err(UpstreamError::unsupported(
                     format!("messages[{i}].content[{j}]"),
                     format!(
                         "messages[{i}].content[{j}]: this part type is not supported for Gemini models (text and image_url are)"
@@ -223,41 +354,47 @@ async fn user_parts(
 }
 
 /// An `inlineData` part from a data URL, or from the bytes behind an http(s) URL.
-async fn image_part(url: &str, param: &str, images: &ImageFetcher) -> Result<Value, UpstreamError> {
+async fn image_part(
+    url: &str,
+    param: &str,
+    images: &ImageFetcher,
+) -> Result<PartJson, UpstreamError> {
+    let inline = |mime_type: String, data: String| PartJson {
+        inline_data: Some(InlineData { mime_type, data }),
+        ..PartJson::default()
+    };
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',').ok_or_else(|| {
-            bad(
+            UpstreamError::unsupported(
                 param,
                 format!("{param}: a data URL needs a comma before its data"),
             )
         })?;
         let mime = meta.strip_suffix(";base64").ok_or_else(|| {
-            bad(
+            UpstreamError::unsupported(
                 param,
                 format!("{param}: only base64 data URLs are supported"),
             )
         })?;
         if !mime.starts_with("image/") || BASE64.decode(data).is_err() {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 param,
                 format!("{param}: expected data:image/<type>;base64,<base64 data>"),
             ));
         }
-        return Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }));
+        return Ok(inline(mime.to_owned(), data.to_owned()));
     }
     let image = images
         .fetch(url)
         .await
-        .map_err(|e| bad(param, format!("{param}: {e}")))?;
-    Ok(json!({
-        "inlineData": { "mimeType": image.mime_type, "data": BASE64.encode(&image.bytes) }
-    }))
+        .map_err(|e| UpstreamError::unsupported(param, format!("{param}: {e}")))?;
+    Ok(inline(image.mime_type, BASE64.encode(&image.bytes)))
 }
 
 /// An assistant message as `model` parts: its text, then its function calls, with the thought
 /// signatures of its `google-gemini-v1` reasoning details reattached where they came from.
-fn model_parts(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError> {
-    let mut parts: Vec<Value> = Vec::new();
+fn model_parts(message: &Message, i: usize) -> Result<Vec<PartJson>, UpstreamError> {
+    let mut parts: Vec<PartJson> = Vec::new();
     match &message.content {
         None => {}
         Some(Content::Text(text)) => parts.extend(text_part(text)),
@@ -281,19 +418,22 @@ fn model_parts(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError>
             match serde_json::from_str::<Value>(arguments) {
                 Ok(object @ Value::Object(_)) => object,
                 _ => {
-                    return Err(bad(
+                    return Err(UpstreamError::unsupported(
                         &param,
                         format!("{param} must be a JSON object encoded as a string"),
                     ));
                 }
             }
         };
-        let mut function_call =
-            json!({ "name": function.map_or("", |f| f.name.as_str()), "args": args });
-        if !call.id.is_empty() && !is_synthesized_id(&call.id) {
-            function_call["id"] = Value::String(call.id.clone());
-        }
-        parts.push(json!({ "functionCall": function_call }));
+        let function_call = FunctionCallJson {
+            name: function.map_or("", |f| f.name.as_str()).to_owned(),
+            args,
+            id: (!call.id.is_empty() && !is_synthesized_id(&call.id)).then(|| call.id.clone()),
+        };
+        parts.push(PartJson {
+            function_call: Some(function_call),
+            ..PartJson::default()
+        });
         call_ids.push(call.id.as_str());
     }
     for detail in &message.reasoning_details {
@@ -312,20 +452,20 @@ fn model_parts(message: &Message, i: usize) -> Result<Vec<Value>, UpstreamError>
             None => (!parts.is_empty()).then_some(0),
         };
         if let Some(part) = at.and_then(|at| parts.get_mut(at)) {
-            part["thoughtSignature"] = Value::String(signature.to_owned());
+            part.thought_signature = Some(signature.to_owned());
         }
     }
     Ok(parts)
 }
 
-fn tools(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
+fn tools(request: &ChatRequest) -> Result<Vec<ToolSet>, UpstreamError> {
     if request.tools.is_empty() {
-        return Ok(None);
+        return Ok(vec![]);
     }
     let mut declarations = Vec::with_capacity(request.tools.len());
     for (i, tool) in request.tools.iter().enumerate() {
         if !tool.r#type.is_empty() && tool.r#type != "function" {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 format!("tools[{i}].type"),
                 format!(
                     "tools[{i}].type {:?} is not supported for Gemini models",
@@ -334,112 +474,112 @@ fn tools(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
             ));
         }
         let Some(function) = &tool.function else {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 format!("tools[{i}].function"),
                 "a function tool needs its function",
             ));
         };
-        let mut declaration = json!({ "name": function.name });
-        if let Some(description) = function.description.as_deref().filter(|d| !d.is_empty()) {
-            declaration["description"] = Value::String(description.to_owned());
-        }
+        let mut declaration = FunctionDeclaration {
+            name: function.name.clone(),
+            description: function.description.clone().filter(|d| !d.is_empty()),
+            parameters_json_schema: None,
+        };
         if !function.parameters_json.trim().is_empty() {
             let param = format!("tools[{i}].function.parameters");
-            let schema: Value = serde_json::from_str(&function.parameters_json)
-                .map_err(|_| bad(&param, format!("{param} must be a JSON Schema object")))?;
-            declaration["parametersJsonSchema"] = schema;
+            let schema: Value = serde_json::from_str(&function.parameters_json).map_err(|_| {
+                UpstreamError::unsupported(&param, format!("{param} must be a JSON Schema object"))
+            })?;
+            declaration.parameters_json_schema = Some(schema);
         }
         declarations.push(declaration);
     }
-    Ok(Some(json!([{ "functionDeclarations": declarations }])))
+    Ok(vec![ToolSet {
+        function_declarations: declarations,
+    }])
 }
 
-fn tool_config(request: &ChatRequest) -> Result<Option<Value>, UpstreamError> {
+fn tool_config(request: &ChatRequest) -> Result<Option<ToolConfig>, UpstreamError> {
     let Some(choice) = request.tool_choice.as_ref().and_then(|c| c.choice.as_ref()) else {
         return Ok(None);
     };
     let config = match choice {
         Choice::Mode(mode) => match mode.as_str() {
-            "auto" => json!({ "mode": "AUTO" }),
-            "none" => json!({ "mode": "NONE" }),
-            "required" => json!({ "mode": "ANY" }),
+            "auto" => mode_only("AUTO"),
+            "none" => mode_only("NONE"),
+            "required" => mode_only("ANY"),
             other => {
-                return Err(bad(
+                return Err(UpstreamError::unsupported(
                     "tool_choice",
                     format!("tool_choice {other:?} must be none, auto, required or a function"),
                 ));
             }
         },
-        Choice::FunctionName(name) => json!({ "mode": "ANY", "allowedFunctionNames": [name] }),
+        Choice::FunctionName(name) => FunctionCallingConfig {
+            mode: "ANY",
+            allowed_function_names: Some(vec![name.clone()]),
+        },
         Choice::OtherJson(_) => {
-            return Err(bad(
+            return Err(UpstreamError::unsupported(
                 "tool_choice",
                 "this tool_choice form is not supported for Gemini models (use none, auto, required or a function)",
             ));
         }
     };
-    Ok(Some(json!({ "functionCallingConfig": config })))
+    Ok(Some(ToolConfig {
+        function_calling_config: config,
+    }))
+}
+
+fn mode_only(mode: &'static str) -> FunctionCallingConfig {
+    FunctionCallingConfig {
+        mode,
+        allowed_function_names: None,
+    }
 }
 
 /// The thinking budget for a `reasoning_effort` (table in the module comment).
-pub(super) fn thinking_budget(effort: Option<&str>) -> i64 {
+pub(super) fn thinking_budget(effort: Option<ReasoningEffort>) -> i64 {
     match effort {
-        Some("minimal") => 128,
-        Some("low") => 1024,
-        Some("medium") => 8192,
-        Some("high" | "xhigh" | "max") => 24576,
-        _ => -1,
+        Some(ReasoningEffort::Minimal) => 128,
+        Some(ReasoningEffort::Low) => 1024,
+        Some(ReasoningEffort::Medium) => 8192,
+        Some(ReasoningEffort::High | ReasoningEffort::Xhigh | ReasoningEffort::Max) => 24576,
+        Some(ReasoningEffort::None | ReasoningEffort::Unspecified) | None => -1,
     }
 }
 
 fn generation_config(
     request: &ChatRequest,
     target: &Target<'_>,
-) -> Result<Map<String, Value>, UpstreamError> {
-    let mut config = Map::new();
-    let mut set = |key: &str, value: Value| {
-        config.insert(key.to_owned(), value);
+) -> Result<GenerationConfig, UpstreamError> {
+    let seed = request
+        .seed
+        .map(|seed| {
+            i32::try_from(seed).map_err(|_| {
+                UpstreamError::unsupported(
+                    "seed",
+                    "seed must fit in a 32-bit signed integer for Gemini models",
+                )
+            })
+        })
+        .transpose()?;
+    let mut config = GenerationConfig {
+        stop_sequences: request.stop.clone(),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
+        candidate_count: request.n,
+        seed,
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        response_logprobs: request.logprobs,
+        logprobs: request.top_logprobs,
+        ..GenerationConfig::default()
     };
-    if !request.stop.is_empty() {
-        set("stopSequences", json!(request.stop));
-    }
-    if let Some(t) = request.temperature {
-        set("temperature", json!(t));
-    }
-    if let Some(p) = request.top_p {
-        set("topP", json!(p));
-    }
-    if let Some(max) = request.max_completion_tokens.or(request.max_tokens) {
-        set("maxOutputTokens", json!(max));
-    }
-    if let Some(n) = request.n {
-        set("candidateCount", json!(n));
-    }
-    if let Some(seed) = request.seed {
-        let seed = i32::try_from(seed).map_err(|_| {
-            bad(
-                "seed",
-                "seed must fit in a 32-bit signed integer for Gemini models",
-            )
-        })?;
-        set("seed", json!(seed));
-    }
-    if let Some(p) = request.presence_penalty {
-        set("presencePenalty", json!(p));
-    }
-    if let Some(p) = request.frequency_penalty {
-        set("frequencyPenalty", json!(p));
-    }
-    if let Some(logprobs) = request.logprobs {
-        set("responseLogprobs", json!(logprobs));
-    }
-    if let Some(top) = request.top_logprobs {
-        set("logprobs", json!(top));
-    }
     if let Some(format) = &request.response_format {
         match format.r#type.as_str() {
             "" | "text" => {}
-            "json_object" => set("responseMimeType", json!("application/json")),
+            "json_object" => config.response_mime_type = Some("application/json"),
             "json_schema" => {
                 let param = "response_format.json_schema.schema";
                 let schema = format
@@ -447,35 +587,38 @@ fn generation_config(
                     .as_ref()
                     .map(|s| s.schema_json.as_str())
                     .filter(|s| !s.trim().is_empty())
-                    .ok_or_else(|| bad(param, format!("{param} is required")))?;
-                let schema: Value = serde_json::from_str(schema)
-                    .map_err(|_| bad(param, format!("{param} must be a JSON Schema object")))?;
-                set("responseMimeType", json!("application/json"));
-                set("responseJsonSchema", schema);
+                    .ok_or_else(|| {
+                        UpstreamError::unsupported(param, format!("{param} is required"))
+                    })?;
+                let schema: Value = serde_json::from_str(schema).map_err(|_| {
+                    UpstreamError::unsupported(
+                        param,
+                        format!("{param} must be a JSON Schema object"),
+                    )
+                })?;
+                config.response_mime_type = Some("application/json");
+                config.response_json_schema = Some(schema);
             }
             other => {
-                return Err(bad(
+                return Err(UpstreamError::unsupported(
                     "response_format.type",
                     format!("response_format.type {other:?} is not supported"),
                 ));
             }
         }
     }
-    let support = ThinkingSupport::try_from(target.route.thinking).unwrap_or_default();
-    match target.thinking {
-        _ if support == ThinkingSupport::None => {}
-        Some(true) => set(
-            "thinkingConfig",
-            json!({
-                "includeThoughts": true,
-                "thinkingBudget": thinking_budget(request.reasoning_effort.as_deref()),
-            }),
-        ),
-        Some(false) if support != ThinkingSupport::Always => {
-            set("thinkingConfig", json!({ "thinkingBudget": 0 }));
-        }
-        Some(false) | None => {}
-    }
+    config.thinking_config = match target.thinking {
+        Thinking::On { effort } => Some(ThinkingConfig {
+            include_thoughts: Some(true),
+            thinking_budget: thinking_budget(effort),
+        }),
+        Thinking::Off => Some(ThinkingConfig {
+            include_thoughts: None,
+            thinking_budget: 0,
+        }),
+        // The model's default (2.5 Pro always thinks; asking for thoughts would change the answer).
+        Thinking::Default { .. } => None,
+    };
     Ok(config)
 }
 
@@ -484,7 +627,7 @@ mod tests {
     use super::*;
     use tollgate::v1::{
         ContentPart, ContentParts, FunctionCall, FunctionDefinition, ImageUrl, ReasoningDetail,
-        ResolvedModel, ResponseFormat, Tool, ToolCall, ToolChoice,
+        ResolvedModel, ResponseFormat, ThinkingSupport, Tool, ToolCall, ToolChoice,
     };
 
     fn msg(role: Role, text: &str) -> Message {
@@ -524,10 +667,15 @@ mod tests {
         }
     }
 
+    /// The body with the caller's thinking switch set to `thinking`, decided as the service
+    /// decides it.
     async fn build(request: &ChatRequest, thinking: Option<bool>) -> Result<Value, UpstreamError> {
         let route = route(ThinkingSupport::Optional);
+        let mut request = request.clone();
+        request.thinking = thinking;
+        let thinking = crate::thinking::decide(&request, &route).unwrap();
         body(
-            request,
+            &request,
             &Target {
                 route: &route,
                 thinking,
@@ -535,6 +683,7 @@ mod tests {
             &ImageFetcher::default(),
         )
         .await
+        .map(|body| serde_json::to_value(body).unwrap())
     }
 
     fn request(messages: Vec<Message>) -> ChatRequest {
@@ -807,7 +956,7 @@ mod tests {
             on["generationConfig"]["thinkingConfig"],
             json!({"includeThoughts": true, "thinkingBudget": -1})
         );
-        r.reasoning_effort = Some("low".into());
+        r.reasoning_effort = Some(ReasoningEffort::Low.into());
         let low = build(&r, Some(true)).await.unwrap();
         assert_eq!(
             low["generationConfig"]["thinkingConfig"]["thinkingBudget"],
@@ -822,24 +971,30 @@ mod tests {
             .await
             .unwrap();
         assert!(default.get("generationConfig").is_none());
-        // A model that always thinks cannot be switched off: no budget is sent.
+        // A model that always thinks, left to its default: nothing is sent (asking for thoughts
+        // would change the answer).
         let always = route(ThinkingSupport::Always);
         let body = body(
             &r,
             &Target {
                 route: &always,
-                thinking: Some(false),
+                thinking: Thinking::Default { thinks: true },
             },
             &ImageFetcher::default(),
         )
         .await
         .unwrap();
-        assert!(body.get("generationConfig").is_none());
+        assert!(
+            serde_json::to_value(body)
+                .unwrap()
+                .get("generationConfig")
+                .is_none()
+        );
         assert_eq!(
             (
-                thinking_budget(Some("minimal")),
-                thinking_budget(Some("medium")),
-                thinking_budget(Some("max"))
+                thinking_budget(Some(ReasoningEffort::Minimal)),
+                thinking_budget(Some(ReasoningEffort::Medium)),
+                thinking_budget(Some(ReasoningEffort::Max))
             ),
             (128, 8192, 24576)
         );

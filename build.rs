@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/tollgate/v1/inference.proto",
     "proto/tollgate/v1/catalog.proto",
     "proto/tollgate/v1/billing.proto",
+    "proto/tollgate/v1/metering.proto",
     "proto/tollgate/v1/admin.proto",
 ];
 

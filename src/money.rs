@@ -1,8 +1,7 @@
-//! Exact money. Prices are integer micro-USD per one million tokens, so one token at price `P`
-//! costs exactly `P` picodollars (1e-12 USD) and every cost is an integer: no float ever holds
-//! money. Decimal strings are parsed and printed digit by digit.
-
-use crate::v1::{Pricing, Usage};
+//! Exact money types: prices are integer micro-USD per one million tokens, so one token at price
+//! `P` costs exactly `P` picodollars (1e-12 USD) and every amount is an integer: no float ever
+//! holds money. Decimal strings are parsed and printed here, digit by digit; what a request costs
+//! is billing's rule (`tollgate_billing::pricing`).
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PriceError {
@@ -122,21 +121,6 @@ pub fn json_number(decimal: &str) -> serde_json::Value {
         .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
-/// The exact cost of `usage` at `pricing`, in picodollars: uncached prompt tokens at the input
-/// price, cached prompt tokens at the cache-hit price, prompt tokens written to the cache at the
-/// cache-write price, completion tokens (reasoning included) at the output price. Saturates
-/// instead of overflowing.
-pub fn cost_picodollars(usage: &Usage, pricing: &Pricing) -> i64 {
-    let cached = usage.cached_prompt_tokens.min(usage.prompt_tokens);
-    let written = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
-    let uncached = usage.prompt_tokens - cached - written;
-    let total = i128::from(uncached) * i128::from(pricing.input_micros_per_mtok)
-        + i128::from(cached) * i128::from(pricing.cached_input_micros_per_mtok)
-        + i128::from(written) * i128::from(pricing.cache_write_micros_per_mtok)
-        + i128::from(usage.completion_tokens) * i128::from(pricing.output_micros_per_mtok);
-    i64::try_from(total).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,56 +186,5 @@ mod tests {
         assert_eq!(format_picodollars_as_cents(2_640_000_000), "0.264");
         assert_eq!(format_picodollars_as_cents(-25_000_000_000), "-2.5");
         assert_eq!(json_number("0.22"), serde_json::json!(0.22));
-    }
-
-    #[test]
-    fn cost_bills_cached_tokens_at_the_cache_hit_price() {
-        // deepseek-v4-flash: 0.22 in, 0.005 cached, 0.44 out per 1M tokens.
-        let pricing = Pricing {
-            input_micros_per_mtok: 220_000,
-            cached_input_micros_per_mtok: 5_000,
-            output_micros_per_mtok: 440_000,
-            cache_write_micros_per_mtok: 220_000,
-        };
-        let usage = Usage {
-            prompt_tokens: 161,
-            cached_prompt_tokens: 128,
-            completion_tokens: 25,
-            total_tokens: 186,
-            ..Default::default()
-        };
-        // 33 * 220000 + 128 * 5000 + 25 * 440000 picodollars.
-        assert_eq!(
-            cost_picodollars(&usage, &pricing),
-            7_260_000 + 640_000 + 11_000_000
-        );
-        assert_eq!(
-            format_picodollars(cost_picodollars(&usage, &pricing)),
-            "0.0000189"
-        );
-    }
-
-    #[test]
-    fn cost_bills_cache_writes_at_the_cache_write_price() {
-        // Claude-style prices: 3 in, 0.3 cache read, 3.75 cache write, 15 out per 1M tokens.
-        let pricing = Pricing {
-            input_micros_per_mtok: 3_000_000,
-            cached_input_micros_per_mtok: 300_000,
-            output_micros_per_mtok: 15_000_000,
-            cache_write_micros_per_mtok: 3_750_000,
-        };
-        // Anthropic: input 10 + cache_creation 1000 + cache_read 2000 = prompt 3010.
-        let usage = Usage {
-            prompt_tokens: 3010,
-            cached_prompt_tokens: 2000,
-            cache_write_tokens: 1000,
-            completion_tokens: 7,
-            total_tokens: 3017,
-            ..Default::default()
-        };
-        assert_eq!(
-            cost_picodollars(&usage, &pricing),
-            10 * 3_000_000 + 2000 * 300_000 + 1000 * 3_750_000 + 7 * 15_000_000
-        );
     }
 }

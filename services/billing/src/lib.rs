@@ -36,6 +36,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod migration;
+pub mod pricing;
 pub mod service;
 pub mod shared_limits;
 

@@ -12,12 +12,11 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QuerySelect};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tollgate::money::cost_picodollars;
 use tollgate::v1::billing_server::Billing;
 use tollgate::v1::metering_server::Metering;
 use tollgate::v1::{
     Admission, AdmitRequest, AuthenticateRequest, DailyUsage, GetSubscriptionRequest,
-    GetUsageRequest, InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, Pricing, SettleRequest,
+    GetUsageRequest, InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, SettleRequest,
     Settlement, Subscription, UsageLineItem, UsageReport,
 };
 use tonic::{Request, Response, Status};
@@ -29,6 +28,7 @@ use crate::entity::api_key;
 use crate::error::BillingError;
 use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
 use crate::ledger::{self, Ledger, LedgerRow, LedgerWriter, Outcome};
+use crate::pricing::{self, cost_picodollars, worst_case_picodollars};
 use crate::shared_limits::SharedLimits;
 
 /// How often a service polls `api_keys` for changes made elsewhere, unless told otherwise.
@@ -250,10 +250,10 @@ impl BillingService {
         request_id: &str,
         period: Period,
     ) -> Result<i64, BillingError> {
-        let pricing = req.pricing.unwrap_or_default();
-        validate_pricing(&pricing)?;
+        let prices = req.pricing.unwrap_or_default();
+        pricing::validate(&prices)?;
         let amount =
-            worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, &pricing);
+            worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, &prices);
         let ttl = if req.reservation_ttl_ms == 0 {
             DEFAULT_RESERVATION_TTL
         } else {
@@ -294,19 +294,6 @@ fn key_info(key: &ActiveKey) -> KeyInfo {
     }
 }
 
-/// The most a request can cost: every prompt token at the dearest prompt price (plain, cache hit
-/// or cache write) and every completion token at the output price. Saturates at `i64::MAX`, which
-/// no balance covers.
-fn worst_case_picodollars(prompt_tokens: u64, completion_tokens: u64, pricing: &Pricing) -> i64 {
-    let prompt_price = pricing
-        .input_micros_per_mtok
-        .max(pricing.cached_input_micros_per_mtok)
-        .max(pricing.cache_write_micros_per_mtok);
-    let total = i128::from(prompt_tokens) * i128::from(prompt_price)
-        + i128::from(completion_tokens) * i128::from(pricing.output_micros_per_mtok);
-    i64::try_from(total).unwrap_or(i64::MAX)
-}
-
 fn non_empty(param: &'static str, value: String) -> Result<String, BillingError> {
     if value.trim().is_empty() {
         Err(BillingError::invalid(
@@ -338,8 +325,8 @@ fn ledger_row(req: SettleRequest, now: i64, period: Period) -> Result<LedgerRow,
         }
     };
     let usage = req.usage.unwrap_or_default();
-    let pricing = req.pricing.unwrap_or_default();
-    validate_pricing(&pricing)?;
+    let prices = req.pricing.unwrap_or_default();
+    pricing::validate(&prices)?;
     Ok(LedgerRow {
         request_id,
         key_id,
@@ -352,43 +339,13 @@ fn ledger_row(req: SettleRequest, now: i64, period: Period) -> Result<LedgerRow,
         completion_tokens: tokens("usage.completion_tokens", usage.completion_tokens)?,
         reasoning_tokens: tokens("usage.reasoning_tokens", usage.reasoning_tokens)?,
         cache_write_tokens: tokens("usage.cache_write_tokens", usage.cache_write_tokens)?,
-        cost_picodollars: cost_picodollars(&usage, &pricing),
+        cost_picodollars: cost_picodollars(&usage, &prices),
         outcome,
         streamed: req.streamed,
         estimated: req.estimated,
         created_at: now,
         period,
     })
-}
-
-fn validate_pricing(pricing: &Pricing) -> Result<(), BillingError> {
-    let prices = [
-        (
-            "pricing.input_micros_per_mtok",
-            pricing.input_micros_per_mtok,
-        ),
-        (
-            "pricing.cached_input_micros_per_mtok",
-            pricing.cached_input_micros_per_mtok,
-        ),
-        (
-            "pricing.output_micros_per_mtok",
-            pricing.output_micros_per_mtok,
-        ),
-        (
-            "pricing.cache_write_micros_per_mtok",
-            pricing.cache_write_micros_per_mtok,
-        ),
-    ];
-    for (param, price) in prices {
-        if price < 0 {
-            return Err(BillingError::invalid(
-                param,
-                format!("{param} must not be negative"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Releases expired reservations every `interval` until told to stop.
@@ -609,7 +566,7 @@ impl Metering for BillingService {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use tollgate::v1::Usage;
+    use tollgate::v1::{Pricing, Usage};
 
     use super::*;
 

@@ -16,12 +16,10 @@ use tollgate::v1::{
     Outcome, Pricing, RevokeKeyRequest, RotateKeyRequest, SettleRequest, TopUpRequest,
     UpdateKeyRequest, Usage,
 };
-use tollgate_billing::{AdminService, TierConfig, create_key};
+use tollgate_billing::{AdminService, create_key};
 use tonic::Code;
 
-use support::{ADMIN_TOKEN, Harness, error_code, tier, tiers, with_key};
-
-const NO_REFRESH: Duration = Duration::from_secs(3600);
+use support::{ADMIN_TOKEN, Harness, Setup, error_code, tier, with_key};
 
 fn as_admin<T>(message: T) -> tonic::Request<T> {
     with_key(message, ADMIN_TOKEN)
@@ -34,10 +32,6 @@ fn admit(request_id: &str, model: &str, model_id: &str) -> AdmitRequest {
         model_id: model_id.to_owned(),
         ..Default::default()
     }
-}
-
-async fn start(dir: &tempfile::TempDir, list: Vec<TierConfig>) -> Harness {
-    Harness::start(&dir.path().join("a.db"), tiers(list), NO_REFRESH).await
 }
 
 async fn create(h: &Harness, request: CreateKeyRequest) -> (ManagedKey, String) {
@@ -62,8 +56,7 @@ async fn authenticate(h: &Harness, secret: &str) -> Result<(), tonic::Status> {
 
 #[tokio::test]
 async fn admin_calls_need_the_admin_token_not_an_api_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(&dir, vec![tier("basic", 10, 100)]).await;
+    let h = Harness::sqlite(tier("basic", 10, 100)).await;
     let (_, api_key) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let mut admin = h.client.admin.clone();
 
@@ -105,8 +98,7 @@ async fn admin_calls_need_the_admin_token_not_an_api_key() {
 
 #[tokio::test]
 async fn created_keys_carry_their_overrides_and_list_without_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(&dir, vec![tier("pro", 30, 3000)]).await;
+    let h = Harness::sqlite(tier("pro", 30, 3000)).await;
     let expires_at = chrono::Utc::now().timestamp() + 3600;
     let (key, secret) = create(
         &h,
@@ -179,8 +171,7 @@ async fn created_keys_carry_their_overrides_and_list_without_secrets() {
 
 #[tokio::test]
 async fn rotation_refuses_the_old_secret_at_once_and_keeps_the_usage() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(&dir, vec![tier("basic", 10, 100)]).await;
+    let h = Harness::sqlite(tier("basic", 10, 100)).await;
     let (key, old) = create(
         &h,
         CreateKeyRequest {
@@ -275,8 +266,9 @@ async fn rotation_refuses_the_old_secret_at_once_and_keeps_the_usage() {
 
 #[tokio::test]
 async fn updates_apply_at_once_overrides_expiry_and_tier() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(&dir, vec![tier("pro", 30, 3000), tier("basic", 10, 100)]).await;
+    let h = Setup::new(vec![tier("pro", 30, 3000), tier("basic", 10, 100)])
+        .sqlite()
+        .await;
     let (key, secret) = create(
         &h,
         CreateKeyRequest {
@@ -381,8 +373,7 @@ async fn updates_apply_at_once_overrides_expiry_and_tier() {
 
 #[tokio::test]
 async fn keys_expire_by_the_clock_while_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(&dir, vec![tier("basic", 10, 100)]).await;
+    let h = Harness::sqlite(tier("basic", 10, 100)).await;
     let (_, secret) = create(
         &h,
         CreateKeyRequest {
@@ -410,10 +401,9 @@ async fn keys_expire_by_the_clock_while_cached() {
 
 #[tokio::test]
 async fn tier_allow_lists_refuse_other_models_before_counting() {
-    let dir = tempfile::tempdir().unwrap();
     let mut flash = tier("flash", 1, 100);
     flash.models = Some(vec!["deepseek-v4-flash".into(), "gpt-4o".into()]);
-    let h = start(&dir, vec![flash]).await;
+    let h = Harness::sqlite(flash).await;
     let (_, secret) = create_key(&h.db, &h.tiers, "flash", None).await.unwrap();
     let secret = secret.expose_secret();
     let mut client = h.client.clone();
@@ -466,8 +456,7 @@ fn admit_reserving(request_id: &str) -> AdmitRequest {
 
 #[tokio::test]
 async fn admin_gives_keys_money_tops_them_up_and_sets_budgets() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(&dir, vec![tier("pro", 1000, 1000)]).await;
+    let h = Harness::sqlite(tier("pro", 1000, 1000)).await;
     // Exact decimal strings: 0.00003 USD covers one worst case (0.00002), not two.
     let (key, secret) = create(
         &h,

@@ -10,10 +10,10 @@ use std::time::Duration;
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use tollgate::v1::{AdmitRequest, Outcome, Pricing, SettleRequest, Usage};
-use tollgate_billing::{KeyMoney, accounts, create_key_with};
+use tollgate_billing::{KeyMoney, KeyRecord, SecretKey, accounts, create_key_with};
 use tonic::Code;
 
-use support::{Harness, error_code, tier, tiers, with_key};
+use support::{Harness, Setup, error_code, tier, with_key};
 
 /// 0.22 / 0.005 / 0.44 USD per 1M tokens, cache writes at the input price.
 const PRICING: Pricing = Pricing {
@@ -101,19 +101,7 @@ async fn assert_books_balance(db: &DatabaseConnection, key_id: &str, credited: i
 pub async fn concurrent_admissions_never_overdraw(h: &Harness) {
     // Money for exactly 7 worst cases, and a bit: 40 admissions race for it.
     let balance = 7 * RESERVE + RESERVE / 2;
-    let (record, secret) = create_key_with(
-        &h.db,
-        &h.tiers,
-        &new_key(
-            "wide",
-            KeyMoney {
-                balance_picodollars: Some(balance),
-                monthly_budget_picodollars: None,
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    let (record, secret) = prepaid_key(h, balance).await;
     let run = uuid::Uuid::now_v7().simple().to_string();
     let ids: Vec<String> = (0..40).map(|i| format!("chatcmpl-{run}-{i}")).collect();
     let admissions = join_all(ids.iter().map(|id| {
@@ -170,26 +158,14 @@ pub async fn concurrent_admissions_never_overdraw(h: &Harness) {
 
 #[tokio::test]
 async fn concurrent_admissions_never_overdraw_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("m.db"),
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
+    let h = money_harness().await;
     concurrent_admissions_never_overdraw(&h).await;
     h.stop().await;
 }
 
 #[tokio::test]
 async fn monthly_budget_caps_spend_and_keys_without_money_reserve_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
+    let h = money_harness().await;
     // A budget of one worst case and a tenth: the first request fits, and so does a second after
     // the first settled at its (much smaller) real cost; after two, what is left does not.
     let (budgeted, budget_secret) = create_key_with(
@@ -260,27 +236,8 @@ async fn monthly_budget_caps_spend_and_keys_without_money_reserve_nothing() {
 
 #[tokio::test]
 async fn unsettled_reservations_are_released_at_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("r.db");
-    let h = Harness::start(
-        &path,
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
-    let (record, secret) = create_key_with(
-        &h.db,
-        &h.tiers,
-        &new_key(
-            "wide",
-            KeyMoney {
-                balance_picodollars: Some(2 * RESERVE),
-                monthly_budget_picodollars: None,
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    let h = money_harness().await;
+    let (record, secret) = prepaid_key(&h, 2 * RESERVE).await;
     let mut client = h.client.clone();
     for i in 0..2 {
         client
@@ -298,13 +255,7 @@ async fn unsettled_reservations_are_released_at_restart() {
             .is_err()
     );
     // The process "dies" with two requests in flight: they never settle.
-    h.stop().await;
-    let h = Harness::start(
-        &path,
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
+    let h = h.restart().await;
     let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
     assert_eq!(account.reserved_picodollars, 0);
     assert_eq!(accounts::open_reservations(&h.db).await.unwrap(), 0);
@@ -321,45 +272,15 @@ async fn unsettled_reservations_are_released_at_restart() {
 #[tokio::test]
 #[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
 async fn concurrent_admissions_never_overdraw_on_postgres() {
-    let Ok(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL") else {
-        panic!("set TOLLGATE_TEST_POSTGRES_URL to a PostgreSQL database to run this test");
-    };
-    let db = tollgate_billing::connect(&tollgate_billing::DatabaseConfig { url })
-        .await
-        .unwrap();
-    tollgate_billing::migrate(&db).await.unwrap();
-    let h = Harness::start_on(
-        db,
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
+    let h = money_setup().postgres().await;
     concurrent_admissions_never_overdraw(&h).await;
     h.stop().await;
 }
 
 #[tokio::test]
 async fn the_sweep_releases_only_expired_reservations() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("s.db"),
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
-    let (record, secret) = create_key_with(
-        &h.db,
-        &h.tiers,
-        &new_key(
-            "wide",
-            KeyMoney {
-                balance_picodollars: Some(10 * RESERVE),
-                monthly_budget_picodollars: None,
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    let h = money_harness().await;
+    let (record, secret) = prepaid_key(&h, 10 * RESERVE).await;
     let mut client = h.client.clone();
     let mut short = admit("short-lived");
     short.reservation_ttl_ms = 1;
@@ -391,6 +312,26 @@ async fn the_sweep_releases_only_expired_reservations() {
     h.stop().await;
 }
 
+/// The money tests' service: one wide tier, keys refreshed every 50 ms.
+fn money_setup() -> Setup {
+    Setup::new(vec![tier("wide", 10_000, 10_000)]).refresh(Duration::from_millis(50))
+}
+
+async fn money_harness() -> Harness {
+    money_setup().sqlite().await
+}
+
+/// A key of the wide tier with a prepaid balance of `balance` picodollars.
+async fn prepaid_key(h: &Harness, balance: i64) -> (KeyRecord, SecretKey) {
+    let money = KeyMoney {
+        balance_picodollars: Some(balance),
+        monthly_budget_picodollars: None,
+    };
+    create_key_with(&h.db, &h.tiers, &new_key("wide", money))
+        .await
+        .unwrap()
+}
+
 /// A new key of `tier` with `money`.
 fn new_key(tier: &str, money: KeyMoney) -> tollgate_billing::NewKey {
     tollgate_billing::NewKey {
@@ -404,26 +345,8 @@ fn new_key(tier: &str, money: KeyMoney) -> tollgate_billing::NewKey {
 /// their real cost exactly like a successful one.
 #[tokio::test]
 async fn failed_and_cancelled_requests_release_their_reservations() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("o.db"),
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
-    let (record, secret) = create_key_with(
-        &h.db,
-        &h.tiers,
-        &new_key(
-            "wide",
-            KeyMoney {
-                balance_picodollars: Some(3 * RESERVE),
-                monthly_budget_picodollars: None,
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    let h = money_harness().await;
+    let (record, secret) = prepaid_key(&h, 3 * RESERVE).await;
     let mut client = h.client.clone();
     for (i, outcome) in [Outcome::Failed, Outcome::Cancelled]
         .into_iter()
@@ -448,26 +371,8 @@ async fn failed_and_cancelled_requests_release_their_reservations() {
 /// balance, never below zero, and books the excess as written off.
 #[tokio::test]
 async fn a_cost_above_the_balance_stops_it_at_zero_and_writes_off_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("w.db"),
-        tiers(vec![tier("wide", 10_000, 10_000)]),
-        Duration::from_millis(50),
-    )
-    .await;
-    let (record, secret) = create_key_with(
-        &h.db,
-        &h.tiers,
-        &new_key(
-            "wide",
-            KeyMoney {
-                balance_picodollars: Some(RESERVE),
-                monthly_budget_picodollars: None,
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    let h = money_harness().await;
+    let (record, secret) = prepaid_key(&h, RESERVE).await;
     let mut client = h.client.clone();
     client
         .admit(with_key(admit("overrun"), secret.expose_secret()))

@@ -8,31 +8,24 @@ mod support;
 use std::time::Duration;
 
 use tollgate::v1::{AdmitRequest, GetUsageRequest, Outcome, Pricing, SettleRequest, Usage};
-use tollgate_billing::{DatabaseConfig, create_key, list_keys, revoke_key};
+use tollgate_billing::{create_key, list_keys, revoke_key};
 use tonic::Code;
 
-use support::{Harness, eventually, tier, tiers, with_key};
+use support::{Setup, eventually, tier, with_key};
 
 /// Ignored by default so a run without a server reports it as not run rather than passed:
 /// `TOLLGATE_TEST_POSTGRES_URL=postgres://... cargo test -p tollgate-billing --test postgres -- --ignored`.
 #[tokio::test]
 #[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
 async fn billing_works_on_postgres() {
-    let Ok(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL") else {
-        panic!("set TOLLGATE_TEST_POSTGRES_URL to a PostgreSQL database to run this test");
-    };
-    let db = tollgate_billing::connect(&DatabaseConfig { url })
+    // Migrating an up-to-date schema again is a no-op.
+    tollgate_billing::migrate(&support::postgres().await)
         .await
         .unwrap();
-    tollgate_billing::migrate(&db).await.unwrap();
-    tollgate_billing::migrate(&db).await.unwrap();
-
-    let h = Harness::start_on(
-        db,
-        tiers(vec![tier("basic", 100, 2)]),
-        Duration::from_millis(50),
-    )
-    .await;
+    let h = Setup::new(vec![tier("basic", 100, 2)])
+        .refresh(Duration::from_millis(50))
+        .postgres()
+        .await;
     let (record, secret) = create_key(&h.db, &h.tiers, "basic", Some("pg"))
         .await
         .unwrap();

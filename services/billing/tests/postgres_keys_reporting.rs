@@ -10,28 +10,17 @@ use std::time::Duration;
 use sea_orm::{ActiveValue, EntityTrait};
 use tollgate::v1::GetUsageRequest;
 use tollgate_billing::entity::usage_ledger;
-use tollgate_billing::{
-    DatabaseConfig, KeyUpdate, NewKey, create_key_with, rotate_key, update_key,
-};
+use tollgate_billing::{KeyUpdate, NewKey, create_key_with, rotate_key, update_key};
 
-use support::{Harness, tier, tiers, with_key};
+use support::{Setup, tier, with_key};
 
 #[tokio::test]
 #[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
 async fn keys_and_daily_reports_work_on_postgres() {
-    let Ok(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL") else {
-        panic!("set TOLLGATE_TEST_POSTGRES_URL to a PostgreSQL database to run this test");
-    };
-    let db = tollgate_billing::connect(&DatabaseConfig { url })
-        .await
-        .unwrap();
-    tollgate_billing::migrate(&db).await.unwrap();
-    let h = Harness::start_on(
-        db,
-        tiers(vec![tier("pg-pro", 30, 3000)]),
-        Duration::from_millis(50),
-    )
-    .await;
+    let h = Setup::new(vec![tier("pg-pro", 30, 3000)])
+        .refresh(Duration::from_millis(50))
+        .postgres()
+        .await;
     let new = NewKey {
         tier: "pg-pro".into(),
         expires_at: Some(chrono::Utc::now() + chrono::Duration::days(1)),

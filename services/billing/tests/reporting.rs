@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use chrono::{Duration as Days, NaiveDate, Utc};
 use sea_orm::{ActiveValue, EntityTrait};
 use tollgate::error::ApiError;
@@ -15,9 +13,7 @@ use tollgate_billing::entity::usage_ledger;
 use tollgate_billing::{NewKey, create_key_with};
 use tonic::Code;
 
-use support::{Harness, tier, tiers, with_key};
-
-const NO_REFRESH: Duration = Duration::from_secs(3600);
+use support::{Harness, tier, with_key};
 
 fn midnight_ms(day: NaiveDate) -> i64 {
     day.and_hms_opt(0, 0, 0)
@@ -63,16 +59,6 @@ async fn insert_row(
     .unwrap();
 }
 
-/// A service with one tier, `pro` (30 rpm, 3000 a month), on a fresh SQLite file.
-async fn start_pro(dir: &tempfile::TempDir) -> Harness {
-    Harness::start(
-        &dir.path().join("r.db"),
-        tiers(vec![tier("pro", 30, 3000)]),
-        NO_REFRESH,
-    )
-    .await
-}
-
 fn range(start: NaiveDate, end: NaiveDate) -> GetUsageRequest {
     GetUsageRequest {
         start_date: start.to_string(),
@@ -82,8 +68,7 @@ fn range(start: NaiveDate, end: NaiveDate) -> GetUsageRequest {
 
 #[tokio::test]
 async fn usage_reports_daily_costs_by_model_over_a_date_range() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start_pro(&dir).await;
+    let h = Harness::sqlite(tier("pro", 30, 3000)).await;
     let new = NewKey {
         tier: "pro".into(),
         ..Default::default()
@@ -205,8 +190,7 @@ async fn usage_reports_daily_costs_by_model_over_a_date_range() {
 
 #[tokio::test]
 async fn usage_ranges_are_validated_naming_the_parameter() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start_pro(&dir).await;
+    let h = Harness::sqlite(tier("pro", 30, 3000)).await;
     let new = NewKey {
         tier: "pro".into(),
         ..Default::default()
@@ -244,8 +228,7 @@ async fn usage_ranges_are_validated_naming_the_parameter() {
 
 #[tokio::test]
 async fn subscription_reports_the_tier_limits_and_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = start_pro(&dir).await;
+    let h = Harness::sqlite(tier("pro", 30, 3000)).await;
     let expires = Utc::now() + Days::days(30);
     let new = NewKey {
         tier: "pro".into(),

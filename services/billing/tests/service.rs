@@ -14,10 +14,8 @@ use tollgate_billing::entity::usage_ledger;
 use tollgate_billing::{create_key, revoke_key};
 use tonic::Code;
 
-use support::{Harness, error_code, eventually, open_db, tier, tiers, with_key};
+use support::{Harness, Setup, error_code, eventually, tier, with_key};
 
-/// Long enough that the refresh task never runs during a test that relies on something else.
-const NO_REFRESH: Duration = Duration::from_secs(3600);
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn admit(request_id: &str) -> AdmitRequest {
@@ -68,13 +66,7 @@ fn usage(prompt: u64, cached: u64, completion: u64, reasoning: u64) -> Usage {
 
 #[tokio::test]
 async fn authenticate_accepts_known_keys_and_refuses_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("basic", 10, 1000)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("basic", 10, 1000)).await;
     let (record, secret) = create_key(&h.db, &h.tiers, "basic", Some("ci"))
         .await
         .unwrap();
@@ -118,13 +110,7 @@ async fn authenticate_accepts_known_keys_and_refuses_others() {
 
 #[tokio::test]
 async fn revoked_key_is_refused_right_after_invalidate_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("basic", 10, 1000)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("basic", 10, 1000)).await;
     let (record, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let mut client = h.client.clone();
     client
@@ -160,14 +146,10 @@ async fn revoked_key_is_refused_right_after_invalidate_key() {
 
 #[tokio::test]
 async fn revocation_by_another_process_is_noticed_by_the_refresh_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("b.db");
-    let h = Harness::start(
-        &path,
-        tiers(vec![tier("basic", 10, 1000)]),
-        Duration::from_millis(50),
-    )
-    .await;
+    let h = Setup::new(vec![tier("basic", 10, 1000)])
+        .refresh(Duration::from_millis(50))
+        .sqlite()
+        .await;
     let (record, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let mut client = h.client.clone();
     client
@@ -176,7 +158,7 @@ async fn revocation_by_another_process_is_noticed_by_the_refresh_task() {
         .unwrap();
 
     // The CLI: its own connection, no RPC to the service.
-    let cli_db = open_db(&path).await;
+    let cli_db = h.another_connection().await;
     revoke_key(&cli_db, &record.prefix).await.unwrap();
 
     let refused = eventually(DEADLINE, || {
@@ -206,13 +188,7 @@ async fn revocation_by_another_process_is_noticed_by_the_refresh_task() {
 
 #[tokio::test]
 async fn rpm_limit_refuses_the_fourth_request_of_the_minute() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("basic", 3, 1000)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("basic", 3, 1000)).await;
     let (_, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let mut client = h.client.clone();
     for i in 0..3 {
@@ -245,13 +221,7 @@ async fn rpm_limit_refuses_the_fourth_request_of_the_minute() {
 
 #[tokio::test]
 async fn monthly_quota_admits_exactly_the_limit_under_concurrency() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("basic", 10_000, 5)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("basic", 10_000, 5)).await;
     let (_, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
 
     // Cold cache: the concurrent fills must also agree on one counter.
@@ -291,10 +261,7 @@ async fn monthly_quota_admits_exactly_the_limit_under_concurrency() {
 
 #[tokio::test]
 async fn quota_counter_is_restored_from_the_ledger_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("b.db");
-    let tiers = tiers(vec![tier("basic", 100, 10)]);
-    let h = Harness::start(&path, tiers.clone(), NO_REFRESH).await;
+    let h = Harness::sqlite(tier("basic", 100, 10)).await;
     let (record, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let mut client = h.client.clone();
     for i in 0..3 {
@@ -308,9 +275,7 @@ async fn quota_counter_is_restored_from_the_ledger_after_a_restart() {
             .await
             .unwrap();
     }
-    h.stop().await;
-
-    let h = Harness::start(&path, tiers, NO_REFRESH).await;
+    let h = h.restart().await;
     let report = h.usage(secret.expose_secret()).await;
     assert_eq!(report.monthly_requests, 3);
     assert_eq!(report.monthly_limit, 10);
@@ -321,13 +286,7 @@ async fn quota_counter_is_restored_from_the_ledger_after_a_restart() {
 
 #[tokio::test]
 async fn settle_is_idempotent_by_request_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("basic", 100, 100)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("basic", 100, 100)).await;
     let (record, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let mut client = h.client.clone();
     client
@@ -359,13 +318,7 @@ async fn settle_is_idempotent_by_request_id() {
 
 #[tokio::test]
 async fn costs_are_exact_and_sum_to_the_reported_total() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("pro", 100, 100)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("pro", 100, 100)).await;
     let (record, secret) = create_key(&h.db, &h.tiers, "pro", None).await.unwrap();
     let mut client = h.client.clone();
     let usages = [
@@ -416,9 +369,7 @@ async fn costs_are_exact_and_sum_to_the_reported_total() {
 
 #[tokio::test]
 async fn concurrent_settles_are_all_durable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("b.db");
-    let h = Harness::start(&path, tiers(vec![tier("basic", 100, 100)]), NO_REFRESH).await;
+    let h = Harness::sqlite(tier("basic", 100, 100)).await;
     let (record, _) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let calls: Vec<_> = (0..300)
         .map(|i| {
@@ -432,7 +383,7 @@ async fn concurrent_settles_are_all_durable() {
         expected += call.await.unwrap().unwrap().into_inner().cost_picodollars;
     }
     // Every Settle has returned, so every row is committed: a fresh connection sees them all.
-    let fresh = open_db(&path).await;
+    let fresh = h.another_connection().await;
     assert_eq!(
         usage_ledger::Entity::find().count(&fresh).await.unwrap(),
         300
@@ -451,13 +402,7 @@ async fn concurrent_settles_are_all_durable() {
 
 #[tokio::test]
 async fn settle_and_admit_validate_their_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("basic", 100, 100)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("basic", 100, 100)).await;
     let (record, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
     let mut client = h.client.clone();
     let status = client
@@ -487,13 +432,11 @@ async fn settle_and_admit_validate_their_input() {
 
 #[tokio::test]
 async fn a_key_whose_tier_left_the_config_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("b.db");
-    let h = Harness::start(&path, tiers(vec![tier("legacy", 10, 10)]), NO_REFRESH).await;
+    let h = Harness::sqlite(tier("legacy", 10, 10)).await;
     let (_, secret) = create_key(&h.db, &h.tiers, "legacy", None).await.unwrap();
-    h.stop().await;
-
-    let h = Harness::start(&path, tiers(vec![tier("basic", 10, 10)]), NO_REFRESH).await;
+    let h = h
+        .restart_with(Setup::new(vec![tier("basic", 10, 10)]))
+        .await;
     let status = h
         .client
         .clone()
@@ -507,13 +450,7 @@ async fn a_key_whose_tier_left_the_config_is_refused() {
 
 #[tokio::test]
 async fn settle_after_shutdown_is_unavailable() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Harness::start(
-        &dir.path().join("b.db"),
-        tiers(vec![tier("basic", 100, 100)]),
-        NO_REFRESH,
-    )
-    .await;
+    let h = Harness::sqlite(tier("basic", 100, 100)).await;
     h.service.shutdown().await;
     let status = h
         .client

@@ -1,12 +1,14 @@
-//! Shared set-up of the billing service tests: a SQLite file in a temp dir, the service behind a
-//! real tonic server on 127.0.0.1:0, and a generated client connected to it.
+//! The one set-up of the billing tests: [`Harness::sqlite`] (a SQLite file in a temp dir the
+//! harness owns) or [`Setup::postgres`], the services behind a real tonic server on 127.0.0.1:0,
+//! and generated clients connected to it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
+use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -35,38 +37,91 @@ pub fn tier(name: &str, rpm: u32, monthly_requests: u64) -> TierConfig {
 /// The admin token every harness's Admin service accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// Long enough that the key-refresh poll never runs during a test that relies on something else.
+pub const NO_REFRESH: Duration = Duration::from_secs(3600);
+
 pub fn tiers(list: Vec<TierConfig>) -> Tiers {
     Tiers::new(list).unwrap()
 }
 
-pub async fn open_db(path: &Path) -> DatabaseConnection {
-    let db = tollgate_billing::connect(&DatabaseConfig {
-        url: format!("sqlite://{}", path.display()),
-    })
-    .await
-    .unwrap();
+/// Opens (and migrates) the database at `url`.
+pub async fn connect(url: String) -> DatabaseConnection {
+    let db = tollgate_billing::connect(&DatabaseConfig { url })
+        .await
+        .unwrap();
     tollgate_billing::migrate(&db).await.unwrap();
     db
 }
 
-/// One running billing service and a client of it.
+/// The PostgreSQL database of the `--ignored` tests (`scripts/test.sh` starts one).
+pub async fn postgres() -> DatabaseConnection {
+    let Ok(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL") else {
+        panic!("set TOLLGATE_TEST_POSTGRES_URL to a PostgreSQL database to run this test");
+    };
+    connect(url).await
+}
+
+/// What a harness runs: its tiers and how often its service polls for key changes.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub tiers: Vec<TierConfig>,
+    pub refresh: Duration,
+}
+
+impl Setup {
+    /// `tiers`, with no refresh poll during the test.
+    pub fn new(tiers: Vec<TierConfig>) -> Self {
+        Self {
+            tiers,
+            refresh: NO_REFRESH,
+        }
+    }
+
+    /// Polls for key changes made by other processes every `interval`.
+    pub fn refresh(mut self, interval: Duration) -> Self {
+        self.refresh = interval;
+        self
+    }
+
+    /// On a fresh SQLite file in a temp dir the harness owns.
+    pub async fn sqlite(self) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let db = connect(sqlite_url(&dir)).await;
+        Harness::start(db, self, Some(dir)).await
+    }
+
+    /// On the PostgreSQL database of the `--ignored` tests.
+    pub async fn postgres(self) -> Harness {
+        Harness::start(postgres().await, self, None).await
+    }
+}
+
+fn sqlite_url(dir: &TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("billing.db").display())
+}
+
+/// One running billing service (Billing, Metering and Admin on one tonic server) and clients of it.
 pub struct Harness {
     pub db: DatabaseConnection,
     pub tiers: Tiers,
     pub service: BillingService,
     pub client: Clients,
+    setup: Setup,
+    /// The SQLite file's folder; `None` on PostgreSQL.
+    dir: Option<TempDir>,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 impl Harness {
-    pub async fn start(db_path: &Path, tiers: Tiers, refresh: Duration) -> Self {
-        Self::start_on(open_db(db_path).await, tiers, refresh).await
+    /// A service with the one tier `tier` on a fresh SQLite file, no refresh poll.
+    pub async fn sqlite(tier: TierConfig) -> Self {
+        Setup::new(vec![tier]).sqlite().await
     }
 
-    /// Starts on an open, migrated database (PostgreSQL tests).
-    pub async fn start_on(db: DatabaseConnection, tiers: Tiers, refresh: Duration) -> Self {
-        let service = BillingService::new(db.clone(), tiers.clone(), refresh)
+    async fn start(db: DatabaseConnection, setup: Setup, dir: Option<TempDir>) -> Self {
+        let tiers = tiers(setup.tiers.clone());
+        let service = BillingService::new(db.clone(), tiers.clone(), setup.refresh)
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -107,9 +162,45 @@ impl Harness {
                 admin: AdminClient::new(channel.clone()),
                 billing: BillingClient::new(channel),
             },
+            setup,
+            dir,
             stop_server: Some(stop_server),
             server: Some(server),
         }
+    }
+
+    /// The SQLite file (only for SQLite harnesses).
+    pub fn db_path(&self) -> PathBuf {
+        self.dir
+            .as_ref()
+            .expect("a SQLite harness")
+            .path()
+            .join("billing.db")
+    }
+
+    /// A second connection to the same database, as another process (the CLI) would open.
+    pub async fn another_connection(&self) -> DatabaseConnection {
+        match &self.dir {
+            Some(dir) => connect(sqlite_url(dir)).await,
+            None => postgres().await,
+        }
+    }
+
+    /// Stops this service and starts a new one on the same database: a process restart.
+    pub async fn restart(self) -> Self {
+        let setup = self.setup.clone();
+        self.restart_with(setup).await
+    }
+
+    /// A restart with another configuration (other tiers, another refresh interval).
+    pub async fn restart_with(mut self, setup: Setup) -> Self {
+        let dir = self.dir.take();
+        self.stop().await;
+        let db = match &dir {
+            Some(dir) => connect(sqlite_url(dir)).await,
+            None => postgres().await,
+        };
+        Self::start(db, setup, dir).await
     }
 
     /// The key's usage report, through the public `Billing.GetUsage`.
@@ -147,7 +238,6 @@ pub fn error_code(status: &tonic::Status) -> Option<String> {
 }
 
 /// The `param` (field) of a status built from the error table.
-#[allow(dead_code)] // Not every test binary that includes this module uses it.
 pub fn error_param(status: &tonic::Status) -> Option<String> {
     ApiError::from_status(status).param
 }

@@ -24,6 +24,7 @@ from tollgate.v1 import (
     catalog_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
+    metering_pb2,
 )
 
 from harness import ALIASES, MODEL_IDS, PRICES, Gateway, auth, make_client, wait_until
@@ -442,10 +443,10 @@ def test_metering_is_not_served_on_the_public_listener(grpc_channel, key, method
     """Admission and settlement are internal: a client able to call Settle could settle its own
     request id at zero tokens before the gateway does."""
     messages = {
-        "Settle": (billing_pb2.SettleRequest(request_id="chatcmpl-x", key_id="k"), billing_pb2.Settlement),
-        "Admit": (billing_pb2.AdmitRequest(request_id="chatcmpl-x", model="gpt-4o"), billing_pb2.Admission),
-        "Authenticate": (billing_pb2.AuthenticateRequest(), billing_pb2.KeyInfo),
-        "InvalidateKey": (billing_pb2.InvalidateKeyRequest(key_id="k"), billing_pb2.InvalidateKeyResponse),
+        "Settle": (metering_pb2.SettleRequest(request_id="chatcmpl-x", key_id="k"), metering_pb2.Settlement),
+        "Admit": (metering_pb2.AdmitRequest(request_id="chatcmpl-x", model="gpt-4o"), metering_pb2.Admission),
+        "Authenticate": (metering_pb2.AuthenticateRequest(), metering_pb2.KeyInfo),
+        "InvalidateKey": (metering_pb2.InvalidateKeyRequest(key_id="k"), metering_pb2.InvalidateKeyResponse),
     }
     request, response = messages[method]
     call = grpc_channel.unary_unary(

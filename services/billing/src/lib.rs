@@ -12,13 +12,16 @@
 //!
 //! A process assembles it as:
 //! ```no_run
-//! # async fn run() -> Result<(), tollgate_billing::BillingError> {
+//! # async fn run(catalog_channel: tonic::transport::Channel) -> Result<(), tollgate_billing::BillingError> {
 //! use tollgate_billing::{BillingService, DatabaseConfig, Tiers, TierConfig};
 //! let db = tollgate_billing::connect(&DatabaseConfig::default()).await?;
 //! tollgate_billing::migrate(&db).await?;
 //! let pro = TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000, models: None };
 //! let tiers = Tiers::new(vec![pro])?;
-//! let billing = BillingService::new(db, tiers, tollgate_billing::DEFAULT_KEY_REFRESH_INTERVAL).await?;
+//! // Prices come from the Catalog service: over the network here, in-process in the monolith.
+//! let catalog = tollgate::transport::network(catalog_channel);
+//! let refresh = tollgate_billing::DEFAULT_KEY_REFRESH_INTERVAL;
+//! let billing = BillingService::new(db, tiers, catalog, refresh).await?;
 //! let server = tollgate::v1::billing_server::BillingServer::new(billing.clone());
 //! # let _ = server;
 //! billing.shutdown().await;

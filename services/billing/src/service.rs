@@ -12,11 +12,12 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QuerySelect};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tollgate::transport::GrpcTransport;
 use tollgate::v1::billing_server::Billing;
 use tollgate::v1::metering_server::Metering;
 use tollgate::v1::{
     Admission, AdmitRequest, AuthenticateRequest, DailyUsage, GetSubscriptionRequest,
-    GetUsageRequest, InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, SettleRequest,
+    GetUsageRequest, InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, Pricing, SettleRequest,
     Settlement, Subscription, UsageLineItem, UsageReport,
 };
 use tonic::{Request, Response, Status};
@@ -28,7 +29,7 @@ use crate::entity::api_key;
 use crate::error::BillingError;
 use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
 use crate::ledger::{self, Ledger, LedgerRow, LedgerWriter, Outcome};
-use crate::pricing::{self, cost_picodollars, worst_case_picodollars};
+use crate::pricing::{PriceBook, cost_picodollars, worst_case_picodollars};
 use crate::shared_limits::SharedLimits;
 
 /// How often a service polls `api_keys` for changes made elsewhere, unless told otherwise.
@@ -72,6 +73,7 @@ struct Inner {
     db: DatabaseConnection,
     tiers: Tiers,
     keys: Arc<KeyCache>,
+    prices: PriceBook,
     ledger: Ledger,
     shared_limits: Option<SharedLimits>,
     tasks: Mutex<Option<Tasks>>,
@@ -97,15 +99,18 @@ impl std::fmt::Debug for BillingService {
 impl BillingService {
     /// Starts the service on a migrated database: spawns the ledger writer and a task that polls
     /// `api_keys` every `key_refresh_interval` (see [`DEFAULT_KEY_REFRESH_INTERVAL`]) and evicts
-    /// keys changed by other processes. Fails when the schema is missing (run the migrations).
+    /// keys changed by other processes. Prices come from the Catalog service `catalog` reaches.
+    /// Fails when the schema is missing (run the migrations).
     pub async fn new(
         db: DatabaseConnection,
         tiers: Tiers,
+        catalog: GrpcTransport,
         key_refresh_interval: Duration,
     ) -> Result<Self, BillingError> {
         Self::with_options(
             db,
             tiers,
+            catalog,
             BillingOptions {
                 key_refresh_interval,
                 ..BillingOptions::default()
@@ -121,6 +126,7 @@ impl BillingService {
     pub async fn with_options(
         db: DatabaseConnection,
         tiers: Tiers,
+        catalog: GrpcTransport,
         options: BillingOptions,
     ) -> Result<Self, BillingError> {
         api_key::Entity::find().limit(1).all(&db).await?;
@@ -154,6 +160,7 @@ impl BillingService {
                 db,
                 tiers,
                 keys,
+                prices: PriceBook::new(catalog),
                 ledger,
                 shared_limits: options.shared_limits,
                 tasks: Mutex::new(Some(Tasks {
@@ -242,18 +249,18 @@ impl BillingService {
         }
     }
 
-    /// Reserves the worst case of `req` against the key's balance and budget; returns the amount.
+    /// Reserves the worst case of `req` at `prices` against the key's balance and budget; returns
+    /// the amount.
     async fn reserve(
         &self,
         key: &ActiveKey,
         req: &AdmitRequest,
+        prices: &Pricing,
         request_id: &str,
         period: Period,
     ) -> Result<i64, BillingError> {
-        let prices = req.pricing.unwrap_or_default();
-        pricing::validate(&prices)?;
         let amount =
-            worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, &prices);
+            worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, prices);
         let ttl = if req.reservation_ttl_ms == 0 {
             DEFAULT_RESERVATION_TTL
         } else {
@@ -275,7 +282,9 @@ impl BillingService {
     }
 
     async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
-        let row = ledger_row(req, now_ms(), Period::current())?;
+        // Priced by the model the Settle names, at the catalogue's prices.
+        let prices = self.inner.prices.prices(&req.model_id).await?;
+        let row = ledger_row(req, &prices, now_ms(), Period::current())?;
         let request_id = row.request_id.clone();
         let cost_picodollars = self.inner.ledger.record(row).await?;
         Ok(Settlement {
@@ -309,8 +318,13 @@ fn tokens(param: &'static str, value: u64) -> Result<i64, BillingError> {
     i64::try_from(value).map_err(|_| BillingError::invalid(param, format!("{param} is too large")))
 }
 
-/// Validates a `SettleRequest` and prices it.
-fn ledger_row(req: SettleRequest, now: i64, period: Period) -> Result<LedgerRow, BillingError> {
+/// Validates a `SettleRequest` and prices it at `prices`.
+fn ledger_row(
+    req: SettleRequest,
+    prices: &Pricing,
+    now: i64,
+    period: Period,
+) -> Result<LedgerRow, BillingError> {
     let request_id = non_empty("request_id", req.request_id)?;
     let key_id = non_empty("key_id", req.key_id)?;
     let outcome = match tollgate::v1::Outcome::try_from(req.outcome) {
@@ -325,8 +339,6 @@ fn ledger_row(req: SettleRequest, now: i64, period: Period) -> Result<LedgerRow,
         }
     };
     let usage = req.usage.unwrap_or_default();
-    let prices = req.pricing.unwrap_or_default();
-    pricing::validate(&prices)?;
     Ok(LedgerRow {
         request_id,
         key_id,
@@ -339,7 +351,7 @@ fn ledger_row(req: SettleRequest, now: i64, period: Period) -> Result<LedgerRow,
         completion_tokens: tokens("usage.completion_tokens", usage.completion_tokens)?,
         reasoning_tokens: tokens("usage.reasoning_tokens", usage.reasoning_tokens)?,
         cache_write_tokens: tokens("usage.cache_write_tokens", usage.cache_write_tokens)?,
-        cost_picodollars: cost_picodollars(&usage, &prices),
+        cost_picodollars: cost_picodollars(&usage, prices),
         outcome,
         streamed: req.streamed,
         estimated: req.estimated,
@@ -527,10 +539,12 @@ impl Metering for BillingService {
             }
             .into());
         }
+        // Also before the limits: an unknown model is refused without using a slot.
+        let prices = self.inner.prices.prices(&req.model_id).await?;
         let period = Period::current();
         self.take_slot(&key, period).await?;
         let reserved_picodollars = if key.metered {
-            match self.reserve(&key, &req, &request_id, period).await {
+            match self.reserve(&key, &req, &prices, &request_id, period).await {
                 Ok(amount) => amount,
                 Err(err) => {
                     self.give_back_slot(&key, period).await;
@@ -566,9 +580,17 @@ impl Metering for BillingService {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use tollgate::v1::{Pricing, Usage};
+    use tollgate::v1::Usage;
 
     use super::*;
+
+    /// deepseek-v4-flash: 0.22 in, 0.005 cached, 0.44 out per 1M tokens.
+    const FLASH: Pricing = Pricing {
+        input_micros_per_mtok: 220_000,
+        cached_input_micros_per_mtok: 5_000,
+        output_micros_per_mtok: 440_000,
+        cache_write_micros_per_mtok: 220_000,
+    };
 
     fn settle_request() -> SettleRequest {
         SettleRequest {
@@ -581,12 +603,6 @@ mod tests {
                 total_tokens: 186,
                 ..Default::default()
             }),
-            pricing: Some(Pricing {
-                input_micros_per_mtok: 220_000,
-                cached_input_micros_per_mtok: 5_000,
-                output_micros_per_mtok: 440_000,
-                cache_write_micros_per_mtok: 220_000,
-            }),
             outcome: tollgate::v1::Outcome::Succeeded as i32,
             ..Default::default()
         }
@@ -594,7 +610,7 @@ mod tests {
 
     #[test]
     fn settle_rows_are_priced_exactly() {
-        let row = ledger_row(settle_request(), 0, Period::current()).unwrap();
+        let row = ledger_row(settle_request(), &FLASH, 0, Period::current()).unwrap();
         assert_eq!(
             row.cost_picodollars,
             33 * 220_000 + 128 * 5_000 + 25 * 440_000
@@ -602,7 +618,7 @@ mod tests {
         let mut req = settle_request();
         req.usage = None;
         assert_eq!(
-            ledger_row(req, 0, Period::current())
+            ledger_row(req, &FLASH, 0, Period::current())
                 .unwrap()
                 .cost_picodollars,
             0
@@ -611,7 +627,7 @@ mod tests {
 
     #[test]
     fn settle_rows_are_validated() {
-        let param = |req: SettleRequest| match ledger_row(req, 0, Period::current()) {
+        let param = |req: SettleRequest| match ledger_row(req, &FLASH, 0, Period::current()) {
             Err(BillingError::InvalidArgument { param, .. }) => param,
             other => panic!("{other:?}"),
         };
@@ -624,12 +640,6 @@ mod tests {
         let mut req = settle_request();
         req.outcome = 0;
         assert_eq!(param(req), "outcome");
-        let mut req = settle_request();
-        req.pricing = Some(Pricing {
-            output_micros_per_mtok: -1,
-            ..Default::default()
-        });
-        assert_eq!(param(req), "pricing.output_micros_per_mtok");
         let mut req = settle_request();
         req.usage = Some(Usage {
             prompt_tokens: u64::MAX,

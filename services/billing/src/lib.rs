@@ -30,6 +30,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod billing_api;
 pub mod clock;
 pub mod config;
 pub mod db;
@@ -38,10 +39,13 @@ pub mod error;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod metering;
 pub mod migration;
 pub mod pricing;
+mod reports;
 pub mod service;
 pub mod shared_limits;
+pub mod tasks;
 
 pub use accounts::{KeyAccount, KeyMoney};
 pub use admin::{AdminService, AdminToken, LocalOperator};
@@ -53,5 +57,6 @@ pub use keys::{
     rotate_key, update_key,
 };
 pub use migration::Migrator;
-pub use service::{BillingOptions, BillingService, DEFAULT_KEY_REFRESH_INTERVAL};
+pub use service::{BillingOptions, BillingService};
 pub use shared_limits::SharedLimits;
+pub use tasks::DEFAULT_KEY_REFRESH_INTERVAL;

@@ -1,11 +1,12 @@
 //! Tollgate's billing service: API keys (hashed secrets, create/list/rotate/revoke/update, expiry),
 //! tiers (with model allow-lists), per-key limits (requests per minute, requests per calendar
 //! month, overridable per key; shared through Redis across replicas), prepaid balances and
-//! monthly budgets ([`accounts`]), the usage ledger every request is settled into, and the Admin
-//! service that administers keys.
+//! monthly budgets ([`accounts`]), the prices requests are billed at (the catalogue's, through
+//! [`pricing`]), the usage ledger every request is settled into, and the Admin service that
+//! administers keys.
 //!
 //! The hot path reads no database for a known key: keys live in [`keys::KeyCache`] (invalidated
-//! by the `InvalidateKey` RPC and by a poll of `api_keys.updated_at`), limits are in memory
+//! by the `InvalidateKey` RPC and by a poll of the keys' change sequence), limits are in memory
 //! ([`limits`]) or, for replicas, in Redis ([`shared_limits`]), and settlements are
 //! group-committed by one writer ([`ledger`]). Only keys with a balance or budget pay a database
 //! write at admission (their reservation).

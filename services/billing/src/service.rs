@@ -16,7 +16,7 @@ use crate::clock::now_ms;
 use crate::config::Tiers;
 use crate::entity::api_key;
 use crate::error::BillingError;
-use crate::keys::{ActiveKey, KeyCache};
+use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
 use crate::ledger::Ledger;
 use crate::pricing::PriceBook;
 use crate::shared_limits::SharedLimits;
@@ -114,9 +114,11 @@ impl BillingService {
                 "released reservations of requests that never settled"
             );
         }
+        // Before any key is cached: every change after this point reaches the cache.
+        let refresher = KeyRefresher::start(&db).await?;
         let keys = Arc::new(KeyCache::new());
         let (ledger, ledger_writer) = Ledger::start(db.clone());
-        let tasks = Tasks::spawn(&db, &keys, ledger_writer, &options);
+        let tasks = Tasks::spawn(&db, &keys, refresher, ledger_writer, &options);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,

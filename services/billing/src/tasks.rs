@@ -32,10 +32,12 @@ pub(crate) struct Tasks {
 }
 
 impl Tasks {
-    /// Spawns the refresh poll and the sweep beside the already running `ledger_writer`.
+    /// Spawns the refresh poll (from `refresher`, started before any key was cached) and the
+    /// sweep beside the already running `ledger_writer`.
     pub(crate) fn spawn(
         db: &DatabaseConnection,
         keys: &Arc<KeyCache>,
+        refresher: KeyRefresher,
         ledger_writer: LedgerWriter,
         options: &BillingOptions,
     ) -> Self {
@@ -43,6 +45,7 @@ impl Tasks {
         let refresh = tokio::spawn(refresh_keys(
             db.clone(),
             Arc::clone(keys),
+            refresher,
             options.key_refresh_interval.max(MIN_INTERVAL),
             stopped.clone(),
         ));
@@ -98,14 +101,15 @@ async fn sweep_reservations(
     }
 }
 
-/// Polls for key changes until told to stop (or until the service is dropped).
+/// Polls for key changes (see [`KeyRefresher`]) until told to stop (or until the service is
+/// dropped).
 async fn refresh_keys(
     db: DatabaseConnection,
     keys: Arc<KeyCache>,
+    mut refresher: KeyRefresher,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut refresher = KeyRefresher::new(now_ms());
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

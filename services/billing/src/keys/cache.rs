@@ -33,8 +33,8 @@ pub struct ActiveKey {
     /// The key has a prepaid balance or a monthly budget: its admissions reserve money. Keys
     /// without either pay no database write at admission.
     pub metered: bool,
-    /// `api_keys.updated_at` when this entry was read; the refresher evicts it when that moves.
-    updated_at: i64,
+    /// `api_keys.change_seq` when this entry was read; the refresher evicts it when that moves.
+    change_seq: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ enum CacheEntry {
     /// Revoked keys are cached too: their number is bounded by the table, not by callers.
     Revoked {
         key_id: String,
-        updated_at: i64,
+        change_seq: i64,
     },
 }
 
@@ -55,10 +55,10 @@ impl CacheEntry {
         }
     }
 
-    fn updated_at(&self) -> i64 {
+    fn change_seq(&self) -> i64 {
         match self {
-            Self::Active(k) => k.updated_at,
-            Self::Revoked { updated_at, .. } => *updated_at,
+            Self::Active(k) => k.change_seq,
+            Self::Revoked { change_seq, .. } => *change_seq,
         }
     }
 
@@ -66,7 +66,7 @@ impl CacheEntry {
         match (self, other) {
             (Self::Active(a), Self::Active(b)) => Arc::ptr_eq(a, b),
             (Self::Revoked { .. }, Self::Revoked { .. }) => {
-                self.key_id() == other.key_id() && self.updated_at() == other.updated_at()
+                self.key_id() == other.key_id() && self.change_seq() == other.change_seq()
             }
             _ => false,
         }
@@ -194,7 +194,7 @@ impl KeyCache {
             self.limits.remove(&key.id);
             return Ok(CacheEntry::Revoked {
                 key_id: key.id,
-                updated_at: key.updated_at,
+                change_seq: key.change_seq,
             });
         }
         let tier =
@@ -210,14 +210,14 @@ impl KeyCache {
         let metered = accounts::account(db, &key.id)
             .await?
             .is_some_and(|account| account.is_metered());
-        let updated_at = key.updated_at;
+        let change_seq = key.change_seq;
         let record = KeyRecord::from(key);
         let limits = self.limits_for(&record.id, tier, record.overrides, period, used);
         Ok(CacheEntry::Active(Arc::new(ActiveKey {
             limits,
             metered,
             record,
-            updated_at,
+            change_seq,
         })))
     }
 
@@ -234,7 +234,7 @@ impl KeyCache {
         self.entries.retain(|_, e| {
             changed
                 .get(e.key_id())
-                .is_none_or(|updated_at| *updated_at == e.updated_at())
+                .is_none_or(|change_seq| *change_seq == e.change_seq())
         });
     }
 }

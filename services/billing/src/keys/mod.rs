@@ -8,7 +8,7 @@ pub mod secret;
 pub mod store;
 
 pub use cache::{ActiveKey, KeyCache};
-pub use refresh::KeyRefresher;
+pub use refresh::{KeyRefresher, record_change};
 pub use secret::{
     PREFIX_LEN, SECRET_RANDOM_LEN, SECRET_SCHEME, SecretKey, hash_secret, is_well_formed,
 };

@@ -1,64 +1,96 @@
-//! Noticing key changes made by other processes (the CLI, another replica): [`KeyRefresher`]
-//! polls `api_keys` and evicts changed keys from a [`KeyCache`].
+//! Noticing key changes made by other processes (the CLI, another replica) without trusting
+//! anyone's clock. Every change to a key takes the next value of a database sequence (the one
+//! row of `key_changes`) in its own transaction and stores it in the key's `change_seq`
+//! ([`record_change`]); [`KeyRefresher`] polls for rows whose `change_seq` is above the last one
+//! it saw and evicts them from a [`KeyCache`].
+//!
+//! The increment locks the sequence row until the change commits (a row lock on PostgreSQL, the
+//! write lock on SQLite), so changes commit in sequence order: once a poll has seen `n`, every
+//! change numbered below `n` is visible too, and a writer whose clock is behind is noticed like
+//! any other.
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 
 use super::cache::KeyCache;
+use crate::accounts::statement;
 use crate::entity::api_key;
 use crate::error::BillingError;
 
-/// How far back each poll looks before the newest change it has seen, in milliseconds: covers
-/// clock skew between processes and transactions that commit out of timestamp order.
-const REFRESH_LOOKBACK_MS: i64 = 5_000;
+/// Marks the key `key_id` changed: takes the next value of the change sequence and stores it in
+/// the key's `change_seq`. Call it inside the transaction that makes the change, so the change
+/// and its number commit together.
+pub async fn record_change(txn: &impl ConnectionTrait, key_id: &str) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    txn.execute(statement(
+        backend,
+        "UPDATE key_changes SET seq = seq + 1 WHERE id = 1",
+        vec![],
+    ))
+    .await?;
+    txn.execute(statement(
+        backend,
+        "UPDATE api_keys SET change_seq = (SELECT seq FROM key_changes WHERE id = 1) WHERE id = ?",
+        vec![key_id.into()],
+    ))
+    .await?;
+    Ok(())
+}
 
-/// Polls `api_keys` for rows whose `updated_at` moved and evicts them from a [`KeyCache`].
+/// The last value the change sequence handed out.
+async fn current_seq(db: &DatabaseConnection) -> Result<i64, BillingError> {
+    let row = db
+        .query_one(statement(
+            db.get_database_backend(),
+            "SELECT seq FROM key_changes WHERE id = 1",
+            vec![],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("key_changes".to_owned()))?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
+/// Polls `api_keys` for changes numbered above the last one seen and evicts those keys from a
+/// [`KeyCache`].
 #[derive(Debug)]
 pub struct KeyRefresher {
-    /// The newest `updated_at` seen.
-    watermark: i64,
-    /// Changes already handled inside the lookback window: key id → `updated_at`.
-    seen: HashMap<String, i64>,
+    /// The highest `change_seq` seen.
+    last_seen: i64,
 }
 
 impl KeyRefresher {
-    /// A refresher that reports changes made from `since` (Unix ms) on.
-    pub fn new(since: i64) -> Self {
-        Self {
-            watermark: since,
-            seen: HashMap::new(),
-        }
+    /// A refresher that reports changes made from now on (after the sequence's current value).
+    pub async fn start(db: &DatabaseConnection) -> Result<Self, BillingError> {
+        Ok(Self {
+            last_seen: current_seq(db).await?,
+        })
     }
 
-    /// One poll; returns how many new changes it found.
+    /// One poll; returns how many keys changed since the last one.
     pub async fn poll(
         &mut self,
         db: &DatabaseConnection,
         cache: &KeyCache,
     ) -> Result<usize, BillingError> {
-        let floor = self.watermark.saturating_sub(REFRESH_LOOKBACK_MS);
         let rows: Vec<(String, i64)> = api_key::Entity::find()
             .select_only()
             .column(api_key::Column::Id)
-            .column(api_key::Column::UpdatedAt)
-            .filter(api_key::Column::UpdatedAt.gte(floor))
+            .column(api_key::Column::ChangeSeq)
+            .filter(api_key::Column::ChangeSeq.gt(self.last_seen))
+            .order_by_asc(api_key::Column::ChangeSeq)
             .into_tuple()
             .all(db)
             .await?;
-        let changed: HashMap<String, i64> = rows
-            .into_iter()
-            .filter(|(id, updated_at)| self.seen.get(id) != Some(updated_at))
-            .collect();
-        if !changed.is_empty() {
-            cache.evict_changed(&changed);
-            for (id, updated_at) in &changed {
-                self.watermark = self.watermark.max(*updated_at);
-                self.seen.insert(id.clone(), *updated_at);
-            }
-        }
-        let floor = self.watermark.saturating_sub(REFRESH_LOOKBACK_MS);
-        self.seen.retain(|_, updated_at| *updated_at >= floor);
+        let Some(newest) = rows.last().map(|(_, seq)| *seq) else {
+            return Ok(0);
+        };
+        let changed: HashMap<String, i64> = rows.into_iter().collect();
+        cache.evict_changed(&changed);
+        self.last_seen = newest;
         Ok(changed.len())
     }
 }
@@ -69,7 +101,6 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use crate::clock::now_ms;
     use crate::config::Tiers;
     use crate::keys::{create_key, revoke_key};
 
@@ -84,7 +115,7 @@ mod tests {
             models: None,
         }])
         .unwrap();
-        let mut refresher = KeyRefresher::new(now_ms());
+        let mut refresher = KeyRefresher::start(&db).await.unwrap();
         let cache = KeyCache::new();
         let (a, a_secret) = create_key(&db, &tiers, "basic", None).await.unwrap();
         let (_, b_secret) = create_key(&db, &tiers, "basic", None).await.unwrap();

@@ -1,6 +1,8 @@
 //! Keys in the database: the admin operations behind `tollgate keys` and the Admin service
 //! (create, list, find, rotate, revoke, update: expiry and per-key limit overrides; top up), and
-//! how an operator names a key (id, displayed prefix or full secret).
+//! how an operator names a key (id, displayed prefix or full secret). Every change takes a number
+//! of the change sequence in its own transaction ([`super::refresh::record_change`]), which is
+//! how other processes' caches notice it.
 
 use std::num::NonZeroU32;
 
@@ -11,6 +13,7 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use super::refresh::record_change;
 use super::secret::{PREFIX_LEN, SECRET_SCHEME, SecretKey, hash_secret, is_well_formed};
 use crate::accounts::{self, KeyMoney};
 use crate::clock::{from_ms, now_ms};
@@ -184,11 +187,13 @@ pub async fn create_key_with(
         expires_at: new.expires_at.map(|t| t.timestamp_millis()),
         rpm_override: new.rpm.map(rpm_column).transpose()?,
         monthly_requests_override: new.monthly_requests.map(monthly_column).transpose()?,
+        change_seq: 0,
     };
     let txn = db.begin().await?;
     api_key::Entity::insert(api_key::ActiveModel::from(model.clone()))
         .exec_without_returning(&txn)
         .await?;
+    record_change(&txn, &model.id).await?;
     accounts::open(&txn, &model.id, new.money, now).await?;
     txn.commit().await?;
     tracing::info!(key_id = %model.id, prefix = %model.prefix, tier = %model.tier, "API key created");
@@ -218,25 +223,21 @@ pub async fn revoke_key(
         return Ok(key.into());
     }
     let now = now_ms();
-    api_key::Entity::update_many()
+    let txn = db.begin().await?;
+    let revoked = api_key::Entity::update_many()
         .col_expr(api_key::Column::RevokedAt, Expr::value(Some(now)))
-        .col_expr(
-            api_key::Column::UpdatedAt,
-            Expr::value(next_updated_at(&key)),
-        )
+        .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
         .filter(api_key::Column::Id.eq(key.id.as_str()))
         .filter(api_key::Column::RevokedAt.is_null())
-        .exec(db)
+        .exec(&txn)
         .await?;
+    if revoked.rows_affected > 0 {
+        record_change(&txn, &key.id).await?;
+    }
+    txn.commit().await?;
     let key = reload(db, &key.id).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key revoked");
     Ok(key.into())
-}
-
-/// `updated_at` for a change made now: it must move even within one millisecond of the last
-/// change, because caches compare it.
-fn next_updated_at(key: &api_key::Model) -> i64 {
-    now_ms().max(key.updated_at.saturating_add(1))
 }
 
 /// The key an operator named, in any form [`revoke_key`] accepts.
@@ -267,21 +268,21 @@ pub async fn rotate_key(
         return Err(BillingError::RotateRevoked(key.id));
     }
     let secret = SecretKey::generate();
+    let txn = db.begin().await?;
     let rotated = api_key::Entity::update_many()
         .col_expr(api_key::Column::SecretHash, Expr::value(secret.hash()))
         .col_expr(api_key::Column::Prefix, Expr::value(secret.prefix()))
-        .col_expr(
-            api_key::Column::UpdatedAt,
-            Expr::value(next_updated_at(&key)),
-        )
+        .col_expr(api_key::Column::UpdatedAt, Expr::value(now_ms()))
         .filter(api_key::Column::Id.eq(key.id.as_str()))
         .filter(api_key::Column::RevokedAt.is_null())
-        .exec(db)
+        .exec(&txn)
         .await?;
     if rotated.rows_affected == 0 {
         // Revoked between the read and the write.
         return Err(BillingError::RotateRevoked(key.id));
     }
+    record_change(&txn, &key.id).await?;
+    txn.commit().await?;
     let key = reload(db, &key.id).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key rotated");
     Ok((key.into(), secret))
@@ -300,7 +301,7 @@ pub async fn update_key(
     }
     use api_key::Column as C;
     let mut query = api_key::Entity::update_many()
-        .col_expr(C::UpdatedAt, Expr::value(next_updated_at(&key)))
+        .col_expr(C::UpdatedAt, Expr::value(now_ms()))
         .filter(C::Id.eq(key.id.as_str()));
     if let Some(name) = &update.name {
         query = query.col_expr(C::Name, Expr::value(name.trim()));
@@ -326,7 +327,10 @@ pub async fn update_key(
             Expr::value(monthly.map(monthly_column).transpose()?),
         );
     }
-    query.exec(db).await?;
+    let txn = db.begin().await?;
+    query.exec(&txn).await?;
+    record_change(&txn, &key.id).await?;
+    txn.commit().await?;
     let key = reload(db, &key.id).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "API key updated");
     Ok(key.into())

@@ -75,19 +75,37 @@ impl Tasks {
     }
 }
 
+/// The ticks of a periodic task: one every `interval` (late ticks are delayed, not bunched) until
+/// the service signals stop or is dropped.
+struct Ticks {
+    ticker: tokio::time::Interval,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ticks {
+    fn new(interval: Duration, stop: watch::Receiver<bool>) -> Self {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { ticker, stop }
+    }
+
+    /// Waits for the next tick; false once the task must stop.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.ticker.tick() => true,
+            _ = self.stop.changed() => false,
+        }
+    }
+}
+
 /// Releases expired reservations every `interval` until told to stop.
 async fn sweep_reservations(
     db: DatabaseConnection,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => break,
-        }
+    let mut ticks = Ticks::new(interval, stop);
+    while ticks.next().await {
         match accounts::release_expired(&db, now_ms()).await {
             Ok(0) => {}
             Ok(released) => {
@@ -108,15 +126,10 @@ async fn refresh_keys(
     keys: Arc<KeyCache>,
     mut refresher: KeyRefresher,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => break,
-        }
+    let mut ticks = Ticks::new(interval, stop);
+    while ticks.next().await {
         match refresher.poll(&db, &keys).await {
             Ok(0) => {}
             Ok(changed) => {

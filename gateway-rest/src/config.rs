@@ -24,6 +24,14 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     #[serde(default = "default_grpc_addr")]
     pub grpc_addr: SocketAddr,
+    /// The billing target's internal listener: `tollgate.v1.Metering` (peer token required) and
+    /// gRPC health. Never the public listener.
+    #[serde(default = "default_internal_grpc_addr")]
+    pub internal_grpc_addr: SocketAddr,
+    /// The inference, catalog and billing targets' HTTP listener for `/livez` and `/readyz` (the
+    /// rest and all targets answer them on `http_addr`).
+    #[serde(default = "default_metrics_addr")]
+    pub metrics_addr: SocketAddr,
     /// Larger request bodies are refused with 400.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -43,6 +51,14 @@ fn default_grpc_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
 }
 
+fn default_internal_grpc_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50052))
+}
+
+fn default_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
 fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
@@ -60,6 +76,8 @@ impl Default for ServerConfig {
         Self {
             http_addr: default_http_addr(),
             grpc_addr: default_grpc_addr(),
+            internal_grpc_addr: default_internal_grpc_addr(),
+            metrics_addr: default_metrics_addr(),
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             key_refresh_ms: default_key_refresh_ms(),
@@ -75,6 +93,29 @@ pub struct AdminConfig {
     /// Admin gRPC service and the `/admin` routes refuse every call.
     #[serde(default)]
     pub token_env: Option<String>,
+}
+
+/// The `[services]` section: where the other targets of a split deployment are
+/// (`http://host:port`). A target dials only what it calls: rest dials inference, catalog and
+/// billing (Billing and Admin); inference dials catalog and metering; billing dials catalog (for
+/// prices). The monolith (`--target all`) dials nothing and ignores this section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesConfig {
+    #[serde(default)]
+    pub inference: Option<String>,
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// The billing target's public listener (`tollgate.v1.Billing`, `tollgate.v1.Admin`).
+    #[serde(default)]
+    pub billing: Option<String>,
+    /// The billing target's internal listener (`tollgate.v1.Metering`).
+    #[serde(default)]
+    pub metering: Option<String>,
+    /// The environment variable holding the shared peer token that Metering demands of its
+    /// callers (`TOLLGATE_INTERNAL_TOKEN`); the billing and inference targets need it.
+    #[serde(default)]
+    pub internal_token_env: Option<String>,
 }
 
 /// The configuration file as written.
@@ -101,6 +142,8 @@ pub struct Config {
     pub images: ImagesConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub services: ServicesConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +174,7 @@ pub struct Runtime {
     pub tiers: tollgate_billing::Tiers,
     pub images: ImagesConfig,
     pub admin: AdminConfig,
+    pub services: ServicesConfig,
 }
 
 impl Config {
@@ -226,6 +270,27 @@ impl Config {
                 message: "must name an environment variable".to_owned(),
             });
         }
+        for (field, url) in [
+            ("services.inference", &self.services.inference),
+            ("services.catalog", &self.services.catalog),
+            ("services.billing", &self.services.billing),
+            ("services.metering", &self.services.metering),
+        ] {
+            if let Some(url) = url {
+                tollgate::transport::dial_check(url).map_err(|e| ConfigError::Invalid {
+                    field: field.to_owned(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        if let Some(name) = &self.services.internal_token_env
+            && name.trim().is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                field: "services.internal_token_env".to_owned(),
+                message: "must name an environment variable".to_owned(),
+            });
+        }
         let tiers = tollgate_billing::Tiers::new(self.tiers)?;
         Ok(Runtime {
             server: self.server,
@@ -236,6 +301,7 @@ impl Config {
             tiers,
             images: self.images,
             admin: self.admin,
+            services: self.services,
         })
     }
 }

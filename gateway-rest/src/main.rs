@@ -9,7 +9,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
 use tollgate::error::ApiError;
 use tollgate::money::{format_picodollars, parse_usd_picodollars};
 use tollgate::transport::{GrpcTransport, in_process};
@@ -22,6 +21,7 @@ use tollgate::v1::{
 use tollgate_billing::{AdminService, LocalOperator};
 use tollgate_gateway::expiry::parse_expiry;
 use tollgate_gateway::key_view::{Times, key_json, key_table};
+use tollgate_gateway::server::{Listeners, Target};
 use tollgate_gateway::{Config, Runtime, server};
 
 #[derive(Parser)]
@@ -40,14 +40,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (REST and gRPC in one process).
+    /// Run the gateway: the monolith (`--target all`, REST and gRPC in one process) or one
+    /// target of a split deployment, dialing the others where `[services]` says.
     Serve {
+        /// What this process runs.
+        #[arg(long, value_enum, default_value = "all")]
+        target: Target,
         /// Overrides server.http_addr.
         #[arg(long)]
         http_addr: Option<std::net::SocketAddr>,
         /// Overrides server.grpc_addr.
         #[arg(long)]
         grpc_addr: Option<std::net::SocketAddr>,
+        /// Overrides server.internal_grpc_addr (billing target).
+        #[arg(long)]
+        internal_grpc_addr: Option<std::net::SocketAddr>,
+        /// Overrides server.metrics_addr (inference, catalog and billing targets).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Manage API keys.
     Keys {
@@ -221,32 +231,39 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut runtime = load(&config)?;
     match cli.command {
         Command::Serve {
+            target,
             http_addr,
             grpc_addr,
+            internal_grpc_addr,
+            metrics_addr,
         } => {
-            if let Some(addr) = http_addr {
-                runtime.server.http_addr = addr;
+            let server = &mut runtime.server;
+            for (addr, flag) in [
+                (&mut server.http_addr, http_addr),
+                (&mut server.grpc_addr, grpc_addr),
+                (&mut server.internal_grpc_addr, internal_grpc_addr),
+                (&mut server.metrics_addr, metrics_addr),
+            ] {
+                if let Some(flag) = flag {
+                    *addr = flag;
+                }
             }
-            if let Some(addr) = grpc_addr {
-                runtime.server.grpc_addr = addr;
-            }
-            let http = TcpListener::bind(runtime.server.http_addr)
-                .await
-                .map_err(|e| format!("cannot listen on {}: {e}", runtime.server.http_addr))?;
-            let grpc = TcpListener::bind(runtime.server.grpc_addr)
-                .await
-                .map_err(|e| format!("cannot listen on {}: {e}", runtime.server.grpc_addr))?;
+            let listeners = Listeners::bind(target, &runtime.server).await?;
             let env = |name: &str| std::env::var(name).ok();
             server::serve(
                 runtime,
-                http,
-                grpc,
+                target,
+                listeners,
                 &env,
                 shutdown_signal(),
-                |http, grpc| {
-                    tracing::info!(%http, %grpc, "tollgate is serving");
+                |addrs| {
+                    let addrs: Vec<String> = addrs
+                        .iter()
+                        .map(|(kind, addr)| format!("{}={addr}", kind.name()))
+                        .collect();
+                    tracing::info!(?target, addrs = %addrs.join(" "), "tollgate is serving");
                     // The one line tools wait for.
-                    println!("READY http={http} grpc={grpc}");
+                    println!("READY {}", addrs.join(" "));
                 },
             )
             .await

@@ -1,15 +1,19 @@
-//! Assembles a monolithic Tollgate process: the services wired to each other in-process over
-//! their gRPC interfaces, the REST facade on one listener and the gRPC API (with health and
-//! reflection; Admin too, guarded by the admin token) on another. Shutdown stops accepting, lets
-//! in-flight requests finish (and every admitted request settle) within the grace period, then
-//! flushes the ledger.
+//! Assembles a Tollgate process for one target (`serve --target`): `all` is the monolith, the
+//! services wired to each other in-process over their gRPC interfaces, REST on one listener and
+//! the public gRPC API (with health and reflection; Admin too, guarded by the admin token) on
+//! another; `rest`, `inference`, `catalog` and `billing` each serve their part and dial the
+//! targets they call over the network (`[services]`), Metering only on the billing target's
+//! internal listener, behind the peer token. Shutdown turns health NOT_SERVING, stops accepting,
+//! lets in-flight requests finish (and every admitted request settle) within the grace period,
+//! then flushes the ledger.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tollgate::{
-    transport::in_process,
+    peer::PeerToken,
+    transport::{GrpcTransport, dial, in_process},
     v1::{
         admin_server::AdminServer, billing_server::BillingServer, catalog_server::CatalogServer,
         inference_server::InferenceServer, metering_server::MeteringServer,
@@ -18,9 +22,12 @@ use tollgate::{
 use tollgate_billing::{AdminService, AdminToken, BillingOptions, BillingService, SharedLimits};
 use tollgate_catalog::CatalogService;
 use tollgate_inference::{InferenceService, Providers};
-use tonic::transport::server::TcpIncoming;
+use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
 
-use crate::{AppState, Runtime, app};
+use crate::{
+    AppState, Runtime, app,
+    health::{Dependency, Health},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -36,9 +43,116 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("admin.token_env: {0}")]
     AdminToken(String),
+    #[error("services.internal_token_env: {0}")]
+    PeerToken(String),
+    #[error("services.{0}: {1}")]
+    Services(&'static str, String),
+    #[error("the {0} listener is missing")]
+    Listener(&'static str),
 }
 
-/// The services of one process.
+/// What `serve --target` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The monolith: every service in one process (REST and gRPC).
+    All,
+    /// The REST facade; dials inference, catalog and billing.
+    Rest,
+    /// tollgate.v1.Inference; dials catalog and metering.
+    Inference,
+    /// tollgate.v1.Catalog; dials nothing.
+    Catalog,
+    /// tollgate.v1.Billing and Admin, and the internal Metering; dials catalog (prices).
+    Billing,
+}
+
+/// A listener a target serves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `[server] http_addr`: REST, `/livez`, `/readyz`.
+    Http,
+    /// `[server] grpc_addr`: the public gRPC services, gRPC health, reflection.
+    Grpc,
+    /// `[server] internal_grpc_addr`: Metering (peer token) and gRPC health.
+    Internal,
+    /// `[server] metrics_addr`: `/livez`, `/readyz` of targets without REST.
+    Metrics,
+}
+
+impl Listener {
+    /// Its name in the `READY` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+            Self::Internal => "internal",
+            Self::Metrics => "metrics",
+        }
+    }
+
+    /// Its configured address.
+    pub fn addr(self, server: &crate::config::ServerConfig) -> SocketAddr {
+        match self {
+            Self::Http => server.http_addr,
+            Self::Grpc => server.grpc_addr,
+            Self::Internal => server.internal_grpc_addr,
+            Self::Metrics => server.metrics_addr,
+        }
+    }
+}
+
+impl Target {
+    /// The listeners this target serves on.
+    pub fn listeners(self) -> &'static [Listener] {
+        match self {
+            Self::All => &[Listener::Http, Listener::Grpc],
+            Self::Rest => &[Listener::Http],
+            Self::Inference | Self::Catalog => &[Listener::Grpc, Listener::Metrics],
+            Self::Billing => &[Listener::Grpc, Listener::Internal, Listener::Metrics],
+        }
+    }
+}
+
+/// The bound listeners of a process, by kind.
+#[derive(Debug, Default)]
+pub struct Listeners(Vec<(Listener, TcpListener)>);
+
+impl Listeners {
+    /// Binds every listener `target` serves at its configured address.
+    pub async fn bind(
+        target: Target,
+        server: &crate::config::ServerConfig,
+    ) -> Result<Self, String> {
+        let mut bound = Vec::new();
+        for &listener in target.listeners() {
+            let addr = listener.addr(server);
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} ({}): {e}", listener.name()))?;
+            bound.push((listener, socket));
+        }
+        Ok(Self(bound))
+    }
+
+    /// Listeners bound elsewhere (tests).
+    pub fn from_bound(bound: Vec<(Listener, TcpListener)>) -> Self {
+        Self(bound)
+    }
+
+    fn take(&mut self, kind: Listener) -> Option<TcpListener> {
+        let at = self.0.iter().position(|(k, _)| *k == kind)?;
+        Some(self.0.remove(at).1)
+    }
+
+    fn addrs(&self) -> Result<Vec<(Listener, SocketAddr)>, std::io::Error> {
+        self.0
+            .iter()
+            .map(|(kind, socket)| Ok((*kind, socket.local_addr()?)))
+            .collect()
+    }
+}
+
+/// The services of one monolithic process.
 #[derive(Debug, Clone)]
 pub struct Services {
     pub inference: InferenceService,
@@ -62,30 +176,98 @@ fn admin_token(
         .map_err(|e| ServeError::AdminToken(format!("{name}: {e}")))
 }
 
+/// The peer token named by `[services] internal_token_env`: required by the targets on either
+/// side of Metering (billing serves it, inference calls it).
+fn peer_token(
+    runtime: &Runtime,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PeerToken, ServeError> {
+    let name = runtime
+        .services
+        .internal_token_env
+        .as_ref()
+        .ok_or_else(|| {
+            ServeError::PeerToken(
+                "name the environment variable of the shared internal token Metering demands"
+                    .to_owned(),
+            )
+        })?;
+    let token = env(name).ok_or_else(|| ServeError::PeerToken(format!("{name} is not set")))?;
+    PeerToken::new(&token).map_err(|e| ServeError::PeerToken(format!("{name}: {e}")))
+}
+
+/// A network transport to the target `[services] <name>` names.
+fn dial_service(name: &'static str, url: Option<&String>) -> Result<GrpcTransport, ServeError> {
+    let url = url.ok_or_else(|| {
+        ServeError::Services(
+            name,
+            "this target calls it: give its http://host:port".to_owned(),
+        )
+    })?;
+    dial(url).map_err(|e| ServeError::Services(name, e.to_string()))
+}
+
+/// The gRPC service name health and readiness use for `S`.
+fn name_of<S: NamedService>() -> &'static str {
+    S::NAME
+}
+
+/// Connects the database (running migrations) and Redis when configured.
+async fn datastores(
+    runtime: &Runtime,
+) -> Result<(sea_orm::DatabaseConnection, Option<SharedLimits>), ServeError> {
+    let db = tollgate_billing::connect(&runtime.database).await?;
+    tollgate_billing::migrate(&db).await?;
+    let shared_limits = match &runtime.redis {
+        Some(redis) => Some(SharedLimits::connect(redis).await?),
+        None => None,
+    };
+    Ok((db, shared_limits))
+}
+
+/// Starts Billing on `db`, taking prices from the Catalog that `catalog` reaches.
+async fn start_billing(
+    runtime: &Runtime,
+    db: sea_orm::DatabaseConnection,
+    shared_limits: Option<SharedLimits>,
+    catalog: GrpcTransport,
+) -> Result<BillingService, ServeError> {
+    Ok(BillingService::with_options(
+        db,
+        runtime.tiers.clone(),
+        catalog,
+        BillingOptions {
+            key_refresh_interval: Duration::from_millis(runtime.server.key_refresh_ms),
+            shared_limits,
+            ..BillingOptions::default()
+        },
+    )
+    .await?)
+}
+
 impl Services {
     /// Connects the database (running migrations) and wires the services together in-process.
     pub async fn start(
         runtime: &Runtime,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ServeError> {
+        Ok(Self::start_with(runtime, env).await?.0)
+    }
+
+    async fn start_with(
+        runtime: &Runtime,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Vec<Dependency>), ServeError> {
         let admin_token = admin_token(runtime, env)?;
-        let db = tollgate_billing::connect(&runtime.database).await?;
-        tollgate_billing::migrate(&db).await?;
-        let shared_limits = match &runtime.redis {
-            Some(redis) => Some(SharedLimits::connect(redis).await?),
-            None => None,
-        };
+        let (db, shared_limits) = datastores(runtime).await?;
+        let dependencies = datastore_dependencies(&db, shared_limits.as_ref());
         let catalog = CatalogService::new(runtime.catalog.clone());
         // Billing prices requests from the catalogue itself, never from what Admit or Settle say.
-        let billing = BillingService::with_options(
+        let billing = start_billing(
+            runtime,
             db.clone(),
-            runtime.tiers.clone(),
+            shared_limits,
             in_process(CatalogServer::new(catalog.clone())),
-            BillingOptions {
-                key_refresh_interval: Duration::from_millis(runtime.server.key_refresh_ms),
-                shared_limits,
-                ..BillingOptions::default()
-            },
         )
         .await?;
         let providers = Providers::new(&runtime.providers, &runtime.images, env)?;
@@ -101,12 +283,13 @@ impl Services {
             admin_token,
             in_process(MeteringServer::new(billing.clone())),
         );
-        Ok(Self {
+        let services = Self {
             inference,
             catalog,
             billing,
             admin,
-        })
+        };
+        Ok((services, dependencies))
     }
 
     /// The REST facade's state: clients of these services, called in-process.
@@ -121,87 +304,299 @@ impl Services {
     }
 }
 
-/// Runs the monolith on the given listeners until `shutdown` resolves. `ready` is called with the
-/// bound addresses once both listeners serve.
-pub async fn serve(
-    runtime: Runtime,
-    http: TcpListener,
-    grpc: TcpListener,
-    env: &dyn Fn(&str) -> Option<String>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(SocketAddr, SocketAddr),
-) -> Result<(), ServeError> {
-    let services = Services::start(&runtime, env).await?;
-    let http_addr = http.local_addr()?;
-    let grpc_addr = grpc.local_addr()?;
-    let grace = Duration::from_secs(runtime.server.shutdown_grace_secs);
+fn datastore_dependencies(
+    db: &sea_orm::DatabaseConnection,
+    shared_limits: Option<&SharedLimits>,
+) -> Vec<Dependency> {
+    let mut dependencies = vec![Dependency::Database(db.clone())];
+    dependencies.extend(shared_limits.cloned().map(Dependency::Redis));
+    dependencies
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<InferenceServer<InferenceService>>()
-        .await;
-    health.set_serving::<CatalogServer<CatalogService>>().await;
-    health.set_serving::<BillingServer<BillingService>>().await;
-    health.set_serving::<AdminServer<AdminService>>().await;
+/// What one target runs: its gRPC services by listener, its REST facade, the service names its
+/// health reports, what it depends on, and what its shutdown waits for.
+#[derive(Default)]
+struct Assembly {
+    public: Option<Routes>,
+    internal: Option<Routes>,
+    rest: Option<AppState>,
+    services: Vec<&'static str>,
+    dependencies: Vec<Dependency>,
+    inference: Option<InferenceService>,
+    billing: Option<BillingService>,
+}
+
+impl Assembly {
+    async fn new(
+        target: Target,
+        runtime: &Runtime,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ServeError> {
+        let services = &runtime.services;
+        match target {
+            Target::All => {
+                let (services, dependencies) = Services::start_with(runtime, env).await?;
+                let mut routes = Routes::builder();
+                routes
+                    .add_service(InferenceServer::new(services.inference.clone()))
+                    .add_service(CatalogServer::new(services.catalog.clone()))
+                    .add_service(BillingServer::new(services.billing.clone()))
+                    .add_service(AdminServer::new(services.admin.clone()));
+                Ok(Self {
+                    public: Some(routes.routes()),
+                    rest: Some(services.app_state(runtime.server.max_body_bytes)),
+                    services: vec![
+                        name_of::<InferenceServer<InferenceService>>(),
+                        name_of::<CatalogServer<CatalogService>>(),
+                        name_of::<BillingServer<BillingService>>(),
+                        name_of::<AdminServer<AdminService>>(),
+                    ],
+                    dependencies,
+                    inference: Some(services.inference),
+                    billing: Some(services.billing),
+                    ..Self::default()
+                })
+            }
+            Target::Rest => {
+                let inference = dial_service("inference", services.inference.as_ref())?;
+                let catalog = dial_service("catalog", services.catalog.as_ref())?;
+                let billing = dial_service("billing", services.billing.as_ref())?;
+                let dependencies = vec![
+                    Dependency::Peer {
+                        name: "inference",
+                        service: name_of::<InferenceServer<InferenceService>>(),
+                        transport: inference.clone(),
+                    },
+                    Dependency::Peer {
+                        name: "catalog",
+                        service: name_of::<CatalogServer<CatalogService>>(),
+                        transport: catalog.clone(),
+                    },
+                    Dependency::Peer {
+                        name: "billing",
+                        service: name_of::<BillingServer<BillingService>>(),
+                        transport: billing.clone(),
+                    },
+                ];
+                Ok(Self {
+                    // Billing and Admin share the billing target's public listener.
+                    rest: Some(AppState::new(
+                        inference,
+                        catalog,
+                        billing.clone(),
+                        billing,
+                        runtime.server.max_body_bytes,
+                    )),
+                    dependencies,
+                    ..Self::default()
+                })
+            }
+            Target::Inference => {
+                let token = peer_token(runtime, env)?;
+                let catalog = dial_service("catalog", services.catalog.as_ref())?;
+                let metering = dial_service("metering", services.metering.as_ref())?;
+                let providers = Providers::new(&runtime.providers, &runtime.images, env)?;
+                let inference = InferenceService::new(
+                    providers,
+                    catalog.clone(),
+                    token.attach(metering.clone()),
+                );
+                let mut routes = Routes::builder();
+                routes.add_service(InferenceServer::new(inference.clone()));
+                Ok(Self {
+                    public: Some(routes.routes()),
+                    services: vec![name_of::<InferenceServer<InferenceService>>()],
+                    dependencies: vec![
+                        Dependency::Peer {
+                            name: "catalog",
+                            service: name_of::<CatalogServer<CatalogService>>(),
+                            transport: catalog,
+                        },
+                        Dependency::Peer {
+                            name: "metering",
+                            service: name_of::<MeteringServer<BillingService>>(),
+                            transport: metering,
+                        },
+                    ],
+                    inference: Some(inference),
+                    ..Self::default()
+                })
+            }
+            Target::Catalog => {
+                let catalog = CatalogService::new(runtime.catalog.clone());
+                let mut routes = Routes::builder();
+                routes.add_service(CatalogServer::new(catalog));
+                Ok(Self {
+                    public: Some(routes.routes()),
+                    services: vec![name_of::<CatalogServer<CatalogService>>()],
+                    ..Self::default()
+                })
+            }
+            Target::Billing => {
+                let token = peer_token(runtime, env)?;
+                let admin_token = admin_token(runtime, env)?;
+                let catalog = dial_service("catalog", services.catalog.as_ref())?;
+                let (db, shared_limits) = datastores(runtime).await?;
+                let mut dependencies = datastore_dependencies(&db, shared_limits.as_ref());
+                dependencies.push(Dependency::Peer {
+                    name: "catalog",
+                    service: name_of::<CatalogServer<CatalogService>>(),
+                    transport: catalog.clone(),
+                });
+                let billing = start_billing(runtime, db.clone(), shared_limits, catalog).await?;
+                let admin = AdminService::new(
+                    db,
+                    runtime.tiers.clone(),
+                    admin_token,
+                    in_process(MeteringServer::new(billing.clone())),
+                );
+                let mut public = Routes::builder();
+                public
+                    .add_service(BillingServer::new(billing.clone()))
+                    .add_service(AdminServer::new(admin));
+                let mut internal = Routes::builder();
+                internal.add_service(MeteringServer::with_interceptor(
+                    billing.clone(),
+                    move |request| token.check(request),
+                ));
+                Ok(Self {
+                    public: Some(public.routes()),
+                    internal: Some(internal.routes()),
+                    services: vec![
+                        name_of::<BillingServer<BillingService>>(),
+                        name_of::<AdminServer<AdminService>>(),
+                        name_of::<MeteringServer<BillingService>>(),
+                    ],
+                    dependencies,
+                    billing: Some(billing),
+                    ..Self::default()
+                })
+            }
+        }
+    }
+}
+
+/// A future that resolves once `stop` turns true.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Serves `routes` with gRPC health and reflection on `listener` until `stop`.
+fn serve_grpc(
+    listener: TcpListener,
+    routes: Routes,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    let grpc_server = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let server = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .add_service(health)
         .add_service(reflection)
-        .add_service(InferenceServer::new(services.inference.clone()))
-        .add_service(CatalogServer::new(services.catalog.clone()))
-        .add_service(BillingServer::new(services.billing.clone()))
-        .add_service(AdminServer::new(services.admin.clone()))
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped(stop),
         );
-    let rest = app(services.app_state(runtime.server.max_body_bytes));
-    let http_server = axum::serve(
-        http.tap_io(|tcp| {
+    Ok(tokio::spawn(server))
+}
+
+/// Serves `router` on `listener` until `stop`.
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), std::io::Error>> {
+    let server = axum::serve(
+        listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         }),
-        rest,
+        router,
     )
-    .with_graceful_shutdown(stopped(stop_rx));
+    .with_graceful_shutdown(stopped(stop));
+    tokio::spawn(async move { server.await })
+}
 
-    let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(async move { http_server.await });
-    ready(http_addr, grpc_addr);
+/// Runs `target` on `listeners` (those [`Target::listeners`] names) until `shutdown` resolves.
+/// `ready` is called with the bound addresses once every listener serves.
+pub async fn serve(
+    runtime: Runtime,
+    target: Target,
+    mut listeners: Listeners,
+    env: &dyn Fn(&str) -> Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(&[(Listener, SocketAddr)]),
+) -> Result<(), ServeError> {
+    let assembly = Assembly::new(target, &runtime, env).await?;
+    let addrs = listeners.addrs()?;
+    let grace = Duration::from_secs(runtime.server.shutdown_grace_secs);
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter, assembly.services, assembly.dependencies).await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut grpc_tasks = Vec::new();
+    let mut http_tasks = Vec::new();
+    for (kind, routes) in [
+        (Listener::Grpc, assembly.public),
+        (Listener::Internal, assembly.internal),
+    ] {
+        if let Some(routes) = routes {
+            let listener = listeners
+                .take(kind)
+                .ok_or(ServeError::Listener(kind.name()))?;
+            grpc_tasks.push(serve_grpc(
+                listener,
+                routes,
+                health_service.clone(),
+                stop_rx.clone(),
+            )?);
+        }
+    }
+    let probes = health.routes();
+    let (kind, router) = match assembly.rest {
+        Some(state) => (Listener::Http, app(state).merge(probes)),
+        None => (Listener::Metrics, probes),
+    };
+    let listener = listeners
+        .take(kind)
+        .ok_or(ServeError::Listener(kind.name()))?;
+    http_tasks.push(serve_http(listener, router, stop_rx.clone()));
+    ready(&addrs);
 
     shutdown.await;
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: draining in-flight requests"
     );
+    health.drain().await;
     let _ = stop_tx.send(true);
     // Connections first, then admitted requests that outlive theirs (a stream whose client left
     // is read on to the upstream's usage): all are settled before the ledger closes.
     let drained = tokio::time::timeout(grace, async {
-        let grpc = grpc_task.await;
-        let http = http_task.await;
-        services.inference.drained().await;
-        (grpc, http)
-    })
-    .await;
-    match drained {
-        Ok((grpc, http)) => {
-            if let Ok(Err(e)) = grpc {
+        for task in grpc_tasks {
+            if let Ok(Err(e)) = task.await {
                 tracing::error!(error = %e, "gRPC server failed");
             }
-            if let Ok(Err(e)) = http {
+        }
+        for task in http_tasks {
+            if let Ok(Err(e)) = task.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }
-        Err(_) => tracing::warn!("grace period over; abandoning the remaining requests"),
+        if let Some(inference) = &assembly.inference {
+            inference.drained().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; abandoning the remaining requests");
     }
-    services.billing.shutdown().await;
+    if let Some(billing) = &assembly.billing {
+        billing.shutdown().await;
+    }
     Ok(())
 }

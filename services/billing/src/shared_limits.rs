@@ -91,6 +91,15 @@ impl SharedLimits {
         })
     }
 
+    /// Whether Redis answers (readiness).
+    pub async fn ping(&self) -> Result<(), BillingError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(redis_error)
+    }
+
     fn rpm_key(&self, key_id: &str) -> String {
         format!("{}:rpm:{key_id}", self.prefix)
     }

@@ -419,6 +419,26 @@ pub async fn release_expired(db: &DatabaseConnection, before: i64) -> Result<u64
 }
 
 /// Reservations still held (all keys).
+/// The amount `request_id` of `key_id` holds, if it holds a reservation: a retried Admit of an
+/// admitted request finds its reservation here (and reserves nothing more).
+pub async fn reserved_for(
+    db: &DatabaseConnection,
+    request_id: &str,
+    key_id: &str,
+) -> Result<Option<i64>, BillingError> {
+    let row = db
+        .query_one(statement(
+            db.get_database_backend(),
+            "SELECT amount_picodollars FROM reservations WHERE request_id = ? AND key_id = ?",
+            vec![request_id.into(), key_id.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get("", "amount_picodollars")?),
+        None => None,
+    })
+}
+
 pub async fn open_reservations(db: &DatabaseConnection) -> Result<u64, BillingError> {
     let row = db
         .query_one(statement(

@@ -31,6 +31,7 @@
 
 pub mod accounts;
 pub mod admin;
+mod admissions;
 pub mod billing_api;
 pub mod clock;
 pub mod config;

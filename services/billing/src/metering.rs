@@ -49,7 +49,8 @@ impl BillingService {
         }
     }
 
-    /// the amount.
+    /// Reserves the request's worst-case cost against the key's balance and budget; returns the
+    /// amount.
     async fn reserve(
         &self,
         key: &ActiveKey,
@@ -57,15 +58,10 @@ impl BillingService {
         prices: &Pricing,
         request_id: &str,
         period: Period,
+        expires_at: i64,
     ) -> Result<i64, BillingError> {
         let amount =
             worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, prices);
-        let ttl = if req.reservation_ttl_ms == 0 {
-            DEFAULT_RESERVATION_TTL
-        } else {
-            Duration::from_millis(req.reservation_ttl_ms)
-        };
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         accounts::reserve(
             &self.inner.db,
             &Reservation {
@@ -73,11 +69,28 @@ impl BillingService {
                 key_id: key.record.id.clone(),
                 amount,
                 period,
-                expires_at: now_ms().saturating_add(ttl_ms),
+                expires_at,
             },
         )
         .await?;
         Ok(amount)
+    }
+
+    /// The admission of `request_id` when it was already admitted: remembered by this process,
+    /// or (after a restart) found as its reservation.
+    async fn admitted_before(
+        &self,
+        key: &ActiveKey,
+        request_id: &str,
+        now: i64,
+    ) -> Result<Option<i64>, BillingError> {
+        if let Some(reserved) = self.inner.admissions.get(request_id, &key.record.id, now) {
+            return Ok(Some(reserved));
+        }
+        if key.metered {
+            return accounts::reserved_for(&self.inner.db, request_id, &key.record.id).await;
+        }
+        Ok(None)
     }
 
     async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
@@ -86,6 +99,7 @@ impl BillingService {
         let row = ledger_row(req, &prices, now_ms(), Period::current())?;
         let request_id = row.request_id.clone();
         let cost_picodollars = self.inner.ledger.record(row).await?;
+        self.inner.admissions.forget(&request_id);
         Ok(Settlement {
             request_id,
             cost_picodollars,
@@ -184,10 +198,30 @@ impl Metering for BillingService {
         }
         // Also before the limits: an unknown model is refused without using a slot.
         let prices = self.inner.prices.prices(&req.model_id).await?;
+        let now = now_ms();
+        // Idempotent: a retried Admit of an admitted request is answered as the first was and
+        // counts nothing again.
+        let admission = |reserved_picodollars| Admission {
+            key: Some(key_info(&key)),
+            request_id: request_id.clone(),
+            reserved_picodollars,
+        };
+        if let Some(reserved) = self.admitted_before(&key, &request_id, now).await? {
+            return Ok(Response::new(admission(reserved)));
+        }
+        let ttl = if req.reservation_ttl_ms == 0 {
+            DEFAULT_RESERVATION_TTL
+        } else {
+            Duration::from_millis(req.reservation_ttl_ms)
+        };
+        let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let period = Period::current();
         self.take_slot(&key, period).await?;
         let reserved_picodollars = if key.metered {
-            match self.reserve(&key, &req, &prices, &request_id, period).await {
+            match self
+                .reserve(&key, &req, &prices, &request_id, period, expires_at)
+                .await
+            {
                 Ok(amount) => amount,
                 Err(err) => {
                     self.give_back_slot(&key, period).await;
@@ -197,11 +231,14 @@ impl Metering for BillingService {
         } else {
             0
         };
-        Ok(Response::new(Admission {
-            key: Some(key_info(&key)),
-            request_id,
+        self.inner.admissions.remember(
+            &request_id,
+            &key.record.id,
             reserved_picodollars,
-        }))
+            expires_at,
+            now,
+        );
+        Ok(Response::new(admission(reserved_picodollars)))
     }
 
     async fn settle(

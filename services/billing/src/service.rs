@@ -12,6 +12,7 @@ use tollgate::transport::GrpcTransport;
 use tonic::Request;
 
 use crate::accounts;
+use crate::admissions::Admissions;
 use crate::clock::now_ms;
 use crate::config::Tiers;
 use crate::entity::api_key;
@@ -57,6 +58,7 @@ pub(crate) struct Inner {
     pub(crate) prices: PriceBook,
     pub(crate) ledger: Ledger,
     pub(crate) shared_limits: Option<SharedLimits>,
+    pub(crate) admissions: Admissions,
     tasks: Mutex<Option<Tasks>>,
 }
 
@@ -127,6 +129,7 @@ impl BillingService {
                 prices: PriceBook::new(catalog),
                 ledger,
                 shared_limits: options.shared_limits,
+                admissions: Admissions::default(),
                 tasks: Mutex::new(Some(tasks)),
             }),
         })

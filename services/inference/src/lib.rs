@@ -3,6 +3,7 @@
 //! the answer back chunk for chunk, and settles the usage with Billing before the response ends.
 
 pub mod config;
+mod deadline;
 pub mod error;
 pub mod images;
 pub mod providers;

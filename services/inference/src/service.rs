@@ -3,9 +3,12 @@
 //! the provider, and settle the usage with Billing before the answer completes. Every admitted
 //! request is settled exactly once, whether it succeeded, failed or the client left.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use tokio::sync::Notify;
@@ -24,6 +27,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     Provider, Providers, UpstreamError,
+    deadline::{self, Deadline},
     providers::Target,
     streaming,
     thinking::{self, Thinking},
@@ -33,6 +37,9 @@ use crate::{
 
 /// Margin past a request's total deadline before its unsettled reservation may be swept.
 const RESERVATION_TTL_MARGIN_MS: u64 = 60_000;
+/// How long admission may wait for an unreachable Billing (restarting, say) before the request
+/// is refused UNAVAILABLE; the caller's own deadline may be shorter.
+const ADMIT_WITHIN: Duration = Duration::from_secs(10);
 
 /// The Inference service. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -88,6 +95,8 @@ pub(crate) struct Admitted {
     pub streamed: bool,
     /// The token bounds the request was admitted (and its money reserved) at.
     pub bounds: TokenBounds,
+    /// Until when its settlement may be retried: while its reservation holds.
+    pub settle_by: Deadline,
     /// Keeps the request counted as in flight until it is dropped, after settlement.
     pub _in_flight: InFlightGuard,
 }
@@ -136,15 +145,18 @@ impl InferenceService {
         streamed: bool,
     ) -> Result<Admitted, Status> {
         validate::request(request)?;
-        let route = self
-            .inner
-            .catalog
-            .clone()
-            .resolve_model(ResolveModelRequest {
+        let admit_by = Deadline::of_caller(metadata, ADMIT_WITHIN);
+        let catalog = self.inner.catalog.clone();
+        let route = deadline::once("Catalog.ResolveModel", admit_by, |left| {
+            let mut resolve = Request::new(ResolveModelRequest {
                 id: request.model.clone(),
-            })
-            .await?
-            .into_inner();
+            });
+            resolve.set_timeout(left);
+            let mut catalog = catalog.clone();
+            async move { catalog.resolve_model(resolve).await }
+        })
+        .await?
+        .into_inner();
         validate::for_model(request, &route)?;
         let thinking = thinking::decide(request, &route)?;
         let provider = self
@@ -171,18 +183,29 @@ impl InferenceService {
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let bounds = token_bounds::bounds(request, &route);
         let total_ms = u64::try_from(provider.timeouts().total.as_millis()).unwrap_or(u64::MAX);
-        let mut admit = Request::new(AdmitRequest {
+        let reservation_ttl_ms = total_ms.saturating_add(RESERVATION_TTL_MARGIN_MS);
+        let settle_by = Deadline::after(Duration::from_millis(reservation_ttl_ms));
+        let admit = AdmitRequest {
             request_id: request_id.clone(),
             model: route.requested_id.clone(),
             model_id: route.model_id.clone(),
             max_prompt_tokens: bounds.max_prompt_tokens,
             max_completion_tokens: bounds.max_completion_tokens,
-            reservation_ttl_ms: total_ms.saturating_add(RESERVATION_TTL_MARGIN_MS),
-        });
-        if let Some(auth) = metadata.get(AUTHORIZATION) {
-            admit.metadata_mut().insert(AUTHORIZATION, auth.clone());
-        }
-        let admission = self.inner.metering.clone().admit(admit).await?.into_inner();
+            reservation_ttl_ms,
+        };
+        // Retried by request id while Billing is unreachable: Admit is idempotent.
+        let metering = self.inner.metering.clone();
+        let admission = deadline::retried("Metering.Admit", admit_by.min(settle_by), |left| {
+            let mut call = Request::new(admit.clone());
+            call.set_timeout(left);
+            if let Some(auth) = metadata.get(AUTHORIZATION) {
+                call.metadata_mut().insert(AUTHORIZATION, auth.clone());
+            }
+            let mut metering = metering.clone();
+            async move { metering.admit(call).await }
+        })
+        .await?
+        .into_inner();
         let in_flight = InFlightGuard::new(&self.inner.in_flight);
         Ok(Admitted {
             request_id,
@@ -193,6 +216,7 @@ impl InferenceService {
             thinking,
             streamed,
             bounds,
+            settle_by,
             _in_flight: in_flight,
         })
     }
@@ -206,26 +230,31 @@ impl InferenceService {
         outcome: Outcome,
         estimated: bool,
     ) -> Result<i64, Status> {
-        let settlement = self
-            .inner
-            .metering
-            .clone()
-            .settle(SettleRequest {
-                request_id: admitted.request_id.clone(),
-                key_id: admitted.key_id.clone(),
-                requested_model: admitted.route.requested_id.clone(),
-                model_id: admitted.route.model_id.clone(),
-                provider: admitted.route.provider.clone(),
-                upstream_model: admitted.route.upstream_model.clone(),
-                usage,
-                outcome: outcome.into(),
-                streamed: admitted.streamed,
-                estimated,
-            })
-            .await
-            .inspect_err(|e| {
-                tracing::error!(request_id = %admitted.request_id, error = %e, "settlement failed");
-            })?;
+        let settle = SettleRequest {
+            request_id: admitted.request_id.clone(),
+            key_id: admitted.key_id.clone(),
+            requested_model: admitted.route.requested_id.clone(),
+            model_id: admitted.route.model_id.clone(),
+            provider: admitted.route.provider.clone(),
+            upstream_model: admitted.route.upstream_model.clone(),
+            usage,
+            outcome: outcome.into(),
+            streamed: admitted.streamed,
+            estimated,
+        };
+        // Retried by request id while Billing is unreachable (the ledger is idempotent by it),
+        // for as long as the request's reservation holds.
+        let metering = self.inner.metering.clone();
+        let settlement = deadline::retried("Metering.Settle", admitted.settle_by, |left| {
+            let mut call = Request::new(settle.clone());
+            call.set_timeout(left);
+            let mut metering = metering.clone();
+            async move { metering.settle(call).await }
+        })
+        .await
+        .inspect_err(|e| {
+            tracing::error!(request_id = %admitted.request_id, error = %e, "settlement failed");
+        })?;
         Ok(settlement.into_inner().cost_picodollars)
     }
 

@@ -482,6 +482,59 @@ monthly_requests = 1000
     }
 
     #[test]
+    fn the_k8s_configs_are_valid_and_name_every_service() {
+        let text = include_str!("../../k8s/overlays/microservices/tollgate.toml");
+        let runtime = Config::from_toml(text, []).unwrap().validate().unwrap();
+        assert_eq!(runtime.server.internal_grpc_addr.port(), 50052);
+        assert_eq!(runtime.server.metrics_addr.port(), 9090);
+        let services = &runtime.services;
+        assert_eq!(
+            services.metering.as_deref(),
+            Some("http://tollgate-billing-internal:50052")
+        );
+        assert_eq!(
+            services.internal_token_env.as_deref(),
+            Some("TOLLGATE_INTERNAL_TOKEN")
+        );
+        for url in [&services.inference, &services.catalog, &services.billing] {
+            assert!(
+                url.as_deref().is_some_and(|u| u.ends_with(":50051")),
+                "{url:?}"
+            );
+        }
+        let text = include_str!("../../k8s/base/tollgate.toml");
+        let runtime = Config::from_toml(text, []).unwrap().validate().unwrap();
+        assert!(runtime.services.catalog.is_none());
+    }
+
+    #[test]
+    fn service_addresses_are_checked() {
+        for (url, field) in [
+            ("https://catalog:50051", "services.catalog"),
+            ("catalog:50051", "services.catalog"),
+            ("http://catalog", "services.catalog"),
+        ] {
+            let text = format!("{MINIMAL}\n[services]\ncatalog = \"{url}\"");
+            let e = Config::from_toml(&text, [])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{url}: {e}");
+        }
+        let e = Config::from_toml(&format!("{MINIMAL}\n[services]\ncatalogue = \"x\""), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("catalogue"), "{e}");
+        let env = [(
+            "TOLLGATE__SERVICES__BILLING".to_owned(),
+            "http://127.0.0.1:7000".to_owned(),
+        )];
+        let c = Config::from_toml(MINIMAL, env).unwrap();
+        assert_eq!(c.services.billing.as_deref(), Some("http://127.0.0.1:7000"));
+    }
+
+    #[test]
     fn tier_allow_lists_and_admin_token_env_are_read() {
         let text = MINIMAL.replace(
             "monthly_requests = 1000",

@@ -62,7 +62,7 @@ impl Dependency {
                 let status = HealthClient::new(transport.clone())
                     .check(request)
                     .await
-                    .map_err(|e| format!("{}: {}", e.code(), e.message()))?
+                    .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
                     .into_inner()
                     .status();
                 match status {
@@ -172,5 +172,83 @@ impl Health {
                 }
             }),
         )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tollgate::transport::{dial, in_process};
+
+    use super::*;
+
+    async fn status_of(transport: &GrpcTransport, service: &str) -> i32 {
+        HealthClient::new(transport.clone())
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    }
+
+    #[tokio::test]
+    async fn draining_turns_every_service_not_serving_and_readiness_false() {
+        let (reporter, server) = tonic_health::server::health_reporter();
+        let health = Health::new(reporter, vec!["tollgate.v1.Catalog"], vec![]).await;
+        let transport = in_process(server);
+        let serving = health_check_response::ServingStatus::Serving as i32;
+        let not_serving = health_check_response::ServingStatus::NotServing as i32;
+        assert_eq!(status_of(&transport, "tollgate.v1.Catalog").await, serving);
+        assert!(health.readiness().await.0);
+
+        health.drain().await;
+        assert_eq!(
+            status_of(&transport, "tollgate.v1.Catalog").await,
+            not_serving
+        );
+        assert_eq!(status_of(&transport, "").await, not_serving);
+        assert!(!health.readiness().await.0);
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_targets_dialed() {
+        let (reporter, server) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("tollgate.v1.Catalog", ServingStatus::Serving)
+            .await;
+        // A port nothing listens on: bound, then closed.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let up = Dependency::Peer {
+            name: "catalog",
+            service: "tollgate.v1.Catalog",
+            transport: in_process(server.clone()),
+        };
+        let unknown = Dependency::Peer {
+            name: "billing",
+            service: "tollgate.v1.Billing",
+            transport: in_process(server),
+        };
+        let down = Dependency::Peer {
+            name: "metering",
+            service: "tollgate.v1.Metering",
+            transport: dial(&format!("http://{addr}")).unwrap(),
+        };
+        let (own, _) = tonic_health::server::health_reporter();
+        let health = Health::new(own.clone(), vec![], vec![up.clone()]).await;
+        let (ready, checks) = health.readiness().await;
+        assert!(ready);
+        assert_eq!(checks["catalog"], "ok");
+
+        let health = Health::new(own, vec![], vec![up, unknown, down]).await;
+        let (ready, checks) = health.readiness().await;
+        assert!(!ready);
+        assert_eq!(checks["catalog"], "ok");
+        assert_eq!(checks["billing"], "NotFound: service not registered");
+        let metering = checks["metering"].as_str().unwrap();
+        assert!(metering.starts_with("Unavailable: "), "{metering}");
     }
 }

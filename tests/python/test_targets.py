@@ -376,3 +376,11 @@ def test_billing_killed_mid_load_and_restarted_keeps_the_books(cluster):
         assert status in (200, 503, 504) and code not in ("internal_error", ""), (status, code)
     assert ledger(key) == (sum(r[3] for r in answered), len(answered))
     assert psql(f"SELECT COUNT(*) FROM reservations WHERE key_id = '{key.key_id}'") == [["0"]]
+
+
+def test_the_monolith_answers_livez_and_readyz_on_its_rest_listener(gateway):
+    """`--target all` (the default): the probes sit beside REST; ready = its database answers."""
+    assert httpx.get(f"{gateway.http_base}/livez", timeout=10).status_code == 200
+    resp = httpx.get(f"{gateway.http_base}/readyz", timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"ready": True, "draining": False, "checks": {"database": "ok"}}

@@ -403,3 +403,83 @@ async fn a_cost_above_the_balance_stops_it_at_zero_and_writes_off_the_rest() {
     );
     h.stop().await;
 }
+
+/// One Admit of `request_id` for the key `secret`.
+async fn admit_for(
+    h: &Harness,
+    secret: &SecretKey,
+    request_id: &str,
+) -> Result<tollgate::v1::Admission, tonic::Status> {
+    let mut client = h.client.clone();
+    client
+        .admit(with_key(admit(request_id), secret.expose_secret()))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A retried Admit (the caller lost the answer) is answered as the first was and counts nothing
+/// again: neither the monthly slot nor the money. With `restart`, it holds across a restart of
+/// billing too (PostgreSQL: the reservation row answers, as replicas' holds are not released).
+async fn a_repeated_admit_returns_the_same_admission_and_counts_once(h: Harness, restart: bool) {
+    let (record, secret) = prepaid_key(&h, 10 * RESERVE).await;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let id = |n: u32| format!("chatcmpl-{run}-{n}");
+    let first = admit_for(&h, &secret, &id(1)).await.unwrap();
+    let again = admit_for(&h, &secret, &id(1)).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first.reserved_picodollars, RESERVE);
+    let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+    assert_eq!(account.reserved_picodollars, RESERVE, "reserved once");
+    // The tier allows two requests a month: the retry took no slot, so a second request fits and
+    // a third does not.
+    admit_for(&h, &secret, &id(2)).await.unwrap();
+    let refused = admit_for(&h, &secret, &id(3)).await.unwrap_err();
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("monthly_quota_exceeded")
+    );
+
+    let h = if restart {
+        let h = h.restart().await;
+        let after = admit_for(&h, &secret, &id(1)).await.unwrap();
+        assert_eq!(after.reserved_picodollars, RESERVE);
+        let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+        assert_eq!(
+            account.reserved_picodollars,
+            2 * RESERVE,
+            "still one hold each"
+        );
+        h
+    } else {
+        h
+    };
+    // Settled once each: one row each, the holds released.
+    let mut client = h.client.clone();
+    for (i, n) in [1, 2].into_iter().enumerate() {
+        client
+            .settle(settle(&id(n), &record.id, i as u64))
+            .await
+            .unwrap();
+    }
+    assert_books_balance(&h.db, &record.id, 10 * RESERVE).await;
+    h.stop().await;
+}
+
+fn two_a_month() -> Setup {
+    Setup::new(vec![tier("wide", 10_000, 2)])
+        .refresh(Duration::from_millis(50))
+        .model("m", PRICING)
+}
+
+#[tokio::test]
+async fn a_repeated_admit_returns_the_same_admission_and_counts_once_on_sqlite() {
+    let h = two_a_month().sqlite().await;
+    a_repeated_admit_returns_the_same_admission_and_counts_once(h, false).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
+async fn a_repeated_admit_returns_the_same_admission_and_counts_once_on_postgres() {
+    let h = two_a_month().postgres().await;
+    a_repeated_admit_returns_the_same_admission_and_counts_once(h, true).await;
+}

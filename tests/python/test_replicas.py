@@ -6,32 +6,18 @@ or rotation made through one replica's Admin API reaches the other within its ke
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from decimal import Decimal
 
 import httpx
 import pytest
 
+import datastores
+from datastores import POSTGRES_URL, REDIS_URL, psql
 from harness import ApiKey, Gateway, MockUpstream, auth, wait_until
 from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_held, fire_together, key_listing, nonce
 
-POSTGRES_URL = os.environ.get("TOLLGATE_TEST_POSTGRES_URL")
-REDIS_URL = os.environ.get("TOLLGATE_TEST_REDIS_URL")
-PSQL = os.environ.get("TOLLGATE_TEST_PSQL", "psql")
-
-if not (POSTGRES_URL and REDIS_URL):
-    if os.environ.get("CI"):
-        raise RuntimeError("TOLLGATE_TEST_POSTGRES_URL and TOLLGATE_TEST_REDIS_URL must be set: run scripts/e2e.sh")
-    pytest.skip("no PostgreSQL/Redis: run through scripts/e2e.sh", allow_module_level=True)
-
-
-def psql(sql: str) -> list[list[str]]:
-    done = subprocess.run(
-        [PSQL, POSTGRES_URL, "-At", "-F", "\t", "-c", sql], capture_output=True, text=True, timeout=30, check=True
-    )
-    return [line.split("\t") for line in done.stdout.splitlines() if line]
+datastores.require()
 
 
 ADMIN_TOKEN = f"e2e-admin-{uuid.uuid4().hex}"

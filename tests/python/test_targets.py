@@ -10,9 +10,9 @@ restarted: every request is answered or gets a clear error, and the books still 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -26,18 +26,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tollgate.v1 import inference_pb2, inference_pb2_grpc, metering_pb2
 
+import datastores
+from datastores import POSTGRES_URL, REDIS_URL, psql
 from harness import PRICES, PROVIDER_KEY, ApiKey, ManagedProcess, MockUpstream, auth, gateway_config, tollgate_bin, user, wait_until
 from mock_rules import cost_picodollars, echo, expected_usage, usage_of
-from money_checks import PICO
+from money_checks import pico
 
-POSTGRES_URL = os.environ.get("TOLLGATE_TEST_POSTGRES_URL")
-REDIS_URL = os.environ.get("TOLLGATE_TEST_REDIS_URL")
-PSQL = os.environ.get("TOLLGATE_TEST_PSQL", "psql")
-
-if not (POSTGRES_URL and REDIS_URL):
-    if os.environ.get("CI"):
-        raise RuntimeError("TOLLGATE_TEST_POSTGRES_URL and TOLLGATE_TEST_REDIS_URL must be set: run scripts/e2e.sh")
-    pytest.skip("no PostgreSQL/Redis: run through scripts/e2e.sh", allow_module_level=True)
+datastores.require()
 
 TIMEOUT = 30
 ADMIN_TOKEN = f"e2e-admin-{uuid.uuid4().hex}"
@@ -49,11 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def psql(sql: str) -> list[list[str]]:
-    done = subprocess.run([PSQL, POSTGRES_URL, "-At", "-F", "\t", "-c", sql], capture_output=True, text=True, timeout=30, check=True)
-    return [line.split("\t") for line in done.stdout.splitlines() if line]
 
 
 class Cluster:
@@ -205,9 +195,10 @@ def test_chat_stream_grpc_usage_and_the_ledger_through_separate_processes(cluste
         costs.append(reply.usage.cost_picodollars)
         assert costs[-1] == cost_picodollars(expected_usage(user(text), thinking=False), FLASH)
 
-    report = httpx.get(f"{cluster.base_url}/dashboard/billing/usage", headers=auth(key), timeout=TIMEOUT).json()
+    resp = httpx.get(f"{cluster.base_url}/dashboard/billing/usage", headers=auth(key), timeout=TIMEOUT)
+    report = json.loads(resp.text, parse_float=Decimal)
     assert report["monthly_requests"] == 4
-    assert Decimal(str(report["total_cost_usd"])) * PICO == sum(costs)
+    assert pico(report["total_cost_usd"]) == sum(costs)
     assert ledger(key) == (sum(costs), 4)
     assert psql(f"SELECT COUNT(*) FROM reservations WHERE key_id = '{key.key_id}'") == [["0"]]
 
@@ -300,14 +291,12 @@ def chat(cluster: Cluster, key: ApiKey, text: str, stream: bool) -> tuple[int, s
             r = httpx.post(url, headers=auth(key), json=body, timeout=60)
             if r.status_code != 200:
                 return r.status_code, r.json()["error"].get("code") or r.json()["error"]["type"], None
-            return 200, "", int(Decimal(r.json()["usage"]["cost"]) * PICO)
+            return 200, "", pico(json.loads(r.text, parse_float=Decimal)["usage"]["cost"])
         body.update(stream=True, stream_options={"include_usage": True})
         with httpx.stream("POST", url, headers=auth(key), json=body, timeout=60) as r:
             if r.status_code != 200:
                 r.read()
                 return r.status_code, r.json()["error"].get("code") or r.json()["error"]["type"], None
-            import json
-
             cost = None
             error = ""
             for line in r.iter_lines():
@@ -317,7 +306,7 @@ def chat(cluster: Cluster, key: ApiKey, text: str, stream: bool) -> tuple[int, s
                 if "error" in event:
                     error = event["error"].get("code") or event["error"]["type"]
                 elif event.get("usage") and "cost" in event["usage"]:
-                    cost = int(Decimal(event["usage"]["cost"]) * PICO)
+                    cost = pico(event["usage"]["cost"])
             return (200, error, cost if not error else None)
     except httpx.HTTPError as e:
         return 0, type(e).__name__, None

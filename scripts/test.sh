@@ -20,7 +20,8 @@ eval "$(scripts/services.sh start)"
 trap 'scripts/services.sh stop "$TOLLGATE_SERVICES_DIR"' EXIT
 
 echo "==> cargo test: the PostgreSQL tests"
-cargo test -p tollgate-billing --test postgres --test postgres_keys_reporting --test money -- --ignored
+cargo test -p tollgate-billing --test postgres --test postgres_keys_reporting --test money \
+    --test key_refresh -- --ignored
 
 echo "==> end-to-end (OpenAI SDK, grpcio)"
 scripts/e2e.sh "$@"

@@ -75,9 +75,12 @@ impl Services {
             Some(redis) => Some(SharedLimits::connect(redis).await?),
             None => None,
         };
+        let catalog = CatalogService::new(runtime.catalog.clone());
+        // Billing prices requests from the catalogue itself, never from what Admit or Settle say.
         let billing = BillingService::with_options(
             db.clone(),
             runtime.tiers.clone(),
+            in_process(CatalogServer::new(catalog.clone())),
             BillingOptions {
                 key_refresh_interval: Duration::from_millis(runtime.server.key_refresh_ms),
                 shared_limits,
@@ -85,7 +88,6 @@ impl Services {
             },
         )
         .await?;
-        let catalog = CatalogService::new(runtime.catalog.clone());
         let providers = Providers::new(&runtime.providers, &runtime.images, env)?;
         let inference = InferenceService::new(
             providers,

@@ -23,6 +23,7 @@ use sea_orm::{
 use crate::clock::{Period, now_ms};
 use crate::entity::key_account;
 use crate::error::BillingError;
+use crate::keys::refresh::record_change;
 
 /// The money of one key, as stored.
 pub type KeyAccount = key_account::Model;
@@ -108,12 +109,11 @@ pub(crate) async fn open(
 async fn touch_key(db: &impl ConnectionTrait, key_id: &str, now: i64) -> Result<(), DbErr> {
     execute(
         db,
-        "UPDATE api_keys SET updated_at = CASE WHEN updated_at >= ? THEN updated_at + 1 ELSE ? END \
-         WHERE id = ?",
-        vec![now.into(), now.into(), key_id.into()],
+        "UPDATE api_keys SET updated_at = ? WHERE id = ?",
+        vec![now.into(), key_id.into()],
     )
     .await?;
-    Ok(())
+    record_change(db, key_id).await
 }
 
 async fn ensure_account(db: &impl ConnectionTrait, key_id: &str, now: i64) -> Result<(), DbErr> {

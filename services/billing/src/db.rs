@@ -70,6 +70,21 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), BillingError> {
     Ok(())
 }
 
+/// A migrated SQLite database in a fresh temp dir, for unit tests: the dir lives as long as the
+/// returned guard.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn scratch_sqlite() -> (tempfile::TempDir, DatabaseConnection) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = connect(&DatabaseConfig {
+        url: format!("sqlite://{}", dir.path().join("scratch.db").display()),
+    })
+    .await
+    .unwrap();
+    migrate(&db).await.unwrap();
+    (dir, db)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -73,6 +73,15 @@ pub enum BillingError {
     AdminDisabled,
     #[error("missing or wrong admin token")]
     AdminUnauthenticated,
+    /// A Metering call named a model the catalogue does not list (an alias, or no model).
+    #[error("model_id {0:?} is not a model of the catalogue")]
+    UnknownModel(String),
+    /// The Catalog service could not be asked for a model's prices; detail is logged.
+    #[error("the model catalogue is unavailable: {0}")]
+    CatalogUnavailable(String),
+    /// The catalogue answered with a price billing refuses (negative).
+    #[error("catalogue prices of {model_id}: {reason}")]
+    InvalidCatalogPrice { model_id: String, reason: String },
 }
 
 /// A generic message for failures whose detail stays in the logs.
@@ -94,7 +103,10 @@ impl BillingError {
             | Self::Connect(_)
             | Self::Io(_)
             | Self::UnsupportedDatabaseUrl(_)
-            | Self::LedgerWrite(_) => ApiError::new(ErrorKind::Internal, INTERNAL_MESSAGE),
+            | Self::LedgerWrite(_)
+            | Self::InvalidCatalogPrice { .. } => {
+                ApiError::new(ErrorKind::Internal, INTERNAL_MESSAGE)
+            }
             Self::LedgerClosed => ApiError::new(
                 ErrorKind::Unavailable,
                 "The billing service is shutting down",
@@ -151,6 +163,11 @@ impl BillingError {
                 ErrorKind::Unavailable,
                 "Rate limiting is temporarily unavailable",
             ),
+            Self::UnknownModel(_) => ApiError::invalid_param("model_id", self.to_string()),
+            Self::CatalogUnavailable(_) => ApiError::new(
+                ErrorKind::Unavailable,
+                "Model prices are temporarily unavailable",
+            ),
             Self::InvalidArgument { param, message } => ApiError::invalid_param(*param, message),
             Self::ExpiredKey(at) => ApiError::new(
                 ErrorKind::Authentication,
@@ -183,7 +200,8 @@ impl BillingError {
     }
 
     fn is_internal(&self) -> bool {
-        matches!(self, Self::SharedLimits(_)) || self.to_api_error().kind == ErrorKind::Internal
+        matches!(self, Self::SharedLimits(_) | Self::CatalogUnavailable(_))
+            || self.to_api_error().kind == ErrorKind::Internal
     }
 }
 

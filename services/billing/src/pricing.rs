@@ -1,5 +1,6 @@
-//! What a request costs: the one home of billing's price rules. The exact cost of a settled
-//! request's usage ([`cost_picodollars`]), the worst case reserved before the upstream call
+//! What a request costs: the one home of billing's price rules. Where prices come from
+//! ([`PriceBook`]: the catalogue, never the caller), the exact cost of a settled request's usage
+//! ([`cost_picodollars`]), the worst case reserved before the upstream call
 //! ([`worst_case_picodollars`]) and which prices are acceptable at all ([`validate`]).
 //!
 //! Prices are integer micro-USD per one million tokens, so one token at price `P` costs exactly
@@ -7,9 +8,77 @@
 //! The token bounds the worst case multiplies are computed by the inference service, which has the
 //! request (`services/inference/src/token_bounds.rs`); bounds × prices is billing's.
 
-use tollgate::v1::{Pricing, Usage};
+use dashmap::DashMap;
+use tollgate::transport::GrpcTransport;
+use tollgate::v1::catalog_client::CatalogClient;
+use tollgate::v1::{GetModelRequest, Pricing, Usage};
 
 use crate::error::BillingError;
+
+/// The prices of catalogue models, read through the Catalog contract (in-process in the monolith,
+/// over the network once the services are split) and kept: the catalogue is fixed for the life
+/// of a process. Metering takes prices from here, never from its caller, so a caller cannot make
+/// its own requests cheaper.
+#[derive(Debug)]
+pub struct PriceBook {
+    catalog: CatalogClient<GrpcTransport>,
+    /// Prices by model id; only models the catalogue knows are kept, so its size is the
+    /// catalogue's.
+    known: DashMap<String, Pricing>,
+}
+
+impl PriceBook {
+    /// Prices looked up through `catalog`, a transport to the Catalog service.
+    pub fn new(catalog: GrpcTransport) -> Self {
+        Self {
+            catalog: CatalogClient::new(catalog),
+            known: DashMap::new(),
+        }
+    }
+
+    /// The prices of the catalogue model `model_id` (a resolved model, not an alias). An id the
+    /// catalogue does not list as a model is refused ([`BillingError::UnknownModel`]).
+    ///
+    /// This is the one place a price is chosen for a request. Today a model has one price; when
+    /// routing gives deployments their own, the lookup takes the deployment the Admit or Settle
+    /// names as well.
+    pub async fn prices(&self, model_id: &str) -> Result<Pricing, BillingError> {
+        if let Some(prices) = self.known.get(model_id) {
+            return Ok(*prices);
+        }
+        if model_id.trim().is_empty() {
+            return Err(BillingError::UnknownModel(model_id.to_owned()));
+        }
+        let model = match self
+            .catalog
+            .clone()
+            .get_model(GetModelRequest {
+                id: model_id.to_owned(),
+            })
+            .await
+        {
+            Ok(model) => model.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(BillingError::UnknownModel(model_id.to_owned()));
+            }
+            Err(status) => {
+                return Err(BillingError::CatalogUnavailable(
+                    status.message().to_owned(),
+                ));
+            }
+        };
+        if model.alias_of.is_some() {
+            return Err(BillingError::UnknownModel(model_id.to_owned()));
+        }
+        let prices = model.pricing.unwrap_or_default();
+        validate(&prices).map_err(|err| BillingError::InvalidCatalogPrice {
+            model_id: model_id.to_owned(),
+            reason: err.to_string(),
+        })?;
+        self.known.insert(model_id.to_owned(), prices);
+        Ok(prices)
+    }
+}
 
 /// The exact cost of `usage` at `pricing`, in picodollars: uncached prompt tokens at the input
 /// price, cached prompt tokens at the cache-hit price, prompt tokens written to the cache at the

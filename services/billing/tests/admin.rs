@@ -199,11 +199,6 @@ async fn rotation_refuses_the_old_secret_at_once_and_keeps_the_usage() {
                 total_tokens: 110,
                 ..Default::default()
             }),
-            pricing: Some(Pricing {
-                input_micros_per_mtok: 220_000,
-                output_micros_per_mtok: 440_000,
-                ..Default::default()
-            }),
             outcome: Outcome::Succeeded as i32,
             ..Default::default()
         })
@@ -297,12 +292,18 @@ async fn updates_apply_at_once_overrides_expiry_and_tier() {
     for i in 0..2 {
         let id = format!("chatcmpl-u{i}");
         client
-            .admit(with_key(admit(&id, "m", "m"), &secret))
+            .admit(with_key(
+                admit(&id, "deepseek-v4-flash", "deepseek-v4-flash"),
+                &secret,
+            ))
             .await
             .unwrap();
     }
     let err = client
-        .admit(with_key(admit("chatcmpl-u2", "m", "m"), &secret))
+        .admit(with_key(
+            admit("chatcmpl-u2", "deepseek-v4-flash", "deepseek-v4-flash"),
+            &secret,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
@@ -435,7 +436,7 @@ async fn tier_allow_lists_refuse_other_models_before_counting() {
     h.stop().await;
 }
 
-/// Prices of the money test: 1 USD per 1M tokens in and out, so one token costs 1,000,000
+/// Catalogue prices of the money test's model `one-usd`: 1 USD per 1M tokens in and out, so one token costs 1,000,000
 /// picodollars and a worst case of 10 + 10 tokens costs 0.00002 USD.
 const ONE_USD_PER_MTOK: Pricing = Pricing {
     input_micros_per_mtok: 1_000_000,
@@ -448,15 +449,17 @@ fn admit_reserving(request_id: &str) -> AdmitRequest {
     AdmitRequest {
         max_prompt_tokens: 10,
         max_completion_tokens: 10,
-        pricing: Some(ONE_USD_PER_MTOK),
         reservation_ttl_ms: 60_000,
-        ..admit(request_id, "m", "m")
+        ..admit(request_id, "one-usd", "one-usd")
     }
 }
 
 #[tokio::test]
 async fn admin_gives_keys_money_tops_them_up_and_sets_budgets() {
-    let h = Harness::sqlite(tier("pro", 1000, 1000)).await;
+    let h = Setup::new(vec![tier("pro", 1000, 1000)])
+        .model("one-usd", ONE_USD_PER_MTOK)
+        .sqlite()
+        .await;
     // Exact decimal strings: 0.00003 USD covers one worst case (0.00002), not two.
     let (key, secret) = create(
         &h,
@@ -579,10 +582,15 @@ async fn admin_gives_keys_money_tops_them_up_and_sets_budgets() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(support::error_param(&err).as_deref(), Some("key"));
+    let refused = tollgate_billing::keys::top_up_key(&h.db, &key.id, 1)
+        .await
+        .unwrap_err();
     assert!(
-        tollgate_billing::keys::top_up_key(&h.db, &key.id, 1)
-            .await
-            .is_err()
+        matches!(
+            refused,
+            tollgate_billing::BillingError::InvalidArgument { param: "key", .. }
+        ),
+        "{refused:?}"
     );
     h.stop().await;
 }

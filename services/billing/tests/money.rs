@@ -15,7 +15,7 @@ use tonic::Code;
 
 use support::{Harness, Setup, error_code, tier, with_key};
 
-/// 0.22 / 0.005 / 0.44 USD per 1M tokens, cache writes at the input price.
+/// The catalogue prices of model `m`: 0.22 / 0.005 / 0.44 USD per 1M tokens, cache writes at 0.275.
 const PRICING: Pricing = Pricing {
     input_micros_per_mtok: 220_000,
     cached_input_micros_per_mtok: 5_000,
@@ -34,7 +34,6 @@ fn admit(request_id: &str) -> AdmitRequest {
         model: "m".into(),
         max_prompt_tokens: 1000,
         max_completion_tokens: 1000,
-        pricing: Some(PRICING),
         reservation_ttl_ms: 60_000,
     }
 }
@@ -43,6 +42,7 @@ fn settle(request_id: &str, key_id: &str, i: u64) -> SettleRequest {
     SettleRequest {
         request_id: request_id.to_owned(),
         key_id: key_id.to_owned(),
+        model_id: "m".to_owned(),
         usage: Some(Usage {
             prompt_tokens: 100 + i,
             cached_prompt_tokens: 30,
@@ -50,7 +50,6 @@ fn settle(request_id: &str, key_id: &str, i: u64) -> SettleRequest {
             completion_tokens: 50 + 3 * i,
             ..Default::default()
         }),
-        pricing: Some(PRICING),
         outcome: Outcome::Succeeded as i32,
         ..Default::default()
     }
@@ -248,11 +247,14 @@ async fn unsettled_reservations_are_released_at_restart() {
             .await
             .unwrap();
     }
-    assert!(
-        client
-            .admit(with_key(admit("lost-2"), secret.expose_secret()))
-            .await
-            .is_err()
+    let refused = client
+        .admit(with_key(admit("lost-2"), secret.expose_secret()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("insufficient_quota"),
+        "the third request finds the balance fully reserved: {refused:?}"
     );
     // The process "dies" with two requests in flight: they never settle.
     let h = h.restart().await;
@@ -312,9 +314,11 @@ async fn the_sweep_releases_only_expired_reservations() {
     h.stop().await;
 }
 
-/// The money tests' service: one wide tier, keys refreshed every 50 ms.
+/// The money tests' service: one wide tier, keys refreshed every 50 ms, model `m` at [`PRICING`].
 fn money_setup() -> Setup {
-    Setup::new(vec![tier("wide", 10_000, 10_000)]).refresh(Duration::from_millis(50))
+    Setup::new(vec![tier("wide", 10_000, 10_000)])
+        .refresh(Duration::from_millis(50))
+        .model("m", PRICING)
 }
 
 async fn money_harness() -> Harness {

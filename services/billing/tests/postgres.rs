@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use tollgate::v1::{AdmitRequest, GetUsageRequest, Outcome, Pricing, SettleRequest, Usage};
+use tollgate::v1::{AdmitRequest, GetUsageRequest, Outcome, SettleRequest, Usage};
 use tollgate_billing::{create_key, list_keys, revoke_key};
 use tonic::Code;
 
@@ -39,7 +39,8 @@ async fn billing_works_on_postgres() {
             .admit(with_key(
                 AdmitRequest {
                     request_id: request_id.clone(),
-                    model: "m".into(),
+                    model: "deepseek-v4-flash".into(),
+                    model_id: "deepseek-v4-flash".into(),
                     ..Default::default()
                 },
                 secret.expose_secret(),
@@ -53,17 +54,12 @@ async fn billing_works_on_postgres() {
         let req = SettleRequest {
             request_id,
             key_id: record.id.clone(),
+            model_id: "deepseek-v4-flash".into(),
             usage: Some(Usage {
                 prompt_tokens: 161,
                 cached_prompt_tokens: 128,
                 completion_tokens: 25,
                 ..Default::default()
-            }),
-            pricing: Some(Pricing {
-                input_micros_per_mtok: 220_000,
-                cached_input_micros_per_mtok: 5_000,
-                output_micros_per_mtok: 440_000,
-                cache_write_micros_per_mtok: 220_000,
             }),
             outcome: Outcome::Succeeded as i32,
             ..Default::default()

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use sea_orm::{EntityTrait, PaginatorTrait};
 use tollgate::v1::{
-    AdmitRequest, AuthenticateRequest, InvalidateKeyRequest, Outcome, Pricing, SettleRequest, Usage,
+    AdmitRequest, AuthenticateRequest, InvalidateKeyRequest, Outcome, SettleRequest, Usage,
 };
 use tollgate_billing::entity::usage_ledger;
 use tollgate_billing::{create_key, revoke_key};
 use tonic::Code;
 
-use support::{Harness, Setup, error_code, eventually, tier, with_key};
+use support::{Harness, Setup, error_code, error_param, eventually, tier, with_key};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -27,16 +27,6 @@ fn admit(request_id: &str) -> AdmitRequest {
     }
 }
 
-/// deepseek-v4-flash prices: 0.22 in, 0.005 cached, 0.44 out (USD per 1M tokens).
-fn flash_pricing() -> Pricing {
-    Pricing {
-        input_micros_per_mtok: 220_000,
-        cached_input_micros_per_mtok: 5_000,
-        output_micros_per_mtok: 440_000,
-        cache_write_micros_per_mtok: 220_000,
-    }
-}
-
 fn settle(request_id: &str, key_id: &str, usage: Usage) -> SettleRequest {
     SettleRequest {
         request_id: request_id.to_owned(),
@@ -46,7 +36,6 @@ fn settle(request_id: &str, key_id: &str, usage: Usage) -> SettleRequest {
         provider: "deepseek".to_owned(),
         upstream_model: "deepseek-v4-flash".to_owned(),
         usage: Some(usage),
-        pricing: Some(flash_pricing()),
         outcome: Outcome::Succeeded as i32,
         streamed: true,
         estimated: false,
@@ -459,5 +448,51 @@ async fn settle_after_shutdown_is_unavailable() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn prices_come_from_the_catalogue_and_unknown_models_are_refused() {
+    let h = Harness::sqlite(tier("basic", 100, 100)).await;
+    let (record, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
+    let mut client = h.client.clone();
+
+    // Neither an unknown id nor an alias is a catalogue model: refused, naming the field, before
+    // any limit counts the request and without a ledger row.
+    for model_id in ["no-such-model", "", support::ALIAS] {
+        let mut request = admit(&format!("r-{model_id}"));
+        request.model_id = model_id.to_owned();
+        let status = client
+            .admit(with_key(request, secret.expose_secret()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{model_id:?}");
+        assert_eq!(error_param(&status).as_deref(), Some("model_id"));
+
+        let mut request = settle(&format!("r-{model_id}"), &record.id, usage(1, 0, 1, 0));
+        request.model_id = model_id.to_owned();
+        let status = client.settle(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{model_id:?}");
+        assert_eq!(error_param(&status).as_deref(), Some("model_id"));
+        assert!(
+            status.message().contains("catalogue"),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(h.usage(secret.expose_secret()).await.monthly_requests, 0);
+    assert_eq!(usage_ledger::Entity::find().count(&h.db).await.unwrap(), 0);
+
+    // The same usage costs what each model's catalogue prices say.
+    let mut pro = settle("r-pro", &record.id, usage(1000, 0, 100, 0));
+    pro.model_id = "deepseek-v4-pro".into();
+    let pro = client.settle(pro).await.unwrap().into_inner();
+    assert_eq!(pro.cost_picodollars, 1000 * 550_000 + 100 * 2_190_000);
+    let flash = client
+        .settle(settle("r-flash", &record.id, usage(1000, 0, 100, 0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(flash.cost_picodollars, 1000 * 220_000 + 100 * 440_000);
     h.stop().await;
 }

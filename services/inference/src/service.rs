@@ -177,7 +177,6 @@ impl InferenceService {
             model_id: route.model_id.clone(),
             max_prompt_tokens: bounds.max_prompt_tokens,
             max_completion_tokens: bounds.max_completion_tokens,
-            pricing: route.pricing,
             reservation_ttl_ms: total_ms.saturating_add(RESERVATION_TTL_MARGIN_MS),
         });
         if let Some(auth) = metadata.get(AUTHORIZATION) {
@@ -219,7 +218,6 @@ impl InferenceService {
                 provider: admitted.route.provider.clone(),
                 upstream_model: admitted.route.upstream_model.clone(),
                 usage,
-                pricing: admitted.route.pricing,
                 outcome: outcome.into(),
                 streamed: admitted.streamed,
                 estimated,

@@ -97,9 +97,27 @@ impl Stack {
             models: None,
         }])
         .unwrap();
-        let billing = BillingService::new(db.clone(), tiers.clone(), Duration::from_secs(60))
-            .await
-            .unwrap();
+        let model: ModelConfig = toml::from_str(
+            r#"
+            id = "gpt-4.1-mini"
+            provider = "openai"
+            context_length = 1047576
+            max_output_tokens = 32768
+            input_price = 0.40
+            output_price = 1.60
+            "#,
+        )
+        .unwrap();
+        let catalog = Catalog::new(&[model], &[], &["openai"]).unwrap();
+        let catalog = CatalogService::new(catalog);
+        let billing = BillingService::new(
+            db.clone(),
+            tiers.clone(),
+            in_process(CatalogServer::new(catalog.clone())),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
         let admin = AdminService::new(
             db,
             tiers,
@@ -125,23 +143,11 @@ impl Stack {
             mock.base_url()
         ))
         .unwrap();
-        let model: ModelConfig = toml::from_str(
-            r#"
-            id = "gpt-4.1-mini"
-            provider = "openai"
-            context_length = 1047576
-            max_output_tokens = 32768
-            input_price = 0.40
-            output_price = 1.60
-            "#,
-        )
-        .unwrap();
-        let catalog = Catalog::new(&[model], &[], &["openai"]).unwrap();
         let env = |name: &str| (name == "UPSTREAM_KEY").then(|| "upstream-secret".to_owned());
         let providers = Providers::new(&[provider], &ImagesConfig::default(), &env).unwrap();
         let inference = InferenceService::new(
             providers,
-            in_process(CatalogServer::new(CatalogService::new(catalog))),
+            in_process(CatalogServer::new(catalog)),
             in_process(MeteringServer::new(billing.clone())),
         );
         Self {

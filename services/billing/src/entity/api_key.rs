@@ -19,7 +19,7 @@ pub struct Model {
     pub created_at: i64,
     /// Unix milliseconds; set once when the key is revoked.
     pub revoked_at: Option<i64>,
-    /// Unix milliseconds, bumped on every change; caches poll it to notice changes.
+    /// Unix milliseconds of the last change, for operators; caches follow `change_seq` instead.
     pub updated_at: i64,
     /// Unix milliseconds after which the key is refused; `None`: it never expires.
     pub expires_at: Option<i64>,
@@ -27,6 +27,9 @@ pub struct Model {
     pub rpm_override: Option<i64>,
     /// The key's own monthly request quota, replacing its tier's.
     pub monthly_requests_override: Option<i64>,
+    /// The value of the `key_changes` sequence its last change took (see
+    /// [`crate::keys::refresh`]); caches poll it to notice changes made elsewhere.
+    pub change_seq: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

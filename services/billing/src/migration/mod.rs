@@ -10,6 +10,7 @@ mod m20261124_000010_create_key_accounts;
 mod m20261124_000011_create_reservations;
 mod m20261124_000012_ledger_cache_writes_estimated;
 mod m20261124_000030_key_expiry_and_limit_overrides;
+mod m20261130_000040_key_change_sequence;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000011_create_reservations::Migration),
             Box::new(m20261124_000012_ledger_cache_writes_estimated::Migration),
             Box::new(m20261124_000030_key_expiry_and_limit_overrides::Migration),
+            Box::new(m20261130_000040_key_change_sequence::Migration),
         ]
     }
 }

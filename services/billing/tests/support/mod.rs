@@ -1,10 +1,13 @@
 //! The one set-up of the billing tests: [`Harness::sqlite`] (a SQLite file in a temp dir the
 //! harness owns) or [`Setup::postgres`], the services behind a real tonic server on 127.0.0.1:0,
-//! and generated clients connected to it.
+//! generated clients connected to it, and the catalogue billing takes its prices from (a Catalog
+//! service over the contract, in-process, as in `tollgate serve`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
@@ -18,8 +21,13 @@ use tollgate::v1::admin_client::AdminClient;
 use tollgate::v1::admin_server::AdminServer;
 use tollgate::v1::billing_client::BillingClient;
 use tollgate::v1::billing_server::BillingServer;
+use tollgate::v1::catalog_server::{Catalog, CatalogServer};
 use tollgate::v1::metering_client::MeteringClient;
 use tollgate::v1::metering_server::MeteringServer;
+use tollgate::v1::{
+    GetModelRequest, ListModelsRequest, ListModelsResponse, Model, Pricing, ResolveModelRequest,
+    ResolvedModel,
+};
 use tollgate_billing::{
     AdminService, AdminToken, BillingService, DatabaseConfig, TierConfig, Tiers,
 };
@@ -61,25 +69,58 @@ pub async fn postgres() -> DatabaseConnection {
     connect(url).await
 }
 
-/// What a harness runs: its tiers and how often its service polls for key changes.
+/// deepseek-v4-flash: 0.22 in, 0.005 cached, 0.44 out (USD per 1M tokens), cache writes at the
+/// input price.
+pub const FLASH: Pricing = Pricing {
+    input_micros_per_mtok: 220_000,
+    cached_input_micros_per_mtok: 5_000,
+    output_micros_per_mtok: 440_000,
+    cache_write_micros_per_mtok: 220_000,
+};
+
+/// deepseek-v4-pro: 0.55 in, 0.14 cached, 2.19 out.
+pub const PRO: Pricing = Pricing {
+    input_micros_per_mtok: 550_000,
+    cached_input_micros_per_mtok: 140_000,
+    output_micros_per_mtok: 2_190_000,
+    cache_write_micros_per_mtok: 550_000,
+};
+
+/// An alias in the harness catalogue (of `deepseek-v4-flash`): not a model, so not priced.
+pub const ALIAS: &str = "deepseek-chat";
+
+/// What a harness runs: its tiers, how often its service polls for key changes, and the models
+/// of its catalogue with their prices.
 #[derive(Debug, Clone)]
 pub struct Setup {
     pub tiers: Vec<TierConfig>,
     pub refresh: Duration,
+    pub models: BTreeMap<String, Pricing>,
 }
 
 impl Setup {
-    /// `tiers`, with no refresh poll during the test.
+    /// `tiers`, no refresh poll during the test, and a catalogue of `deepseek-v4-flash` and
+    /// `deepseek-v4-pro` (and the alias [`ALIAS`]).
     pub fn new(tiers: Vec<TierConfig>) -> Self {
         Self {
             tiers,
             refresh: NO_REFRESH,
+            models: BTreeMap::from([
+                ("deepseek-v4-flash".to_owned(), FLASH),
+                ("deepseek-v4-pro".to_owned(), PRO),
+            ]),
         }
     }
 
     /// Polls for key changes made by other processes every `interval`.
     pub fn refresh(mut self, interval: Duration) -> Self {
         self.refresh = interval;
+        self
+    }
+
+    /// Adds the model `id` at `prices` to the catalogue.
+    pub fn model(mut self, id: &str, prices: Pricing) -> Self {
+        self.models.insert(id.to_owned(), prices);
         self
     }
 
@@ -121,7 +162,10 @@ impl Harness {
 
     async fn start(db: DatabaseConnection, setup: Setup, dir: Option<TempDir>) -> Self {
         let tiers = tiers(setup.tiers.clone());
-        let service = BillingService::new(db.clone(), tiers.clone(), setup.refresh)
+        let catalog = in_process(CatalogServer::new(TestCatalog(Arc::new(
+            setup.models.clone(),
+        ))));
+        let service = BillingService::new(db.clone(), tiers.clone(), catalog, setup.refresh)
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -303,5 +347,65 @@ impl Clients {
         request: impl tonic::IntoRequest<tollgate::v1::GetUsageRequest>,
     ) -> Result<tonic::Response<tollgate::v1::UsageReport>, tonic::Status> {
         self.billing.get_usage(request).await
+    }
+}
+
+/// The harness's catalogue: the Catalog contract over a fixed list of models and their prices,
+/// plus [`ALIAS`], so billing reads prices exactly as it does from the real catalogue service.
+#[derive(Debug, Clone)]
+struct TestCatalog(Arc<BTreeMap<String, Pricing>>);
+
+impl TestCatalog {
+    fn model(&self, id: &str) -> Result<Model, tonic::Status> {
+        let (model_id, alias_of) = if id == ALIAS {
+            ("deepseek-v4-flash", Some("deepseek-v4-flash".to_owned()))
+        } else {
+            (id, None)
+        };
+        let pricing =
+            self.0.get(model_id).copied().ok_or_else(|| {
+                tonic::Status::not_found(format!("The model `{id}` does not exist"))
+            })?;
+        Ok(Model {
+            id: id.to_owned(),
+            pricing: Some(pricing),
+            alias_of,
+            ..Default::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Catalog for TestCatalog {
+    async fn list_models(
+        &self,
+        _request: tonic::Request<ListModelsRequest>,
+    ) -> Result<tonic::Response<ListModelsResponse>, tonic::Status> {
+        let models = self
+            .0
+            .keys()
+            .map(|id| self.model(id))
+            .collect::<Result<_, _>>()?;
+        Ok(tonic::Response::new(ListModelsResponse { models }))
+    }
+
+    async fn get_model(
+        &self,
+        request: tonic::Request<GetModelRequest>,
+    ) -> Result<tonic::Response<Model>, tonic::Status> {
+        self.model(&request.get_ref().id).map(tonic::Response::new)
+    }
+
+    async fn resolve_model(
+        &self,
+        request: tonic::Request<ResolveModelRequest>,
+    ) -> Result<tonic::Response<ResolvedModel>, tonic::Status> {
+        let model = self.model(&request.get_ref().id)?;
+        Ok(tonic::Response::new(ResolvedModel {
+            requested_id: model.id.clone(),
+            model_id: model.alias_of.unwrap_or(model.id),
+            pricing: model.pricing,
+            ..Default::default()
+        }))
     }
 }

@@ -1,0 +1,293 @@
+//! The internal `tollgate.v1.Metering` API: authentication from the key cache; admission against
+//! the tier's model allow-list, the catalogue (an unknown model is refused), the tier limits (in
+//! memory, or in Redis when shared) and, for keys with a balance or budget, a reservation of the
+//! worst-case cost ([`crate::accounts`]); settlement priced at the catalogue's prices through the
+//! group-commit ledger; cache invalidation.
+
+use std::time::Duration;
+
+use tollgate::v1::metering_server::Metering;
+use tollgate::v1::{
+    Admission, AdmitRequest, AuthenticateRequest, InvalidateKeyRequest, InvalidateKeyResponse,
+    KeyInfo, Pricing, SettleRequest, Settlement,
+};
+use tonic::{Request, Response, Status};
+
+use crate::accounts::{self, Reservation};
+use crate::clock::{Period, now_ms};
+use crate::error::BillingError;
+use crate::keys::ActiveKey;
+use crate::ledger::{LedgerRow, Outcome};
+use crate::pricing::{cost_picodollars, worst_case_picodollars};
+use crate::service::BillingService;
+
+/// How long a reservation may stay unsettled when the caller names no deadline.
+const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(600);
+
+impl BillingService {
+    /// Counts one request against the key's tier limits (shared or local).
+    async fn take_slot(&self, key: &ActiveKey, period: Period) -> Result<(), BillingError> {
+        match &self.inner.shared_limits {
+            Some(shared) => {
+                shared
+                    .admit(&key.record.id, &key.limits, period, key.limits.used(period))
+                    .await
+            }
+            None => key.limits.admit(period),
+        }
+    }
+
+    /// Gives back the monthly slot of a request refused after [`Self::take_slot`].
+    async fn give_back_slot(&self, key: &ActiveKey, period: Period) {
+        match &self.inner.shared_limits {
+            Some(shared) => {
+                if let Err(err) = shared.release(&key.record.id, period).await {
+                    tracing::error!(error = %err, "could not give back a monthly slot");
+                }
+            }
+            None => key.limits.release(period),
+        }
+    }
+
+    /// the amount.
+    async fn reserve(
+        &self,
+        key: &ActiveKey,
+        req: &AdmitRequest,
+        prices: &Pricing,
+        request_id: &str,
+        period: Period,
+    ) -> Result<i64, BillingError> {
+        let amount =
+            worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, prices);
+        let ttl = if req.reservation_ttl_ms == 0 {
+            DEFAULT_RESERVATION_TTL
+        } else {
+            Duration::from_millis(req.reservation_ttl_ms)
+        };
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        accounts::reserve(
+            &self.inner.db,
+            &Reservation {
+                request_id: request_id.to_owned(),
+                key_id: key.record.id.clone(),
+                amount,
+                period,
+                expires_at: now_ms().saturating_add(ttl_ms),
+            },
+        )
+        .await?;
+        Ok(amount)
+    }
+
+    async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
+        // Priced by the model the Settle names, at the catalogue's prices.
+        let prices = self.inner.prices.prices(&req.model_id).await?;
+        let row = ledger_row(req, &prices, now_ms(), Period::current())?;
+        let request_id = row.request_id.clone();
+        let cost_picodollars = self.inner.ledger.record(row).await?;
+        Ok(Settlement {
+            request_id,
+            cost_picodollars,
+        })
+    }
+}
+
+fn key_info(key: &ActiveKey) -> KeyInfo {
+    KeyInfo {
+        key_id: key.record.id.clone(),
+        key_prefix: key.record.display_prefix(),
+        tier: key.record.tier.clone(),
+        name: key.record.name.clone(),
+    }
+}
+
+fn non_empty(param: &'static str, value: String) -> Result<String, BillingError> {
+    if value.trim().is_empty() {
+        Err(BillingError::invalid(
+            param,
+            format!("{param} must not be empty"),
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+fn tokens(param: &'static str, value: u64) -> Result<i64, BillingError> {
+    i64::try_from(value).map_err(|_| BillingError::invalid(param, format!("{param} is too large")))
+}
+
+/// Validates a `SettleRequest` and prices it at `prices`.
+fn ledger_row(
+    req: SettleRequest,
+    prices: &Pricing,
+    now: i64,
+    period: Period,
+) -> Result<LedgerRow, BillingError> {
+    let request_id = non_empty("request_id", req.request_id)?;
+    let key_id = non_empty("key_id", req.key_id)?;
+    let outcome = match tollgate::v1::Outcome::try_from(req.outcome) {
+        Ok(tollgate::v1::Outcome::Succeeded) => Outcome::Succeeded,
+        Ok(tollgate::v1::Outcome::Failed) => Outcome::Failed,
+        Ok(tollgate::v1::Outcome::Cancelled) => Outcome::Cancelled,
+        Ok(tollgate::v1::Outcome::Unspecified) | Err(_) => {
+            return Err(BillingError::invalid(
+                "outcome",
+                "outcome must be succeeded, failed or cancelled",
+            ));
+        }
+    };
+    let usage = req.usage.unwrap_or_default();
+    Ok(LedgerRow {
+        request_id,
+        key_id,
+        requested_model: req.requested_model,
+        model_id: req.model_id,
+        provider: req.provider,
+        upstream_model: req.upstream_model,
+        prompt_tokens: tokens("usage.prompt_tokens", usage.prompt_tokens)?,
+        cached_prompt_tokens: tokens("usage.cached_prompt_tokens", usage.cached_prompt_tokens)?,
+        completion_tokens: tokens("usage.completion_tokens", usage.completion_tokens)?,
+        reasoning_tokens: tokens("usage.reasoning_tokens", usage.reasoning_tokens)?,
+        cache_write_tokens: tokens("usage.cache_write_tokens", usage.cache_write_tokens)?,
+        cost_picodollars: cost_picodollars(&usage, prices),
+        outcome,
+        streamed: req.streamed,
+        estimated: req.estimated,
+        created_at: now,
+        period,
+    })
+}
+
+#[tonic::async_trait]
+impl Metering for BillingService {
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<KeyInfo>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        Ok(Response::new(key_info(&key)))
+    }
+
+    async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        let req = request.into_inner();
+        let request_id = non_empty("request_id", req.request_id.clone())?;
+        // Before the limits: a refused model must not use a slot of either.
+        let tier = key.limits.tier();
+        if !tier.allows(&req.model, &req.model_id) {
+            return Err(BillingError::ModelNotAllowed {
+                tier: tier.name.clone(),
+                model: req.model,
+            }
+            .into());
+        }
+        // Also before the limits: an unknown model is refused without using a slot.
+        let prices = self.inner.prices.prices(&req.model_id).await?;
+        let period = Period::current();
+        self.take_slot(&key, period).await?;
+        let reserved_picodollars = if key.metered {
+            match self.reserve(&key, &req, &prices, &request_id, period).await {
+                Ok(amount) => amount,
+                Err(err) => {
+                    self.give_back_slot(&key, period).await;
+                    return Err(err.into());
+                }
+            }
+        } else {
+            0
+        };
+        Ok(Response::new(Admission {
+            key: Some(key_info(&key)),
+            request_id,
+            reserved_picodollars,
+        }))
+    }
+
+    async fn settle(
+        &self,
+        request: Request<SettleRequest>,
+    ) -> Result<Response<Settlement>, Status> {
+        Ok(Response::new(self.settle_row(request.into_inner()).await?))
+    }
+
+    async fn invalidate_key(
+        &self,
+        request: Request<InvalidateKeyRequest>,
+    ) -> Result<Response<InvalidateKeyResponse>, Status> {
+        self.inner.keys.invalidate(&request.into_inner().key_id);
+        Ok(Response::new(InvalidateKeyResponse {}))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use tollgate::v1::Usage;
+
+    use super::*;
+
+    /// deepseek-v4-flash: 0.22 in, 0.005 cached, 0.44 out per 1M tokens.
+    const FLASH: Pricing = Pricing {
+        input_micros_per_mtok: 220_000,
+        cached_input_micros_per_mtok: 5_000,
+        output_micros_per_mtok: 440_000,
+        cache_write_micros_per_mtok: 220_000,
+    };
+
+    fn settle_request() -> SettleRequest {
+        SettleRequest {
+            request_id: "chatcmpl-1".into(),
+            key_id: "k".into(),
+            usage: Some(Usage {
+                prompt_tokens: 161,
+                cached_prompt_tokens: 128,
+                completion_tokens: 25,
+                total_tokens: 186,
+                ..Default::default()
+            }),
+            outcome: tollgate::v1::Outcome::Succeeded as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settle_rows_are_priced_exactly() {
+        let row = ledger_row(settle_request(), &FLASH, 0, Period::current()).unwrap();
+        assert_eq!(
+            row.cost_picodollars,
+            33 * 220_000 + 128 * 5_000 + 25 * 440_000
+        );
+        let mut req = settle_request();
+        req.usage = None;
+        assert_eq!(
+            ledger_row(req, &FLASH, 0, Period::current())
+                .unwrap()
+                .cost_picodollars,
+            0
+        );
+    }
+
+    #[test]
+    fn settle_rows_are_validated() {
+        let param = |req: SettleRequest| match ledger_row(req, &FLASH, 0, Period::current()) {
+            Err(BillingError::InvalidArgument { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        let mut req = settle_request();
+        req.request_id = " ".into();
+        assert_eq!(param(req), "request_id");
+        let mut req = settle_request();
+        req.key_id.clear();
+        assert_eq!(param(req), "key_id");
+        let mut req = settle_request();
+        req.outcome = 0;
+        assert_eq!(param(req), "outcome");
+        let mut req = settle_request();
+        req.usage = Some(Usage {
+            prompt_tokens: u64::MAX,
+            ..Default::default()
+        });
+        assert_eq!(param(req), "usage.prompt_tokens");
+    }
+}

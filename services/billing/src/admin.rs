@@ -502,9 +502,10 @@ mod tests {
     }
 
     async fn database(dir: &tempfile::TempDir) -> (DatabaseConnection, Tiers) {
-        let db = crate::connect(&crate::DatabaseConfig {
-            url: format!("sqlite://{}", dir.path().join("admin.db").display()),
-        })
+        let db = crate::connect(&crate::DatabaseConfig::at(format!(
+            "sqlite://{}",
+            dir.path().join("admin.db").display()
+        )))
         .await
         .unwrap();
         crate::migrate(&db).await.unwrap();

@@ -51,7 +51,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub streams: Option<Vec<u64>>,
     /// A gateway to run side by side: `LABEL` or `LABEL:KEY=VALUE,KEY=VALUE` with environment
-    /// for it only, e.g. `nofsync:TOLLGATE__DATABASE__FSYNC=false` once that setting exists.
+    /// for it only, e.g. `nofsync:TOLLGATE__DATABASE__DURABILITY=process_crash`.
     /// Repeatable; default one gateway labelled `tollgate`.
     #[arg(long)]
     pub variant: Vec<String>,

@@ -11,8 +11,8 @@
 //!
 //! After a rotation, revocation or update the key is dropped from the serving cache through
 //! Metering's `InvalidateKey`, so this process stops accepting an old secret at once; other
-//! processes notice through their refresh poll of `api_keys.updated_at`. A process without a key
-//! cache (the CLI) has no Metering to tell.
+//! processes notice through their refresh poll of the key change sequence (`keys::refresh`).
+//! A process without a key cache (the CLI) has no Metering to tell.
 
 use std::fmt;
 use std::sync::Arc;
@@ -502,9 +502,10 @@ mod tests {
     }
 
     async fn database(dir: &tempfile::TempDir) -> (DatabaseConnection, Tiers) {
-        let db = crate::connect(&crate::DatabaseConfig {
-            url: format!("sqlite://{}", dir.path().join("admin.db").display()),
-        })
+        let db = crate::connect(&crate::DatabaseConfig::at(format!(
+            "sqlite://{}",
+            dir.path().join("admin.db").display()
+        )))
         .await
         .unwrap();
         crate::migrate(&db).await.unwrap();

@@ -30,6 +30,36 @@ pub struct DatabaseConfig {
     /// `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or `postgres://...`.
     #[serde(default = "default_database_url")]
     pub url: String,
+    /// What a committed ledger batch survives (see [`Durability`]).
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// What a committed write (a ledger batch, a key change) survives. Either way a settled row
+/// survives `kill -9` of the gateway: the commit has reached the database before the request is
+/// answered. The choice is whether each commit also waits until the disk has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Each commit waits for the disk (fsync): it survives power loss and an OS crash too.
+    /// SQLite `synchronous = FULL`; PostgreSQL `synchronous_commit = on`.
+    #[default]
+    PowerLoss,
+    /// Each commit reaches the database process or the OS, not necessarily the disk: it survives
+    /// the gateway's crash, while power loss or an OS (or PostgreSQL server) crash can lose the last
+    /// fraction of a second of commits. SQLite `synchronous = NORMAL` (WAL); PostgreSQL
+    /// `synchronous_commit = off`.
+    ProcessCrash,
+}
+
+impl DatabaseConfig {
+    /// The database at `url`, with the default durability.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            durability: Durability::default(),
+        }
+    }
 }
 
 /// The embedded default store of monolithic mode.
@@ -41,9 +71,7 @@ fn default_database_url() -> String {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: default_database_url(),
-        }
+        Self::at(default_database_url())
     }
 }
 
@@ -51,6 +79,7 @@ impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_url_password(&self.url))
+            .field("durability", &self.durability)
             .finish()
     }
 }
@@ -260,9 +289,7 @@ mod tests {
     fn database_url_defaults_and_redacts() {
         let cfg: DatabaseConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(cfg.url, "sqlite://data/tollgate.db");
-        let cfg = DatabaseConfig {
-            url: "postgres://tollgate:hunter2@db:5432/tollgate".to_owned(),
-        };
+        let cfg = DatabaseConfig::at("postgres://tollgate:hunter2@db:5432/tollgate");
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("postgres://tollgate:***@db:5432/tollgate"));

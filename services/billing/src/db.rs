@@ -1,6 +1,8 @@
 //! Opening the billing database and bringing its schema up to date. SQLite (the embedded default)
-//! is opened durable: WAL journal, `synchronous = FULL`, a 5 s busy timeout and foreign keys on;
-//! PostgreSQL goes through sea-orm's own pool.
+//! is opened with a WAL journal, a 5 s busy timeout and foreign keys on; PostgreSQL goes through
+//! sea-orm's own pool. Both honour `[database] durability` ([`Durability`]): whether each commit
+//! waits for the disk (SQLite `synchronous = FULL`, PostgreSQL `synchronous_commit = on`) or only
+//! for the database (`NORMAL` under WAL, `synchronous_commit = off`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, SqlxSqliteConnector}
 use sea_orm_migration::MigratorTrait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::config::{DatabaseConfig, redact_url_password};
+use crate::config::{DatabaseConfig, Durability, redact_url_password};
 use crate::error::BillingError;
 use crate::migration::Migrator;
 
@@ -20,10 +22,14 @@ const SQLITE_MAX_CONNECTIONS: u32 = 8;
 pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, BillingError> {
     let url = cfg.url.trim();
     if url.starts_with("sqlite:") {
-        connect_sqlite(url).await
+        connect_sqlite(url, cfg.durability).await
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let mut options = ConnectOptions::new(url.to_owned());
         options.sqlx_logging(false);
+        if cfg.durability == Durability::ProcessCrash {
+            // A session setting of every pooled connection; the server's own default otherwise.
+            options.map_sqlx_postgres_opts(|pg| pg.options([("synchronous_commit", "off")]));
+        }
         Ok(Database::connect(options).await?)
     } else {
         Err(BillingError::UnsupportedDatabaseUrl(redact_url_password(
@@ -32,11 +38,20 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, Billing
     }
 }
 
-async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, BillingError> {
+async fn connect_sqlite(
+    url: &str,
+    durability: Durability,
+) -> Result<DatabaseConnection, BillingError> {
+    let synchronous = match durability {
+        Durability::PowerLoss => SqliteSynchronous::Full,
+        // Under WAL, NORMAL syncs at checkpoints only; a commit is in the WAL file (the OS has it)
+        // before it returns, so it survives the process, not power loss.
+        Durability::ProcessCrash => SqliteSynchronous::Normal,
+    };
     let options = SqliteConnectOptions::from_str(url)?
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true)
-        .synchronous(SqliteSynchronous::Full);
+        .synchronous(synchronous);
     // An in-memory database lives only as long as a connection to it, so keep exactly one open.
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     let pool = if in_memory {
@@ -76,9 +91,10 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), BillingError> {
 #[allow(clippy::unwrap_used)]
 pub(crate) async fn scratch_sqlite() -> (tempfile::TempDir, DatabaseConnection) {
     let dir = tempfile::tempdir().unwrap();
-    let db = connect(&DatabaseConfig {
-        url: format!("sqlite://{}", dir.path().join("scratch.db").display()),
-    })
+    let db = connect(&DatabaseConfig::at(format!(
+        "sqlite://{}",
+        dir.path().join("scratch.db").display()
+    )))
     .await
     .unwrap();
     migrate(&db).await.unwrap();
@@ -111,9 +127,7 @@ mod tests {
     async fn sqlite_file_is_created_durable_and_migrated_idempotently() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/deeper/billing.db");
-        let cfg = DatabaseConfig {
-            url: format!("sqlite://{}", path.display()),
-        };
+        let cfg = DatabaseConfig::at(format!("sqlite://{}", path.display()));
         let db = connect(&cfg).await.unwrap();
         assert!(path.exists());
         assert_eq!(pragma(&db, "journal_mode").await, "wal");
@@ -131,31 +145,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn process_crash_durability_stops_waiting_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DatabaseConfig {
+            durability: Durability::ProcessCrash,
+            ..DatabaseConfig::at(format!("sqlite://{}", dir.path().join("fast.db").display()))
+        };
+        let db = connect(&cfg).await.unwrap();
+        assert_eq!(pragma(&db, "journal_mode").await, "wal");
+        assert_eq!(pragma(&db, "synchronous").await, "1"); // NORMAL
+        let cfg: DatabaseConfig =
+            serde_json::from_str(r#"{"url": "sqlite::memory:", "durability": "process_crash"}"#)
+                .unwrap();
+        assert_eq!(cfg.durability, Durability::ProcessCrash);
+        let err = serde_json::from_str::<DatabaseConfig>(r#"{"durability": "sometimes"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("power_loss") && err.contains("process_crash"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn sqlite_colon_path_and_memory_urls_work() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plain.db");
-        let db = connect(&DatabaseConfig {
-            url: format!("sqlite:{}", path.display()),
-        })
-        .await
-        .unwrap();
+        let db = connect(&DatabaseConfig::at(format!("sqlite:{}", path.display())))
+            .await
+            .unwrap();
         migrate(&db).await.unwrap();
         assert!(path.exists());
 
-        let db = connect(&DatabaseConfig {
-            url: "sqlite::memory:".to_owned(),
-        })
-        .await
-        .unwrap();
+        let db = connect(&DatabaseConfig::at("sqlite::memory:".to_owned()))
+            .await
+            .unwrap();
         migrate(&db).await.unwrap();
         migrate(&db).await.unwrap();
     }
 
     #[tokio::test]
     async fn rejects_unknown_schemes_without_leaking_passwords() {
-        let err = connect(&DatabaseConfig {
-            url: "mysql://root:hunter2@localhost/db".to_owned(),
-        })
+        let err = connect(&DatabaseConfig::at(
+            "mysql://root:hunter2@localhost/db".to_owned(),
+        ))
         .await
         .unwrap_err();
         let text = err.to_string();

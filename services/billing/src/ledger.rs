@@ -421,11 +421,9 @@ mod tests {
     use crate::db;
 
     async fn open(path: &std::path::Path) -> DatabaseConnection {
-        let db = db::connect(&DatabaseConfig {
-            url: format!("sqlite://{}", path.display()),
-        })
-        .await
-        .unwrap();
+        let db = db::connect(&DatabaseConfig::at(format!("sqlite://{}", path.display())))
+            .await
+            .unwrap();
         db::migrate(&db).await.unwrap();
         db
     }

@@ -51,7 +51,7 @@ pub mod tasks;
 
 pub use accounts::{KeyAccount, KeyMoney};
 pub use admin::{AdminService, AdminToken, LocalOperator};
-pub use config::{ConfigError, DatabaseConfig, RedisConfig, Tier, TierConfig, Tiers};
+pub use config::{ConfigError, DatabaseConfig, Durability, RedisConfig, Tier, TierConfig, Tiers};
 pub use db::{connect, migrate};
 pub use error::BillingError;
 pub use keys::{

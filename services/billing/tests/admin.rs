@@ -582,10 +582,15 @@ async fn admin_gives_keys_money_tops_them_up_and_sets_budgets() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(support::error_param(&err).as_deref(), Some("key"));
+    let refused = tollgate_billing::keys::top_up_key(&h.db, &key.id, 1)
+        .await
+        .unwrap_err();
     assert!(
-        tollgate_billing::keys::top_up_key(&h.db, &key.id, 1)
-            .await
-            .is_err()
+        matches!(
+            refused,
+            tollgate_billing::BillingError::InvalidArgument { param: "key", .. }
+        ),
+        "{refused:?}"
     );
     h.stop().await;
 }

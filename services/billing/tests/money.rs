@@ -247,11 +247,14 @@ async fn unsettled_reservations_are_released_at_restart() {
             .await
             .unwrap();
     }
-    assert!(
-        client
-            .admit(with_key(admit("lost-2"), secret.expose_secret()))
-            .await
-            .is_err()
+    let refused = client
+        .admit(with_key(admit("lost-2"), secret.expose_secret()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("insufficient_quota"),
+        "the third request finds the balance fully reserved: {refused:?}"
     );
     // The process "dies" with two requests in flight: they never settle.
     let h = h.restart().await;

@@ -95,3 +95,35 @@ async fn billing_works_on_postgres() {
     assert!(refused);
     h.stop().await;
 }
+
+/// `[database] durability` reaches every pooled PostgreSQL session: `power_loss` leaves the
+/// server's `synchronous_commit` (on), `process_crash` turns it off.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
+async fn durability_sets_synchronous_commit_on_postgres() {
+    use sea_orm::{ConnectionTrait, Statement};
+    use tollgate_billing::{DatabaseConfig, Durability};
+
+    let url = std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap();
+    for (durability, expected) in [
+        (Durability::PowerLoss, "on"),
+        (Durability::ProcessCrash, "off"),
+    ] {
+        let db = tollgate_billing::connect(&DatabaseConfig {
+            durability,
+            ..DatabaseConfig::at(url.clone())
+        })
+        .await
+        .unwrap();
+        let row = db
+            .query_one(Statement::from_string(
+                db.get_database_backend(),
+                "SHOW synchronous_commit",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let value: String = row.try_get_by_index(0).unwrap();
+        assert_eq!(value, expected, "{durability:?}");
+    }
+}

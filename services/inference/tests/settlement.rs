@@ -86,7 +86,7 @@ impl Stack {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
-        let db = tollgate_billing::connect(&tollgate_billing::DatabaseConfig { url: url.clone() })
+        let db = tollgate_billing::connect(&tollgate_billing::DatabaseConfig::at(url.clone()))
             .await
             .unwrap();
         tollgate_billing::migrate(&db).await.unwrap();

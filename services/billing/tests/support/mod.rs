@@ -54,7 +54,7 @@ pub fn tiers(list: Vec<TierConfig>) -> Tiers {
 
 /// Opens (and migrates) the database at `url`.
 pub async fn connect(url: String) -> DatabaseConnection {
-    let db = tollgate_billing::connect(&DatabaseConfig { url })
+    let db = tollgate_billing::connect(&DatabaseConfig::at(url))
         .await
         .unwrap();
     tollgate_billing::migrate(&db).await.unwrap();

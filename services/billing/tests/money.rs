@@ -394,6 +394,14 @@ async fn a_cost_above_the_balance_stops_it_at_zero_and_writes_off_the_rest() {
     let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
     assert_eq!(account.balance_picodollars, Some(0));
     assert_eq!(account.written_off_picodollars, cost - RESERVE);
+    // The reservation was the whole balance here: the excess over it is counted as well.
+    assert_eq!(
+        (
+            account.over_reserved_picodollars,
+            account.over_reserved_count
+        ),
+        (cost - RESERVE, 1)
+    );
     assert_eq!(account.spent_total_picodollars, cost);
     assert_eq!(account.reserved_picodollars, 0);
     assert_eq!(
@@ -401,5 +409,60 @@ async fn a_cost_above_the_balance_stops_it_at_zero_and_writes_off_the_rest() {
             + account.written_off_picodollars,
         0
     );
+    h.stop().await;
+}
+
+/// A cost above its reservation on a prepaid key whose balance covers it is debited in full
+/// (nothing written off) and counted: the excess in `over_reserved_picodollars`, once in
+/// `over_reserved_count`. A cost within its reservation counts nothing.
+#[tokio::test]
+async fn a_cost_above_its_reservation_is_counted_not_absorbed() {
+    let h = money_harness().await;
+    let credited = 100 * RESERVE;
+    let (record, secret) = prepaid_key(&h, credited).await;
+    let mut client = h.client.clone();
+    for id in ["within", "beyond"] {
+        client
+            .admit(with_key(admit(id), secret.expose_secret()))
+            .await
+            .unwrap();
+    }
+    let within = client
+        .settle(settle("within", &record.id, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .cost_picodollars;
+    let reserved = accounts::account(&h.db, &record.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .reserved_picodollars;
+    assert_eq!(reserved, RESERVE, "one reservation left, of the worst case");
+    let mut beyond = settle("beyond", &record.id, 0);
+    if let Some(usage) = beyond.usage.as_mut() {
+        usage.completion_tokens = 10_000;
+    }
+    let cost = client
+        .settle(beyond)
+        .await
+        .unwrap()
+        .into_inner()
+        .cost_picodollars;
+    assert!(
+        cost > reserved,
+        "{cost} must exceed its reservation {reserved}"
+    );
+    let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+    assert_eq!(account.balance_picodollars, Some(credited - within - cost));
+    assert_eq!(account.written_off_picodollars, 0);
+    assert_eq!(
+        (
+            account.over_reserved_picodollars,
+            account.over_reserved_count
+        ),
+        (cost - reserved, 1)
+    );
+    assert_eq!(account.reserved_picodollars, 0);
     h.stop().await;
 }

@@ -457,6 +457,21 @@ fn per_key(released: &[Released]) -> BTreeMap<String, i64> {
     sums
 }
 
+/// Keeps the reservation of `request_id` out of the expiry sweep ([`release_expired`] before
+/// `i64::MAX`): its request was served but its ledger row could not be written, so its money
+/// stays held until an operator settles it. Start-up on SQLite still releases it.
+pub(crate) async fn hold_reservation(
+    db: &DatabaseConnection,
+    request_id: &str,
+) -> Result<u64, DbErr> {
+    execute(
+        db,
+        "UPDATE reservations SET expires_at = ? WHERE request_id = ?",
+        vec![(i64::MAX - 1).into(), request_id.into()],
+    )
+    .await
+}
+
 /// Releases the reservations that expired before `before` (Unix ms; `i64::MAX` releases all):
 /// their requests never settled, so their money goes back. Returns how many were released.
 pub async fn release_expired(db: &DatabaseConnection, before: i64) -> Result<u64, BillingError> {

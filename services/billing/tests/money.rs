@@ -466,3 +466,71 @@ async fn a_cost_above_its_reservation_is_counted_not_absorbed() {
     assert_eq!(account.reserved_picodollars, 0);
     h.stop().await;
 }
+
+/// A ledger row the database refuses (a trigger RAISEs for one request id) fails only its own
+/// request: the rows batched with it are written row by row after the batch's retries, and the
+/// refused one answers INTERNAL and keeps its reservation out of the expiry sweep, so the request
+/// never ends free.
+#[tokio::test]
+async fn a_poisoned_ledger_row_fails_alone_and_keeps_its_reservation() {
+    let h = money_harness().await;
+    h.db.execute_unprepared(
+        "CREATE TRIGGER poison BEFORE INSERT ON usage_ledger WHEN NEW.request_id = 'poisoned' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+    )
+    .await
+    .unwrap();
+    let credited = 100 * RESERVE;
+    let (record, secret) = prepaid_key(&h, credited).await;
+    let ids: Vec<String> = (0..20)
+        .map(|i| format!("good-{i}"))
+        .chain(["poisoned".to_owned()])
+        .collect();
+    for id in &ids {
+        h.client
+            .clone()
+            .admit(with_key(admit(id), secret.expose_secret()))
+            .await
+            .unwrap();
+    }
+    // Settled together, so the poisoned row shares a batch with good ones.
+    let answers = join_all(ids.iter().enumerate().map(|(i, id)| {
+        let mut client = h.client.clone();
+        let request = settle(id, &record.id, i as u64);
+        async move { client.settle(request).await }
+    }))
+    .await;
+    let (poisoned, good) = answers.split_last().unwrap();
+    assert_eq!(poisoned.as_ref().unwrap_err().code(), Code::Internal);
+    let spent: i64 = good
+        .iter()
+        .map(|a| a.as_ref().unwrap().get_ref().cost_picodollars)
+        .sum();
+    let count = |sql: &'static str| {
+        let db = h.db.clone();
+        async move {
+            let row = db
+                .query_one(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM usage_ledger").await, 20);
+    let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+    assert_eq!(account.spent_total_picodollars, spent);
+    assert_eq!(
+        account.reserved_picodollars, RESERVE,
+        "the poisoned request's hold stays"
+    );
+    // The sweep of everything expired by now leaves it alone.
+    accounts::release_expired(&h.db, i64::MAX - 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM reservations WHERE request_id = 'poisoned'").await,
+        1
+    );
+    h.stop().await;
+}

@@ -1,4 +1,4 @@
-"""Billing integrity (issue 15, items 1, 2, 3 and 8), over the wire: what a caller cannot make the
+"""Billing integrity (issue 15, items 1, 2, 3, 6 and 8), over the wire: what a caller cannot make the
 gateway forward, what every admitted request ends up billed, and what a reservation covers. Each
 test reads what the client got, what the mock received and what the ledger and accounts hold.
 
@@ -8,6 +8,7 @@ test reads what the client got, what the mock received and what the ledger and a
 3. Every admitted request ends with one ledger row: the upstream's final count, else an estimate
    marked `estimated` (timeouts after the request was sent, a 200 without usage, an Anthropic
    stream cut before `message_delta`); zero only where the upstream refused before any body.
+6. A ledger row that cannot be written fails its request with a 500 and keeps its reservation.
 8. The per-image worst case is the model's `image_tokens_max`; the completion limit reaches
    DeepSeek as `max_tokens`; a cost above its reservation is counted in the key's account."""
 
@@ -359,3 +360,34 @@ def test_a_cost_above_its_reservation_is_counted_and_logged(gateway, mock):
     )
     assert (over, count, written_off) == (cost - reserved, 1, 0)
     wait_until(lambda: "cost more than its reservation" in gateway.logs(), timeout=10, what="the WARN line")
+
+
+# 6. A ledger row that cannot be written fails its request and keeps its reservation -------------
+
+
+def test_a_ledger_row_that_cannot_be_written_is_a_500_and_keeps_its_reservation(gateway, mock):
+    """A trigger makes the database refuse this key's ledger rows. The writer retries, then gives
+    up on that row: the client gets a 500 (not a free answer), no row is stored, and the
+    reservation stays held, out of the expiry sweep's reach."""
+    key = gateway.create_key("enterprise", None, "--balance", "1000")
+    trigger = f"poison_{nonce()}".replace("-", "_")
+    db = sqlite3.connect(gateway.tmp_dir / "tollgate.db", timeout=10)
+    try:
+        db.execute(
+            f"CREATE TRIGGER {trigger} BEFORE INSERT ON usage_ledger WHEN NEW.key_id = '{key.key_id}' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+        )
+        db.commit()
+        n = nonce()
+        r = post(gateway, key, {"model": "deepseek-chat", "messages": user(f"poisoned {n}")})
+        assert r.status_code == 500, r.text
+        assert len(mock.requests_with(n)) == 1
+        assert ledger(gateway, key) == []
+        [(expires_at,)] = rows(gateway, "SELECT expires_at FROM reservations WHERE key_id = ?", key.key_id)
+        assert expires_at == 2**63 - 2
+        [(reserved,)] = rows(gateway, "SELECT reserved_picodollars FROM key_accounts WHERE key_id = ?", key.key_id)
+        assert reserved > 0
+    finally:
+        db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        db.commit()
+        db.close()

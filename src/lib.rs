@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod money;
 pub mod openai;
+pub mod passthrough;
 pub mod peer;
 pub mod transport;
 

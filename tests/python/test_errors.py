@@ -453,7 +453,8 @@ thinking = "optional"
 def test_a_non_streamed_call_past_request_timeout_is_504_and_billed_as_failed(tmp_path, mock):
     """request_timeout_secs bounds a non-streamed call too: the mock holds the answer, the
     gateway gives up after 2 s with 504 upstream_timeout, and the admitted request is settled
-    once, as failed."""
+    once, as failed, at the estimate of its prompt (marked): the request was sent, so the upstream
+    may have generated, and no $0 row may claim it did not."""
     gateway = Gateway(tmp_path, mock, extra_config=TOTAL_DEADLINE_CONFIG.format(port=mock.port))
     hold = f"total-{nonce()}"
     try:
@@ -471,10 +472,13 @@ def test_a_non_streamed_call_past_request_timeout_is_504_and_billed_as_failed(tm
         db = sqlite3.connect(f"file:{tmp_path / 'tollgate.db'}?mode=ro", uri=True, timeout=10)
         try:
             rows = db.execute(
-                "SELECT outcome, prompt_tokens, completion_tokens, streamed FROM usage_ledger WHERE key_id = ?", (key.key_id,)
+                "SELECT outcome, prompt_tokens, completion_tokens, streamed, estimated FROM usage_ledger WHERE key_id = ?",
+                (key.key_id,),
             ).fetchall()
         finally:
             db.close()
-        assert rows == [("failed", 0, 0, 0)]
+        [(outcome, prompt, completion, streamed, estimated)] = rows
+        assert (outcome, completion, streamed, estimated) == ("failed", 0, 0, 1)
+        assert prompt > 0
     finally:
         gateway.stop()

@@ -53,6 +53,7 @@ max_output_tokens = 8192
 input_price = 0.10
 cached_input_price = 0.10
 output_price = 0.20
+passthrough_allow = ["service_tier"]
 """
 
 

@@ -42,6 +42,8 @@ input_price = 1.10
 cached_input_price = 0.275
 output_price = 4.40
 thinking = "always"
+# Fields that change the price pass through only where the model allows them.
+passthrough_allow = ["service_tier", "prediction"]
 """
 
 
@@ -85,6 +87,8 @@ def test_stop_temperature_and_top_p_reach_other_models(client, mock):
 
 
 def test_fields_only_openai_knows_pass_through(gateway, key, mock):
+    """Price-changing ones (service_tier, prediction) because o4-mini's passthrough_allow names
+    them."""
     n = nonce()
     fields = {
         "store": True,

@@ -307,7 +307,8 @@ pub(crate) struct Settled {
 
 /// Applies newly inserted ledger rows to their keys' accounts, inside the ledger's transaction:
 /// their reservations are deleted and released, their costs debited from the balance (which stops
-/// at zero; any excess is written off and counted) and added to the spend totals.
+/// at zero; any excess is written off and counted) and added to the spend totals. A cost above
+/// its request's reservation is logged at WARN and counted in `over_reserved_*`.
 pub(crate) async fn apply_settlements(
     txn: &impl ConnectionTrait,
     settled: &[Settled],
@@ -316,7 +317,7 @@ pub(crate) async fn apply_settlements(
         return Ok(());
     }
     let placeholders = vec!["?"; settled.len()].join(", ");
-    let (_, mut released) = delete_reservations(
+    let reservations = delete_reservations(
         txn,
         &format!("request_id IN ({placeholders})"),
         settled
@@ -325,22 +326,49 @@ pub(crate) async fn apply_settlements(
             .collect(),
     )
     .await?;
+    let mut released = per_key(&reservations);
+    let reserved: HashMap<&str, i64> = reservations
+        .iter()
+        .map(|r| (r.request_id.as_str(), r.amount))
+        .collect();
     // One statement per key and month in the batch, in key order: every writer locks account
     // rows in the same order, so two replicas' batches cannot deadlock on them.
-    let mut spent: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut spent: BTreeMap<(String, String), KeySettlement> = BTreeMap::new();
     for s in settled {
-        let cost = spent
+        let total = spent
             .entry((s.key_id.clone(), s.period.clone()))
             .or_default();
-        *cost = cost.saturating_add(s.cost);
+        total.cost = total.cost.saturating_add(s.cost);
+        // The reservation was the request's worst case: a cost above it means a bound was
+        // wrong, and is counted, not absorbed.
+        if let Some(&amount) = reserved.get(s.request_id.as_str())
+            && s.cost > amount
+        {
+            tracing::warn!(
+                request_id = %s.request_id,
+                key_id = %s.key_id,
+                cost_picodollars = s.cost,
+                reserved_picodollars = amount,
+                "a settlement cost more than its reservation"
+            );
+            total.over_reserved = total.over_reserved.saturating_add(s.cost - amount);
+            total.over_reserved_count += 1;
+        }
     }
-    for ((key_id, period), cost) in spent {
+    for ((key_id, period), total) in spent {
+        let KeySettlement {
+            cost,
+            over_reserved,
+            over_reserved_count,
+        } = total;
         let release = released.remove(&key_id).unwrap_or(0);
         execute(
             txn,
             "INSERT INTO key_accounts (key_id, spent_total_picodollars, spent_month_picodollars, \
              spent_period) VALUES (?, ?, ?, ?) \
              ON CONFLICT (key_id) DO UPDATE SET \
+             over_reserved_picodollars = key_accounts.over_reserved_picodollars + ?, \
+             over_reserved_count = key_accounts.over_reserved_count + ?, \
              written_off_picodollars = key_accounts.written_off_picodollars + \
                CASE WHEN key_accounts.balance_picodollars < ? \
                     THEN ? - key_accounts.balance_picodollars ELSE 0 END, \
@@ -356,6 +384,8 @@ pub(crate) async fn apply_settlements(
                 cost.into(),
                 cost.into(),
                 period.as_str().into(),
+                over_reserved.into(),
+                over_reserved_count.into(),
                 cost.into(),
                 cost.into(),
                 cost.into(),
@@ -373,39 +403,82 @@ pub(crate) async fn apply_settlements(
     Ok(())
 }
 
+/// What one key's rows in a settlement batch move, for one month.
+#[derive(Debug, Default)]
+struct KeySettlement {
+    cost: i64,
+    /// The costs above their reservations, summed.
+    over_reserved: i64,
+    over_reserved_count: i64,
+}
+
+/// A reservation deleted (and so released).
+#[derive(Debug)]
+struct Released {
+    request_id: String,
+    key_id: String,
+    amount: i64,
+}
+
 /// Deletes the reservations matching `condition` (SQL with `?` placeholders for `values`) and
-/// returns how many there were and their amounts summed per key, in key order.
+/// returns them.
 async fn delete_reservations(
     txn: &impl ConnectionTrait,
     condition: &str,
     values: Vec<Value>,
-) -> Result<(u64, BTreeMap<String, i64>), DbErr> {
+) -> Result<Vec<Released>, DbErr> {
     let rows = txn
         .query_all(statement(
             txn.get_database_backend(),
             &format!(
-                "DELETE FROM reservations WHERE {condition} RETURNING key_id, amount_picodollars"
+                "DELETE FROM reservations WHERE {condition} \
+                 RETURNING request_id, key_id, amount_picodollars"
             ),
             values,
         ))
         .await?;
-    let count = rows.len() as u64;
-    let mut released: BTreeMap<String, i64> = BTreeMap::new();
-    for row in rows {
-        let key_id: String = row.try_get("", "key_id")?;
-        let amount: i64 = row.try_get("", "amount_picodollars")?;
-        *released.entry(key_id).or_default() += amount;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Released {
+                request_id: row.try_get("", "request_id")?,
+                key_id: row.try_get("", "key_id")?,
+                amount: row.try_get("", "amount_picodollars")?,
+            })
+        })
+        .collect()
+}
+
+/// Released amounts summed per key, in key order.
+fn per_key(released: &[Released]) -> BTreeMap<String, i64> {
+    let mut sums: BTreeMap<String, i64> = BTreeMap::new();
+    for r in released {
+        *sums.entry(r.key_id.clone()).or_default() += r.amount;
     }
-    Ok((count, released))
+    sums
+}
+
+/// Keeps the reservation of `request_id` out of the expiry sweep ([`release_expired`] before
+/// `i64::MAX`): its request was served but its ledger row could not be written, so its money
+/// stays held until an operator settles it. Start-up on SQLite still releases it.
+pub(crate) async fn hold_reservation(
+    db: &DatabaseConnection,
+    request_id: &str,
+) -> Result<u64, DbErr> {
+    execute(
+        db,
+        "UPDATE reservations SET expires_at = ? WHERE request_id = ?",
+        vec![(i64::MAX - 1).into(), request_id.into()],
+    )
+    .await
 }
 
 /// Releases the reservations that expired before `before` (Unix ms; `i64::MAX` releases all):
 /// their requests never settled, so their money goes back. Returns how many were released.
 pub async fn release_expired(db: &DatabaseConnection, before: i64) -> Result<u64, BillingError> {
     let txn = db.begin().await?;
-    let (count, released) =
-        delete_reservations(&txn, "expires_at < ?", vec![before.into()]).await?;
-    for (key_id, amount) in released {
+    let released = delete_reservations(&txn, "expires_at < ?", vec![before.into()]).await?;
+    let count = released.len() as u64;
+    for (key_id, amount) in per_key(&released) {
         execute(
             &txn,
             "UPDATE key_accounts SET reserved_picodollars = reserved_picodollars - ? \

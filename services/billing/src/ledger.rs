@@ -9,10 +9,13 @@
 //! the cost stored for its request id. One fsync covers the whole batch, and a row is durable
 //! before its caller hears back. Settling a request id twice stores one row, moves its money once
 //! and answers both with the first cost. A crash leaves either the row and its money effect, or
-//! neither.
+//! neither. A failed commit is retried with bounded backoff, then row by row (one poisoned row
+//! must not fail the others); a row that still cannot be written fails its request and keeps its
+//! reservation out of the expiry sweep.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr};
 use sea_orm::{
@@ -181,28 +184,96 @@ async fn run_writer(
     tracing::debug!("ledger writer stopped");
 }
 
+/// Commits a batch; a failed one is retried ([`commit_retrying`]), then, since one poisoned row
+/// fails the whole transaction, written row by row (each with its retries), so the other rows
+/// of the batch are stored. A row that still cannot be written answers its caller with the
+/// error (the request fails with a 500) and keeps its reservation ([`hold_reservation`]).
 async fn write_batch(db: &DatabaseConnection, batch: Vec<(LedgerRow, Reply)>) {
     let (rows, replies): (Vec<LedgerRow>, Vec<Reply>) = batch.into_iter().unzip();
-    let request_ids: Vec<String> = rows.iter().map(|r| r.request_id.clone()).collect();
-    match commit(db, rows).await {
+    let err = match commit_retrying(db, &rows).await {
         Ok(costs) => {
-            for (request_id, reply) in request_ids.into_iter().zip(replies) {
-                let answer = costs.get(&request_id).copied().ok_or_else(|| {
-                    BillingError::Database(DbErr::RecordNotFound(format!(
-                        "ledger row {request_id} missing after commit"
-                    )))
-                });
-                // A waiter that went away needs no answer; its row is stored anyway.
-                let _ = reply.send(answer);
+            answer(&rows, replies, &costs);
+            return;
+        }
+        Err(err) => err,
+    };
+    if rows.len() > 1 {
+        tracing::warn!(error = %err, rows = rows.len(), "ledger batch failed; writing its rows one by one");
+        for (row, reply) in rows.into_iter().zip(replies) {
+            match commit_retrying(db, std::slice::from_ref(&row)).await {
+                Ok(costs) => answer(std::slice::from_ref(&row), vec![reply], &costs),
+                Err(err) => give_up(db, &row, reply, err).await,
             }
         }
-        Err(err) => {
-            tracing::error!(error = %err, rows = replies.len(), "ledger batch failed");
-            let err = Arc::new(err);
-            for reply in replies {
-                let _ = reply.send(Err(BillingError::LedgerWrite(Arc::clone(&err))));
+        return;
+    }
+    if let (Some(row), Some(reply)) = (rows.first(), replies.into_iter().next()) {
+        give_up(db, row, reply, err).await;
+    }
+}
+
+/// Attempts of one commit before it is given up.
+const COMMIT_ATTEMPTS: u32 = 4;
+/// The wait before the first retry; each next wait doubles (50, 100, 200 ms).
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// [`commit`], retried with exponential backoff: the transaction rolled back, and the insert is
+/// idempotent per request id, so a retry after a transient failure (a lock timeout, a dropped
+/// connection) stores each row and moves its money exactly once.
+async fn commit_retrying(
+    db: &DatabaseConnection,
+    rows: &[LedgerRow],
+) -> Result<HashMap<String, i64>, DbErr> {
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        match commit(db, rows.to_vec()).await {
+            Ok(costs) => return Ok(costs),
+            Err(err) if attempt >= COMMIT_ATTEMPTS => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, rows = rows.len(), attempt, "ledger commit failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
             }
         }
+    }
+}
+
+/// Answers each caller with the cost stored for its request id.
+fn answer(rows: &[LedgerRow], replies: Vec<Reply>, costs: &HashMap<String, i64>) {
+    for (row, reply) in rows.iter().zip(replies) {
+        let request_id = &row.request_id;
+        let answer = costs.get(request_id).copied().ok_or_else(|| {
+            BillingError::Database(DbErr::RecordNotFound(format!(
+                "ledger row {request_id} missing after commit"
+            )))
+        });
+        // A waiter that went away needs no answer; its row is stored anyway.
+        let _ = reply.send(answer);
+    }
+}
+
+/// A row that could not be written after every retry: logged, its reservation held, its caller
+/// answered with the error.
+async fn give_up(db: &DatabaseConnection, row: &LedgerRow, reply: Reply, err: DbErr) {
+    tracing::error!(
+        request_id = %row.request_id,
+        key_id = %row.key_id,
+        cost_picodollars = row.cost_picodollars,
+        error = %err,
+        "ledger row could not be written; its reservation is kept"
+    );
+    hold_reservation(db, &row.request_id).await;
+    let _ = reply.send(Err(BillingError::LedgerWrite(Arc::new(err))));
+}
+
+/// Keeps the reservation of a request whose row could not be written out of the expiry sweep:
+/// the request was served, so its money stays held (visible as `reserved_picodollars`) until an
+/// operator settles it, rather than being freed as if nothing was spent.
+async fn hold_reservation(db: &DatabaseConnection, request_id: &str) {
+    if let Err(err) = accounts::hold_reservation(db, request_id).await {
+        tracing::error!(request_id, error = %err, "could not keep the reservation of an unwritten row");
     }
 }
 

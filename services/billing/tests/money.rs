@@ -397,6 +397,14 @@ async fn a_cost_above_the_balance_stops_it_at_zero_and_writes_off_the_rest() {
     let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
     assert_eq!(account.balance_picodollars, Some(0));
     assert_eq!(account.written_off_picodollars, cost - RESERVE);
+    // The reservation was the whole balance here: the excess over it is counted as well.
+    assert_eq!(
+        (
+            account.over_reserved_picodollars,
+            account.over_reserved_count
+        ),
+        (cost - RESERVE, 1)
+    );
     assert_eq!(account.spent_total_picodollars, cost);
     assert_eq!(account.reserved_picodollars, 0);
     assert_eq!(
@@ -485,4 +493,127 @@ async fn a_repeated_admit_returns_the_same_admission_and_counts_once_on_sqlite()
 async fn a_repeated_admit_returns_the_same_admission_and_counts_once_on_postgres() {
     let h = two_a_month().postgres().await;
     a_repeated_admit_returns_the_same_admission_and_counts_once(h, true).await;
+}
+
+/// A cost above its reservation on a prepaid key whose balance covers it is debited in full
+/// (nothing written off) and counted: the excess in `over_reserved_picodollars`, once in
+/// `over_reserved_count`. A cost within its reservation counts nothing.
+#[tokio::test]
+async fn a_cost_above_its_reservation_is_counted_not_absorbed() {
+    let h = money_harness().await;
+    let credited = 100 * RESERVE;
+    let (record, secret) = prepaid_key(&h, credited).await;
+    let mut client = h.client.clone();
+    for id in ["within", "beyond"] {
+        client
+            .admit(with_key(admit(id), secret.expose_secret()))
+            .await
+            .unwrap();
+    }
+    let within = client
+        .settle(settle("within", &record.id, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .cost_picodollars;
+    let reserved = accounts::account(&h.db, &record.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .reserved_picodollars;
+    assert_eq!(reserved, RESERVE, "one reservation left, of the worst case");
+    let mut beyond = settle("beyond", &record.id, 0);
+    if let Some(usage) = beyond.usage.as_mut() {
+        usage.completion_tokens = 10_000;
+    }
+    let cost = client
+        .settle(beyond)
+        .await
+        .unwrap()
+        .into_inner()
+        .cost_picodollars;
+    assert!(
+        cost > reserved,
+        "{cost} must exceed its reservation {reserved}"
+    );
+    let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+    assert_eq!(account.balance_picodollars, Some(credited - within - cost));
+    assert_eq!(account.written_off_picodollars, 0);
+    assert_eq!(
+        (
+            account.over_reserved_picodollars,
+            account.over_reserved_count
+        ),
+        (cost - reserved, 1)
+    );
+    assert_eq!(account.reserved_picodollars, 0);
+    h.stop().await;
+}
+
+/// A ledger row the database refuses (a trigger RAISEs for one request id) fails only its own
+/// request: the rows batched with it are written row by row after the batch's retries, and the
+/// refused one answers INTERNAL and keeps its reservation out of the expiry sweep, so the request
+/// never ends free.
+#[tokio::test]
+async fn a_poisoned_ledger_row_fails_alone_and_keeps_its_reservation() {
+    let h = money_harness().await;
+    h.db.execute_unprepared(
+        "CREATE TRIGGER poison BEFORE INSERT ON usage_ledger WHEN NEW.request_id = 'poisoned' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+    )
+    .await
+    .unwrap();
+    let credited = 100 * RESERVE;
+    let (record, secret) = prepaid_key(&h, credited).await;
+    let ids: Vec<String> = (0..20)
+        .map(|i| format!("good-{i}"))
+        .chain(["poisoned".to_owned()])
+        .collect();
+    for id in &ids {
+        h.client
+            .clone()
+            .admit(with_key(admit(id), secret.expose_secret()))
+            .await
+            .unwrap();
+    }
+    // Settled together, so the poisoned row shares a batch with good ones.
+    let answers = join_all(ids.iter().enumerate().map(|(i, id)| {
+        let mut client = h.client.clone();
+        let request = settle(id, &record.id, i as u64);
+        async move { client.settle(request).await }
+    }))
+    .await;
+    let (poisoned, good) = answers.split_last().unwrap();
+    assert_eq!(poisoned.as_ref().unwrap_err().code(), Code::Internal);
+    let spent: i64 = good
+        .iter()
+        .map(|a| a.as_ref().unwrap().get_ref().cost_picodollars)
+        .sum();
+    let count = |sql: &'static str| {
+        let db = h.db.clone();
+        async move {
+            let row = db
+                .query_one(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM usage_ledger").await, 20);
+    let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
+    assert_eq!(account.spent_total_picodollars, spent);
+    assert_eq!(
+        account.reserved_picodollars, RESERVE,
+        "the poisoned request's hold stays"
+    );
+    // The sweep of everything expired by now leaves it alone.
+    accounts::release_expired(&h.db, i64::MAX - 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM reservations WHERE request_id = 'poisoned'").await,
+        1
+    );
+    h.stop().await;
 }

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use tollgate::v1::{Model, Pricing, ResolvedModel, ThinkingSupport};
+use tollgate::{
+    passthrough,
+    v1::{Model, Pricing, ResolvedModel, ThinkingSupport},
+};
 
 use crate::config::{AliasConfig, ModelConfig, ThinkingConfig};
 
@@ -26,6 +29,14 @@ pub enum CatalogError {
     },
     #[error("{field}: must be at least 1")]
     Zero { field: String },
+    #[error(
+        "{field}: {name:?} is not a price-changing pass-through field; passthrough_allow takes {known}"
+    )]
+    NotPriced {
+        field: String,
+        name: String,
+        known: String,
+    },
 }
 
 /// All models and aliases, by id, in configuration order.
@@ -67,10 +78,26 @@ impl Catalog {
             for (name, value) in [
                 ("context_length", m.context_length),
                 ("max_output_tokens", m.max_output_tokens),
+                ("image_tokens_max", m.image_tokens_max),
             ] {
                 if value == 0 {
                     return Err(CatalogError::Zero { field: field(name) });
                 }
+            }
+            if let Some(name) = m
+                .passthrough_allow
+                .iter()
+                .find(|name| passthrough::priced_field(name).is_none())
+            {
+                return Err(CatalogError::NotPriced {
+                    field: field("passthrough_allow"),
+                    name: name.clone(),
+                    known: passthrough::PRICED_FIELDS
+                        .iter()
+                        .map(|f| f.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
             }
             let pricing = Pricing {
                 input_micros_per_mtok: m.input_price.0,
@@ -102,6 +129,8 @@ impl Catalog {
                 thinking: thinking.into(),
                 thinking_override: None,
                 vision: m.vision,
+                passthrough_allow: m.passthrough_allow.clone(),
+                image_tokens_max: m.image_tokens_max,
             };
             catalog.insert(field("id"), model, route)?;
         }
@@ -206,6 +235,8 @@ mod tests {
             cache_write_price: None,
             vision: true,
             thinking: ThinkingConfig::Optional,
+            image_tokens_max: 4_096,
+            passthrough_allow: vec![],
         }
     }
 
@@ -264,5 +295,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, CatalogError::DuplicateId { .. }));
+        let mut allows = flash();
+        allows.passthrough_allow = vec!["service_tier".into(), "stream".into()];
+        let e = Catalog::new(&[allows], &[], &["deepseek"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("models[0].passthrough_allow: \"stream\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn routes_carry_the_pass_through_allowance_and_the_image_bound() {
+        let mut model = flash();
+        model.passthrough_allow = vec!["service_tier".into()];
+        model.image_tokens_max = 48_169;
+        let c = Catalog::new(&[model], &[alias("a", None)], &["deepseek"]).unwrap();
+        for id in ["deepseek-v4-flash", "a"] {
+            let r = c.resolve(id).unwrap();
+            assert_eq!(r.passthrough_allow, ["service_tier"]);
+            assert_eq!(r.image_tokens_max, 48_169);
+        }
     }
 }

@@ -72,10 +72,27 @@ pub struct ModelConfig {
     /// without vision are refused with a 400 before anything is sent upstream.
     #[serde(default = "vision_default")]
     pub vision: bool,
+    /// The most prompt tokens one image can cost on this model, reserved per image part (default
+    /// 4,096). Tile-priced models cost far more: gpt-4o-mini bills up to 48,169 per image.
+    #[serde(default = "image_tokens_max_default")]
+    pub image_tokens_max: u64,
+    /// Price-changing pass-through fields callers may send to this model (`["service_tier"]`);
+    /// each must be one of `tollgate::passthrough::PRICED_FIELDS`. The call is billed at this
+    /// model's prices all the same.
+    #[serde(default)]
+    pub passthrough_allow: Vec<String>,
 }
 
 fn vision_default() -> bool {
     true
+}
+
+/// The per-image reservation of a model that does not set its own: above the largest per-image
+/// charge of the patch-priced models (OpenAI's near 2,500, Anthropic near 1,600, Gemini 258).
+const IMAGE_TOKENS_MAX_DEFAULT: u64 = 4_096;
+
+fn image_tokens_max_default() -> u64 {
+    IMAGE_TOKENS_MAX_DEFAULT
 }
 
 #[derive(Debug, Clone, Deserialize)]

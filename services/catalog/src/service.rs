@@ -95,6 +95,8 @@ mod tests {
             cache_write_price: None,
             vision: true,
             thinking: ThinkingConfig::None,
+            image_tokens_max: 4_096,
+            passthrough_allow: vec![],
         };
         let catalog = Catalog::new(&[model], &[], &["p"]).unwrap();
         let server = CatalogServer::new(CatalogService::new(catalog));

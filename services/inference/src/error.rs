@@ -22,12 +22,24 @@ pub enum UpstreamError {
     /// (DeepSeek's `insufficient_system_resource` finish reason): retryable, like a 503.
     #[error("{provider} ran out of capacity before finishing ({reason}); try again later")]
     OutOfCapacity { provider: String, reason: String },
-    /// The upstream failed (other 5xx), sent something unreadable, or failed mid-stream.
+    /// The upstream answered with a server error status (5xx other than 503) instead of a body.
+    #[error("{provider} failed: HTTP {status}: {message}")]
+    ServerError {
+        provider: String,
+        status: u16,
+        message: String,
+    },
+    /// The upstream sent something unreadable, or failed in-band or mid-stream.
     #[error("{provider} failed: {message}")]
     Failed { provider: String, message: String },
-    /// The connection could not be made or broke.
+    /// The connection could not be made (`sent: false`: the request never left), or it broke
+    /// after the request was sent.
     #[error("could not reach {provider}: {message}")]
-    Connect { provider: String, message: String },
+    Connect {
+        provider: String,
+        message: String,
+        sent: bool,
+    },
     /// No answer within the deadline.
     #[error("{provider} did not answer within {seconds} s")]
     Timeout { provider: String, seconds: u64 },
@@ -54,19 +66,33 @@ impl UpstreamError {
         match status {
             401..=403 => Self::Credentials { provider, status },
             429 | 503 | 529 => Self::Overloaded { provider, status },
-            504 => Self::Timeout {
-                provider,
-                seconds: 0,
-            },
             400..=499 => Self::Rejected {
                 provider,
                 status,
                 message,
             },
-            _ => Self::Failed {
+            _ => Self::ServerError {
                 provider,
-                message: format!("HTTP {status}: {message}"),
+                status,
+                message,
             },
+        }
+    }
+
+    /// Whether the upstream provably generated (and billed) nothing: it refused with an error
+    /// status before any answer, or the request never reached it. Anything else (a timeout after
+    /// the request was sent, an unreadable or broken answer, an in-band failure) may have been
+    /// generated, and is settled as an estimate rather than at zero.
+    pub fn generated_nothing(&self) -> bool {
+        match self {
+            Self::Rejected { .. }
+            | Self::Credentials { .. }
+            | Self::Overloaded { .. }
+            | Self::ServerError { .. }
+            | Self::NotConfigured { .. }
+            | Self::Unsupported { .. } => true,
+            Self::Connect { sent, .. } => !sent,
+            Self::OutOfCapacity { .. } | Self::Failed { .. } | Self::Timeout { .. } => false,
         }
     }
 
@@ -77,9 +103,13 @@ impl UpstreamError {
                 ApiError::new(ErrorKind::InvalidRequest, message).with_code("upstream_rejected")
             }
             Self::Unsupported { param, .. } => ApiError::invalid_param(param.clone(), message),
-            Self::Credentials { .. } | Self::Failed { .. } | Self::Connect { .. } => {
-                ApiError::new(ErrorKind::Upstream, message)
+            Self::ServerError { status: 504, .. } => {
+                ApiError::new(ErrorKind::UpstreamTimeout, message)
             }
+            Self::Credentials { .. }
+            | Self::ServerError { .. }
+            | Self::Failed { .. }
+            | Self::Connect { .. } => ApiError::new(ErrorKind::Upstream, message),
             Self::Overloaded { .. } | Self::OutOfCapacity { .. } | Self::NotConfigured { .. } => {
                 ApiError::new(ErrorKind::Unavailable, message)
             }
@@ -110,5 +140,29 @@ mod tests {
         assert_eq!(kind(504), ErrorKind::UpstreamTimeout);
         let e = UpstreamError::from_status("p", 400, "bad temperature".into()).to_api_error();
         assert!(e.message.contains("bad temperature"));
+    }
+
+    #[test]
+    fn only_refusals_and_unsent_requests_provably_generated_nothing() {
+        for status in [400, 401, 429, 500, 503, 504] {
+            assert!(UpstreamError::from_status("p", status, "m".into()).generated_nothing());
+        }
+        let connect = |sent| UpstreamError::Connect {
+            provider: "p".into(),
+            message: "m".into(),
+            sent,
+        };
+        assert!(connect(false).generated_nothing());
+        assert!(!connect(true).generated_nothing());
+        let timeout = UpstreamError::Timeout {
+            provider: "p".into(),
+            seconds: 1,
+        };
+        assert!(!timeout.generated_nothing());
+        let unreadable = UpstreamError::Failed {
+            provider: "p".into(),
+            message: "unreadable response".into(),
+        };
+        assert!(!unreadable.generated_nothing());
     }
 }

@@ -258,10 +258,22 @@ impl InferenceService {
         Ok(settlement.into_inner().cost_picodollars)
     }
 
-    /// Settles a request that failed upstream and returns the error to report.
+    /// Settles a request that failed upstream before any of its answer was relayed, and returns
+    /// the error to report: at zero where the upstream provably generated nothing (it refused
+    /// with an error status, or the request never reached it), else at the estimate of its
+    /// prompt, marked (a timeout after the request was sent, an unreadable answer).
     pub(crate) async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
         tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream call failed");
-        match self.settle(admitted, None, Outcome::Failed, false).await {
+        let (usage, estimated) = if error.generated_nothing() {
+            (None, false)
+        } else {
+            let prompt = admitted.bounds.prompt_text_bytes;
+            (Some(token_bounds::estimate(None, prompt, 0)), true)
+        };
+        match self
+            .settle(admitted, usage, Outcome::Failed, estimated)
+            .await
+        {
             Ok(_) => error.to_api_error().into_status(),
             Err(status) => status,
         }
@@ -307,9 +319,19 @@ impl InferenceService {
             Ok(response) => response,
             Err(error) => return Err(self.fail(&admitted, error).await),
         };
-        let mut usage = response.usage.take().unwrap_or_default();
+        // A 200 without usage was generated all the same: billed at the estimate, marked.
+        let (mut usage, estimated) = match response.usage.take() {
+            Some(usage) => (usage, false),
+            None => {
+                let (prompt, answer) = (
+                    admitted.bounds.prompt_text_bytes,
+                    token_bounds::answer_bytes(&response),
+                );
+                (token_bounds::estimate(None, prompt, answer), true)
+            }
+        };
         usage.cost_picodollars = Some(
-            self.settle(&admitted, Some(usage), Outcome::Succeeded, false)
+            self.settle(&admitted, Some(usage), Outcome::Succeeded, estimated)
                 .await?,
         );
         response.id = admitted.request_id;

@@ -6,9 +6,10 @@
 //! Usage is the upstream's own final count, taken off the chunks. A failed send means the client
 //! left; the upstream has been asked for the whole answer and bills it, so the relay keeps
 //! reading (still bounded by the request's total deadline) to the upstream's final usage and
-//! settles that, as `cancelled`. A stream that ends without usage (the upstream never sent it,
-//! failed mid-way, or the deadline cut it) is settled with the gateway's estimate of what was
-//! generated ([`crate::token_bounds::estimate`]) and the ledger row is marked `estimated`. The
+//! settles that, as `cancelled`. A stream that ends without its final usage (the upstream never
+//! sent it, failed mid-way, or the deadline cut it: any count seen before is partial) is settled
+//! with the gateway's estimate of what was generated ([`crate::token_bounds::estimate`], over the
+//! partial count) and the ledger row is marked `estimated`. The
 //! client gets its usage chunk (with the cost) only after the ledger row is durable, then the
 //! stream ends.
 
@@ -185,9 +186,16 @@ async fn run(
         End::Finished if client_left => Outcome::Cancelled,
         End::Finished => Outcome::Succeeded,
     };
-    let estimated = usage.is_none();
-    let mut usage = usage
-        .unwrap_or_else(|| token_bounds::estimate(admitted.bounds.prompt_text_bytes, generated));
+    // The upstream's count is final only on a stream that finished; on one cut short, what it
+    // reported is partial (Anthropic's `message_start` announces 1 output token) and only the
+    // floor of an estimate.
+    let (mut usage, estimated) = match (usage, &end) {
+        (Some(usage), End::Finished) => (usage, false),
+        (reported, _) => (
+            token_bounds::estimate(reported, admitted.bounds.prompt_text_bytes, generated),
+            true,
+        ),
+    };
     let settled = service
         .settle(&admitted, Some(usage), outcome, estimated)
         .await;

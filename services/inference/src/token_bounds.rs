@@ -6,9 +6,10 @@
 //! request's text bytes bound its text tokens. The bytes are measured as the protobuf encoding of
 //! the whole request (every message, tool definition, schema and parameter: strings are encoded
 //! as their raw bytes plus a few bytes of framing, so this is never below the text), minus the
-//! bytes of image URLs, which are not tokenised as text. Added to that: each image at
-//! [`IMAGE_TOKENS`] (above the largest per-image charge of the providers we know: OpenAI's
-//! patch-based models top out near 2,500 tokens for one image, Anthropic near 1,600, Gemini 258),
+//! bytes of image URLs, which are not tokenised as text. Added to that: each image at the model's
+//! `image_tokens_max` (a catalogue setting: 4,096 unless the model says otherwise, above the
+//! patch-priced models' largest charge for one image, OpenAI's near 2,500, Anthropic's near 1,600,
+//! Gemini's 258; tile-priced models such as gpt-4o-mini bill up to 48,169 and must say so),
 //! [`MESSAGE_OVERHEAD_TOKENS`] per message for the chat template's role markers,
 //! [`TOOLS_OVERHEAD_TOKENS`] when tools or a response schema are declared (the preamble providers
 //! insert), and [`REQUEST_OVERHEAD_TOKENS`]. The sum is capped at the model's context length,
@@ -17,16 +18,18 @@
 //! **Completion bound.** `max_completion_tokens`, else `max_tokens`, else the model's
 //! `max_output_tokens`, times `n` (each choice is generated and billed).
 //!
-//! **Estimate.** When a stream ends without the upstream's own usage, the gateway bills
+//! **Estimate.** When a request ends without the upstream's final count, the gateway bills
 //! `ceil(bytes / 4)` of what it saw generated (content, reasoning, refusals, tool-call names and
 //! arguments), and `ceil(bytes / 4)` of the prompt's text bytes: the usual four bytes per token of
-//! English text. The ledger row is marked `estimated`.
+//! English text. What the upstream did report before it stopped (a partial count, such as the
+//! prompt side of Anthropic's `message_start`) is kept where it says more. The ledger row is
+//! marked `estimated`.
 
 use prost::Message as _;
-use tollgate::v1::{ChatChunk, ChatRequest, ResolvedModel, Usage, content_part, message};
+use tollgate::v1::{
+    ChatChunk, ChatRequest, ChatResponse, ResolvedModel, Usage, content_part, message,
+};
 
-/// Tokens charged per image in the prompt bound.
-pub const IMAGE_TOKENS: u64 = 4_096;
 /// Chat-template tokens per message (role markers, separators).
 pub const MESSAGE_OVERHEAD_TOKENS: u64 = 16;
 /// Tokens of the preamble a provider inserts for tool definitions or a response schema.
@@ -67,7 +70,7 @@ pub fn bounds(request: &ChatRequest, route: &ResolvedModel) -> TokenBounds {
             .as_ref()
             .is_some_and(|f| f.json_schema.is_some());
     let prompt = text_bytes
-        .saturating_add(images.saturating_mul(IMAGE_TOKENS))
+        .saturating_add(images.saturating_mul(route.image_tokens_max))
         .saturating_add(messages.saturating_mul(MESSAGE_OVERHEAD_TOKENS))
         .saturating_add(if declares_schema {
             TOOLS_OVERHEAD_TOKENS
@@ -108,17 +111,50 @@ pub fn generated_bytes(chunk: &ChatChunk) -> u64 {
     bytes as u64
 }
 
-/// The estimated usage of a request whose upstream never reported it: `ceil(bytes / 4)` of the
-/// prompt's text and of the generated text.
-pub fn estimate(prompt_text_bytes: u64, generated_bytes: u64) -> Usage {
-    let prompt_tokens = prompt_text_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
-    let completion_tokens = generated_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
-    Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens + completion_tokens,
-        ..Default::default()
+/// UTF-8 bytes of the generated text of a whole (non-streamed) answer.
+pub fn answer_bytes(response: &ChatResponse) -> u64 {
+    let mut bytes = 0usize;
+    for message in response.choices.iter().filter_map(|c| c.message.as_ref()) {
+        match &message.content {
+            Some(message::Content::Text(text)) => bytes += text.len(),
+            Some(message::Content::Parts(parts)) => {
+                for part in &parts.parts {
+                    if let Some(content_part::Part::Text(text)) = &part.part {
+                        bytes += text.len();
+                    }
+                }
+            }
+            None => {}
+        }
+        bytes += message.reasoning_content.as_deref().map_or(0, str::len);
+        bytes += message.refusal.as_deref().map_or(0, str::len);
+        for call in message
+            .tool_calls
+            .iter()
+            .filter_map(|c| c.function.as_ref())
+        {
+            bytes += call.name.len() + call.arguments.len();
+        }
     }
+    bytes as u64
+}
+
+/// The estimated usage of a request whose upstream never gave its final count: `ceil(bytes / 4)`
+/// of the prompt's text and of the generated text, over what the upstream did report before it
+/// stopped (`reported`): its prompt side where it has one (a real count, cache split included),
+/// and the larger of its completion count and the estimate (Anthropic's `message_start` announces
+/// a placeholder of 1 output token).
+pub fn estimate(reported: Option<Usage>, prompt_text_bytes: u64, generated_bytes: u64) -> Usage {
+    let mut usage = reported.unwrap_or_default();
+    if usage.prompt_tokens == 0 {
+        usage.prompt_tokens = prompt_text_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
+    }
+    usage.completion_tokens = usage
+        .completion_tokens
+        .max(generated_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN));
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    usage.cost_picodollars = None;
+    usage
 }
 
 #[cfg(test)]
@@ -132,6 +168,7 @@ mod tests {
         ResolvedModel {
             context_length: 1_000_000,
             max_output_tokens: 8_192,
+            image_tokens_max: 4_096,
             ..Default::default()
         }
     }
@@ -179,8 +216,16 @@ mod tests {
             ..Default::default()
         };
         let b = bounds(&request, &route());
-        assert!(b.max_prompt_tokens >= IMAGE_TOKENS);
-        assert!(b.max_prompt_tokens < IMAGE_TOKENS + 200, "{b:?}");
+        assert!(b.max_prompt_tokens >= 4_096);
+        assert!(b.max_prompt_tokens < 4_096 + 200, "{b:?}");
+        // The per-image worst case is the model's.
+        let tiled = ResolvedModel {
+            image_tokens_max: 48_169,
+            ..route()
+        };
+        let b = bounds(&request, &tiled);
+        assert!(b.max_prompt_tokens >= 48_169);
+        assert!(b.max_prompt_tokens < 48_169 + 200, "{b:?}");
     }
 
     #[test]
@@ -211,11 +256,40 @@ mod tests {
 
     #[test]
     fn estimates_round_up_four_bytes_per_token() {
-        let u = estimate(9, 8);
+        let u = estimate(None, 9, 8);
         assert_eq!(
             (u.prompt_tokens, u.completion_tokens, u.total_tokens),
             (3, 2, 5)
         );
-        assert_eq!(estimate(0, 0).total_tokens, 0);
+        assert_eq!(estimate(None, 0, 0).total_tokens, 0);
+    }
+
+    #[test]
+    fn an_estimate_keeps_the_upstreams_partial_count_where_it_says_more() {
+        // Anthropic's message_start: the real prompt side, a placeholder of 1 output token.
+        let partial = Usage {
+            prompt_tokens: 11,
+            cached_prompt_tokens: 3,
+            completion_tokens: 1,
+            total_tokens: 12,
+            ..Default::default()
+        };
+        let u = estimate(Some(partial), 400, 17);
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.cached_prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens
+            ),
+            (11, 3, 5, 16)
+        );
+        // A cumulative count above the estimate stays.
+        let gemini = Usage {
+            prompt_tokens: 7,
+            completion_tokens: 40,
+            ..Default::default()
+        };
+        assert_eq!(estimate(Some(gemini), 400, 17).completion_tokens, 40);
     }
 }

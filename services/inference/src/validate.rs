@@ -3,6 +3,7 @@
 
 use tollgate::{
     error::ApiError,
+    passthrough,
     v1::{
         ChatRequest, Message, ReasoningEffort, ResolvedModel, Role, content_part::Part,
         message::Content,
@@ -80,6 +81,7 @@ pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     tool_results_answer_calls(&request.messages)?;
+    passthrough::check_contract(&passthrough::parse_extra_json(&request.extra_json)?)?;
     let known_effort = |e: i32| {
         ReasoningEffort::try_from(e).is_ok_and(|effort| effort != ReasoningEffort::Unspecified)
     };
@@ -214,6 +216,11 @@ fn unanswered_call(open: &OpenCalls<'_>) -> Result<(), ApiError> {
 
 /// Checks the request against the model it resolved to.
 pub fn for_model(request: &ChatRequest, model: &ResolvedModel) -> Result<(), ApiError> {
+    passthrough::check_priced(
+        &passthrough::parse_extra_json(&request.extra_json)?,
+        &model.requested_id,
+        &model.passthrough_allow,
+    )?;
     for (param, value) in [
         ("max_tokens", request.max_tokens),
         ("max_completion_tokens", request.max_completion_tokens),
@@ -441,6 +448,37 @@ mod tests {
             for_model(&r, &model).unwrap_err().param.as_deref(),
             Some("max_completion_tokens")
         );
+    }
+
+    #[test]
+    fn pass_through_fields_cannot_set_contract_fields_or_change_the_price() {
+        let mut r = valid();
+        for (extra, param) in [
+            (r#"{"stream": true}"#, "stream"),
+            (r#"{"n": 128}"#, "n"),
+            (r#"{"maxTokens": 9}"#, "maxTokens"),
+            ("[1]", "extra_json"),
+        ] {
+            r.extra_json = extra.into();
+            assert_eq!(
+                request(&r).unwrap_err().param.as_deref(),
+                Some(param),
+                "{extra}"
+            );
+        }
+        r.extra_json = r#"{"service_tier": "priority", "logit_bias": {}}"#.into();
+        assert!(request(&r).is_ok());
+        let mut model = ResolvedModel {
+            requested_id: "m".into(),
+            max_output_tokens: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            for_model(&r, &model).unwrap_err().param.as_deref(),
+            Some("service_tier")
+        );
+        model.passthrough_allow = vec!["service_tier".into()];
+        assert!(for_model(&r, &model).is_ok());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! user message (`[status=503]`, `[delay_ms=1500]`, `[cache=4]`, `[stream_error]`, `[tool]`, ...)
 //! steer it, so tests can drive it through a gateway. It records every chat request it receives.
 //! `[finish=REASON]` replaces the finish reason (DeepSeek's `insufficient_system_resource`);
-//! `[base_resp=CODE]` makes a MiniMax model fail in-band; the other flavour-specific directives
+//! `[base_resp=CODE]` makes a MiniMax model fail in-band; `[no_usage]` leaves `usage` out of a
+//! non-streamed OpenAI or DeepSeek answer; `[overrun]` answers past the completion limit (an
+//! upstream billing beyond `max_tokens`); DeepSeek models honour `max_tokens` only, as DeepSeek's
+//! API does (it ignores `max_completion_tokens`); the other flavour-specific directives
 //! are described in their modules. OpenAI models named `o1*`, `o3*`, `o4*` or `gpt-5*` refuse
 //! `max_tokens` and `stop`, as OpenAI's reasoning models do.
 //!

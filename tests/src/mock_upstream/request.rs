@@ -109,6 +109,9 @@ pub struct ChatPlan {
     pub usage_style: UsageStyle,
     /// `[args=whole]` (compatible servers): the tool arguments in one delta.
     pub whole_arguments: bool,
+    /// `[no_usage]` (OpenAI, DeepSeek): a non-streamed answer without `usage`, as some servers
+    /// send.
+    pub no_usage: bool,
 }
 
 /// Top-level request fields OpenAI knows; any other is rejected by the OpenAI flavour.
@@ -205,9 +208,10 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
     validate_number(obj, "top_p", 0.0, 1.0)?;
     validate_number(obj, "presence_penalty", -2.0, 2.0)?;
     validate_number(obj, "frequency_penalty", -2.0, 2.0)?;
-    let max_tokens = match positive_int(obj, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => positive_int(obj, "max_tokens")?,
+    // DeepSeek's API knows only `max_tokens` and ignores `max_completion_tokens`.
+    let max_tokens = match (flavour, positive_int(obj, "max_completion_tokens")?) {
+        (Flavour::DeepSeek, _) | (_, None) => positive_int(obj, "max_tokens")?,
+        (_, Some(n)) => Some(n),
     };
     positive_int(obj, "n")?;
     let stream = match obj.get("stream") {
@@ -288,7 +292,7 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         _ => {
             let mut words = pieces(&format!("Echo: {last_user}"));
             let mut finish = "stop".to_owned();
-            if let Some(limit) = max_tokens
+            if let Some(limit) = max_tokens.filter(|_| !directives.overrun)
                 && words.len() as u64 > limit
             {
                 words.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -319,6 +323,7 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         base_resp: directives.base_resp,
         usage_style: directives.usage,
         whole_arguments: directives.whole_arguments,
+        no_usage: directives.no_usage,
     })
 }
 
@@ -786,6 +791,8 @@ pub(super) struct Directives {
     pub(super) reasoning: Option<ReasoningStyle>,
     pub(super) usage: UsageStyle,
     pub(super) whole_arguments: bool,
+    pub(super) no_usage: bool,
+    pub(super) overrun: bool,
 }
 
 impl Directives {
@@ -827,6 +834,8 @@ impl Directives {
                 }
             },
             whole_arguments: text.contains("[args=whole]"),
+            no_usage: text.contains("[no_usage]"),
+            overrun: text.contains("[overrun]"),
         })
     }
 }

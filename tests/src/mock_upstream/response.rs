@@ -180,6 +180,9 @@ pub fn completion(plan: &ChatPlan, ident: &ReplyIdentity) -> Value {
         "usage": usage(plan),
     });
     if let Some(obj) = body.as_object_mut() {
+        if plan.no_usage {
+            obj.remove("usage");
+        }
         match plan.flavour {
             Flavour::OpenAi => {
                 obj.insert("service_tier".to_owned(), json!("default"));

@@ -26,6 +26,10 @@ pub struct Model {
     pub spent_period: String,
     /// Unix milliseconds of the last credit or budget change.
     pub updated_at: i64,
+    /// What settlements cost above their reservations, summed (each also logged at WARN).
+    pub over_reserved_picodollars: i64,
+    /// How many settlements cost more than their reservation.
+    pub over_reserved_count: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -114,6 +114,18 @@ mod tests {
     }
 
     #[test]
+    fn the_completion_limit_goes_out_as_max_tokens() {
+        let body = prepared(
+            json!({"model":"m","messages":[{"role":"user","content":"hi"}],
+                "max_completion_tokens": 20, "max_tokens": 500}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(body["max_tokens"], 20);
+        assert!(body.get("max_completion_tokens").is_none(), "{body}");
+    }
+
+    #[test]
     fn json_schema_is_refused_and_json_object_passes() {
         let schema = json!({"model":"m","messages":[{"role":"user","content":"hi"}],
             "response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"}}}});

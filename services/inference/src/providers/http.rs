@@ -195,8 +195,10 @@ impl Upstream {
         }
     }
 
+    /// A transport failure. A connection that could not be made (refused, or not within
+    /// `connect_timeout_secs`) carried no request: `sent: false`, billed nothing.
     fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
-        if e.is_timeout() {
+        if e.is_timeout() && !e.is_connect() {
             UpstreamError::Timeout {
                 provider: self.name.clone(),
                 seconds: self.timeouts.connect.as_secs(),
@@ -206,6 +208,7 @@ impl Upstream {
                 provider: self.name.clone(),
                 // Without the URL: clients need not learn where upstreams live.
                 message: transport_message(e),
+                sent: !e.is_connect(),
             }
         }
     }

@@ -45,6 +45,7 @@ fn reasoning_model_refusals(request: &ChatRequest) -> [(&'static str, bool); 5] 
 
 impl Dialect for OpenAi {
     const DEVELOPER_ROLE: bool = true;
+    const MAX_COMPLETION_TOKENS: bool = true;
 
     fn check(request: &ChatRequest, target: &Target<'_>) -> Result<(), UpstreamError> {
         if !is_reasoning_model(target) {

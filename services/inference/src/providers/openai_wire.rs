@@ -10,7 +10,8 @@
 //! dialect calls a failure (DeepSeek's `insufficient_system_resource`) is an error, not a silent
 //! stop; usage is taken from whichever chunk carries it (a `choices: null` chunk, the finish
 //! chunk, unrequested); a stream that ends without `[DONE]` after its finish chunk is complete.
-//! `developer` messages become `system` for every dialect but OpenAI's own.
+//! `developer` messages become `system` for every dialect but OpenAI's own, and the completion
+//! limit goes out as `max_tokens` for every dialect but OpenAI's own.
 
 use std::{collections::HashMap, fmt, marker::PhantomData};
 
@@ -42,6 +43,13 @@ pub(super) fn request_body<D: Dialect>(
     let mut body = ChatCompletionRequest::from_proto(request)
         .map_err(|e| UpstreamError::unsupported(e.param.unwrap_or_default(), e.message))?;
     body.model = target.route.upstream_model.clone();
+    // The limit the reservation was computed from (`max_completion_tokens`, else `max_tokens`),
+    // in the field this provider honours.
+    if !D::MAX_COMPLETION_TOKENS
+        && let Some(limit) = body.max_completion_tokens.take()
+    {
+        body.max_tokens = Some(limit);
+    }
     // The effort of the decision, not the request's: an alias may have overridden it.
     body.reasoning_effort = target
         .thinking
@@ -81,6 +89,11 @@ pub trait Dialect: fmt::Debug + Send + Sync + 'static {
 
     /// Whether the provider takes the `developer` role; if not, it is sent as `system`.
     const DEVELOPER_ROLE: bool = false;
+
+    /// Whether the provider honours `max_completion_tokens`. If not (DeepSeek, MiniMax and
+    /// compatible servers take `max_tokens`, and may ignore the other), the completion limit is
+    /// sent as `max_tokens`, so the upstream stops where the reservation does.
+    const MAX_COMPLETION_TOKENS: bool = false;
 
     /// Refuses, before admission, what the provider refuses for the routed model.
     fn check(_request: &ChatRequest, _target: &Target<'_>) -> Result<(), UpstreamError> {

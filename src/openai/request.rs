@@ -395,6 +395,7 @@ impl ChatCompletionRequest {
             } else {
                 Value::Object(self.extra).to_string()
             },
+            ..Default::default()
         })
     }
 

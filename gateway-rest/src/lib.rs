@@ -10,7 +10,9 @@ mod error;
 pub mod expiry;
 mod extract;
 pub mod key_view;
+mod messages;
 mod models;
+mod opaque_reasoning;
 pub mod server;
 mod usage;
 

@@ -35,13 +35,13 @@ use super::{
 use crate::{UpstreamError, config::ProviderConfig};
 
 /// The `format` of the reasoning details this provider emits and accepts back.
-const REASONING_FORMAT: &str = "anthropic-claude-v1";
+use tollgate::native::ANTHROPIC_REASONING_FORMAT as REASONING_FORMAT;
 
 /// The API version the request shapes here follow (the one the official SDKs pin).
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// `NativeRequest.protocol` of a request that arrived on Anthropic's Messages API.
-pub const NATIVE_PROTOCOL: &str = "anthropic.messages";
+use tollgate::native::ANTHROPIC_MESSAGES as NATIVE_PROTOCOL;
 
 /// The client's header that opts into Anthropic's beta features; passed on with native bodies.
 const BETA_HEADER: &str = "anthropic-beta";

@@ -12,7 +12,9 @@ mod extract;
 pub mod key_view;
 mod messages;
 mod models;
+mod named_events;
 mod opaque_reasoning;
+mod responses;
 pub mod server;
 mod usage;
 

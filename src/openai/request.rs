@@ -432,7 +432,7 @@ impl ChatCompletionRequest {
                 })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let extra = match parse_json_text(&request.extra_json, "extra_json")? {
+        let mut extra = match parse_json_text(&request.extra_json, "extra_json")? {
             None => Map::new(),
             Some(Value::Object(m)) => m,
             Some(_) => {
@@ -442,6 +442,11 @@ impl ChatCompletionRequest {
                 ));
             }
         };
+        if let Some(key) = &request.prompt_cache_key {
+            extra
+                .entry("prompt_cache_key")
+                .or_insert_with(|| Value::String(key.clone()));
+        }
         Ok(Self {
             model: request.model.clone(),
             messages,

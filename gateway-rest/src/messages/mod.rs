@@ -15,25 +15,20 @@ mod request;
 mod response;
 mod stream;
 
-use std::convert::Infallible;
-
 use axum::{
     Json,
     extract::State,
     http::HeaderMap,
-    response::{
-        IntoResponse, Response,
-        sse::{Event, Sse},
-    },
+    response::{IntoResponse, Response, sse::Sse},
 };
-use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
-use tollgate::{error::ApiError, v1::ChatChunk};
+use tollgate::error::ApiError;
 
 use crate::{
     app::AppState,
     error::RestError,
     extract::{ApiKey, JsonBody},
+    named_events,
 };
 use request::Parsed;
 use stream::MessagesStream;
@@ -88,7 +83,7 @@ pub(crate) async fn create(
         .chat_stream(key.request(request))
         .await?
         .into_inner();
-    Ok(Sse::new(sse_events(chunks)).into_response())
+    Ok(Sse::new(named_events::events(chunks, MessagesStream::new())).into_response())
 }
 
 pub(crate) async fn count_tokens(
@@ -105,32 +100,4 @@ pub(crate) async fn count_tokens(
         .await?
         .into_inner();
     Ok(Json(json!({"input_tokens": count.input_tokens})).into_response())
-}
-
-/// Each chunk becomes its named events as it arrives; a failure ends the stream with an `error`
-/// event.
-fn sse_events(
-    chunks: tonic::Streaming<ChatChunk>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let state = Some((chunks, MessagesStream::new()));
-    futures::stream::unfold(state, |state| async move {
-        let (mut chunks, mut translator) = state?;
-        let (events, next) = match chunks.next().await {
-            Some(Ok(chunk)) => {
-                let events = translator.on_chunk(&chunk);
-                (events, Some((chunks, translator)))
-            }
-            Some(Err(status)) => (
-                vec![MessagesStream::on_error(&ApiError::from_status(&status))],
-                None,
-            ),
-            None => (translator.on_end(), None),
-        };
-        let events: Vec<Result<Event, Infallible>> = events
-            .into_iter()
-            .map(|(name, data)| Ok(Event::default().event(name).data(data.to_string())))
-            .collect();
-        Some((futures::stream::iter(events), next))
-    })
-    .flatten()
 }

@@ -38,9 +38,6 @@ use crate::opaque_reasoning;
 /// details (both read by the Anthropic provider too).
 pub use tollgate::native::{ANTHROPIC_MESSAGES as NATIVE_PROTOCOL, ANTHROPIC_REASONING_FORMAT};
 
-/// `tools`, `tool_choice` and `parallel_tool_calls` of the contract.
-type DeclaredTools = (Vec<Tool>, Option<ToolChoice>, Option<bool>);
-
 /// A parsed Messages request.
 #[derive(Debug)]
 pub struct Parsed {
@@ -488,10 +485,11 @@ fn assistant_turn(blocks: &[Value], i: usize) -> Result<Message, ApiError> {
     })
 }
 
+/// The translated `tools`, `tool_choice` and `parallel_tool_calls`.
+type ToolFields = (Vec<Tool>, Option<ToolChoice>, Option<bool>);
+
 /// `tools`, `tool_choice` and `disable_parallel_tool_use`.
-fn tools(
-    top: &Map<String, Value>,
-) -> Result<DeclaredTools, ApiError> {
+fn tools(top: &Map<String, Value>) -> Result<ToolFields, ApiError> {
     let tools = match field(top, "tools") {
         None => vec![],
         Some(tools) => array(tools, "tools")?

@@ -28,7 +28,7 @@ use super::{
     request::ANTHROPIC_REASONING_FORMAT,
     response::{message_id, stop_reason, usage},
 };
-use crate::opaque_reasoning;
+use crate::{named_events::Translator, opaque_reasoning};
 
 /// One event: its name and its data.
 pub type Event = (&'static str, Value);
@@ -144,7 +144,7 @@ impl MessagesStream {
     }
 
     /// The events for one chunk.
-    pub fn on_chunk(&mut self, chunk: &ChatChunk) -> Vec<Event> {
+    fn chunk_events(&mut self, chunk: &ChatChunk) -> Vec<Event> {
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
@@ -238,9 +238,14 @@ impl MessagesStream {
             }),
         )
     }
+}
 
-    /// The events that end a stream that completed.
-    pub fn on_end(&mut self) -> Vec<Event> {
+impl Translator for MessagesStream {
+    fn on_chunk(&mut self, chunk: &ChatChunk) -> Vec<Event> {
+        self.chunk_events(chunk)
+    }
+
+    fn on_end(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         self.stop_block(&mut out);
         if !self.delta_sent {
@@ -250,9 +255,9 @@ impl MessagesStream {
         out
     }
 
-    /// The event that ends a stream that failed.
-    pub fn on_error(error: &ApiError) -> Event {
-        ("error", error.to_anthropic_json())
+    /// An `error` event in Anthropic's error shape.
+    fn on_error(&mut self, error: &ApiError) -> Vec<Event> {
+        vec![("error", error.to_anthropic_json())]
     }
 }
 
@@ -415,8 +420,9 @@ mod tests {
         let end = s.on_end();
         assert_eq!(end[0].1["delta"]["stop_reason"], "stop_sequence");
         assert_eq!(end[0].1["delta"]["stop_sequence"], "END");
-        let (name, data) =
-            MessagesStream::on_error(&ApiError::new(tollgate::error::ErrorKind::Upstream, "boom"));
+        let (name, data) = s
+            .on_error(&ApiError::new(tollgate::error::ErrorKind::Upstream, "boom"))
+            .remove(0);
         assert_eq!(name, "error");
         assert_eq!(data["error"]["type"], "api_error");
     }

@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod expiry;
 mod extract;
+mod json_fields;
 pub mod key_view;
 mod messages;
 mod models;

@@ -144,8 +144,8 @@ pub enum ContentJson {
     Parts(Vec<Value>),
 }
 
-/// The JSON type of a value, for error messages.
-fn json_type(value: &Value) -> &'static str {
+/// The JSON type of a value, for error messages ("a string", "an array", ...).
+pub fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

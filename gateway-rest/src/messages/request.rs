@@ -24,6 +24,7 @@
 use serde_json::{Map, Value};
 use tollgate::{
     error::ApiError,
+    openai::json_type,
     v1::{
         ChatRequest, ContentPart, ContentParts, FunctionCall, FunctionDefinition, ImageUrl,
         JsonSchemaFormat, Message, NativeRequest, ReasoningDetail, ResponseFormat, Role,
@@ -32,7 +33,10 @@ use tollgate::{
     },
 };
 
-use crate::opaque_reasoning;
+use crate::{
+    json_fields::{array, count, field, invalid, number, object, string},
+    opaque_reasoning,
+};
 
 /// `NativeRequest.protocol` of this surface, and the `format` of Anthropic's own reasoning
 /// details (both read by the Anthropic provider too).
@@ -45,90 +49,12 @@ pub struct Parsed {
     pub stream: bool,
 }
 
-fn invalid(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-    ApiError::invalid_param(param, message)
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    object.get(name).filter(|v| !v.is_null())
-}
-
-fn string(
-    object: &Map<String, Value>,
-    name: &str,
-    param: &str,
-) -> Result<Option<String>, ApiError> {
-    match field(object, name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(
-            param,
-            format!("Input should be a valid string, got {}", json_type(other)),
-        )),
-    }
-}
-
 fn required_string(
     object: &Map<String, Value>,
     name: &str,
     param: &str,
 ) -> Result<String, ApiError> {
     string(object, name, param)?.ok_or_else(|| invalid(param, "Field required"))
-}
-
-fn number(object: &Map<String, Value>, name: &str) -> Result<Option<f64>, ApiError> {
-    match field(object, name) {
-        None => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-            invalid(
-                name,
-                format!("Input should be a number, got {}", json_type(v)),
-            )
-        }),
-    }
-}
-
-fn count(object: &Map<String, Value>, name: &str, param: &str) -> Result<Option<u32>, ApiError> {
-    match field(object, name) {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| invalid(param, "Input should be a non-negative integer")),
-    }
-}
-
-fn array<'a>(value: &'a Value, param: &str) -> Result<&'a Vec<Value>, ApiError> {
-    value.as_array().ok_or_else(|| {
-        invalid(
-            param,
-            format!("Input should be a valid list, got {}", json_type(value)),
-        )
-    })
-}
-
-fn object<'a>(value: &'a Value, param: &str) -> Result<&'a Map<String, Value>, ApiError> {
-    value.as_object().ok_or_else(|| {
-        invalid(
-            param,
-            format!(
-                "Input should be a valid dictionary, got {}",
-                json_type(value)
-            ),
-        )
-    })
 }
 
 /// Parses a Messages body. `count_only` is `count_tokens`, where `max_tokens` is not taken.

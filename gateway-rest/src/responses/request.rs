@@ -29,7 +29,10 @@ use tollgate::{
     },
 };
 
-use crate::opaque_reasoning;
+use crate::{
+    json_fields::{field, invalid, number, object, string},
+    opaque_reasoning,
+};
 
 /// A parsed Responses request: the translation, whether to stream, and the request fields a
 /// response object echoes.
@@ -78,26 +81,6 @@ const ECHOED: [&str; 12] = [
     "prompt_cache_key",
 ];
 
-fn invalid(param: impl Into<String>, message: impl Into<String>) -> ApiError {
-    ApiError::invalid_param(param, message)
-}
-
-fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    object.get(name).filter(|v| !v.is_null())
-}
-
-fn string(
-    object: &Map<String, Value>,
-    name: &str,
-    param: &str,
-) -> Result<Option<String>, ApiError> {
-    match field(object, name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(param, format!("{param} must be a string"))),
-    }
-}
-
 fn required_string(
     object: &Map<String, Value>,
     name: &str,
@@ -105,22 +88,6 @@ fn required_string(
 ) -> Result<String, ApiError> {
     string(object, name, param)?
         .ok_or_else(|| invalid(param, format!("Missing required parameter: '{param}'.")))
-}
-
-fn object<'a>(value: &'a Value, param: &str) -> Result<&'a Map<String, Value>, ApiError> {
-    value
-        .as_object()
-        .ok_or_else(|| invalid(param, format!("{param} must be an object")))
-}
-
-fn number(object: &Map<String, Value>, name: &str) -> Result<Option<f64>, ApiError> {
-    match field(object, name) {
-        None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| invalid(name, format!("{name} must be a number"))),
-    }
 }
 
 /// Parses a Responses body.

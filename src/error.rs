@@ -42,19 +42,54 @@ impl ErrorKind {
         Self::UpstreamTimeout,
     ];
 
-    /// The row of the table: (gRPC code, HTTP status, OpenAI error type).
-    const fn row(self) -> (Code, u16, &'static str) {
+    /// The row of the table: (gRPC code, HTTP status, OpenAI error type, Anthropic error type).
+    const fn row(self) -> (Code, u16, &'static str, &'static str) {
         match self {
-            Self::InvalidRequest => (Code::InvalidArgument, 400, "invalid_request_error"),
-            Self::Authentication => (Code::Unauthenticated, 401, "authentication_error"),
-            Self::Permission => (Code::PermissionDenied, 403, "permission_error"),
-            Self::NotFound => (Code::NotFound, 404, "not_found_error"),
-            Self::RateLimit => (Code::ResourceExhausted, 429, "rate_limit_error"),
-            Self::InsufficientQuota => (Code::ResourceExhausted, 429, "insufficient_quota"),
-            Self::Internal => (Code::Internal, 500, "internal_error"),
-            Self::Upstream => (Code::Unavailable, 502, "upstream_error"),
-            Self::Unavailable => (Code::Unavailable, 503, "service_unavailable"),
-            Self::UpstreamTimeout => (Code::DeadlineExceeded, 504, "upstream_timeout"),
+            Self::InvalidRequest => (
+                Code::InvalidArgument,
+                400,
+                "invalid_request_error",
+                "invalid_request_error",
+            ),
+            Self::Authentication => (
+                Code::Unauthenticated,
+                401,
+                "authentication_error",
+                "authentication_error",
+            ),
+            Self::Permission => (
+                Code::PermissionDenied,
+                403,
+                "permission_error",
+                "permission_error",
+            ),
+            Self::NotFound => (Code::NotFound, 404, "not_found_error", "not_found_error"),
+            Self::RateLimit => (
+                Code::ResourceExhausted,
+                429,
+                "rate_limit_error",
+                "rate_limit_error",
+            ),
+            Self::InsufficientQuota => (
+                Code::ResourceExhausted,
+                429,
+                "insufficient_quota",
+                "rate_limit_error",
+            ),
+            Self::Internal => (Code::Internal, 500, "internal_error", "api_error"),
+            Self::Upstream => (Code::Unavailable, 502, "upstream_error", "api_error"),
+            Self::Unavailable => (
+                Code::Unavailable,
+                503,
+                "service_unavailable",
+                "overloaded_error",
+            ),
+            Self::UpstreamTimeout => (
+                Code::DeadlineExceeded,
+                504,
+                "upstream_timeout",
+                "timeout_error",
+            ),
         }
     }
 
@@ -69,6 +104,12 @@ impl ErrorKind {
     /// The OpenAI error `type`; also the `ErrorInfo.reason` on the gRPC status.
     pub const fn openai_type(self) -> &'static str {
         self.row().2
+    }
+
+    /// The error `type` of Anthropic's error shape (`/v1/messages`), for the same row; the HTTP
+    /// status stays the table's.
+    pub const fn anthropic_type(self) -> &'static str {
+        self.row().3
     }
 
     fn from_reason(reason: &str) -> Option<Self> {
@@ -174,6 +215,21 @@ impl ApiError {
             }
         })
     }
+
+    /// Anthropic's error body: `{"type":"error","error":{"type","message"}}`. The field, when
+    /// known, is named at the start of the message, as Anthropic does (`max_tokens: ...`).
+    pub fn to_anthropic_json(&self) -> serde_json::Value {
+        let message = match &self.param {
+            Some(param) if !self.message.starts_with(param.as_str()) => {
+                format!("{param}: {}", self.message)
+            }
+            _ => self.message.clone(),
+        };
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": self.kind.anthropic_type(), "message": message},
+        })
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -255,6 +311,32 @@ mod tests {
         );
         let plain = ApiError::new(ErrorKind::Internal, "boom").into_status();
         assert!(plain.get_error_details().bad_request().is_none());
+    }
+
+    #[test]
+    fn every_kind_has_an_anthropic_type() {
+        let types: Vec<_> = ErrorKind::ALL.iter().map(|k| k.anthropic_type()).collect();
+        assert_eq!(
+            types,
+            vec![
+                "invalid_request_error",
+                "authentication_error",
+                "permission_error",
+                "not_found_error",
+                "rate_limit_error",
+                "rate_limit_error",
+                "api_error",
+                "api_error",
+                "overloaded_error",
+                "timeout_error",
+            ]
+        );
+        let body = ApiError::invalid_param("max_tokens", "Field required").to_anthropic_json();
+        assert_eq!(
+            body,
+            serde_json::json!({"type": "error", "error": {
+                "type": "invalid_request_error", "message": "max_tokens: Field required"}})
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod money;
+pub mod native;
 pub mod openai;
 pub mod passthrough;
 pub mod peer;

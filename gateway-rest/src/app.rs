@@ -16,7 +16,7 @@ use tollgate::{
 };
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-use crate::{admin, chat_completions, error::RestError, models, usage};
+use crate::{admin, chat_completions, error::RestError, messages, models, responses, usage};
 
 /// What every handler needs: gRPC clients of the services and the body limit.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions::create))
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route("/v1/dashboard/billing/usage", get(usage::report))

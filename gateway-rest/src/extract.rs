@@ -15,6 +15,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 
 use crate::{app::AppState, error::RestError};
 
+/// Anthropic's API-key header.
+const X_API_KEY: &str = "x-api-key";
+
 /// A JSON object body parsed straight into `T` (`tollgate::openai::body`): a body over
 /// `server.max_body_bytes`, one that is not JSON or one that does not fit `T` is a 400 whose
 /// `param` names the field at fault, or `body`. The content type is not checked: clients that
@@ -43,9 +46,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// The caller's `authorization: Bearer <key>`, for routes that act for a key. Missing, not
-/// `Bearer`, or not sendable as metadata: 401 `missing_api_key` before anything else is read.
-/// Whether the key is valid is Billing's to say.
+/// The caller's API key, for routes that act for a key: `authorization: Bearer <key>`, else
+/// `x-api-key: <key>` (Anthropic's header, as its SDKs and Claude Code send it), forwarded to
+/// the services as `authorization: Bearer <key>`. Missing, not `Bearer`, or not sendable as
+/// metadata: 401 `missing_api_key` before anything else is read. Whether the key is valid is
+/// Billing's to say.
 pub(crate) struct ApiKey(MetadataValue<Ascii>);
 
 impl ApiKey {
@@ -68,6 +73,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         authorization(&parts.headers)
             .filter(|value| value.to_str().ok().and_then(bearer_token).is_some())
+            .or_else(|| x_api_key(&parts.headers))
             .map(Self)
             .ok_or_else(|| RestError(missing_api_key()))
     }
@@ -105,6 +111,15 @@ fn authorization(headers: &HeaderMap) -> Option<MetadataValue<Ascii>> {
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// An `x-api-key` header as the `authorization: Bearer` metadata that carries keys.
+fn x_api_key(headers: &HeaderMap) -> Option<MetadataValue<Ascii>> {
+    let key = headers.get(X_API_KEY)?.to_str().ok()?.trim();
+    if key.is_empty() {
+        return None;
+    }
+    format!("Bearer {key}").parse().ok()
 }
 
 fn with_authorization<T>(value: Option<&MetadataValue<Ascii>>, message: T) -> tonic::Request<T> {

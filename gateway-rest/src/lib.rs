@@ -10,8 +10,13 @@ mod error;
 pub mod expiry;
 mod extract;
 pub mod health;
+mod json_fields;
 pub mod key_view;
+mod messages;
 mod models;
+mod named_events;
+mod opaque_reasoning;
+mod responses;
 pub mod server;
 mod usage;
 

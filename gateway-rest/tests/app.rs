@@ -317,3 +317,78 @@ async fn models_are_listed_without_a_key() {
     assert_eq!(body["data"][0]["pricing"]["input"], json!(0.22));
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn the_messages_api_takes_x_api_key_or_bearer_and_answers_errors_in_anthropics_shape() {
+    let gateway = Gateway::start().await;
+    let key = gateway.api_key().await;
+    let body = json!({"model": "deepseek-chat", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let messages = |headers: Vec<(&'static str, String)>, body: String| {
+        let mut request = Request::post("/v1/messages");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let app = gateway.app.clone();
+        async move {
+            let response = app
+                .oneshot(request.body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    for headers in [
+        vec![("x-api-key", key.clone())],
+        vec![("authorization", format!("Bearer {key}"))],
+    ] {
+        let (status, answer) = messages(headers, body.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["type"], "message");
+    }
+    let anthropic_error = |status: StatusCode, answer: &Value, expected, kind: &str| {
+        assert_eq!(status, expected, "{answer}");
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["error"]["type"], kind, "{answer}");
+    };
+    // No key (or an empty one): 401 before the body is looked at.
+    for headers in [vec![], vec![("x-api-key", " ".to_owned())]] {
+        let (status, answer) = messages(headers, "{".into()).await;
+        anthropic_error(
+            status,
+            &answer,
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+        );
+    }
+    let (status, answer) =
+        messages(vec![("x-api-key", "sk-not-a-key".into())], body.to_string()).await;
+    anthropic_error(
+        status,
+        &answer,
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+    );
+    // A body that is not JSON, and one without max_tokens: 400 naming the field.
+    for (bad, field) in [
+        ("{", "body"),
+        (
+            r#"{"model": "deepseek-chat", "messages": []}"#,
+            "max_tokens",
+        ),
+    ] {
+        let (status, answer) = messages(vec![("x-api-key", key.clone())], bad.into()).await;
+        anthropic_error(
+            status,
+            &answer,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{message}");
+    }
+    assert_eq!(gateway.mock.requests().len(), 2);
+    gateway.stop().await;
+}

@@ -144,8 +144,8 @@ pub enum ContentJson {
     Parts(Vec<Value>),
 }
 
-/// The JSON type of a value, for error messages.
-fn json_type(value: &Value) -> &'static str {
+/// The JSON type of a value, for error messages ("a string", "an array", ...).
+pub fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -395,6 +395,7 @@ impl ChatCompletionRequest {
             } else {
                 Value::Object(self.extra).to_string()
             },
+            ..Default::default()
         })
     }
 
@@ -431,7 +432,7 @@ impl ChatCompletionRequest {
                 })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let extra = match parse_json_text(&request.extra_json, "extra_json")? {
+        let mut extra = match parse_json_text(&request.extra_json, "extra_json")? {
             None => Map::new(),
             Some(Value::Object(m)) => m,
             Some(_) => {
@@ -441,6 +442,11 @@ impl ChatCompletionRequest {
                 ));
             }
         };
+        if let Some(key) = &request.prompt_cache_key {
+            extra
+                .entry("prompt_cache_key")
+                .or_insert_with(|| Value::String(key.clone()));
+        }
         Ok(Self {
             model: request.model.clone(),
             messages,

@@ -380,6 +380,7 @@ impl ChatCompletion {
                     }),
                     finish_reason: c.finish_reason.clone().unwrap_or_default(),
                     logprobs_json: logprobs_to_text(&c.logprobs),
+                    stop_sequence: None,
                 })
                 .collect(),
             usage: self.usage.as_ref().map(UsageJson::to_proto),
@@ -482,6 +483,7 @@ impl ChatCompletionChunk {
                     }),
                     finish_reason: c.finish_reason.clone(),
                     logprobs_json: logprobs_to_text(&c.logprobs),
+                    stop_sequence: None,
                 })
                 .collect(),
             usage: self

@@ -18,9 +18,9 @@ use tollgate::{
     error::{ApiError, ErrorKind},
     transport::GrpcTransport,
     v1::{
-        AdmitRequest, ChatChunk, ChatRequest, ChatResponse, Outcome, ResolveModelRequest,
-        ResolvedModel, SettleRequest, Usage, catalog_client::CatalogClient, inference_server,
-        metering_client::MeteringClient,
+        AdmitRequest, AuthenticateRequest, ChatChunk, ChatRequest, ChatResponse, Outcome,
+        ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount, Usage,
+        catalog_client::CatalogClient, inference_server, metering_client::MeteringClient,
     },
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -138,14 +138,15 @@ impl InferenceService {
         }
     }
 
-    pub(crate) async fn admit(
+    /// Validates a request, resolves its model, decides thinking and finds the provider that
+    /// serves it (ready to be called, the request checked against it): everything before the
+    /// key is involved.
+    async fn route(
         &self,
-        metadata: &MetadataMap,
         request: &ChatRequest,
-        streamed: bool,
-    ) -> Result<Admitted, Status> {
+        admit_by: Deadline,
+    ) -> Result<(ResolvedModel, Arc<Provider>, Thinking), Status> {
         validate::request(request)?;
-        let admit_by = Deadline::of_caller(metadata, ADMIT_WITHIN);
         let catalog = self.inner.catalog.clone();
         let route = deadline::once("Catalog.ResolveModel", admit_by, |left| {
             let mut resolve = Request::new(ResolveModelRequest {
@@ -180,6 +181,17 @@ impl InferenceService {
                 },
             )
             .map_err(|e| e.to_api_error())?;
+        Ok((route, provider, thinking))
+    }
+
+    pub(crate) async fn admit(
+        &self,
+        metadata: &MetadataMap,
+        request: &ChatRequest,
+        streamed: bool,
+    ) -> Result<Admitted, Status> {
+        let admit_by = Deadline::of_caller(metadata, ADMIT_WITHIN);
+        let (route, provider, thinking) = self.route(request, admit_by).await?;
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let bounds = token_bounds::bounds(request, &route);
         let total_ms = u64::try_from(provider.timeouts().total.as_millis()).unwrap_or(u64::MAX);
@@ -196,11 +208,8 @@ impl InferenceService {
         // Retried by request id while Billing is unreachable: Admit is idempotent.
         let metering = self.inner.metering.clone();
         let admission = deadline::retried("Metering.Admit", admit_by.min(settle_by), |left| {
-            let mut call = Request::new(admit.clone());
+            let mut call = with_key(metadata, admit.clone());
             call.set_timeout(left);
-            if let Some(auth) = metadata.get(AUTHORIZATION) {
-                call.metadata_mut().insert(AUTHORIZATION, auth.clone());
-            }
             let mut metering = metering.clone();
             async move { metering.admit(call).await }
         })
@@ -280,6 +289,15 @@ impl InferenceService {
     }
 }
 
+/// A Metering call carrying the caller's key (its `authorization` metadata).
+fn with_key<T>(metadata: &MetadataMap, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(auth) = metadata.get(AUTHORIZATION) {
+        request.metadata_mut().insert(AUTHORIZATION, auth.clone());
+    }
+    request
+}
+
 pub(crate) fn timeout_error(admitted: &Admitted, seconds: u64) -> UpstreamError {
     UpstreamError::Timeout {
         provider: admitted.route.provider.clone(),
@@ -342,8 +360,63 @@ impl InferenceService {
     }
 }
 
+impl InferenceService {
+    /// Counts a request's prompt tokens for a valid key: the provider's count API where it has
+    /// one, else the gateway's estimate ([`token_bounds::estimate`] of the prompt's text).
+    /// Nothing is admitted, counted against limits or billed.
+    async fn count(
+        &self,
+        metadata: MetadataMap,
+        request: ChatRequest,
+    ) -> Result<TokenCount, Status> {
+        let admit_by = Deadline::of_caller(&metadata, ADMIT_WITHIN);
+        let (route, provider, thinking) = self.route(&request, admit_by).await?;
+        self.inner
+            .metering
+            .clone()
+            .authenticate(with_key(&metadata, AuthenticateRequest {}))
+            .await?;
+        let target = Target {
+            route: &route,
+            thinking,
+        };
+        let timeouts = provider.timeouts();
+        let counted =
+            tokio::time::timeout(timeouts.total, provider.count_tokens(&request, &target))
+                .await
+                .unwrap_or_else(|_| {
+                    Some(Err(UpstreamError::Timeout {
+                        provider: route.provider.clone(),
+                        seconds: timeouts.total.as_secs(),
+                    }))
+                });
+        match counted {
+            Some(Ok(input_tokens)) => Ok(TokenCount {
+                input_tokens,
+                estimated: false,
+            }),
+            Some(Err(error)) => Err(error.to_api_error().into_status()),
+            None => {
+                let bytes = token_bounds::bounds(&request, &route).prompt_text_bytes;
+                Ok(TokenCount {
+                    input_tokens: token_bounds::estimate(bytes, 0).prompt_tokens,
+                    estimated: true,
+                })
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl inference_server::Inference for InferenceService {
+    async fn count_tokens(
+        &self,
+        request: Request<ChatRequest>,
+    ) -> Result<Response<TokenCount>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        self.count(metadata, request).await.map(Response::new)
+    }
+
     async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         let service = self.clone();

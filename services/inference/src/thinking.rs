@@ -14,6 +14,9 @@
 //! 4. A model that always thinks (`thinking = "always"`) refuses to be switched off
 //!    (`thinking: {"type": "disabled"}` or `reasoning_effort: "none"`) with a 400 naming the
 //!    field, rather than answering with thinking the caller asked to avoid.
+//! 5. When thinking is on, the caller's own token budget (`thinking_budget_tokens`, Anthropic's
+//!    `thinking.budget_tokens`) rides with it; providers that take a budget send it as given
+//!    instead of deriving one from the effort.
 
 use tollgate::{
     error::ApiError,
@@ -29,9 +32,12 @@ pub enum Thinking {
     Default { thinks: bool },
     /// Thinking switched off.
     Off,
-    /// Thinking switched on, with the caller's effort if any (`None`: the provider's default
-    /// effort).
-    On { effort: Option<ReasoningEffort> },
+    /// Thinking switched on, with the caller's effort and token budget if any (`None`: the
+    /// provider's default, or a budget derived from the effort).
+    On {
+        effort: Option<ReasoningEffort>,
+        budget_tokens: Option<u32>,
+    },
 }
 
 impl Thinking {
@@ -52,7 +58,15 @@ impl Thinking {
     /// The effort asked for, when thinking is on.
     pub fn effort(self) -> Option<ReasoningEffort> {
         match self {
-            Self::On { effort } => effort,
+            Self::On { effort, .. } => effort,
+            Self::Default { .. } | Self::Off => None,
+        }
+    }
+
+    /// The caller's own thinking budget, when thinking is on.
+    pub fn budget_tokens(self) -> Option<u32> {
+        match self {
+            Self::On { budget_tokens, .. } => budget_tokens,
             Self::Default { .. } | Self::Off => None,
         }
     }
@@ -63,7 +77,10 @@ impl Thinking {
     /// What a bare on/off switch decides on a model that may think (for adapter tests).
     pub fn from_switch(switch: Option<bool>) -> Self {
         match switch {
-            Some(true) => Self::On { effort: None },
+            Some(true) => Self::On {
+                effort: None,
+                budget_tokens: None,
+            },
             Some(false) => Self::Off,
             None => Self::Default { thinks: false },
         }
@@ -83,11 +100,14 @@ fn requested_effort(request: &ChatRequest) -> Option<ReasoningEffort> {
 pub fn decide(request: &ChatRequest, route: &ResolvedModel) -> Result<Thinking, ApiError> {
     let support = route.thinking();
     let effort = requested_effort(request);
-    let on_effort = effort.filter(|e| *e != ReasoningEffort::None);
+    let thinking_on = Thinking::On {
+        effort: effort.filter(|e| *e != ReasoningEffort::None),
+        budget_tokens: request.thinking_budget_tokens,
+    };
     if let Some(on) = route.thinking_override {
         return Ok(match (on, support) {
             (_, ThinkingSupport::None) => Thinking::Default { thinks: false },
-            (true, _) => Thinking::On { effort: on_effort },
+            (true, _) => thinking_on,
             (false, _) => Thinking::Off,
         });
     }
@@ -113,7 +133,7 @@ pub fn decide(request: &ChatRequest, route: &ResolvedModel) -> Result<Thinking, 
         (None, None) => (None, ""),
     };
     Ok(match asked {
-        Some(true) => Thinking::On { effort: on_effort },
+        Some(true) => thinking_on,
         Some(false) if support == ThinkingSupport::Always => {
             return Err(ApiError::invalid_param(
                 param,
@@ -161,7 +181,10 @@ mod tests {
     #[test]
     fn the_caller_decides_on_a_model_that_may_think() {
         let optional = route(ThinkingSupport::Optional, None);
-        let on = |effort| Thinking::On { effort };
+        let on = |effort| Thinking::On {
+            effort,
+            budget_tokens: None,
+        };
         let cases = [
             (ask(None, None), Thinking::Default { thinks: false }),
             (ask(None, Some(High)), on(Some(High))),
@@ -187,11 +210,17 @@ mod tests {
         let forced_off = route(ThinkingSupport::Optional, Some(false));
         assert_eq!(
             decide(&ask(Some(false), Some(NoEffort)), &forced_on).unwrap(),
-            Thinking::On { effort: None }
+            Thinking::On {
+                effort: None,
+                budget_tokens: None
+            }
         );
         assert_eq!(
             decide(&ask(None, Some(Low)), &forced_on).unwrap(),
-            Thinking::On { effort: Some(Low) }
+            Thinking::On {
+                effort: Some(Low),
+                budget_tokens: None
+            }
         );
         assert_eq!(
             decide(&ask(Some(true), Some(High)), &forced_off).unwrap(),
@@ -226,12 +255,33 @@ mod tests {
         );
         assert_eq!(
             decide(&ask(None, Some(High)), &always).unwrap(),
-            Thinking::On { effort: Some(High) }
+            Thinking::On {
+                effort: Some(High),
+                budget_tokens: None
+            }
         );
         assert_eq!(
             refused_param(&ask(None, Some(NoEffort)), &always),
             "reasoning_effort"
         );
         assert_eq!(refused_param(&ask(Some(false), None), &always), "thinking");
+    }
+
+    #[test]
+    fn the_callers_budget_rides_with_thinking_on_only() {
+        let budget = |thinking, alias| {
+            let request = ChatRequest {
+                thinking,
+                thinking_budget_tokens: Some(4000),
+                ..Default::default()
+            };
+            decide(&request, &route(ThinkingSupport::Optional, alias))
+                .unwrap()
+                .budget_tokens()
+        };
+        assert_eq!(budget(Some(true), None), Some(4000));
+        assert_eq!(budget(None, Some(true)), Some(4000));
+        assert_eq!(budget(Some(true), Some(false)), None);
+        assert_eq!(budget(Some(false), None), None);
     }
 }

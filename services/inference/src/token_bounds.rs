@@ -15,6 +15,9 @@
 //! insert), and [`REQUEST_OVERHEAD_TOKENS`]. The sum is capped at the model's context length,
 //! which no upstream exceeds.
 //!
+//! A request carrying its client's native body (`ChatRequest.native`) is measured without it:
+//! the translated fields hold the same conversation.
+//!
 //! **Completion bound.** `max_completion_tokens`, else `max_tokens`, else the model's
 //! `max_output_tokens`, times `n` (each choice is generated and billed).
 //!
@@ -62,7 +65,15 @@ pub fn bounds(request: &ChatRequest, route: &ResolvedModel) -> TokenBounds {
             }
         }
     }
-    let text_bytes = (request.encoded_len() as u64).saturating_sub(image_url_bytes);
+    // A native body (the client's own Anthropic request) repeats what the fields above carry.
+    // Its field number in `ChatRequest` (inference.proto), for the size of its tag.
+    const NATIVE_FIELD: u32 = 27;
+    let native_bytes = request.native.as_ref().map_or(0, |n| {
+        prost::encoding::message::encoded_len(NATIVE_FIELD, n) as u64
+    });
+    let text_bytes = (request.encoded_len() as u64)
+        .saturating_sub(image_url_bytes)
+        .saturating_sub(native_bytes);
     let messages = request.messages.len() as u64;
     let declares_schema = !request.tools.is_empty()
         || request

@@ -179,8 +179,12 @@ struct Plan {
     status: Option<StatusCode>,
 }
 
-/// Answers one `POST …/messages` (already recorded by the caller).
-pub async fn messages(api_key: Option<&str>, headers: &HeaderMap, body: &Bytes) -> Response {
+/// Anthropic's checks on every call: the `x-api-key` (when the mock has one) and a known
+/// `anthropic-version`. Returns the key as given.
+fn check_headers<'h>(
+    api_key: Option<&str>,
+    headers: &'h HeaderMap,
+) -> Result<&'h str, AnthropicError> {
     let given_key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -188,23 +192,31 @@ pub async fn messages(api_key: Option<&str>, headers: &HeaderMap, body: &Bytes) 
     if let Some(expected) = api_key
         && given_key != expected
     {
-        return AnthropicError::for_status(StatusCode::UNAUTHORIZED, "invalid x-api-key".into())
-            .into_response();
+        return Err(AnthropicError::for_status(
+            StatusCode::UNAUTHORIZED,
+            "invalid x-api-key".into(),
+        ));
     }
     match headers
         .get("anthropic-version")
         .and_then(|v| v.to_str().ok())
     {
-        None => {
-            return AnthropicError::invalid("anthropic-version: header is required")
-                .into_response();
-        }
-        Some(v) if v != VERSION => {
-            return AnthropicError::invalid(format!("anthropic-version: invalid version {v}"))
-                .into_response();
-        }
-        Some(_) => {}
+        None => Err(AnthropicError::invalid(
+            "anthropic-version: header is required",
+        )),
+        Some(v) if v != VERSION => Err(AnthropicError::invalid(format!(
+            "anthropic-version: invalid version {v}"
+        ))),
+        Some(_) => Ok(given_key),
     }
+}
+
+/// Answers one `POST …/messages` (already recorded by the caller).
+pub async fn messages(api_key: Option<&str>, headers: &HeaderMap, body: &Bytes) -> Response {
+    let given_key = match check_headers(api_key, headers) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
         return AnthropicError::invalid("There was an issue with your request body: invalid JSON")
             .into_response();
@@ -242,6 +254,45 @@ fn refuses_temperature_with_top_p(model: &str) -> bool {
         (Some(major), _) if major >= 5 => true,
         (Some(4), Some(minor)) => minor >= 5,
         _ => false,
+    }
+}
+
+/// The fields Anthropic's `count_tokens` takes (any other is refused, `max_tokens` included).
+const COUNT_TOKENS_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+];
+
+/// Answers one `POST …/messages/count_tokens` (already recorded by the caller):
+/// `{"input_tokens": N}` with N the prompt tokens a `messages` call with the same body reports
+/// (its input, cache reads and cache writes together).
+pub async fn count_tokens(api_key: Option<&str>, headers: &HeaderMap, body: &Bytes) -> Response {
+    if let Err(e) = check_headers(api_key, headers) {
+        return e.into_response();
+    }
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(body) else {
+        return AnthropicError::invalid("body: Input should be an object").into_response();
+    };
+    if let Some(extra) = body
+        .keys()
+        .find(|k| !COUNT_TOKENS_FIELDS.contains(&k.as_str()))
+    {
+        return AnthropicError::invalid(format!("{extra}: Extra inputs are not permitted"))
+            .into_response();
+    }
+    // Planned as a messages call with room for any thinking budget.
+    body.insert("max_tokens".into(), json!(1_000_000));
+    match plan(&Value::Object(body)) {
+        Ok(plan) => Json(json!({
+            "input_tokens": plan.input_tokens + plan.cache_read + plan.cache_write
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

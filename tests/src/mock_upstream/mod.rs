@@ -14,7 +14,7 @@
 //! `max_tokens` and `stop`, as OpenAI's reasoning models do.
 //!
 //! Routes: `POST …/chat/completions` (any prefix), `POST …/messages` (Anthropic's Messages API,
-//! `anthropic.rs`), `POST …/models/{model}:generateContent` and
+//! `anthropic.rs`) and `POST …/messages/count_tokens` (its token count), `POST …/models/{model}:generateContent` and
 //! `…:streamGenerateContent?alt=sse` (Gemini, `gemini.rs`), `GET /_mock/requests` (the recorded
 //! requests as a JSON array), `DELETE /_mock/requests` (forget them), `GET /_mock/holds/{name}`
 //! and `POST /_mock/holds/{name}/release` (answers held by `[hold=NAME]` until the test releases
@@ -228,6 +228,9 @@ async fn dispatch(
     let path = uri.path();
     if method == Method::POST && path.ends_with("/chat/completions") {
         chat_completions(&state, &uri, &headers, &body).await
+    } else if method == Method::POST && path.ends_with("/messages/count_tokens") {
+        record(&state, &uri, &headers, &body);
+        anthropic::count_tokens(state.api_key.as_deref(), &headers, &body).await
     } else if method == Method::POST && uri.path().ends_with("/messages") {
         record(&state, &uri, &headers, &body);
         anthropic::messages(state.api_key.as_deref(), &headers, &body).await

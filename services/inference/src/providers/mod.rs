@@ -73,6 +73,16 @@ pub trait ChatProvider: Send + Sync {
         request: &ChatRequest,
         target: &Target<'_>,
     ) -> impl Future<Output = Result<ChunkStream, UpstreamError>> + Send;
+
+    /// The provider's own count of the request's prompt tokens, where it has a count API
+    /// (`None`: the caller estimates).
+    fn count_tokens(
+        &self,
+        _request: &ChatRequest,
+        _target: &Target<'_>,
+    ) -> impl Future<Output = Option<Result<u64, UpstreamError>>> + Send {
+        std::future::ready(None)
+    }
 }
 
 /// Every provider kind this build speaks.
@@ -141,6 +151,15 @@ impl Provider {
         self.dispatch(Chat { request, target }).await
     }
 
+    /// [`ChatProvider::count_tokens`].
+    pub async fn count_tokens(
+        &self,
+        request: &ChatRequest,
+        target: &Target<'_>,
+    ) -> Option<Result<u64, UpstreamError>> {
+        self.dispatch(CountTokens { request, target }).await
+    }
+
     pub async fn chat_stream(
         &self,
         request: &ChatRequest,
@@ -202,6 +221,19 @@ impl<'a> ProviderCall<'a> for ChatStream<'a> {
     type Output = BoxFuture<'a, Result<ChunkStream, UpstreamError>>;
     fn call<P: ChatProvider>(self, provider: &'a P) -> Self::Output {
         Box::pin(provider.chat_stream(self.request, self.target))
+    }
+}
+
+/// [`ChatProvider::count_tokens`], boxed likewise.
+struct CountTokens<'a> {
+    request: &'a ChatRequest,
+    target: &'a Target<'a>,
+}
+
+impl<'a> ProviderCall<'a> for CountTokens<'a> {
+    type Output = BoxFuture<'a, Option<Result<u64, UpstreamError>>>;
+    fn call<P: ChatProvider>(self, provider: &'a P) -> Self::Output {
+        Box::pin(provider.count_tokens(self.request, self.target))
     }
 }
 

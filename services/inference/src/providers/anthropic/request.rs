@@ -11,9 +11,14 @@
 //!   (`crate::validate`); no result is made up.
 //! - `response_format: json_object`: an instruction appended to `system` (Anthropic has no JSON
 //!   mode); `json_schema` becomes `output_config.format`.
-//! - Thinking: `budget_tokens` from `reasoning_effort` ([`thinking_budget`]); forced tool use or
-//!   a modified temperature with thinking on: 400 (Anthropic refuses both).
-//! - Of the fields the contract does not name (`extra_json`), only `top_k` is passed on.
+//! - Thinking: the caller's own `budget_tokens` as given, else one from `reasoning_effort`
+//!   ([`thinking_budget`]); forced tool use or a modified temperature with thinking on: 400
+//!   (Anthropic refuses both).
+//! - `top_k`: the contract's field, else (chat completions) the one field of `extra_json` passed
+//!   on.
+//!
+//! A request that arrived on the gateway's own Messages API carries the client's body
+//! (`ChatRequest.native`); [`native_body`] sends it as written instead ([`Body::Native`]).
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -38,6 +43,38 @@ pub const JSON_OBJECT_INSTRUCTION: &str =
 /// The input schema of a tool declared without parameters.
 fn empty_schema() -> Value {
     json!({"type": "object", "properties": {}})
+}
+
+/// What is POSTed to `/messages`: the body built from the contract's fields, or the client's
+/// own (see [`native_body`]).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Body<'a> {
+    Built(Box<MessagesRequest<'a>>),
+    Native(Map<String, Value>),
+}
+
+impl Body<'_> {
+    /// Marks the body as a streaming call.
+    pub fn stream(&mut self) {
+        match self {
+            Self::Built(body) => body.stream = Some(true),
+            Self::Native(body) => {
+                body.insert("stream".into(), Value::Bool(true));
+            }
+        }
+    }
+}
+
+/// The upstream body for `request`: the client's own when it came in Anthropic's protocol.
+pub fn upstream_body<'a>(
+    request: &'a ChatRequest,
+    target: &Target<'a>,
+) -> Result<Body<'a>, UpstreamError> {
+    match super::native(request) {
+        Some(native) => native_body(&native.body_json, target).map(Body::Native),
+        None => body(request, target).map(|body| Body::Built(Box::new(body))),
+    }
 }
 
 /// An Anthropic Messages request body. Fields serialise in this order (the order the wire
@@ -305,11 +342,15 @@ pub fn body<'a>(
     }
 
     let thinking = if thinking {
-        let budget = fitted_budget(
-            thinking_budget(target.thinking.effort()),
-            max_tokens,
-            max_param,
-        )?;
+        let budget = match target.thinking.budget_tokens() {
+            // The caller's own budget is sent as given: Anthropic judges it.
+            Some(budget) => budget,
+            None => fitted_budget(
+                thinking_budget(target.thinking.effort()),
+                max_tokens,
+                max_param,
+            )?,
+        };
         Some(Thinking::Enabled {
             budget_tokens: budget,
         })
@@ -324,7 +365,10 @@ pub fn body<'a>(
         messages: conversation.turns,
         temperature: request.temperature,
         top_p: request.top_p,
-        top_k: extra_field(request, "top_k")?,
+        top_k: match request.top_k {
+            Some(top_k) => Some(top_k.into()),
+            None => extra_field(request, "top_k")?,
+        },
         stop_sequences: &request.stop,
         metadata: request
             .user
@@ -336,6 +380,79 @@ pub fn body<'a>(
         thinking,
         stream: None,
     })
+}
+
+/// The body of a request that arrived on Anthropic's own Messages API (`native`), sent as the
+/// client wrote it so nothing the translation does not name is lost: only the model (the
+/// route's upstream model) and `stream` (the call's) are replaced, and thinking is switched off
+/// or on where the decision (`crate::thinking`, e.g. an alias) goes against what the client
+/// asked.
+pub fn native_body(
+    body_json: &str,
+    target: &Target<'_>,
+) -> Result<Map<String, Value>, UpstreamError> {
+    let mut body: Map<String, Value> = serde_json::from_str(body_json).map_err(|e| {
+        UpstreamError::unsupported(
+            "body",
+            format!("the request body is not a JSON object: {e}"),
+        )
+    })?;
+    body.insert("model".into(), json!(target.route.upstream_model));
+    body.remove("stream");
+    let asked = body
+        .get("thinking")
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "disabled");
+    let thinking = target.thinking.is_on();
+    if asked && !thinking {
+        body.remove("thinking");
+    } else if thinking && !asked {
+        let budget = match target.thinking.budget_tokens() {
+            Some(budget) => budget,
+            None => {
+                let max_tokens = body
+                    .get("max_tokens")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(u32::MAX);
+                fitted_budget(
+                    thinking_budget(target.thinking.effort()),
+                    max_tokens,
+                    "max_tokens",
+                )?
+            }
+        };
+        let thinking = Thinking::Enabled {
+            budget_tokens: budget,
+        };
+        body.insert("thinking".into(), json!(thinking));
+    }
+    Ok(body)
+}
+
+/// The body of a `count_tokens` call for `request`: the fields Anthropic counts (not
+/// `max_tokens`, `stream` nor sampling parameters).
+pub fn count_tokens_body(
+    request: &ChatRequest,
+    target: &Target<'_>,
+) -> Result<Map<String, Value>, UpstreamError> {
+    const COUNTED: [&str; 6] = [
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+    ];
+    let full = serde_json::to_value(upstream_body(request, target)?).map_err(|e| {
+        UpstreamError::unsupported("body", format!("the request cannot be encoded: {e}"))
+    })?;
+    let Value::Object(mut body) = full else {
+        return Ok(Map::new());
+    };
+    body.retain(|k, _| COUNTED.contains(&k.as_str()));
+    Ok(body)
 }
 
 /// OpenAI fields Anthropic has no way to honour.

@@ -158,6 +158,8 @@ struct MessageResponse {
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
+    stop_sequence: Option<String>,
+    #[serde(default)]
     usage: AnthropicUsage,
 }
 
@@ -215,6 +217,7 @@ pub fn completion(value: Value) -> Result<ChatResponse, String> {
             message: Some(message),
             finish_reason: finish_reason(response.stop_reason.as_deref()).into(),
             logprobs_json: String::new(),
+            stop_sequence: response.stop_sequence,
         }],
         usage: Some(response.usage.normalise()),
         system_fingerprint: None,

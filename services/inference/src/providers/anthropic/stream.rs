@@ -85,6 +85,8 @@ enum BlockDelta {
 struct MessageDeltaBody {
     #[serde(default)]
     stop_reason: Option<String>,
+    #[serde(default)]
+    stop_sequence: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +149,7 @@ impl StreamTranslator {
                 delta: Some(delta),
                 finish_reason: finish.map(str::to_owned),
                 logprobs_json: String::new(),
+                stop_sequence: None,
             }],
             usage,
             system_fingerprint: None,
@@ -277,11 +280,12 @@ impl StreamTranslator {
                     self.usage.merge(usage);
                 }
                 let finish = finish_reason(delta.stop_reason.as_deref());
-                return Ok(Some(self.chunk(
-                    Delta::default(),
-                    Some(finish),
-                    Some(self.usage.normalise()),
-                )));
+                let mut chunk =
+                    self.chunk(Delta::default(), Some(finish), Some(self.usage.normalise()));
+                if let Some(choice) = chunk.choices.first_mut() {
+                    choice.stop_sequence = delta.stop_sequence;
+                }
+                return Ok(Some(chunk));
             }
             Event::Error { error } => {
                 return Err(match error.kind.as_str() {

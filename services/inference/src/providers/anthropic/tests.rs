@@ -477,3 +477,81 @@ fn a_model_that_always_thinks_is_asked_to_think_by_default() {
     let b = body_for(&request, &optional, decided).unwrap();
     assert!(b.get("thinking").is_none());
 }
+
+/// A request that arrived on the Messages API: its body as the client wrote it.
+fn native_request(client_body: Value, thinking: Option<bool>, budget: Option<u32>) -> ChatRequest {
+    ChatRequest {
+        model: "claude-sonnet".into(),
+        thinking,
+        thinking_budget_tokens: budget,
+        native: Some(tollgate::v1::NativeRequest {
+            protocol: NATIVE_PROTOCOL.into(),
+            body_json: client_body.to_string(),
+            headers: Default::default(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn upstream_body_for(request: &ChatRequest, route: &ResolvedModel) -> Value {
+    let thinking = crate::thinking::decide(request, route).unwrap();
+    let body = request::upstream_body(request, &Target { route, thinking }).unwrap();
+    serde_json::to_value(body).unwrap()
+}
+
+#[test]
+fn a_native_body_reaches_anthropic_as_written_but_for_model_and_stream() {
+    let client = json!({
+        "model": "claude-sonnet",
+        "max_tokens": 4096,
+        "stream": true,
+        "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t", "signature": "sig=="},
+            {"type": "text", "text": "hi"}]}],
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "context_management": {"edits": []},
+    });
+    let request = native_request(client.clone(), Some(true), Some(2000));
+    let mut expected = client;
+    expected["model"] = json!("claude-sonnet-4-5");
+    expected.as_object_mut().unwrap().remove("stream");
+    assert_eq!(upstream_body_for(&request, &route()), expected);
+}
+
+#[test]
+fn an_alias_switches_thinking_in_a_native_body() {
+    let client = json!({"model": "m", "max_tokens": 4096, "messages": [],
+        "thinking": {"type": "enabled", "budget_tokens": 2000}});
+    let off = ResolvedModel {
+        thinking_override: Some(false),
+        ..route()
+    };
+    let body = upstream_body_for(&native_request(client, Some(true), Some(2000)), &off);
+    assert!(body.get("thinking").is_none());
+
+    let on = ResolvedModel {
+        thinking_override: Some(true),
+        ..route()
+    };
+    let client = json!({"model": "m", "max_tokens": 4096, "messages": []});
+    let body = upstream_body_for(&native_request(client, None, None), &on);
+    assert_eq!(
+        body["thinking"],
+        json!({"type": "enabled", "budget_tokens": 2048})
+    );
+}
+
+#[test]
+fn the_callers_thinking_budget_is_sent_as_given() {
+    let mut request = chat(json!({"model": "m", "max_tokens": 8000,
+        "messages": [{"role": "user", "content": "hi"}]}));
+    request.thinking = Some(true);
+    request.thinking_budget_tokens = Some(5000);
+    request.top_k = Some(5);
+    let body = upstream_body_for(&request, &route());
+    assert_eq!(
+        (body["thinking"].clone(), body["top_k"].clone()),
+        (json!({"type": "enabled", "budget_tokens": 5000}), json!(5))
+    );
+}

@@ -23,6 +23,9 @@
 //! | high, xhigh, max | 24576 |
 //! | unset (thinking switched on by an alias or `thinking`) | -1 (dynamic) |
 //!
+//! The caller's own budget (`thinking_budget_tokens`, from Anthropic's `thinking.budget_tokens`
+//! on the Messages API) is sent as given instead; Gemini judges it.
+//!
 //! Thinking off sends `thinkingBudget: 0`; nobody asking sends no `thinkingConfig` (the model's
 //! default). Whether thinking is on is decided before this (`crate::thinking`): a model that
 //! always thinks (2.5 Pro) is never asked to switch it off.
@@ -146,6 +149,8 @@ struct GenerationConfig {
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_output_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -567,6 +572,7 @@ fn generation_config(
         stop_sequences: request.stop.clone(),
         temperature: request.temperature,
         top_p: request.top_p,
+        top_k: request.top_k,
         max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
         candidate_count: request.n,
         seed,
@@ -608,9 +614,12 @@ fn generation_config(
         }
     }
     config.thinking_config = match target.thinking {
-        Thinking::On { effort } => Some(ThinkingConfig {
+        Thinking::On {
+            effort,
+            budget_tokens,
+        } => Some(ThinkingConfig {
             include_thoughts: Some(true),
-            thinking_budget: thinking_budget(effort),
+            thinking_budget: budget_tokens.map_or_else(|| thinking_budget(effort), i64::from),
         }),
         Thinking::Off => Some(ThinkingConfig {
             include_thoughts: None,
@@ -961,6 +970,12 @@ mod tests {
         assert_eq!(
             low["generationConfig"]["thinkingConfig"]["thinkingBudget"],
             1024
+        );
+        r.thinking_budget_tokens = Some(3000);
+        let own = build(&r, Some(true)).await.unwrap();
+        assert_eq!(
+            own["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+            3000
         );
         let off = build(&r, Some(false)).await.unwrap();
         assert_eq!(

@@ -246,6 +246,7 @@ pub(super) fn completion(value: Value) -> Result<ChatResponse, String> {
             message: Some(assistant_message(t)),
             finish_reason: finish.to_owned(),
             logprobs_json: String::new(),
+            stop_sequence: None,
         });
     }
     if choices.is_empty() {
@@ -257,6 +258,7 @@ pub(super) fn completion(value: Value) -> Result<ChatResponse, String> {
             message: Some(assistant_message(Translated::default())),
             finish_reason: "content_filter".to_owned(),
             logprobs_json: String::new(),
+            stop_sequence: None,
         });
     }
     Ok(ChatResponse {
@@ -332,6 +334,7 @@ impl StreamTranslator {
                 }),
                 finish_reason: Some("content_filter".to_owned()),
                 logprobs_json: String::new(),
+                stop_sequence: None,
             });
             return Ok(chunk);
         }
@@ -380,6 +383,7 @@ impl StreamTranslator {
                 delta: Some(delta),
                 finish_reason: finish.map(str::to_owned),
                 logprobs_json: String::new(),
+                stop_sequence: None,
             });
         }
         Ok(chunk)

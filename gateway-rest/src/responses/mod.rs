@@ -1,0 +1,50 @@
+//! `POST /v1/responses`: OpenAI's Responses API in front of every provider. The body is
+//! translated into a `tollgate.v1.ChatRequest` (`request.rs`) and sent to `Inference.Chat` or
+//! `Inference.ChatStream` exactly as chat completions are, so keys, limits, reservations, the
+//! ledger and cost are the same. Answers are the response object (`response.rs`) or its event
+//! stream with `sequence_number`s (`stream.rs`); errors are OpenAI's error shape, as on chat
+//! completions. The gateway keeps no responses: `previous_response_id` is refused with a 400
+//! naming it, and `store` is accepted and has no effect.
+
+mod request;
+mod response;
+mod stream;
+
+use axum::{
+    Json,
+    extract::State,
+    response::{IntoResponse, Response, sse::Sse},
+};
+use serde_json::Value;
+
+use crate::{
+    app::AppState,
+    error::RestError,
+    extract::{ApiKey, JsonBody},
+    named_events,
+};
+use request::Parsed;
+use stream::ResponsesStream;
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    key: ApiKey,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, RestError> {
+    let Parsed {
+        request,
+        stream,
+        echo,
+    } = request::parse(body)?;
+    let mut inference = state.inference.clone();
+    if !stream {
+        let answer = inference.chat(key.request(request)).await?.into_inner();
+        return Ok(Json(response::response(&answer, echo)).into_response());
+    }
+    // Answered only once the first chunk exists, so early failures keep their HTTP status.
+    let chunks = inference
+        .chat_stream(key.request(request))
+        .await?
+        .into_inner();
+    Ok(Sse::new(named_events::events(chunks, ResponsesStream::new(echo))).into_response())
+}

@@ -399,7 +399,7 @@ impl InferenceService {
             None => {
                 let bytes = token_bounds::bounds(&request, &route).prompt_text_bytes;
                 Ok(TokenCount {
-                    input_tokens: token_bounds::estimate(bytes, 0).prompt_tokens,
+                    input_tokens: token_bounds::estimate(None, bytes, 0).prompt_tokens,
                     estimated: true,
                 })
             }

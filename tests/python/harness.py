@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import sqlite3
 import subprocess
 import threading
 import time
@@ -531,6 +532,15 @@ def make_client(gateway: Gateway, key: ApiKey | str) -> OpenAI:
 def auth(key: ApiKey | str) -> dict[str, str]:
     secret = key.secret if isinstance(key, ApiKey) else key
     return {"Authorization": f"Bearer {secret}"}
+
+
+def sqlite_rows(db_path: Path, sql: str, *args) -> list[tuple]:
+    """The rows of a read-only query on a gateway's SQLite database."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> None:

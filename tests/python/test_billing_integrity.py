@@ -25,7 +25,7 @@ import pytest
 from tollgate.v1 import inference_pb2
 
 from grpc_details import bad_request_fields
-from harness import Gateway, auth, nonce, user, wait_until
+from harness import Gateway, auth, nonce, sqlite_rows, user, wait_until
 from mock_rules import words
 
 TIMEOUT = 30
@@ -113,11 +113,7 @@ def post(gateway, key, body: dict) -> httpx.Response:
 
 
 def rows(gateway: Gateway, sql: str, *args) -> list[tuple]:
-    db = sqlite3.connect(f"file:{gateway.tmp_dir / 'tollgate.db'}?mode=ro", uri=True, timeout=10)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+    return sqlite_rows(gateway.tmp_dir / "tollgate.db", sql, *args)
 
 
 def ledger(gateway: Gateway, key) -> list[tuple]:

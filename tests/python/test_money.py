@@ -19,17 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import ApiKey, Gateway, MockUpstream, auth, wait_until
+from harness import ApiKey, Gateway, MockUpstream, auth, sqlite_rows, wait_until
 from mock_rules import expected_usage
 from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_held, fire_together, key_listing, nonce, pico
-
-
-def sqlite_rows(db_path: Path, sql: str, *args) -> list[tuple]:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
 
 
 def assert_books_balance(gateway: Gateway, key: ApiKey, db_path: Path, credited: int, reported: list[int]) -> None:

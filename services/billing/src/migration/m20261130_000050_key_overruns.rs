@@ -17,13 +17,18 @@ enum KeyAccounts {
     OverReservedCount,
 }
 
+/// The columns added, in order.
+fn columns() -> [KeyAccounts; 2] {
+    [
+        KeyAccounts::OverReservedPicodollars,
+        KeyAccounts::OverReservedCount,
+    ]
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [
-            KeyAccounts::OverReservedPicodollars,
-            KeyAccounts::OverReservedCount,
-        ] {
+        for column in columns() {
             manager
                 .alter_table(
                     Table::alter()
@@ -37,10 +42,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [
-            KeyAccounts::OverReservedPicodollars,
-            KeyAccounts::OverReservedCount,
-        ] {
+        for column in columns() {
             manager
                 .alter_table(
                     Table::alter()

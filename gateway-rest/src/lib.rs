@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod expiry;
 mod extract;
+pub mod http_listener;
 pub mod key_view;
 mod models;
 pub mod server;

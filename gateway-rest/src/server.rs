@@ -6,7 +6,6 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tollgate::{
     transport::in_process,
@@ -20,7 +19,12 @@ use tollgate_catalog::CatalogService;
 use tollgate_inference::{InferenceService, Providers};
 use tonic::transport::server::TcpIncoming;
 
-use crate::{AppState, Runtime, app};
+use crate::{
+    AppState, Runtime, app,
+    app::RestLimits,
+    config::ServerConfig,
+    http_listener::{self, ListenerLimits},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -110,13 +114,13 @@ impl Services {
     }
 
     /// The REST facade's state: clients of these services, called in-process.
-    pub fn app_state(&self, max_body_bytes: usize) -> AppState {
+    pub fn app_state(&self, server: &ServerConfig) -> AppState {
         AppState::new(
             in_process(InferenceServer::new(self.inference.clone())),
             in_process(CatalogServer::new(self.catalog.clone())),
             in_process(BillingServer::new(self.billing.clone())),
             in_process(AdminServer::new(self.admin.clone())),
-            max_body_bytes,
+            RestLimits::from_config(server),
         )
     }
 }
@@ -152,7 +156,7 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let grpc_server = tonic::transport::Server::builder()
+    let grpc_server = grpc_server_builder(&runtime.server)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InferenceServer::new(services.inference.clone()))
@@ -163,17 +167,16 @@ pub async fn serve(
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
-    let rest = app(services.app_state(runtime.server.max_body_bytes));
-    let http_server = axum::serve(
-        http.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
+    let rest = app(services.app_state(&runtime.server));
+    let http_server = http_listener::serve(
+        http,
         rest,
-    )
-    .with_graceful_shutdown(stopped(stop_rx));
+        ListenerLimits::from_config(&runtime.server),
+        stopped(stop_rx),
+    );
 
     let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = tokio::spawn(http_server);
     ready(http_addr, grpc_addr);
 
     shutdown.await;
@@ -196,7 +199,7 @@ pub async fn serve(
             if let Ok(Err(e)) = grpc {
                 tracing::error!(error = %e, "gRPC server failed");
             }
-            if let Ok(Err(e)) = http {
+            if let Err(e) = http {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }
@@ -204,4 +207,17 @@ pub async fn serve(
     }
     services.billing.shutdown().await;
     Ok(())
+}
+
+/// The public gRPC listener's bounds, from `[server]`: streams per HTTP/2 connection, the size
+/// of a request's headers, and keep-alive pings that close dead connections. Each call's time is
+/// bounded by inference's own deadlines (first token, whole request) and the caller's
+/// `grpc-timeout`.
+fn grpc_server_builder(server: &ServerConfig) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .http2_max_header_list_size(http_listener::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(http_listener::HTTP2_KEEP_ALIVE))
+        .http2_keepalive_timeout(Some(http_listener::HTTP2_KEEP_ALIVE))
+        .tcp_keepalive(Some(http_listener::HTTP2_KEEP_ALIVE))
 }

@@ -1,0 +1,167 @@
+"""The REST listener's bounds (issue 15, item 9): silent and slow-header connections are closed
+within the header-read timeout while the gateway keeps answering; requests over the in-flight
+cap are shed with 503 and `Retry-After`; a caller without a valid key is refused with 401 before
+its body is read or parsed.
+
+The gateway here runs with a 2 s header-read timeout and an in-flight cap of 2."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import Gateway, auth, nonce, user
+from money_checks import submit_together
+
+HEADER_READ_TIMEOUT_SECS = 2
+MAX_IN_FLIGHT = 2
+
+
+@pytest.fixture(scope="module")
+def gateway(mock, tmp_path_factory):
+    gw = Gateway(
+        tmp_path_factory.mktemp("listener"),
+        mock,
+        extra_env={
+            "TOLLGATE__SERVER__HEADER_READ_TIMEOUT_SECS": str(HEADER_READ_TIMEOUT_SECS),
+            "TOLLGATE__SERVER__MAX_IN_FLIGHT_REQUESTS": str(MAX_IN_FLIGHT),
+        },
+    )
+    yield gw
+    gw.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def open_connections(addr: str, n: int, first_bytes: bytes = b"") -> list[socket.socket]:
+    host, port = addr.rsplit(":", 1)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        if first_bytes:
+            s.sendall(first_bytes)
+        socks.append(s)
+    return socks
+
+
+def wait_all_closed(socks: list[socket.socket], timeout: float) -> int:
+    """Waits until the server closed every socket (EOF or reset); returns how many it closed."""
+    open_ = {s.fileno(): s for s in socks}
+    deadline = time.monotonic() + timeout
+    while open_ and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(open_.values())[:1000], [], [], max(0.0, deadline - time.monotonic()))
+        for s in readable:
+            try:
+                data = s.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                del open_[s.fileno()]
+    return len(socks) - len(open_)
+
+
+def time_models(gateway) -> float:
+    start = time.monotonic()
+    r = httpx.get(f"{gateway.base_url}/models", timeout=10)
+    elapsed = time.monotonic() - start
+    assert r.status_code == 200, r.text
+    return elapsed
+
+
+def test_silent_connections_are_closed_within_the_header_read_timeout(gateway):
+    start = time.monotonic()
+    socks = open_connections(gateway.http_addr, 320)
+    try:
+        assert time_models(gateway) < 1.0
+        closed = wait_all_closed(socks, timeout=HEADER_READ_TIMEOUT_SECS + 8)
+        elapsed = time.monotonic() - start
+        assert closed == 320, f"{closed} of 320 silent connections closed in {elapsed:.1f}s"
+        print(f"320 silent connections closed in {elapsed:.1f}s")
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_slow_header_connections_do_not_starve_the_gateway(gateway):
+    pid = gateway.process.proc.pid
+    before = rss_kib(pid)
+    # Each sends the start of a request and then nothing: the headers never end.
+    socks = open_connections(gateway.http_addr, 500, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    try:
+        during = rss_kib(pid)
+        times = [time_models(gateway) for _ in range(5)]
+        assert max(times) < 1.0, times
+        closed = wait_all_closed(socks, timeout=HEADER_READ_TIMEOUT_SECS + 8)
+        assert closed == 500, f"{closed} of 500 slow-header connections closed"
+        print(f"RSS {before} KiB before, {during} KiB with 500 slow-header connections open; /v1/models in {max(times) * 1000:.0f} ms at most")
+    finally:
+        for s in socks:
+            s.close()
+    # The process is still alive and serving.
+    assert time_models(gateway) < 1.0
+
+
+def test_an_idle_keep_alive_connection_is_closed(gateway):
+    host, port = gateway.http_addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        assert wait_all_closed([s], timeout=HEADER_READ_TIMEOUT_SECS + 8) == 1
+
+
+def test_requests_over_the_in_flight_cap_are_shed_with_retry_after(gateway, mock):
+    key = gateway.create_key("enterprise")
+    hold = f"shed-{nonce()}"
+
+    def held(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{gateway.base_url}/chat/completions",
+            headers=auth(key),
+            json={"model": "deepseek-chat", "messages": user(f"[hold={hold}] hi")},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT) as pool:
+        futures = submit_together(pool, MAX_IN_FLIGHT, held)
+        try:
+            mock.wait_held(hold, lambda st: st["waiting"] == MAX_IN_FLIGHT, what="both requests held upstream")
+            r = httpx.get(f"{gateway.base_url}/models", timeout=10)
+            assert r.status_code == 503, r.text
+            assert r.headers.get("retry-after") == "1"
+            error = r.json()["error"]
+            assert error["type"] == "service_unavailable", error
+        finally:
+            mock.release(hold)
+        for f in futures:
+            assert f.result().status_code == 200, f.result().text
+    # Once they are done, the gateway serves again.
+    assert time_models(gateway) < 1.0
+
+
+def test_a_caller_without_a_valid_key_is_refused_before_the_body_is_parsed(gateway):
+    body = b'{"messages": [' + b'{"role": "user", "content": "x"},' * 100_000 + b'{"role": "user"}], "model": "deepseek-chat"}'
+    assert len(body) > 3_000_000
+    for headers in ({}, {"Authorization": "Bearer sk-not-a-real-key-0000000000000000"}):
+        r = httpx.post(f"{gateway.base_url}/chat/completions", headers=headers, content=body, timeout=30)
+        assert r.status_code == 401, (headers, r.status_code, r.text[:300])
+        assert r.json()["error"]["type"] == "authentication_error"
+    # Not even a body that is not JSON at all is looked at.
+    r = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers={"Authorization": "Bearer sk-unknown"},
+        content=b"\x00not json",
+        timeout=30,
+    )
+    assert r.status_code == 401, r.text

@@ -30,6 +30,8 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub struct RestLimits {
     /// Larger request bodies are a 400.
     pub max_body_bytes: usize,
+    /// The gRPC message limit of the Inference client (answers and requests).
+    pub max_message_bytes: usize,
     /// The whole body must arrive within this time.
     pub body_read_timeout: Duration,
     /// Requests handled at once; over it: 503 with `Retry-After`.
@@ -42,6 +44,7 @@ impl RestLimits {
     pub fn from_config(server: &ServerConfig) -> Self {
         Self {
             max_body_bytes: server.max_body_bytes,
+            max_message_bytes: server.max_message_bytes,
             body_read_timeout: Duration::from_secs(server.body_read_timeout_secs),
             max_in_flight_requests: server.max_in_flight_requests,
             sse_keep_alive: Duration::from_secs(server.sse_keep_alive_secs),
@@ -68,7 +71,9 @@ impl AppState {
         limits: RestLimits,
     ) -> Self {
         Self {
-            inference: InferenceClient::new(inference),
+            inference: InferenceClient::new(inference)
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes),
             catalog: CatalogClient::new(catalog),
             billing: BillingClient::new(billing),
             admin: AdminClient::new(admin),

@@ -27,6 +27,11 @@ pub struct ServerConfig {
     /// Larger request bodies are refused with 400.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The largest gRPC message (a request or an answer) every server and in-process client
+    /// carries; at least `max_body_bytes`. A non-streaming answer over it fails (502) before it is
+    /// settled.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// How long a shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
@@ -67,6 +72,10 @@ fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
 
+fn default_max_message_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
 fn default_shutdown_grace_secs() -> u64 {
     30
 }
@@ -105,6 +114,7 @@ impl Default for ServerConfig {
             http_addr: default_http_addr(),
             grpc_addr: default_grpc_addr(),
             max_body_bytes: default_max_body_bytes(),
+            max_message_bytes: default_max_message_bytes(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             key_refresh_ms: default_key_refresh_ms(),
             header_read_timeout_secs: default_header_read_timeout_secs(),
@@ -269,6 +279,12 @@ impl Config {
                     message: "must be at least 1".to_owned(),
                 });
             }
+        }
+        if self.server.max_message_bytes < self.server.max_body_bytes {
+            return Err(ConfigError::Invalid {
+                field: "server.max_message_bytes".to_owned(),
+                message: "must be at least server.max_body_bytes".to_owned(),
+            });
         }
         for (field, value) in [
             ("images.max_bytes", self.images.max_bytes),

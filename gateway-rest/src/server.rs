@@ -98,7 +98,8 @@ impl Services {
             in_process(CatalogServer::new(catalog.clone())),
             // Metering is internal: in-process only, never on the public listener.
             in_process(MeteringServer::new(billing.clone())),
-        );
+        )
+        .with_max_message_bytes(runtime.server.max_message_bytes);
         let admin = AdminService::new(
             db,
             runtime.tiers.clone(),
@@ -113,10 +114,19 @@ impl Services {
         })
     }
 
+    /// The Inference gRPC server, its messages (requests and answers) limited to
+    /// `server.max_message_bytes` both ways, as its clients' are.
+    pub fn inference_server(&self) -> InferenceServer<InferenceService> {
+        let limit = self.inference.max_message_bytes();
+        InferenceServer::new(self.inference.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
     /// The REST facade's state: clients of these services, called in-process.
     pub fn app_state(&self, server: &ServerConfig) -> AppState {
         AppState::new(
-            in_process(InferenceServer::new(self.inference.clone())),
+            in_process(self.inference_server()),
             in_process(CatalogServer::new(self.catalog.clone())),
             in_process(BillingServer::new(self.billing.clone())),
             in_process(AdminServer::new(self.admin.clone())),
@@ -159,7 +169,7 @@ pub async fn serve(
     let grpc_server = grpc_server_builder(&runtime.server)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InferenceServer::new(services.inference.clone()))
+        .add_service(services.inference_server())
         .add_service(CatalogServer::new(services.catalog.clone()))
         .add_service(BillingServer::new(services.billing.clone()))
         .add_service(AdminServer::new(services.admin.clone()))

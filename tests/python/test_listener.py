@@ -3,12 +3,17 @@ within the header-read timeout while the gateway keeps answering; requests over 
 cap are shed with 503 and `Retry-After`; a caller without a valid key is refused with 401 before
 its body is read or parsed.
 
-The gateway here runs with a 2 s header-read timeout and an in-flight cap of 2."""
+Sizes (item 10): a non-streaming answer over the gRPC message limit fails (502) before it is
+settled, so it is never billed and then refused by the transport.
+
+The gateway here runs with a 2 s header-read timeout, an in-flight cap of 2, and a 100 kB gRPC
+message limit (and 100 kB bodies), and SSE keep-alives every second."""
 
 from __future__ import annotations
 
 import select
 import socket
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +26,8 @@ from money_checks import submit_together
 
 HEADER_READ_TIMEOUT_SECS = 2
 MAX_IN_FLIGHT = 2
+MAX_BODY_BYTES = 100_000
+MAX_MESSAGE_BYTES = 100_000
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +38,9 @@ def gateway(mock, tmp_path_factory):
         extra_env={
             "TOLLGATE__SERVER__HEADER_READ_TIMEOUT_SECS": str(HEADER_READ_TIMEOUT_SECS),
             "TOLLGATE__SERVER__MAX_IN_FLIGHT_REQUESTS": str(MAX_IN_FLIGHT),
+            "TOLLGATE__SERVER__MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+            "TOLLGATE__SERVER__MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
+            "TOLLGATE__SERVER__SSE_KEEP_ALIVE_SECS": "1",
         },
     )
     yield gw
@@ -152,7 +162,7 @@ def test_requests_over_the_in_flight_cap_are_shed_with_retry_after(gateway, mock
 
 def test_a_caller_without_a_valid_key_is_refused_before_the_body_is_parsed(gateway):
     body = b'{"messages": [' + b'{"role": "user", "content": "x"},' * 100_000 + b'{"role": "user"}], "model": "deepseek-chat"}'
-    assert len(body) > 3_000_000
+    assert len(body) > 3_000_000  # over the body limit too: a valid key would get a 400
     for headers in ({}, {"Authorization": "Bearer sk-not-a-real-key-0000000000000000"}):
         r = httpx.post(f"{gateway.base_url}/chat/completions", headers=headers, content=body, timeout=30)
         assert r.status_code == 401, (headers, r.status_code, r.text[:300])
@@ -165,3 +175,70 @@ def test_a_caller_without_a_valid_key_is_refused_before_the_body_is_parsed(gatew
         timeout=30,
     )
     assert r.status_code == 401, r.text
+
+
+def test_an_answer_over_the_message_limit_fails_before_it_is_settled(gateway):
+    key = gateway.create_key("enterprise")
+    # The mock thinks "Thinking about: <text>" and answers "Echo: <text>": twice the prompt,
+    # over the 100 kB limit although the 60 kB request is under the body limit.
+    text = "word " * 12_000
+    r = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-v4-flash", "messages": user(text), "reasoning_effort": "high"},
+        timeout=60,
+    )
+    assert r.status_code == 502, r.text[:300]
+    error = r.json()["error"]
+    assert "message limit" in error["message"], error
+    db = sqlite3.connect(f"file:{gateway.tmp_dir / 'tollgate.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute(
+            "SELECT outcome, cost_picodollars FROM usage_ledger WHERE key_id = ?", (key.key_id,)
+        ).fetchall()
+    finally:
+        db.close()
+    assert rows == [("failed", 0)], rows
+    # Half the text fits and is answered.
+    r = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-v4-flash", "messages": user("word " * 6_000), "reasoning_effort": "high"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text[:300]
+
+
+@pytest.mark.parametrize("upstream_status,stream", [(429, False), (503, False), (503, True)])
+def test_an_upstream_retry_after_is_passed_on(gateway, upstream_status, stream):
+    """The mock's 429 and 503 say `Retry-After: 7` (item 12)."""
+    key = gateway.create_key("enterprise")
+    r = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-chat", "messages": user(f"{nonce()} [status={upstream_status}]"), "stream": stream},
+        timeout=30,
+    )
+    assert r.status_code == 503, r.text
+    assert r.headers.get("retry-after") == "7", dict(r.headers)
+    assert r.json()["error"]["type"] == "service_unavailable"
+
+
+def test_a_silent_stream_gets_keep_alive_comments(gateway, mock):
+    key = gateway.create_key("enterprise")
+    hold = f"quiet-{nonce()}"
+    body = {"model": "deepseek-chat", "messages": user(f"[hold_after_first={hold}] hi"), "stream": True}
+    lines = []
+    with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers=auth(key), json=body, timeout=30) as r:
+        assert r.status_code == 200
+        it = r.iter_lines()
+        try:
+            for line in it:
+                lines.append(line)
+                if line.startswith(": keep-alive"):
+                    break
+        finally:
+            mock.release(hold)
+        lines.extend(it)
+    assert any(line.startswith(": keep-alive") for line in lines), lines
+    assert lines[-2:] == ["data: [DONE]", ""] or "data: [DONE]" in lines, lines

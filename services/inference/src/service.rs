@@ -46,7 +46,12 @@ struct Inner {
     catalog: CatalogClient<GrpcTransport>,
     metering: MeteringClient<GrpcTransport>,
     in_flight: Arc<InFlight>,
+    /// The largest answer this service sends (its gRPC servers' and clients' message limit).
+    max_message_bytes: usize,
 }
+
+/// tonic's own default message limit, for a service built without [`InferenceService::with_max_message_bytes`].
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Admitted requests not settled yet. A stream whose client left keeps running (to the
 /// upstream's final usage) after its HTTP connection is gone, so a shutdown waits for this count,
@@ -110,8 +115,24 @@ impl InferenceService {
                 catalog: CatalogClient::new(catalog),
                 metering: MeteringClient::new(metering),
                 in_flight: Arc::default(),
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             }),
         }
+    }
+
+    /// The gRPC message limit the answers must fit (`server.max_message_bytes`): a larger
+    /// non-streaming answer fails as an upstream failure before it is settled, rather than being
+    /// settled and then refused by the transport. Call before the service is cloned.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.max_message_bytes = bytes;
+        }
+        self
+    }
+
+    /// The gRPC message limit (`server.max_message_bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes
     }
 
     /// Resolves once no admitted request is left unsettled (those running detached included).
@@ -278,6 +299,18 @@ impl InferenceService {
             Ok(response) => response,
             Err(error) => return Err(self.fail(&admitted, error).await),
         };
+        // With room for the id, model and cost set below.
+        let size = prost::Message::encoded_len(&response) + 256;
+        if size > self.inner.max_message_bytes {
+            let error = UpstreamError::Failed {
+                provider: admitted.route.provider.clone(),
+                message: format!(
+                    "the answer ({size} bytes) is larger than the gateway's message limit of {} bytes",
+                    self.inner.max_message_bytes
+                ),
+            };
+            return Err(self.fail(&admitted, error).await);
+        }
         let mut usage = response.usage.take().unwrap_or_default();
         usage.cost_picodollars = Some(
             self.settle(&admitted, Some(usage), Outcome::Succeeded, false)

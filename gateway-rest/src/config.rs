@@ -289,6 +289,12 @@ impl Config {
         for (field, value) in [
             ("images.max_bytes", self.images.max_bytes),
             ("images.timeout_secs", self.images.timeout_secs),
+            ("images.max_per_request", self.images.max_per_request as u64),
+            ("images.max_total_bytes", self.images.max_total_bytes),
+            (
+                "images.fetch_concurrency",
+                self.images.fetch_concurrency as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid {

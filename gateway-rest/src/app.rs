@@ -1,11 +1,12 @@
 //! The REST router and its middleware stack, in order, in one place.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
 
 use axum::{
     BoxError, Router,
     error_handling::HandleErrorLayer,
     http::{HeaderValue, Method, Uri, header::RETRY_AFTER},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, patch, post},
 };
@@ -20,7 +21,13 @@ use tollgate::{
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-use crate::{admin, chat_completions, config::ServerConfig, error::RestError, models, usage};
+use crate::{
+    admin, chat_completions,
+    config::ServerConfig,
+    error::RestError,
+    management_limit::{self, ManagementLimit},
+    models, usage,
+};
 
 /// What a client is told to wait before trying again when the gateway sheds load.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -38,6 +45,8 @@ pub struct RestLimits {
     pub max_in_flight_requests: usize,
     /// SSE keep-alive comment interval while a stream is silent.
     pub sse_keep_alive: Duration,
+    /// Management requests a minute per client address.
+    pub management_rpm: NonZeroU32,
 }
 
 impl RestLimits {
@@ -48,6 +57,7 @@ impl RestLimits {
             body_read_timeout: Duration::from_secs(server.body_read_timeout_secs),
             max_in_flight_requests: server.max_in_flight_requests,
             sse_keep_alive: Duration::from_secs(server.sse_keep_alive_secs),
+            management_rpm: NonZeroU32::new(server.management_rpm).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -83,15 +93,14 @@ impl AppState {
 }
 
 /// The OpenAI-compatible API, and key administration under `/admin` (admin token, not API keys).
+/// The management routes (admin, usage, subscription) are rate-limited per client address.
 /// Layers, outermost first: tracing; load shedding (over `max_in_flight_requests` requests in
 /// the router at once, one shared count for all routes: 503 `service_unavailable` with
 /// `Retry-After`, at once rather than queued); panics → 500 in the product's error format.
 pub fn app(state: AppState) -> Router {
     let max_in_flight = state.limits.max_in_flight_requests;
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions::create))
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::retrieve))
+    // Rate-limited per client address (management_limit.rs).
+    let management = Router::new()
         .route("/v1/dashboard/billing/usage", get(usage::report))
         .route(
             "/v1/dashboard/billing/subscription",
@@ -102,6 +111,15 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/keys/{key}/rotate", post(admin::rotate))
         .route("/admin/keys/{key}/revoke", post(admin::revoke))
         .route("/admin/keys/{key}/topup", post(admin::top_up))
+        .route_layer(middleware::from_fn_with_state(
+            ManagementLimit::per_minute(state.limits.management_rpm),
+            management_limit::limit,
+        ));
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions::create))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::retrieve))
+        .merge(management)
         .route("/healthz", get(|| async { "ok" }))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)

@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// Interval of the SSE keep-alive comments sent while an upstream is silent.
     #[serde(default = "default_sse_keep_alive_secs")]
     pub sse_keep_alive_secs: u64,
+    /// Requests a minute per client address to the management routes (`/admin`, usage,
+    /// subscription); over it: 429 with `Retry-After`.
+    #[serde(default = "default_management_rpm")]
+    pub management_rpm: u32,
 }
 
 fn default_http_addr() -> SocketAddr {
@@ -108,6 +112,10 @@ fn default_sse_keep_alive_secs() -> u64 {
     15
 }
 
+fn default_management_rpm() -> u32 {
+    300
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -123,6 +131,7 @@ impl Default for ServerConfig {
             max_in_flight_requests: default_max_in_flight_requests(),
             max_concurrent_streams: default_max_concurrent_streams(),
             sse_keep_alive_secs: default_sse_keep_alive_secs(),
+            management_rpm: default_management_rpm(),
         }
     }
 }

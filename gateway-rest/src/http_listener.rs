@@ -6,9 +6,9 @@
 //! streams and must answer keep-alive pings. A shutdown stops accepting and lets the open
 //! connections finish the requests they carry.
 
-use std::{future::Future, pin::pin, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
-use axum::{Router, body::Body};
+use axum::{Router, body::Body, extract::ConnectInfo};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -78,9 +78,9 @@ pub async fn serve(
     let (open_tx, open_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot accept a connection");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -99,6 +99,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         tokio::spawn(serve_connection(
             tcp,
+            peer,
             app.clone(),
             builder.clone(),
             limits.header_read_timeout,
@@ -124,6 +125,7 @@ struct Held {
 
 async fn serve_connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     app: Router,
     builder: Arc<Builder<TokioExecutor>>,
     header_read_timeout: Duration,
@@ -138,7 +140,10 @@ async fn serve_connection(
     let service = ServiceBuilder::new()
         .map_request(move |request: hyper::Request<Incoming>| {
             seen.notify_one();
-            request.map(Body::new)
+            let mut request = request.map(Body::new);
+            // The client's address, as axum's `ConnectInfo` (the management rate limit keys on it).
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
         })
         .service(app);
     let conn = builder

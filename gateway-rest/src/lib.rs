@@ -11,6 +11,7 @@ pub mod expiry;
 mod extract;
 pub mod http_listener;
 pub mod key_view;
+pub mod management_limit;
 mod models;
 pub mod server;
 mod usage;

@@ -7,7 +7,8 @@ Sizes (item 10): a non-streaming answer over the gRPC message limit fails (502) 
 settled, so it is never billed and then refused by the transport.
 
 The gateway here runs with a 2 s header-read timeout, an in-flight cap of 2, and a 100 kB gRPC
-message limit (and 100 kB bodies), and SSE keep-alives every second."""
+message limit (and 100 kB bodies), SSE keep-alives every second, and 3 management requests a
+minute per client address (item 13)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ HEADER_READ_TIMEOUT_SECS = 2
 MAX_IN_FLIGHT = 2
 MAX_BODY_BYTES = 100_000
 MAX_MESSAGE_BYTES = 100_000
+MANAGEMENT_RPM = 3
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,7 @@ def gateway(mock, tmp_path_factory):
             "TOLLGATE__SERVER__MAX_BODY_BYTES": str(MAX_BODY_BYTES),
             "TOLLGATE__SERVER__MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
             "TOLLGATE__SERVER__SSE_KEEP_ALIVE_SECS": "1",
+            "TOLLGATE__SERVER__MANAGEMENT_RPM": str(MANAGEMENT_RPM),
         },
     )
     yield gw
@@ -242,3 +245,17 @@ def test_a_silent_stream_gets_keep_alive_comments(gateway, mock):
         lines.extend(it)
     assert any(line.startswith(": keep-alive") for line in lines), lines
     assert lines[-2:] == ["data: [DONE]", ""] or "data: [DONE]" in lines, lines
+
+
+def test_management_routes_are_rate_limited_per_client(gateway):
+    key = gateway.create_key("enterprise")
+    url = f"{gateway.base_url}/dashboard/billing/subscription"
+    for _ in range(MANAGEMENT_RPM):
+        assert httpx.get(url, headers=auth(key), timeout=10).status_code == 200
+    r = httpx.get(url, headers=auth(key), timeout=10)
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert int(r.headers["retry-after"]) >= 1
+    # Admin routes share the limit; inference routes do not.
+    assert httpx.get(f"{gateway.http_base}/admin/keys", timeout=10).status_code == 429
+    assert time_models(gateway) < 1.0

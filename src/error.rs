@@ -142,6 +142,9 @@ pub struct ApiError {
     pub message: String,
     pub param: Option<String>,
     pub code: Option<String>,
+    /// How long the caller should wait before retrying (an upstream's `Retry-After`): REST's
+    /// `Retry-After` header, gRPC's `google.rpc.RetryInfo`.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -151,7 +154,13 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after_secs: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: Option<u64>) -> Self {
+        self.retry_after_secs = seconds;
+        self
     }
 
     /// A 400 about one request field, named as a JSON path (`messages[0].role`).
@@ -179,6 +188,9 @@ impl ApiError {
         if let Some(param) = &self.param {
             details.add_bad_request_violation(param.clone(), self.message.clone());
         }
+        if let Some(seconds) = self.retry_after_secs {
+            details.set_retry_info(Some(std::time::Duration::from_secs(seconds)));
+        }
         Status::with_error_details(self.kind.grpc_code(), self.message, details)
     }
 
@@ -196,11 +208,16 @@ impl ApiError {
             .bad_request()
             .and_then(|b| b.field_violations.first())
             .map(|v| v.field.clone());
+        let retry_after_secs = details
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+            .map(|d| d.as_secs());
         Self {
             kind,
             message: status.message().to_owned(),
             param,
             code,
+            retry_after_secs,
         }
     }
 
@@ -255,7 +272,8 @@ mod tests {
         for kind in ErrorKind::ALL {
             let err = ApiError::new(kind, "boom")
                 .with_param("messages[0].role")
-                .with_code("c");
+                .with_code("c")
+                .with_retry_after(Some(7));
             let back = ApiError::from_status(&err.clone().into_status());
             assert_eq!(back, err, "{kind:?}");
         }

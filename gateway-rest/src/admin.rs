@@ -11,7 +11,9 @@
 //! | `POST /admin/keys/{key}/revoke`| RevokeKey  |
 //! | `POST /admin/keys/{key}/topup` | TopUp      |
 //!
-//! `{key}` is a key id, a shown prefix or a secret. Answers show times as Unix seconds;
+//! `{key}` is a key id or a shown prefix, never a secret: a URL path reaches access logs, so a
+//! secret (or more of one than its prefix) there is refused with 400 ([`KeyPath`]); the CLI and
+//! gRPC still take secrets. Answers show times as Unix seconds;
 //! `expires_at` is taken in every format [`crate::expiry`] accepts. In a `PATCH`, `null` clears
 //! a field (`"expires_at": null`: never expires; `"rpm": null`: back to the tier's) and an absent
 //! field is left as it is; both become the Admin request's `clear_*` flags. Money is always a USD
@@ -20,15 +22,18 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
-    http::StatusCode,
+    extract::{FromRequestParts, Path, State},
+    http::{StatusCode, request::Parts},
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
+use tollgate::error::ApiError;
 use tollgate::v1::{
     CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey, RevokeKeyRequest, RotateKeyRequest,
     TopUpRequest, UpdateKeyRequest,
 };
+
+use tollgate_billing::keys::secret::{PREFIX_LEN, SECRET_SCHEME};
 
 use crate::{
     app::AppState,
@@ -141,10 +146,34 @@ pub(crate) async fn list(
     })))
 }
 
+/// The `{key}` of an `/admin/keys/{key}` route: a key id or a shown prefix (`sk-AbCd1234E`,
+/// with or without `...`). Anything that starts like a secret and is longer than a prefix is a
+/// 400 naming `key`, so no secret is put in a URL path (and in access logs) by habit.
+pub(crate) struct KeyPath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = RestError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid_param("key", e.body_text()))?;
+        let shown = key.trim().trim_end_matches("...");
+        if shown.starts_with(SECRET_SCHEME) && shown.len() > PREFIX_LEN {
+            return Err(ApiError::invalid_param(
+                "key",
+                "Name the key by its id or its shown prefix: a secret in a URL ends up in access logs",
+            )
+            .into());
+        }
+        Ok(Self(key))
+    }
+}
+
 pub(crate) async fn rotate(
     State(state): State<AppState>,
     token: AdminToken,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
 ) -> Result<Json<Value>, RestError> {
     let issued = state
         .admin
@@ -158,7 +187,7 @@ pub(crate) async fn rotate(
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     token: AdminToken,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
 ) -> Result<Json<Value>, RestError> {
     let key = state
         .admin
@@ -172,7 +201,7 @@ pub(crate) async fn revoke(
 pub(crate) async fn update(
     State(state): State<AppState>,
     token: AdminToken,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     JsonBody(body): JsonBody<UpdateBody>,
 ) -> Result<Json<Value>, RestError> {
     let expires_at = match body.expires_at {
@@ -205,7 +234,7 @@ pub(crate) async fn update(
 pub(crate) async fn top_up(
     State(state): State<AppState>,
     token: AdminToken,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     JsonBody(body): JsonBody<TopUpBody>,
 ) -> Result<Json<Value>, RestError> {
     let request = TopUpRequest {

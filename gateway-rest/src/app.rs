@@ -1,9 +1,13 @@
 //! The REST router and its middleware stack, in order, in one place.
 
+use std::{num::NonZeroU32, time::Duration};
+
 use axum::{
-    Router,
-    http::{Method, Uri},
-    response::IntoResponse,
+    BoxError, Router,
+    error_handling::HandleErrorLayer,
+    http::{HeaderValue, Method, Uri, header::RETRY_AFTER},
+    middleware,
+    response::{IntoResponse, Response},
     routing::{get, patch, post},
 };
 use tollgate::{
@@ -14,18 +18,58 @@ use tollgate::{
         inference_client::InferenceClient,
     },
 };
+use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-use crate::{admin, chat_completions, error::RestError, messages, models, responses, usage};
+use crate::{
+    admin, chat_completions,
+    config::ServerConfig,
+    error::RestError,
+    management_limit::{self, ManagementLimit},
+    messages, models, responses, usage,
+};
 
-/// What every handler needs: gRPC clients of the services and the body limit.
+/// What a client is told to wait before trying again when the gateway sheds load.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// The REST facade's own bounds, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct RestLimits {
+    /// Larger request bodies are a 400.
+    pub max_body_bytes: usize,
+    /// The gRPC message limit of the Inference client (answers and requests).
+    pub max_message_bytes: usize,
+    /// The whole body must arrive within this time.
+    pub body_read_timeout: Duration,
+    /// Requests handled at once; over it: 503 with `Retry-After`.
+    pub max_in_flight_requests: usize,
+    /// SSE keep-alive comment interval while a stream is silent.
+    pub sse_keep_alive: Duration,
+    /// Management requests a minute per client address.
+    pub management_rpm: NonZeroU32,
+}
+
+impl RestLimits {
+    pub fn from_config(server: &ServerConfig) -> Self {
+        Self {
+            max_body_bytes: server.max_body_bytes,
+            max_message_bytes: server.max_message_bytes,
+            body_read_timeout: Duration::from_secs(server.body_read_timeout_secs),
+            max_in_flight_requests: server.max_in_flight_requests,
+            sse_keep_alive: Duration::from_secs(server.sse_keep_alive_secs),
+            management_rpm: NonZeroU32::new(server.management_rpm).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+/// What every handler needs: gRPC clients of the services and the facade's limits.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub inference: InferenceClient<GrpcTransport>,
     pub catalog: CatalogClient<GrpcTransport>,
     pub billing: BillingClient<GrpcTransport>,
     pub admin: AdminClient<GrpcTransport>,
-    pub max_body_bytes: usize,
+    pub limits: RestLimits,
 }
 
 impl AppState {
@@ -34,28 +78,29 @@ impl AppState {
         catalog: GrpcTransport,
         billing: GrpcTransport,
         admin: GrpcTransport,
-        max_body_bytes: usize,
+        limits: RestLimits,
     ) -> Self {
         Self {
-            inference: InferenceClient::new(inference),
+            inference: InferenceClient::new(inference)
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes),
             catalog: CatalogClient::new(catalog),
             billing: BillingClient::new(billing),
             admin: AdminClient::new(admin),
-            max_body_bytes,
+            limits,
         }
     }
 }
 
 /// The OpenAI-compatible API, and key administration under `/admin` (admin token, not API keys).
-/// Layers, outermost first: tracing, then panics → 500 in the product's error format.
+/// The management routes (admin, usage, subscription) are rate-limited per client address.
+/// Layers, outermost first: tracing; load shedding (over `max_in_flight_requests` requests in
+/// the router at once, one shared count for all routes: 503 `service_unavailable` with
+/// `Retry-After`, at once rather than queued); panics → 500 in the product's error format.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions::create))
-        .route("/v1/messages", post(messages::create))
-        .route("/v1/messages/count_tokens", post(messages::count_tokens))
-        .route("/v1/responses", post(responses::create))
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::retrieve))
+    let max_in_flight = state.limits.max_in_flight_requests;
+    // Rate-limited per client address (management_limit.rs).
+    let management = Router::new()
         .route("/v1/dashboard/billing/usage", get(usage::report))
         .route(
             "/v1/dashboard/billing/subscription",
@@ -66,6 +111,18 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/keys/{key}/rotate", post(admin::rotate))
         .route("/admin/keys/{key}/revoke", post(admin::revoke))
         .route("/admin/keys/{key}/topup", post(admin::top_up))
+        .route_layer(middleware::from_fn_with_state(
+            ManagementLimit::per_minute(state.limits.management_rpm),
+            management_limit::limit,
+        ));
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions::create))
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::retrieve))
+        .merge(management)
         .route("/healthz", get(|| async { "ok" }))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
@@ -77,7 +134,29 @@ pub fn app(state: AppState) -> Router {
             ))
             .into_response()
         }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(shed))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(max_in_flight)),
+        )
         .layer(TraceLayer::new_for_http())
+}
+
+/// The answer to a request the load shedder refused (the only error the layers below it raise).
+async fn shed(error: BoxError) -> Response {
+    if !error.is::<tower::load_shed::error::Overloaded>() {
+        tracing::error!(error = %error, "unexpected middleware error");
+    }
+    let mut response = RestError(ApiError::new(
+        ErrorKind::Unavailable,
+        "The server is overloaded; try again shortly",
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> RestError {

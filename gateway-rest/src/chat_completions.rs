@@ -8,7 +8,7 @@ use axum::{
     extract::State,
     response::{
         IntoResponse, Response,
-        sse::{Event, Sse},
+        sse::{Event, KeepAlive, Sse},
     },
 };
 use futures::{Stream, StreamExt};
@@ -52,7 +52,14 @@ pub(crate) async fn create(
         .chat_stream(key.request(request))
         .await?
         .into_inner();
-    Ok(Sse::new(sse_events(chunks, include_usage)).into_response())
+    // Comments (`: keep-alive`) while the upstream is silent (a model thinking), so proxies
+    // that close idle connections leave the stream alone.
+    let keep_alive = KeepAlive::new()
+        .interval(state.limits.sse_keep_alive)
+        .text("keep-alive");
+    Ok(Sse::new(sse_events(chunks, include_usage))
+        .keep_alive(keep_alive)
+        .into_response())
 }
 
 /// Each chunk becomes one `data:` event, forwarded as it arrives; the stream ends with

@@ -35,12 +35,41 @@ pub struct ServerConfig {
     /// Larger request bodies are refused with 400.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The largest gRPC message (a request or an answer) every server and in-process client
+    /// carries; at least `max_body_bytes`. A non-streaming answer over it fails (502) before it is
+    /// settled.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// How long a shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
     /// How often a process re-reads keys changed by another process (revocations).
     #[serde(default = "default_key_refresh_ms")]
     pub key_refresh_ms: u64,
+    /// A connection must send a request's headers within this time (its first request's, and
+    /// each later one's once it is idle): slow or silent connections are closed.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// A request body must arrive whole within this time (400 otherwise).
+    #[serde(default = "default_body_read_timeout_secs")]
+    pub body_read_timeout_secs: u64,
+    /// Open connections per listener; connections over it are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests being handled at once on the REST listener (a stream counts until its response
+    /// starts); over it: 503 `service_unavailable` with `Retry-After`.
+    #[serde(default = "default_max_in_flight_requests")]
+    pub max_in_flight_requests: usize,
+    /// Streams at once on one HTTP/2 connection (REST and gRPC listeners).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Interval of the SSE keep-alive comments sent while an upstream is silent.
+    #[serde(default = "default_sse_keep_alive_secs")]
+    pub sse_keep_alive_secs: u64,
+    /// Requests a minute per client address to the management routes (`/admin`, usage,
+    /// subscription); over it: 429 with `Retry-After`.
+    #[serde(default = "default_management_rpm")]
+    pub management_rpm: u32,
 }
 
 fn default_http_addr() -> SocketAddr {
@@ -63,12 +92,44 @@ fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
 
+fn default_max_message_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
 fn default_shutdown_grace_secs() -> u64 {
     30
 }
 
 fn default_key_refresh_ms() -> u64 {
     1000
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+
+fn default_body_read_timeout_secs() -> u64 {
+    30
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_max_in_flight_requests() -> usize {
+    1_000
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    200
+}
+
+fn default_sse_keep_alive_secs() -> u64 {
+    15
+}
+
+fn default_management_rpm() -> u32 {
+    300
 }
 
 impl Default for ServerConfig {
@@ -79,8 +140,16 @@ impl Default for ServerConfig {
             internal_grpc_addr: default_internal_grpc_addr(),
             metrics_addr: default_metrics_addr(),
             max_body_bytes: default_max_body_bytes(),
+            max_message_bytes: default_max_message_bytes(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             key_refresh_ms: default_key_refresh_ms(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
+            body_read_timeout_secs: default_body_read_timeout_secs(),
+            max_connections: default_max_connections(),
+            max_in_flight_requests: default_max_in_flight_requests(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            sse_keep_alive_secs: default_sse_keep_alive_secs(),
+            management_rpm: default_management_rpm(),
         }
     }
 }
@@ -233,15 +302,52 @@ impl Config {
                 });
             }
         }
-        if self.server.max_body_bytes == 0 {
+        for (field, value) in [
+            ("server.max_body_bytes", self.server.max_body_bytes as u64),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.max_in_flight_requests",
+                self.server.max_in_flight_requests as u64,
+            ),
+            (
+                "server.max_concurrent_streams",
+                u64::from(self.server.max_concurrent_streams),
+            ),
+            (
+                "server.sse_keep_alive_secs",
+                self.server.sse_keep_alive_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field: field.to_owned(),
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        if self.server.max_message_bytes < self.server.max_body_bytes {
             return Err(ConfigError::Invalid {
-                field: "server.max_body_bytes".to_owned(),
-                message: "must be at least 1".to_owned(),
+                field: "server.max_message_bytes".to_owned(),
+                message: "must be at least server.max_body_bytes".to_owned(),
             });
         }
         for (field, value) in [
             ("images.max_bytes", self.images.max_bytes),
             ("images.timeout_secs", self.images.timeout_secs),
+            ("images.max_per_request", self.images.max_per_request as u64),
+            ("images.max_total_bytes", self.images.max_total_bytes),
+            (
+                "images.fetch_concurrency",
+                self.images.fetch_concurrency as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid {

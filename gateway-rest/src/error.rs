@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode},
+    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
     response::{IntoResponse, Response},
 };
 use tollgate::error::{ApiError, ErrorKind};
@@ -35,6 +35,11 @@ impl IntoResponse for RestError {
             Some("monthly_quota_exceeded" | "insufficient_quota")
         );
         let mut response = (status, Json(self.0.to_openai_json())).into_response();
+        if let Some(seconds) = self.0.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if matches!(
             self.0.kind,
             ErrorKind::RateLimit | ErrorKind::InsufficientQuota

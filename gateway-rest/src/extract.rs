@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tollgate::{
     auth::{AUTHORIZATION, bearer_token, missing_api_key},
     error::ApiError,
+    v1::CheckKeyRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 
@@ -19,9 +20,10 @@ use crate::{app::AppState, error::RestError};
 const X_API_KEY: &str = "x-api-key";
 
 /// A JSON object body parsed straight into `T` (`tollgate::openai::body`): a body over
-/// `server.max_body_bytes`, one that is not JSON or one that does not fit `T` is a 400 whose
-/// `param` names the field at fault, or `body`. The content type is not checked: clients that
-/// send JSON as `text/plain` or without a type are served.
+/// `server.max_body_bytes`, one not whole within `server.body_read_timeout_secs`, one that is not
+/// JSON or one that does not fit `T` is a 400 whose `param` names the field at fault, or `body`.
+/// The content type is not checked: clients that send JSON as `text/plain` or without a type
+/// are served.
 #[derive(Debug)]
 pub(crate) struct JsonBody<T>(pub T);
 
@@ -29,9 +31,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = RestError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.max_body_bytes;
-        let bytes = axum::body::to_bytes(request.into_body(), limit)
+        let limit = state.limits.max_body_bytes;
+        let timeout = state.limits.body_read_timeout;
+        let read = axum::body::to_bytes(request.into_body(), limit);
+        let bytes = tokio::time::timeout(timeout, read)
             .await
+            .map_err(|_| {
+                ApiError::invalid_param(
+                    "body",
+                    format!(
+                        "The request body did not arrive within {} seconds",
+                        timeout.as_secs()
+                    ),
+                )
+            })?
             .map_err(|e| {
                 let too_large = std::error::Error::source(&e)
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
@@ -49,8 +62,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// The caller's API key, for routes that act for a key: `authorization: Bearer <key>`, else
 /// `x-api-key: <key>` (Anthropic's header, as its SDKs and Claude Code send it), forwarded to
 /// the services as `authorization: Bearer <key>`. Missing, not `Bearer`, or not sendable as
-/// metadata: 401 `missing_api_key` before anything else is read. Whether the key is valid is
-/// Billing's to say.
+/// metadata: 401 `missing_api_key`; unknown, revoked or expired: Billing's 401
+/// (`Billing.CheckKey`, a cache lookup). Both before the body is read, so a caller without a
+/// valid key costs no parse.
 pub(crate) struct ApiKey(MetadataValue<Ascii>);
 
 impl ApiKey {
@@ -67,15 +81,24 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
+impl FromRequestParts<AppState> for ApiKey {
     type Rejection = RestError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        authorization(&parts.headers)
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = authorization(&parts.headers)
             .filter(|value| value.to_str().ok().and_then(bearer_token).is_some())
             .or_else(|| x_api_key(&parts.headers))
             .map(Self)
-            .ok_or_else(|| RestError(missing_api_key()))
+            .ok_or_else(|| RestError(missing_api_key()))?;
+        state
+            .billing
+            .clone()
+            .check_key(key.request(CheckKeyRequest {}))
+            .await?;
+        Ok(key)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
 };
 use serde_json::{Value, json};
 use tollgate::{
@@ -12,6 +12,7 @@ use tollgate::{
 };
 
 use crate::{app::AppState, error::RestError};
+use tollgate::error::ApiError;
 
 fn model_json(m: &Model) -> Value {
     let pricing = m.pricing.unwrap_or_default();
@@ -62,8 +63,10 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, R
 
 pub(crate) async fn retrieve(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, RestError> {
+    // A path that is not UTF-8 (`%ff`) is a 400 in the product's error shape, not axum's text.
+    let Path(id) = id.map_err(|e| ApiError::invalid_param("model", e.body_text()))?;
     let model = state
         .catalog
         .clone()

@@ -9,7 +9,6 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tollgate::{
     peer::PeerToken,
@@ -26,7 +25,10 @@ use tonic::{server::NamedService, service::Routes, transport::server::TcpIncomin
 
 use crate::{
     AppState, Runtime, app,
+    app::RestLimits,
+    config::ServerConfig,
     health::{Dependency, Health},
+    http_listener::{self, ListenerLimits},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +278,8 @@ impl Services {
             in_process(CatalogServer::new(catalog.clone())),
             // Metering is internal: in-process only, never on the public listener.
             in_process(MeteringServer::new(billing.clone())),
-        );
+        )
+        .with_max_message_bytes(runtime.server.max_message_bytes);
         let admin = AdminService::new(
             db,
             runtime.tiers.clone(),
@@ -292,14 +295,19 @@ impl Services {
         Ok((services, dependencies))
     }
 
+    /// The Inference gRPC server of this process ([`inference_server`]).
+    pub fn inference_server(&self) -> InferenceServer<InferenceService> {
+        inference_server(&self.inference)
+    }
+
     /// The REST facade's state: clients of these services, called in-process.
-    pub fn app_state(&self, max_body_bytes: usize) -> AppState {
+    pub fn app_state(&self, server: &ServerConfig) -> AppState {
         AppState::new(
-            in_process(InferenceServer::new(self.inference.clone())),
+            in_process(self.inference_server()),
             in_process(CatalogServer::new(self.catalog.clone())),
             in_process(BillingServer::new(self.billing.clone())),
             in_process(AdminServer::new(self.admin.clone())),
-            max_body_bytes,
+            RestLimits::from_config(server),
         )
     }
 }
@@ -338,13 +346,13 @@ impl Assembly {
                 let (services, dependencies) = Services::start_with(runtime, env).await?;
                 let mut routes = Routes::builder();
                 routes
-                    .add_service(InferenceServer::new(services.inference.clone()))
+                    .add_service(services.inference_server())
                     .add_service(CatalogServer::new(services.catalog.clone()))
                     .add_service(BillingServer::new(services.billing.clone()))
                     .add_service(AdminServer::new(services.admin.clone()));
                 Ok(Self {
                     public: Some(routes.routes()),
-                    rest: Some(services.app_state(runtime.server.max_body_bytes)),
+                    rest: Some(services.app_state(&runtime.server)),
                     services: vec![
                         name_of::<InferenceServer<InferenceService>>(),
                         name_of::<CatalogServer<CatalogService>>(),
@@ -385,7 +393,7 @@ impl Assembly {
                         catalog,
                         billing.clone(),
                         billing,
-                        runtime.server.max_body_bytes,
+                        RestLimits::from_config(&runtime.server),
                     )),
                     dependencies,
                     ..Self::default()
@@ -400,9 +408,10 @@ impl Assembly {
                     providers,
                     catalog.clone(),
                     token.attach(metering.clone()),
-                );
+                )
+                .with_max_message_bytes(runtime.server.max_message_bytes);
                 let mut routes = Routes::builder();
-                routes.add_service(InferenceServer::new(inference.clone()));
+                routes.add_service(inference_server(&inference));
                 Ok(Self {
                     public: Some(routes.routes()),
                     services: vec![name_of::<InferenceServer<InferenceService>>()],
@@ -488,12 +497,13 @@ fn serve_grpc(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    server: &ServerConfig,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let server = tonic::transport::Server::builder()
+    let server = grpc_server_builder(server)
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
@@ -504,20 +514,19 @@ fn serve_grpc(
     Ok(tokio::spawn(server))
 }
 
-/// Serves `router` on `listener` until `stop`.
+/// Serves `router` on `listener` within the listener bounds of `server` until `stop`.
 fn serve_http(
     listener: TcpListener,
     router: axum::Router,
+    server: &ServerConfig,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Result<(), std::io::Error>> {
-    let server = axum::serve(
-        listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(http_listener::serve(
+        listener,
         router,
-    )
-    .with_graceful_shutdown(stopped(stop));
-    tokio::spawn(async move { server.await })
+        ListenerLimits::from_config(server),
+        stopped(stop),
+    ))
 }
 
 /// Runs `target` on `listeners` (those [`Target::listeners`] names) until `shutdown` resolves.
@@ -552,6 +561,7 @@ pub async fn serve(
                 listener,
                 routes,
                 health_service.clone(),
+                &runtime.server,
                 stop_rx.clone(),
             )?);
         }
@@ -564,7 +574,7 @@ pub async fn serve(
     let listener = listeners
         .take(kind)
         .ok_or(ServeError::Listener(kind.name()))?;
-    http_tasks.push(serve_http(listener, router, stop_rx.clone()));
+    http_tasks.push(serve_http(listener, router, &runtime.server, stop_rx.clone()));
     ready(&addrs);
 
     shutdown.await;
@@ -583,7 +593,7 @@ pub async fn serve(
             }
         }
         for task in http_tasks {
-            if let Ok(Err(e)) = task.await {
+            if let Err(e) = task.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }
@@ -599,4 +609,26 @@ pub async fn serve(
         billing.shutdown().await;
     }
     Ok(())
+}
+
+/// The public gRPC listener's bounds, from `[server]`: streams per HTTP/2 connection, the size
+/// of a request's headers, and keep-alive pings that close dead connections. Each call's time is
+/// bounded by inference's own deadlines (first token, whole request) and the caller's
+/// `grpc-timeout`.
+fn grpc_server_builder(server: &ServerConfig) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .http2_max_header_list_size(http_listener::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(http_listener::HTTP2_KEEP_ALIVE))
+        .http2_keepalive_timeout(Some(http_listener::HTTP2_KEEP_ALIVE))
+        .tcp_keepalive(Some(http_listener::HTTP2_KEEP_ALIVE))
+}
+
+/// The Inference gRPC server, its messages (requests and answers) limited to
+/// `server.max_message_bytes` both ways, as its clients' are.
+fn inference_server(inference: &InferenceService) -> InferenceServer<InferenceService> {
+    let limit = inference.max_message_bytes();
+    InferenceServer::new(inference.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
 }

@@ -82,7 +82,7 @@ monthly_requests = 1000
             _ => None,
         };
         let services = Services::start(&runtime, &env).await.unwrap();
-        let app = app(services.app_state(runtime.server.max_body_bytes));
+        let app = app(services.app_state(&runtime.server));
         Self {
             app,
             services,

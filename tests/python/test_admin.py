@@ -103,6 +103,21 @@ def test_cli_rotate_refuses_the_old_secret_and_keeps_the_usage(gateway):
     assert listed_key(gateway, key.key_id)["prefix"] == new_secret[:12]
 
 
+def test_a_secret_in_an_admin_url_is_refused(gateway):
+    created = admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "name": "secret-in-url"})
+    assert created.status_code == 201, created.text
+    secret = created.json()["secret"]
+    for path in (f"/admin/keys/{secret}/revoke", f"/admin/keys/{secret[:20]}/rotate"):
+        refused = admin(gateway, "POST", path)
+        assert_error(refused, 400, "invalid_request_error")
+        assert refused.json()["error"]["param"] == "key"
+        assert secret not in refused.text
+    # Nothing happened to the key; its id and shown prefix still name it.
+    assert chat(gateway, secret, "still valid").status_code == 200
+    prefix = created.json()["prefix"]
+    assert admin(gateway, "PATCH", f"/admin/keys/{prefix}...", json={"name": "renamed"}).status_code == 200
+
+
 def test_rest_rotate_refuses_the_old_secret_at_once(gateway):
     created = admin(gateway, "POST", "/admin/keys", json={"tier": "pro", "name": "rest-rotate"})
     assert created.status_code == 201, created.text

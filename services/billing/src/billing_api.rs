@@ -3,13 +3,16 @@
 //! its subscription view.
 
 use tollgate::v1::billing_server::Billing;
-use tollgate::v1::{GetSubscriptionRequest, GetUsageRequest, Subscription, UsageReport};
+use tollgate::v1::{
+    CheckKeyRequest, GetSubscriptionRequest, GetUsageRequest, KeyInfo, Subscription, UsageReport,
+};
 use tonic::{Request, Response, Status};
 
 use crate::accounts;
 use crate::clock::{DateRange, Period};
 use crate::keys::ActiveKey;
 use crate::ledger;
+use crate::metering::key_info;
 use crate::reports::{daily_report, unsigned};
 use crate::service::BillingService;
 
@@ -90,5 +93,13 @@ impl Billing for BillingService {
                 .as_ref()
                 .map_or(0, |a| a.spent_in(Period::current())),
         }))
+    }
+
+    async fn check_key(
+        &self,
+        request: Request<CheckKeyRequest>,
+    ) -> Result<Response<KeyInfo>, Status> {
+        let key = self.authenticate_request(&request).await?;
+        Ok(Response::new(key_info(&key)))
     }
 }

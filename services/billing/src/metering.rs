@@ -107,7 +107,7 @@ impl BillingService {
     }
 }
 
-fn key_info(key: &ActiveKey) -> KeyInfo {
+pub(crate) fn key_info(key: &ActiveKey) -> KeyInfo {
     KeyInfo {
         key_id: key.record.id.clone(),
         key_prefix: key.record.display_prefix(),

@@ -17,7 +17,12 @@ pub enum UpstreamError {
     Credentials { provider: String, status: u16 },
     /// The upstream is overloaded or rate-limits the gateway (429, 503, 529).
     #[error("{provider} is overloaded or rate limited (HTTP {status}); try again later")]
-    Overloaded { provider: String, status: u16 },
+    Overloaded {
+        provider: String,
+        status: u16,
+        /// The upstream's `Retry-After`, in seconds, passed on to the client.
+        retry_after_secs: Option<u64>,
+    },
     /// The upstream reported in a successful response that it lacks the capacity to answer
     /// (DeepSeek's `insufficient_system_resource` finish reason): retryable, like a 503.
     #[error("{provider} ran out of capacity before finishing ({reason}); try again later")]
@@ -65,7 +70,11 @@ impl UpstreamError {
         let provider = provider.to_owned();
         match status {
             401..=403 => Self::Credentials { provider, status },
-            429 | 503 | 529 => Self::Overloaded { provider, status },
+            429 | 503 | 529 => Self::Overloaded {
+                provider,
+                status,
+                retry_after_secs: None,
+            },
             400..=499 => Self::Rejected {
                 provider,
                 status,
@@ -96,6 +105,17 @@ impl UpstreamError {
         }
     }
 
+    /// The upstream's `Retry-After` (seconds), kept where the error is one a client retries.
+    pub fn with_retry_after(mut self, seconds: Option<u64>) -> Self {
+        if let Self::Overloaded {
+            retry_after_secs, ..
+        } = &mut self
+        {
+            *retry_after_secs = seconds;
+        }
+        self
+    }
+
     pub fn to_api_error(&self) -> ApiError {
         let message = self.to_string();
         match self {
@@ -110,7 +130,10 @@ impl UpstreamError {
             | Self::ServerError { .. }
             | Self::Failed { .. }
             | Self::Connect { .. } => ApiError::new(ErrorKind::Upstream, message),
-            Self::Overloaded { .. } | Self::OutOfCapacity { .. } | Self::NotConfigured { .. } => {
+            Self::Overloaded {
+                retry_after_secs, ..
+            } => ApiError::new(ErrorKind::Unavailable, message).with_retry_after(*retry_after_secs),
+            Self::OutOfCapacity { .. } | Self::NotConfigured { .. } => {
                 ApiError::new(ErrorKind::Unavailable, message)
             }
             Self::Timeout { .. } => ApiError::new(ErrorKind::UpstreamTimeout, message),
@@ -138,6 +161,10 @@ mod tests {
         assert_eq!(kind(503), ErrorKind::Unavailable);
         assert_eq!(kind(500), ErrorKind::Upstream);
         assert_eq!(kind(504), ErrorKind::UpstreamTimeout);
+        let e = UpstreamError::from_status("p", 429, "m".into())
+            .with_retry_after(Some(30))
+            .to_api_error();
+        assert_eq!(e.retry_after_secs, Some(30));
         let e = UpstreamError::from_status("p", 400, "bad temperature".into()).to_api_error();
         assert!(e.message.contains("bad temperature"));
     }

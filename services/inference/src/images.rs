@@ -13,7 +13,9 @@
 //! - a size limit (Content-Length and the bytes actually read) and one deadline for the whole
 //!   fetch, redirects included;
 //! - the answer must be an image: an `image/*` content type, or, when the type is missing or
-//!   generic, bytes that start like PNG, JPEG, GIF or WebP.
+//!   generic, bytes that start like PNG, JPEG, GIF or WebP;
+//! - per request: at most `max_per_request` image parts and `max_total_bytes` of image bytes,
+//!   fetched `fetch_concurrency` at a time (the adapter applies these; see Gemini's request.rs).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -41,6 +43,28 @@ pub struct ImagesConfig {
     /// and closed networks.
     #[serde(default)]
     pub allow_private_networks: bool,
+    /// Most image parts (URLs and data URLs) in one request sent to a provider that takes bytes.
+    #[serde(default = "default_max_per_request")]
+    pub max_per_request: usize,
+    /// Most image bytes (fetched and data URLs, decoded) in one such request; Gemini takes at
+    /// most 20 MB of inline data per request.
+    #[serde(default = "default_max_total_bytes")]
+    pub max_total_bytes: u64,
+    /// Images of one request fetched at the same time.
+    #[serde(default = "default_fetch_concurrency")]
+    pub fetch_concurrency: usize,
+}
+
+fn default_max_per_request() -> usize {
+    32
+}
+
+fn default_max_total_bytes() -> u64 {
+    20 * 1024 * 1024
+}
+
+fn default_fetch_concurrency() -> usize {
+    4
 }
 
 fn default_max_bytes() -> u64 {
@@ -57,6 +81,9 @@ impl Default for ImagesConfig {
             max_bytes: default_max_bytes(),
             timeout_secs: default_timeout_secs(),
             allow_private_networks: false,
+            max_per_request: default_max_per_request(),
+            max_total_bytes: default_max_total_bytes(),
+            fetch_concurrency: default_fetch_concurrency(),
         }
     }
 }
@@ -103,6 +130,12 @@ pub struct ImageFetcher {
     max_bytes: u64,
     timeout: Duration,
     allowed: AddressPolicy,
+    /// Most image parts in one request.
+    pub max_per_request: usize,
+    /// Most image bytes in one request.
+    pub max_total_bytes: u64,
+    /// Images of one request fetched at the same time.
+    pub fetch_concurrency: usize,
 }
 
 /// Which resolved addresses may be connected to.
@@ -137,6 +170,9 @@ impl ImageFetcher {
         Self {
             max_bytes: config.max_bytes,
             timeout: Duration::from_secs(config.timeout_secs),
+            max_per_request: config.max_per_request,
+            max_total_bytes: config.max_total_bytes,
+            fetch_concurrency: config.fetch_concurrency.max(1),
             allowed: if config.allow_private_networks {
                 AddressPolicy::Any
             } else {
@@ -458,6 +494,7 @@ mod tests {
             max_bytes,
             timeout: Duration::from_secs(5),
             allowed,
+            ..ImageFetcher::default()
         }
     }
 
@@ -547,6 +584,7 @@ mod tests {
             max_bytes: 1024,
             timeout: Duration::from_millis(200),
             allowed: AddressPolicy::Any,
+            ..ImageFetcher::default()
         };
         assert!(matches!(
             f.fetch(&format!("http://{addr}/slow.png")).await,

@@ -53,7 +53,12 @@ struct Inner {
     catalog: CatalogClient<GrpcTransport>,
     metering: MeteringClient<GrpcTransport>,
     in_flight: Arc<InFlight>,
+    /// The largest answer this service sends (its gRPC servers' and clients' message limit).
+    max_message_bytes: usize,
 }
+
+/// tonic's own default message limit, for a service built without [`InferenceService::with_max_message_bytes`].
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Admitted requests not settled yet. A stream whose client left keeps running (to the
 /// upstream's final usage) after its HTTP connection is gone, so a shutdown waits for this count,
@@ -119,8 +124,24 @@ impl InferenceService {
                 catalog: CatalogClient::new(catalog),
                 metering: MeteringClient::new(metering),
                 in_flight: Arc::default(),
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             }),
         }
+    }
+
+    /// The gRPC message limit the answers must fit (`server.max_message_bytes`): a larger
+    /// non-streaming answer fails as an upstream failure before it is settled, rather than being
+    /// settled and then refused by the transport. Call before the service is cloned.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.max_message_bytes = bytes;
+        }
+        self
+    }
+
+    /// The gRPC message limit (`server.max_message_bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.inner.max_message_bytes
     }
 
     /// Resolves once no admitted request is left unsettled (those running detached included).
@@ -272,15 +293,24 @@ impl InferenceService {
     /// with an error status, or the request never reached it), else at the estimate of its
     /// prompt, marked (a timeout after the request was sent, an unreadable answer).
     pub(crate) async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
+        let charge = (!error.generated_nothing()).then(|| {
+            token_bounds::estimate(None, admitted.bounds.prompt_text_bytes, 0)
+        });
+        self.fail_charging(admitted, error, charge).await
+    }
+
+    /// Settles a failed request at `charge`, an estimate (`None`: nothing), and returns the
+    /// caller's error.
+    async fn fail_charging(
+        &self,
+        admitted: &Admitted,
+        error: UpstreamError,
+        charge: Option<Usage>,
+    ) -> Status {
         tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream call failed");
-        let (usage, estimated) = if error.generated_nothing() {
-            (None, false)
-        } else {
-            let prompt = admitted.bounds.prompt_text_bytes;
-            (Some(token_bounds::estimate(None, prompt, 0)), true)
-        };
+        let estimated = charge.is_some();
         match self
-            .settle(admitted, usage, Outcome::Failed, estimated)
+            .settle(admitted, charge, Outcome::Failed, estimated)
             .await
         {
             Ok(_) => error.to_api_error().into_status(),
@@ -337,6 +367,19 @@ impl InferenceService {
             Ok(response) => response,
             Err(error) => return Err(self.fail(&admitted, error).await),
         };
+        // With room for the id, model and cost set below.
+        let size = prost::Message::encoded_len(&response) + 256;
+        if size > self.inner.max_message_bytes {
+            let error = UpstreamError::Failed {
+                provider: admitted.route.provider.clone(),
+                message: format!(
+                    "the answer ({size} bytes) is larger than the gateway's message limit of {} bytes",
+                    self.inner.max_message_bytes
+                ),
+            };
+            // Not delivered, so not billed: a client never gets an error for an answer it pays.
+            return Err(self.fail_charging(&admitted, error, None).await);
+        }
         // A 200 without usage was generated all the same: billed at the estimate, marked.
         let (mut usage, estimated) = match response.usage.take() {
             Some(usage) => (usage, false),

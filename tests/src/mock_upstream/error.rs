@@ -122,8 +122,18 @@ impl MockError {
     }
 }
 
+/// What the mock's 429 and 503 answers say in `Retry-After`, as the real APIs do.
+pub const RETRY_AFTER_SECS: u64 = 7;
+
 impl IntoResponse for MockError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if matches!(self.status.as_u16(), 429 | 503) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }

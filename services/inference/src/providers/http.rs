@@ -3,7 +3,11 @@
 //! the response headers, upstream error statuses mapped onto [`UpstreamError`], JSON bodies and
 //! SSE event streams (`eventsource-stream`, which accepts `\n`, `\r\n` and `\r` line endings,
 //! multi-line `data:` fields and comments). Protocol files (`openai_wire.rs`, `anthropic.rs`,
-//! `gemini.rs`) build URLs, bodies and chunks on top of it.
+//! `gemini.rs`) build URLs, bodies and chunks on top of it. What an upstream sends is bounded:
+//! a JSON answer ([`MAX_RESPONSE_BYTES`]), an error body ([`MAX_ERROR_READ_BYTES`], of which a
+//! short excerpt without control characters or the provider key reaches the client), one SSE
+//! event ([`MAX_SSE_EVENT_BYTES`]); redirects are followed only to the same origin, so a
+//! provider key never goes to another host.
 
 use std::fmt;
 
@@ -17,8 +21,21 @@ use crate::{
     config::{ProviderConfig, Timeouts},
 };
 
-/// Most of an upstream error body that is kept for the message.
-const MAX_ERROR_BODY: usize = 2048;
+/// Most of an upstream error message that is relayed to the client (characters).
+const MAX_ERROR_BODY: usize = 512;
+
+/// Most of an upstream error body that is read.
+pub const MAX_ERROR_READ_BYTES: usize = 64 * 1024;
+
+/// Largest non-streaming upstream answer read (the gateway's gRPC messages carry 32 MiB by
+/// default, and an answer is never larger in protobuf than in JSON).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest single SSE event (bytes between two blank lines) read from an upstream stream.
+pub const MAX_SSE_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Redirects followed, to the same scheme, host and port only.
+const MAX_REDIRECTS: usize = 5;
 
 /// A provider API key; never printed.
 #[derive(Clone)]
@@ -61,6 +78,7 @@ impl Upstream {
             .connect_timeout(timeouts.connect)
             .tcp_nodelay(true)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .redirect(same_origin_redirects())
             .build()?;
         Ok(Self {
             name: config.name.clone(),
@@ -151,17 +169,38 @@ impl Upstream {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        Err(status_error(&self.name, status, &text))
+        // Seconds only; the HTTP-date form is rare from APIs and is dropped.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = read_capped(response, MAX_ERROR_READ_BYTES)
+            .await
+            .unwrap_or_else(|capped| match capped {
+                Capped::TooLarge(head) => head,
+                Capped::Broken(_) => Vec::new(),
+            });
+        let mut text = String::from_utf8_lossy(&body).into_owned();
+        if let Some(secret) = &self.key {
+            text = text.replace(&secret.0, "***");
+        }
+        Err(status_error(&self.name, status, &text).with_retry_after(retry_after))
     }
 
-    /// The whole body of a successful response as JSON. Leading blank lines (DeepSeek's
-    /// keep-alives while a request is queued) are tolerated by the JSON parser.
+    /// The whole body of a successful response as JSON, at most [`MAX_RESPONSE_BYTES`]. Leading
+    /// blank lines (DeepSeek's keep-alives while a request is queued) are tolerated by the JSON
+    /// parser.
     pub async fn read_json(&self, response: reqwest::Response) -> Result<Value, UpstreamError> {
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let bytes =
+            read_capped(response, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|capped| match capped {
+                    Capped::TooLarge(_) => self.failed(format!(
+                        "the answer is larger than {MAX_RESPONSE_BYTES} bytes"
+                    )),
+                    Capped::Broken(e) => self.transport_error(&e),
+                })?;
         serde_json::from_slice(&bytes).map_err(|e| self.failed(format!("unreadable response: {e}")))
     }
 
@@ -172,8 +211,18 @@ impl Upstream {
         response: reqwest::Response,
     ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
         let name = self.name.clone();
+        let mut since_blank_line = 0usize;
         response
             .bytes_stream()
+            .map(move |chunk| {
+                let chunk = chunk.map_err(SseError::Transport)?;
+                since_blank_line = bytes_after_last_event_end(&chunk)
+                    .unwrap_or(since_blank_line.saturating_add(chunk.len()));
+                if since_blank_line > MAX_SSE_EVENT_BYTES {
+                    return Err(SseError::EventTooLarge);
+                }
+                Ok(chunk)
+            })
             .eventsource()
             .filter_map(move |event| {
                 futures::future::ready(match event {
@@ -214,6 +263,67 @@ impl Upstream {
     }
 }
 
+/// Redirects within the same origin only: a provider key (in `authorization`, `x-api-key` or
+/// `x-goog-api-key`) must never be sent to another host.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt.previous().first().is_some_and(|first| {
+            let next = attempt.url();
+            first.scheme() == next.scheme()
+                && first.host_str() == next.host_str()
+                && first.port_or_known_default() == next.port_or_known_default()
+        });
+        if !same_origin || attempt.previous().len() > MAX_REDIRECTS {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Why a body was not read whole.
+enum Capped {
+    /// Longer than the cap: its first bytes, up to the cap.
+    TooLarge(Vec<u8>),
+    Broken(reqwest::Error),
+}
+
+/// A response body, refused once it exceeds `cap` bytes (it is never held whole beyond that).
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Capped::Broken)? {
+        if body.len() + chunk.len() > cap {
+            let room = cap - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Err(Capped::TooLarge(body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Why an upstream event stream stopped before its end.
+#[derive(Debug, thiserror::Error)]
+enum SseError {
+    #[error("{0}")]
+    Transport(reqwest::Error),
+    #[error("an event is larger than {MAX_SSE_EVENT_BYTES} bytes")]
+    EventTooLarge,
+}
+
+/// The bytes of `chunk` after its last event end (a blank line), if it has one.
+fn bytes_after_last_event_end(chunk: &[u8]) -> Option<usize> {
+    [&b"\n\n"[..], b"\r\r", b"\r\n\r\n"]
+        .iter()
+        .filter_map(|end| {
+            chunk
+                .windows(end.len())
+                .rposition(|w| w == *end)
+                .map(|at| chunk.len() - at - end.len())
+        })
+        .min()
+}
+
 fn transport_message(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let what = if e.is_connect() {
@@ -238,12 +348,16 @@ pub fn error_text(error: &Value) -> String {
 }
 
 /// The message of an upstream error body (`{"error":{"message":...}}`), or the body itself,
-/// cut to a bounded length.
+/// without control characters and cut to a short excerpt.
 pub fn error_message(body: &str) -> String {
     let message = serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v.get("error").map(error_text))
         .unwrap_or_else(|| body.trim().to_owned());
+    let message: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     match message.char_indices().nth(MAX_ERROR_BODY) {
         Some((cut, _)) => format!("{}...", &message[..cut]),
         None => message,
@@ -253,6 +367,15 @@ pub fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_ends_are_found_in_every_line_ending() {
+        assert_eq!(bytes_after_last_event_end(b"data: x"), None);
+        assert_eq!(bytes_after_last_event_end(b"data: x\n"), None);
+        assert_eq!(bytes_after_last_event_end(b"data: x\n\ndata: y"), Some(7));
+        assert_eq!(bytes_after_last_event_end(b"a\r\n\r\nbc"), Some(2));
+        assert_eq!(bytes_after_last_event_end(b"a\r\rb\n\n"), Some(0));
+    }
 
     #[test]
     fn error_messages_come_from_the_error_body() {
@@ -274,6 +397,10 @@ mod tests {
             "bad turn"
         );
         assert_eq!(error_message("  plain text "), "plain text");
+        assert_eq!(
+            error_message("bad\u{1b}[31m\r\nthing\u{0}"),
+            "bad [31m  thing "
+        );
         assert_eq!(error_message(&"x".repeat(5000)).len(), MAX_ERROR_BODY + 3);
     }
 }

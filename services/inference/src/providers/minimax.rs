@@ -110,6 +110,7 @@ fn base_resp_error(provider: &str, code: i64, message: String) -> UpstreamError 
         1002 | 1039 => UpstreamError::Overloaded {
             provider,
             status: 429,
+            retry_after_secs: None,
         },
         1004 => UpstreamError::Credentials {
             provider,

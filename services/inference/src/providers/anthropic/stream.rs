@@ -292,6 +292,7 @@ impl StreamTranslator {
                     "overloaded_error" | "rate_limit_error" => UpstreamError::Overloaded {
                         provider: self.provider.clone(),
                         status: 529,
+                        retry_after_secs: None,
                     },
                     _ => self.failed(format!("{}: {}", error.kind, error.message)),
                 });

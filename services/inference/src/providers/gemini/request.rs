@@ -33,6 +33,7 @@
 use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tollgate::v1::{
@@ -41,7 +42,12 @@ use tollgate::v1::{
 };
 
 use super::{FORMAT, response::is_synthesized_id};
-use crate::{UpstreamError, images::ImageFetcher, providers::Target, thinking::Thinking};
+use crate::{
+    UpstreamError,
+    images::{FetchedImage, ImageFetcher},
+    providers::Target,
+    thinking::Thinking,
+};
 
 /// A `GenerateContentRequest` body (lowerCamelCase). Fields serialise in this order; unset or
 /// empty ones are left out.
@@ -252,6 +258,7 @@ async fn contents(
     request: &ChatRequest,
     images: &ImageFetcher,
 ) -> Result<(Vec<PartJson>, Vec<Turn>), UpstreamError> {
+    let mut fetched = fetch_images(request, images).await?;
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     // tool_call_id → (function name, position among its turn's calls), from assistant messages
@@ -269,7 +276,7 @@ async fn contents(
                 system.extend(text_part(&plain_text(message, i)?));
             }
             Role::User => {
-                let parts = user_parts(message, i, images).await?;
+                let parts = user_parts(message, i, &mut fetched)?;
                 push(&mut turns, "user", parts);
             }
             Role::Assistant => {
@@ -327,10 +334,111 @@ fn flush_responses(turns: &mut Vec<Turn>, responses: &mut Vec<(usize, PartJson)>
     push(turns, "user", parts);
 }
 
-async fn user_parts(
+/// Where each image part of a request is (`messages[i].content[j]`), as an error names it.
+fn image_param(i: usize, j: usize) -> String {
+    format!("messages[{i}].content[{j}].image_url.url")
+}
+
+/// The image parts of the user messages, as `(i, j, url)`.
+fn image_urls(request: &ChatRequest) -> impl Iterator<Item = (usize, usize, &str)> {
+    request
+        .messages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, message)| {
+            let parts = match (&message.content, Role::try_from(message.role)) {
+                (Some(Content::Parts(parts)), Ok(Role::User)) => parts.parts.as_slice(),
+                _ => &[],
+            };
+            parts
+                .iter()
+                .enumerate()
+                .filter_map(move |(j, part)| match &part.part {
+                    Some(Part::ImageUrl(image)) => Some((i, j, image.url.as_str())),
+                    _ => None,
+                })
+        })
+}
+
+/// Fetches the http(s) images of the request before its body is built, under `[images]`: at most
+/// `max_per_request` image parts, `fetch_concurrency` fetches at a time, and `max_total_bytes`
+/// of image bytes in all (data URLs counted too, decoded); over a limit, a 400 naming the part
+/// that crossed it. Keyed by `(message, part)`.
+async fn fetch_images(
+    request: &ChatRequest,
+    images: &ImageFetcher,
+) -> Result<HashMap<(usize, usize), FetchedImage>, UpstreamError> {
+    let mut total: u64 = 0;
+    let over_total = |i, j| {
+        let param = image_param(i, j);
+        UpstreamError::unsupported(
+            param.clone(),
+            format!(
+                "{param}: the request's images exceed {} bytes in all",
+                images.max_total_bytes
+            ),
+        )
+    };
+    let mut remote = Vec::new();
+    for (n, (i, j, url)) in image_urls(request).enumerate() {
+        if n >= images.max_per_request {
+            let param = image_param(i, j);
+            return Err(UpstreamError::unsupported(
+                param.clone(),
+                format!(
+                    "{param}: at most {} images are accepted per request",
+                    images.max_per_request
+                ),
+            ));
+        }
+        match url.strip_prefix("data:") {
+            // Decoded size of base64 data; the part itself is checked when it is built.
+            Some(data) => {
+                let encoded = data.split_once(',').map_or(data, |(_, encoded)| encoded);
+                total += (encoded.len() as u64) / 4 * 3;
+                if total > images.max_total_bytes {
+                    return Err(over_total(i, j));
+                }
+            }
+            None => remote.push((i, j, url)),
+        }
+    }
+    let fetches: Vec<_> = remote
+        .into_iter()
+        .map(|(i, j, url)| fetch_image(images, i, j, url))
+        .collect();
+    let mut fetches = futures::stream::iter(fetches).buffered(images.fetch_concurrency);
+    let mut fetched = HashMap::new();
+    while let Some(result) = fetches.next().await {
+        let ((i, j), image) = result?;
+        total += image.bytes.len() as u64;
+        if total > images.max_total_bytes {
+            return Err(over_total(i, j));
+        }
+        fetched.insert((i, j), image);
+    }
+    Ok(fetched)
+}
+
+/// One image of `messages[i].content[j]`; a failure is a 400 naming the part.
+async fn fetch_image(
+    images: &ImageFetcher,
+    i: usize,
+    j: usize,
+    url: &str,
+) -> Result<((usize, usize), FetchedImage), UpstreamError> {
+    let param = image_param(i, j);
+    images
+        .fetch(url)
+        .await
+        .map(|image| ((i, j), image))
+        .map_err(|e| UpstreamError::unsupported(param.clone(), format!("{param}: {e}")))
+}
+
+fn user_parts(
     message: &Message,
     i: usize,
-    images: &ImageFetcher,
+    fetched: &mut HashMap<(usize, usize), FetchedImage>,
 ) -> Result<Vec<PartJson>, UpstreamError> {
     let parts = match &message.content {
         None => return Ok(vec![]),
@@ -342,8 +450,8 @@ async fn user_parts(
         match &part.part {
             Some(Part::Text(text)) => out.extend(text_part(text)),
             Some(Part::ImageUrl(image)) => {
-                let param = format!("messages[{i}].content[{j}].image_url.url");
-                out.push(image_part(&image.url, &param, images).await?);
+                let param = image_param(i, j);
+                out.push(image_part(&image.url, &param, fetched.remove(&(i, j)))?);
             }
             Some(Part::OtherJson(_)) | None => {
                 return Err(UpstreamError::unsupported(
@@ -358,11 +466,11 @@ async fn user_parts(
     Ok(out)
 }
 
-/// An `inlineData` part from a data URL, or from the bytes behind an http(s) URL.
-async fn image_part(
+/// An `inlineData` part from a data URL, or from the bytes fetched from an http(s) URL.
+fn image_part(
     url: &str,
     param: &str,
-    images: &ImageFetcher,
+    fetched: Option<FetchedImage>,
 ) -> Result<PartJson, UpstreamError> {
     let inline = |mime_type: String, data: String| PartJson {
         inline_data: Some(InlineData { mime_type, data }),
@@ -389,10 +497,9 @@ async fn image_part(
         }
         return Ok(inline(mime.to_owned(), data.to_owned()));
     }
-    let image = images
-        .fetch(url)
-        .await
-        .map_err(|e| UpstreamError::unsupported(param, format!("{param}: {e}")))?;
+    let image = fetched.ok_or_else(|| {
+        UpstreamError::unsupported(param, format!("{param}: the image was not fetched"))
+    })?;
     Ok(inline(image.mime_type, BASE64.encode(&image.bytes)))
 }
 
@@ -849,6 +956,52 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn images_per_request_and_their_bytes_are_capped() {
+        let image = |url: String| ContentPart {
+            part: Some(Part::ImageUrl(ImageUrl { url, detail: None })),
+        };
+        let user = |parts| Message {
+            role: Role::User.into(),
+            content: Some(Content::Parts(ContentParts { parts })),
+            ..Default::default()
+        };
+        let images = ImageFetcher::new(&crate::ImagesConfig {
+            max_per_request: 3,
+            max_total_bytes: 30,
+            ..crate::ImagesConfig::default()
+        });
+        let fetch = |r: ChatRequest| {
+            let images = images.clone();
+            async move { fetch_images(&r, &images).await }
+        };
+        let small = || image("data:image/png;base64,iVBORw0KGgo=".into());
+        // Three fit (27 bytes); the fourth is over the count and is named.
+        let r = request(vec![user(vec![small(), small()]), user(vec![small()])]);
+        assert!(fetch(r).await.is_ok());
+        let r = request(vec![
+            user(vec![small(), small()]),
+            user(vec![small(), small()]),
+        ]);
+        match fetch(r).await.unwrap_err() {
+            UpstreamError::Unsupported { param, message } => {
+                assert_eq!(param, "messages[1].content[1].image_url.url");
+                assert!(message.contains("at most 3 images"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // 9 + 24 decoded bytes: over 30 at the second part.
+        let big = image(format!("data:image/png;base64,{}", "A".repeat(32)));
+        let r = request(vec![user(vec![small(), big])]);
+        match fetch(r).await.unwrap_err() {
+            UpstreamError::Unsupported { param, message } => {
+                assert_eq!(param, "messages[0].content[1].image_url.url");
+                assert!(message.contains("exceed 30 bytes"), "{message}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

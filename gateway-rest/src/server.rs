@@ -574,7 +574,12 @@ pub async fn serve(
     let listener = listeners
         .take(kind)
         .ok_or(ServeError::Listener(kind.name()))?;
-    http_tasks.push(serve_http(listener, router, &runtime.server, stop_rx.clone()));
+    http_tasks.push(serve_http(
+        listener,
+        router,
+        &runtime.server,
+        stop_rx.clone(),
+    ));
     ready(&addrs);
 
     shutdown.await;

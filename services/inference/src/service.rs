@@ -293,9 +293,8 @@ impl InferenceService {
     /// with an error status, or the request never reached it), else at the estimate of its
     /// prompt, marked (a timeout after the request was sent, an unreadable answer).
     pub(crate) async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
-        let charge = (!error.generated_nothing()).then(|| {
-            token_bounds::estimate(None, admitted.bounds.prompt_text_bytes, 0)
-        });
+        let charge = (!error.generated_nothing())
+            .then(|| token_bounds::estimate(None, admitted.bounds.prompt_text_bytes, 0));
         self.fail_charging(admitted, error, charge).await
     }
 

@@ -12,7 +12,10 @@ use tollgate::{
     error::ApiError,
     v1::CheckKeyRequest,
 };
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::{
+    Code,
+    metadata::{Ascii, MetadataValue},
+};
 
 use crate::{app::AppState, error::RestError};
 
@@ -64,7 +67,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// the services as `authorization: Bearer <key>`. Missing, not `Bearer`, or not sendable as
 /// metadata: 401 `missing_api_key`; unknown, revoked or expired: Billing's 401
 /// (`Billing.CheckKey`, a cache lookup). Both before the body is read, so a caller without a
-/// valid key costs no parse.
+/// valid key costs no parse. When billing cannot be reached the check is skipped: admission
+/// still checks the key.
 pub(crate) struct ApiKey(MetadataValue<Ascii>);
 
 impl ApiKey {
@@ -93,12 +97,27 @@ impl FromRequestParts<AppState> for ApiKey {
             .or_else(|| x_api_key(&parts.headers))
             .map(Self)
             .ok_or_else(|| RestError(missing_api_key()))?;
-        state
+        match state
             .billing
             .clone()
             .check_key(key.request(CheckKeyRequest {}))
-            .await?;
-        Ok(key)
+            .await
+        {
+            Ok(_) => Ok(key),
+            // Billing unreachable (a split deployment's billing restarting): this check only
+            // spares the parse of a keyless body, so the request goes on, and admission, which
+            // retries within its deadline, decides about the key.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::DeadlineExceeded
+                ) =>
+            {
+                tracing::debug!(error = %status.message(), "key pre-check skipped: billing unreachable");
+                Ok(key)
+            }
+            Err(status) => Err(status.into()),
+        }
     }
 }
 

@@ -48,6 +48,13 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_effort: Option<ReasoningEffortJson>,
+    /// OpenAI's prompt-cache routing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
+    /// Sample from the k most likely tokens only: not OpenAI's, but compatible servers (vLLM,
+    /// llama.cpp) take it, and Anthropic and Gemini render it their way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
     /// DeepSeek-style thinking switch. Not rendered upstream as is: each provider expresses
     /// thinking its own way.
     #[serde(default, skip_serializing)]
@@ -390,6 +397,8 @@ impl ChatCompletionRequest {
             top_logprobs: self.top_logprobs,
             reasoning_effort: self.reasoning_effort.map(|e| e.to_proto().into()),
             thinking: self.thinking.map(|t| t.kind == ThinkingType::Enabled),
+            prompt_cache_key: self.prompt_cache_key,
+            top_k: self.top_k,
             extra_json: if self.extra.is_empty() {
                 String::new()
             } else {
@@ -432,7 +441,7 @@ impl ChatCompletionRequest {
                 })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let mut extra = match parse_json_text(&request.extra_json, "extra_json")? {
+        let extra = match parse_json_text(&request.extra_json, "extra_json")? {
             None => Map::new(),
             Some(Value::Object(m)) => m,
             Some(_) => {
@@ -442,11 +451,6 @@ impl ChatCompletionRequest {
                 ));
             }
         };
-        if let Some(key) = &request.prompt_cache_key {
-            extra
-                .entry("prompt_cache_key")
-                .or_insert_with(|| Value::String(key.clone()));
-        }
         Ok(Self {
             model: request.model.clone(),
             messages,
@@ -513,6 +517,8 @@ impl ChatCompletionRequest {
                         })
                 })
                 .transpose()?,
+            prompt_cache_key: request.prompt_cache_key.clone(),
+            top_k: request.top_k,
             thinking: request.thinking.map(|on| ThinkingJson {
                 kind: if on {
                     ThinkingType::Enabled

@@ -94,6 +94,9 @@ class ManagedProcess:
             raise RuntimeError(f"{self.name} printed no READY line within {timeout}s\n{self.logs()}") from None
         if line is None:
             code = self.proc.wait(timeout=5)
+            # stdout closed first; let the stderr pump read the last words before showing them.
+            for t in self._threads:
+                t.join(timeout=5)
             raise RuntimeError(f"{self.name} exited with {code} before READY\n{self.logs()}")
         return dict(field.split("=", 1) for field in line.split()[1:])
 

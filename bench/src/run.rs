@@ -366,9 +366,8 @@ async fn phases(
 
     report.compute_ratios();
     report.notes.push(format!(
-        "the ledger's fsync cannot be switched yet; pass a durability setting to a gateway with \
-         --variant LABEL:TOLLGATE__SECTION__KEY=VALUE (or --gateway-env) once it exists, to run \
-         both side by side. Gateway logs: {}",
+        "compare the ledger's durability settings side by side with --variant fsync \
+         --variant nofsync:TOLLGATE__DATABASE__DURABILITY=process_crash. Gateway logs: {}",
         services
             .gateways
             .iter()

@@ -441,16 +441,7 @@ impl ChatCompletionRequest {
                 })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let extra = match parse_json_text(&request.extra_json, "extra_json")? {
-            None => Map::new(),
-            Some(Value::Object(m)) => m,
-            Some(_) => {
-                return Err(ApiError::invalid_param(
-                    "extra_json",
-                    "extra_json must be a JSON object",
-                ));
-            }
-        };
+        let extra = crate::passthrough::parse_extra_json(&request.extra_json)?;
         Ok(Self {
             model: request.model.clone(),
             messages,

@@ -12,8 +12,8 @@ cargo fmt --all --check
 echo "==> cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "==> cargo test"
-cargo test --workspace --all-targets
+echo "==> cargo test (the fuzz tests run TOLLGATE_FUZZ_SECS each, 20 s unless set)"
+TOLLGATE_FUZZ_SECS="${TOLLGATE_FUZZ_SECS:-20}" cargo test --workspace --all-targets
 
 echo "==> PostgreSQL and Redis (scripts/services.sh)"
 eval "$(scripts/services.sh start)"

@@ -9,6 +9,8 @@ pub mod config;
 mod error;
 pub mod expiry;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 pub mod http_listener;
 mod json_fields;

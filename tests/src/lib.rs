@@ -2,4 +2,5 @@
 //! (in-process for Rust tests through [`mock_upstream::spawn`], or as the `mock-upstream` binary
 //! for the Python suite in `tests/python`).
 
+pub mod fuzzing;
 pub mod mock_upstream;

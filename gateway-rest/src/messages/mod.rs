@@ -11,7 +11,7 @@
 //! `anthropic-version` is accepted whatever it says, `anthropic-beta` is passed on to an
 //! Anthropic upstream.
 
-mod request;
+pub(crate) mod request;
 mod response;
 mod stream;
 

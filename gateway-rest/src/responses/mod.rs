@@ -6,7 +6,7 @@
 //! completions. The gateway keeps no responses: `previous_response_id` is refused with a 400
 //! naming it, and `store` is accepted and has no effect.
 
-mod request;
+pub(crate) mod request;
 mod response;
 mod stream;
 

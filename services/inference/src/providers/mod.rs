@@ -9,6 +9,8 @@
 
 mod anthropic;
 mod deepseek;
+#[cfg(test)]
+mod fuzz;
 mod gemini;
 mod http;
 mod minimax;

@@ -22,7 +22,7 @@
 
 mod request;
 mod response;
-mod stream;
+pub(super) mod stream;
 
 use futures::StreamExt;
 use serde_json::Value;

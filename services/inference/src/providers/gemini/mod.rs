@@ -10,7 +10,7 @@
 //! turned into the same parts with the signature reattached.
 
 mod request;
-mod response;
+pub(super) mod response;
 
 use futures::StreamExt;
 use serde_json::Value;

@@ -130,7 +130,7 @@ fn finish_reason(reason: &str, called_functions: bool) -> Result<&'static str, S
 
 /// Why a stream event could not be turned into a chunk.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum StreamFailure {
+pub(in crate::providers) enum StreamFailure {
     /// An in-band `{"error":{...}}` event, with its HTTP-like code when it had one.
     Upstream { code: Option<u16>, message: String },
     /// An unreadable event, or an answer that ended in failure.
@@ -138,7 +138,7 @@ pub(super) enum StreamFailure {
 }
 
 impl StreamFailure {
-    pub(super) fn into_error(self, provider: &str) -> UpstreamError {
+    pub(in crate::providers) fn into_error(self, provider: &str) -> UpstreamError {
         match self {
             Self::Upstream {
                 code: Some(code),
@@ -294,13 +294,16 @@ struct CandidateState {
 /// Turns `streamGenerateContent?alt=sse` events into chunks, one chunk per event. Each event
 /// holds only new parts; usage is cumulative (the service keeps the last).
 #[derive(Debug, Default)]
-pub(super) struct StreamTranslator {
+pub(in crate::providers) struct StreamTranslator {
     candidates: BTreeMap<u32, CandidateState>,
 }
 
 impl StreamTranslator {
     /// One event's `data`. A chunk without choices may still carry usage.
-    pub(super) fn on_event(&mut self, data: &str) -> Result<ChatChunk, StreamFailure> {
+    pub(in crate::providers) fn on_event(
+        &mut self,
+        data: &str,
+    ) -> Result<ChatChunk, StreamFailure> {
         let value: Value = serde_json::from_str(data)
             .map_err(|e| StreamFailure::Failed(format!("unreadable stream event: {e}")))?;
         if let Some(error) = value.get("error") {

@@ -18,6 +18,7 @@ import json
 import math
 import sqlite3
 import threading
+from decimal import Decimal
 
 import grpc
 import httpx
@@ -356,6 +357,11 @@ def test_a_cost_above_its_reservation_is_counted_and_logged(gateway, mock):
     )
     assert (over, count, written_off) == (cost - reserved, 1, 0)
     wait_until(lambda: "cost more than its reservation" in gateway.logs(), timeout=10, what="the WARN line")
+    # Operators see it in the key's view (the CLI's and the Admin API's are one).
+    [view] = [json.loads(line) for line in gateway.cli("keys", "list", "--json").stdout.splitlines()
+              if json.loads(line)["id"] == key.key_id]
+    assert (view["over_reserved_picodollars"], view["over_reserved_count"]) == (cost - reserved, 1)
+    assert Decimal(view["over_reserved_usd"]) * 10**12 == cost - reserved
 
 
 # 6. A ledger row that cannot be written fails its request and keeps its reservation -------------

@@ -220,6 +220,7 @@ impl AdminService {
         let reserved = account.map_or(0, |a| a.reserved_picodollars);
         let spend_month = account.map_or(0, |a| a.spent_in(period));
         let spend_total = account.map_or(0, |a| a.spent_total_picodollars);
+        let over_reserved = account.map_or(0, |a| a.over_reserved_picodollars);
         ManagedKey {
             id: key.id.clone(),
             name: key.name.clone(),
@@ -245,6 +246,11 @@ impl AdminService {
             spend_total_picodollars: spend_total,
             credited_total_picodollars: account.map_or(0, |a| a.credited_total_picodollars),
             written_off_picodollars: account.map_or(0, |a| a.written_off_picodollars),
+            over_reserved_usd: format_picodollars(over_reserved),
+            over_reserved_picodollars: over_reserved,
+            over_reserved_count: account.map_or(0, |a| {
+                u64::try_from(a.over_reserved_count).unwrap_or_default()
+            }),
             period: period.label(),
             requests_month: requests.month,
             requests_total: requests.total,

@@ -547,6 +547,29 @@ async fn a_cost_above_its_reservation_is_counted_not_absorbed() {
         (cost - reserved, 1)
     );
     assert_eq!(account.reserved_picodollars, 0);
+    // Operators see it in the key's Admin view.
+    let listed = client
+        .admin
+        .list_keys(with_key(
+            tollgate::v1::ListKeysRequest {},
+            support::ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let view = &listed.keys[0];
+    assert_eq!(
+        (
+            view.over_reserved_picodollars,
+            view.over_reserved_count,
+            view.over_reserved_usd.as_str()
+        ),
+        (
+            cost - reserved,
+            1,
+            tollgate::money::format_picodollars(cost - reserved).as_str()
+        )
+    );
     h.stop().await;
 }
 

@@ -335,7 +335,7 @@ def test_services_urls_name_services_of_the_overlay_on_the_right_ports(overlay: 
     urls = {k: v for k, v in cfg.get("services", {}).items() if k in SERVED_BY}
     needed = set().union(*(DIALS[t] for t in by_target))
     assert set(urls) == needed, f"[services] has {sorted(urls)}, the targets dial {sorted(needed)}"
-    for key, url in urls.items():
+    for key, url in ((k, u) for k, v in urls.items() for u in (v if isinstance(v, list) else [v])):
         target, listener = SERVED_BY[key]
         parts = urlsplit(url)
         assert parts.scheme == "http" and parts.path in ("", "/"), url
@@ -350,8 +350,10 @@ def test_services_urls_name_services_of_the_overlay_on_the_right_ports(overlay: 
         served = container_port(c, port.get("targetPort", port["port"]))
         expected = listener_port(cfg, listener)
         assert served == expected, f"{url} reaches port {served}, {target} serves {listener} on {expected}"
-        if service["spec"].get("clusterIP") == "None":
-            assert parts.port == served, f"headless {parts.hostname}: clients dial the pod port"
+        # Headless: the name resolves to every ready pod and the dialling target balances its
+        # calls over them (a ClusterIP would pin each HTTP/2 connection, so every call, to one pod).
+        assert service["spec"].get("clusterIP") == "None", f"Service {parts.hostname} is not headless"
+        assert parts.port == served, f"headless {parts.hostname}: clients dial the pod port"
     if "metering" in urls:
         assert cfg["services"].get("internal_token_env"), "[services] internal_token_env"
 

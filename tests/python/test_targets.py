@@ -61,7 +61,7 @@ class Cluster:
 token_env = "TOLLGATE_ADMIN_TOKEN"
 
 [services]
-inference = "http://127.0.0.1:{self.ports['inference']}"
+inference = ["http://127.0.0.1:{self.ports['inference']}", "http://127.0.0.1:{self.ports['inference2']}"]
 catalog = "http://127.0.0.1:{self.ports['catalog']}"
 billing = "http://127.0.0.1:{self.ports['billing']}"
 metering = "http://127.0.0.1:{self.ports['metering']}"

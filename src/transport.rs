@@ -62,7 +62,7 @@ pub fn dial(url: &str) -> Result<GrpcTransport, DialError> {
 /// balancer; per replica one pooled HTTP/2 connection, TCP_NODELAY, keep-alive pings, connected
 /// lazily (on the first call, and again after a failure), so targets can start in any order and
 /// survive a peer's restart. A call that fails at the transport level makes the set refresh at
-/// once, so a dead replica leaves it. Needs a tokio runtime.
+/// once, so a dead replica leaves it; such a call answers UNAVAILABLE. Needs a tokio runtime.
 pub fn dial_replicas(
     urls: &[String],
     resolve_interval: std::time::Duration,
@@ -85,12 +85,28 @@ pub fn dial_replicas(
     }
     let (channel, refresh) =
         crate::replicas::balanced(services, resolve_interval, replica_endpoint);
-    Ok(BoxCloneSyncService::new(channel.map_err(
-        move |error: tonic::transport::Error| {
-            refresh.notify_one();
-            error
+    Ok(BoxCloneSyncService::new(channel.map_result(
+        move |answer: Result<http::Response<Body>, tonic::transport::Error>| {
+            answer.or_else(|error| {
+                refresh.notify_one();
+                Ok(lost_call(&error))
+            })
         },
     )))
+}
+
+/// The answer to a call whose connection failed before its response began (refused, reset, the
+/// replica killed mid-call): UNAVAILABLE, as gRPC defines a transient failure, rather than the
+/// UNKNOWN tonic would report for a broken connection, so callers see a retryable 503 and
+/// idempotent calls are retried.
+fn lost_call(error: &tonic::transport::Error) -> http::Response<Body> {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason = format!("{reason}: {cause}");
+        source = cause.source();
+    }
+    tonic::Status::unavailable(format!("the service was unreachable: {reason}")).into_http()
 }
 
 /// The connection settings of one replica.
@@ -248,6 +264,27 @@ mod tests {
                 .expect("a call with no live replica must fail, not hang");
             assert_eq!(failed.unwrap_err().code(), tonic::Code::Unavailable);
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_mid_call_answers_unavailable() {
+        // A "replica" that accepts, reads the start of the call, and drops the connection.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dropper = tokio::spawn(async move {
+            for _ in 0..3 {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut start = [0u8; 64];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut start).await;
+            }
+        });
+        let mut client = HealthClient::new(dial(&format!("http://{addr}")).unwrap());
+        let lost = tokio::time::timeout(Duration::from_secs(10), who(&mut client))
+            .await
+            .expect("a lost connection must end the call")
+            .unwrap_err();
+        assert_eq!(lost.code(), tonic::Code::Unavailable, "{lost:?}");
+        dropper.abort();
     }
 
     #[test]

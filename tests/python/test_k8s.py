@@ -42,7 +42,6 @@ from k8s_manifests import (
     ADMIN_TOKEN_TARGETS,
     PROVIDER_KEY_TARGETS,
     DATASTORE_TARGETS,
-    kubectl,
     render,
     of_kind,
     named,

@@ -9,6 +9,7 @@ pub mod native;
 pub mod openai;
 pub mod passthrough;
 pub mod peer;
+mod replicas;
 pub mod transport;
 
 /// The generated protobuf messages, clients and servers of package `tollgate.v1`.

@@ -164,27 +164,68 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
 }
 
-/// The `[services]` section: where the other targets of a split deployment are
-/// (`http://host:port`). A target dials only what it calls: rest dials inference, catalog and
-/// billing (Billing and Admin); inference dials catalog and metering; billing dials catalog (for
-/// prices). The monolith (`--target all`) dials nothing and ignores this section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The `[services]` section: where the other targets of a split deployment are, each as one
+/// `http://host:port` or a list of them (its replicas); a host that is a DNS name stands for every
+/// address it resolves to (a Kubernetes headless Service). Calls are balanced per request over
+/// the replicas that accept connections. A target dials only what it calls: rest dials inference,
+/// catalog and billing (Billing and Admin); inference dials catalog and metering; billing dials
+/// catalog (for prices). The monolith (`--target all`) dials nothing and ignores this section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicesConfig {
     #[serde(default)]
-    pub inference: Option<String>,
+    pub inference: Option<ServiceUrls>,
     #[serde(default)]
-    pub catalog: Option<String>,
+    pub catalog: Option<ServiceUrls>,
     /// The billing target's public listener (`tollgate.v1.Billing`, `tollgate.v1.Admin`).
     #[serde(default)]
-    pub billing: Option<String>,
+    pub billing: Option<ServiceUrls>,
     /// The billing target's internal listener (`tollgate.v1.Metering`).
     #[serde(default)]
-    pub metering: Option<String>,
+    pub metering: Option<ServiceUrls>,
     /// The environment variable holding the shared peer token that Metering demands of its
     /// callers (`TOLLGATE_INTERNAL_TOKEN`); the billing and inference targets need it.
     #[serde(default)]
     pub internal_token_env: Option<String>,
+    /// How often the services' names are re-resolved and their replicas re-probed (a call that
+    /// fails to connect asks sooner): how soon a new replica takes calls.
+    #[serde(default = "default_resolve_interval_secs")]
+    pub resolve_interval_secs: u64,
+}
+
+fn default_resolve_interval_secs() -> u64 {
+    tollgate::transport::DEFAULT_RESOLVE_INTERVAL.as_secs()
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            inference: None,
+            catalog: None,
+            billing: None,
+            metering: None,
+            internal_token_env: None,
+            resolve_interval_secs: default_resolve_interval_secs(),
+        }
+    }
+}
+
+/// Where one service is: one URL, or a list of URLs (static replicas).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServiceUrls {
+    One(String),
+    Replicas(Vec<String>),
+}
+
+impl ServiceUrls {
+    /// Every URL given.
+    pub fn urls(&self) -> &[String] {
+        match self {
+            Self::One(url) => std::slice::from_ref(url),
+            Self::Replicas(urls) => urls,
+        }
+    }
 }
 
 /// The configuration file as written.
@@ -382,12 +423,25 @@ impl Config {
             ("services.billing", &self.services.billing),
             ("services.metering", &self.services.metering),
         ] {
-            if let Some(url) = url {
+            let urls = url.as_ref().map_or(&[][..], ServiceUrls::urls);
+            if url.is_some() && urls.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: field.to_owned(),
+                    message: "give at least one http://host:port".to_owned(),
+                });
+            }
+            for url in urls {
                 tollgate::transport::dial_check(url).map_err(|e| ConfigError::Invalid {
                     field: field.to_owned(),
                     message: e.to_string(),
                 })?;
             }
+        }
+        if self.services.resolve_interval_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "services.resolve_interval_secs".to_owned(),
+                message: "must be at least 1".to_owned(),
+            });
         }
         if let Some(name) = &self.services.internal_token_env
             && name.trim().is_empty()
@@ -595,8 +649,10 @@ monthly_requests = 1000
         assert_eq!(runtime.server.metrics_addr.port(), 9090);
         let services = &runtime.services;
         assert_eq!(
-            services.metering.as_deref(),
-            Some("http://tollgate-billing-internal:50052")
+            services.metering,
+            Some(ServiceUrls::One(
+                "http://tollgate-billing-internal:50052".to_owned()
+            ))
         );
         assert_eq!(
             services.internal_token_env.as_deref(),
@@ -604,7 +660,8 @@ monthly_requests = 1000
         );
         for url in [&services.inference, &services.catalog, &services.billing] {
             assert!(
-                url.as_deref().is_some_and(|u| u.ends_with(":50051")),
+                url.as_ref()
+                    .is_some_and(|u| u.urls().len() == 1 && u.urls()[0].ends_with(":50051")),
                 "{url:?}"
             );
         }
@@ -637,7 +694,56 @@ monthly_requests = 1000
             "http://127.0.0.1:7000".to_owned(),
         )];
         let c = Config::from_toml(MINIMAL, env).unwrap();
-        assert_eq!(c.services.billing.as_deref(), Some("http://127.0.0.1:7000"));
+        assert_eq!(
+            c.services.billing,
+            Some(ServiceUrls::One("http://127.0.0.1:7000".to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_service_may_list_its_replicas() {
+        let text = format!(
+            "{MINIMAL}\n[services]\ninference = [\"http://10.0.0.1:50051\", \"http://inference:50051\"]\nresolve_interval_secs = 2"
+        );
+        let runtime = Config::from_toml(&text, []).unwrap().validate().unwrap();
+        let inference = runtime.services.inference.unwrap();
+        assert_eq!(
+            inference.urls(),
+            ["http://10.0.0.1:50051", "http://inference:50051"]
+        );
+        assert_eq!(runtime.services.resolve_interval_secs, 2);
+        // The same from the environment, as a list.
+        let env = [(
+            "TOLLGATE__SERVICES__INFERENCE".to_owned(),
+            "[\"http://127.0.0.1:7001\", \"http://127.0.0.1:7002\"]".to_owned(),
+        )];
+        let c = Config::from_toml(MINIMAL, env).unwrap();
+        assert_eq!(
+            c.services.inference.unwrap().urls(),
+            ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]
+        );
+        // Without [services] the interval keeps its default.
+        let runtime = Config::from_toml(MINIMAL, []).unwrap().validate().unwrap();
+        assert_eq!(runtime.services.resolve_interval_secs, 5);
+        for (services, field) in [
+            ("inference = []", "services.inference"),
+            (
+                "inference = [\"http://a:1\", \"b:2\"]",
+                "services.inference",
+            ),
+            (
+                "resolve_interval_secs = 0",
+                "services.resolve_interval_secs",
+            ),
+        ] {
+            let text = format!("{MINIMAL}\n[services]\n{services}");
+            let e = Config::from_toml(&text, [])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{services}: {e}");
+        }
     }
 
     #[test]

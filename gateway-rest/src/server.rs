@@ -12,7 +12,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::net::TcpListener;
 use tollgate::{
     peer::PeerToken,
-    transport::{GrpcTransport, dial, in_process},
+    transport::{GrpcTransport, dial_replicas, in_process},
     v1::{
         admin_server::AdminServer, billing_server::BillingServer, catalog_server::CatalogServer,
         inference_server::InferenceServer, metering_server::MeteringServer,
@@ -26,7 +26,7 @@ use tonic::{server::NamedService, service::Routes, transport::server::TcpIncomin
 use crate::{
     AppState, Runtime, app,
     app::RestLimits,
-    config::ServerConfig,
+    config::{ServerConfig, ServiceUrls, ServicesConfig},
     health::{Dependency, Health},
     http_listener::{self, ListenerLimits},
 };
@@ -198,15 +198,23 @@ fn peer_token(
     PeerToken::new(&token).map_err(|e| ServeError::PeerToken(format!("{name}: {e}")))
 }
 
-/// A network transport to the target `[services] <name>` names.
-fn dial_service(name: &'static str, url: Option<&String>) -> Result<GrpcTransport, ServeError> {
-    let url = url.ok_or_else(|| {
+/// A network transport to the target `[services] <name>` names, balanced over its replicas.
+fn dial_service(
+    name: &'static str,
+    urls: Option<&ServiceUrls>,
+    services: &ServicesConfig,
+) -> Result<GrpcTransport, ServeError> {
+    let urls = urls.ok_or_else(|| {
         ServeError::Services(
             name,
             "this target calls it: give its http://host:port".to_owned(),
         )
     })?;
-    dial(url).map_err(|e| ServeError::Services(name, e.to_string()))
+    dial_replicas(
+        urls.urls(),
+        Duration::from_secs(services.resolve_interval_secs),
+    )
+    .map_err(|e| ServeError::Services(name, e.to_string()))
 }
 
 /// The gRPC service name health and readiness use for `S`.
@@ -366,9 +374,9 @@ impl Assembly {
                 })
             }
             Target::Rest => {
-                let inference = dial_service("inference", services.inference.as_ref())?;
-                let catalog = dial_service("catalog", services.catalog.as_ref())?;
-                let billing = dial_service("billing", services.billing.as_ref())?;
+                let inference = dial_service("inference", services.inference.as_ref(), services)?;
+                let catalog = dial_service("catalog", services.catalog.as_ref(), services)?;
+                let billing = dial_service("billing", services.billing.as_ref(), services)?;
                 let dependencies = vec![
                     Dependency::Peer {
                         name: "inference",
@@ -401,8 +409,8 @@ impl Assembly {
             }
             Target::Inference => {
                 let token = peer_token(runtime, env)?;
-                let catalog = dial_service("catalog", services.catalog.as_ref())?;
-                let metering = dial_service("metering", services.metering.as_ref())?;
+                let catalog = dial_service("catalog", services.catalog.as_ref(), services)?;
+                let metering = dial_service("metering", services.metering.as_ref(), services)?;
                 let providers = Providers::new(&runtime.providers, &runtime.images, env)?;
                 let inference = InferenceService::new(
                     providers,
@@ -444,7 +452,7 @@ impl Assembly {
             Target::Billing => {
                 let token = peer_token(runtime, env)?;
                 let admin_token = admin_token(runtime, env)?;
-                let catalog = dial_service("catalog", services.catalog.as_ref())?;
+                let catalog = dial_service("catalog", services.catalog.as_ref(), services)?;
                 let (db, shared_limits) = datastores(runtime).await?;
                 let mut dependencies = datastore_dependencies(&db, shared_limits.as_ref());
                 dependencies.push(Dependency::Peer {

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,36 +21,30 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tollgate.v1 import inference_pb2, inference_pb2_grpc, metering_pb2
+from tollgate.v1 import inference_pb2_grpc
 
 import datastores
 from datastores import POSTGRES_URL, REDIS_URL, psql
-from harness import PRICES, PROVIDER_KEY, ApiKey, ManagedProcess, MockUpstream, auth, gateway_config, tollgate_bin, user, wait_until
+from harness import PRICES, PROVIDER_KEY, MockUpstream, auth, gateway_config, user, wait_until
 from mock_rules import cost_picodollars, echo, expected_usage, usage_of
 from money_checks import pico
+from split_deployment import METERING_CALLS, TIMEOUT, Load, Targets, answered, free_port, ledger, metering_call, proto_request, sdk
 
 datastores.require()
 
-TIMEOUT = 30
 ADMIN_TOKEN = f"e2e-admin-{uuid.uuid4().hex}"
 PEER_TOKEN = f"e2e-peer-{uuid.uuid4().hex}"
 FLASH = PRICES["deepseek-v4-flash"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
+class Cluster(Targets):
     """The four targets as processes on one config file. The [services] addresses are fixed free
     ports (so a restarted billing comes back where its callers dial); listeners nobody dials
-    (the metrics ones, rest's) take port 0."""
+    (the metrics ones, rest's) take port 0. Rest balances over both inference replicas."""
 
     def __init__(self, tmp_dir: Path, mock: MockUpstream):
+        super().__init__(tmp_dir / "tollgate.toml", ADMIN_TOKEN)
         self.ports = {name: free_port() for name in ("catalog", "billing", "metering", "inference", "inference2")}
-        self.config_path = tmp_dir / "tollgate.toml"
         self.config_path.write_text(
             gateway_config(tmp_dir, mock.port)
             + f"""
@@ -61,7 +52,7 @@ class Cluster:
 token_env = "TOLLGATE_ADMIN_TOKEN"
 
 [services]
-inference = "http://127.0.0.1:{self.ports['inference']}"
+inference = ["http://127.0.0.1:{self.ports['inference']}", "http://127.0.0.1:{self.ports['inference2']}"]
 catalog = "http://127.0.0.1:{self.ports['catalog']}"
 billing = "http://127.0.0.1:{self.ports['billing']}"
 metering = "http://127.0.0.1:{self.ports['metering']}"
@@ -83,8 +74,6 @@ internal_token_env = "TOLLGATE_INTERNAL_TOKEN"
             "inference": dict(base, TOLLGATE_INTERNAL_TOKEN=PEER_TOKEN, MOCK_DEEPSEEK_KEY=PROVIDER_KEY, MOCK_OPENAI_KEY=PROVIDER_KEY),
             "rest": dict(base),
         }
-        self.procs: dict[str, ManagedProcess] = {}
-        self.ready: dict[str, dict[str, str]] = {}
         # Started in the reverse of the dial order on purpose: dials connect lazily.
         self.start("rest", "--http-addr", "127.0.0.1:0")
         self.start("inference", "--grpc-addr", f"127.0.0.1:{self.ports['inference']}", "--metrics-addr", "127.0.0.1:0")
@@ -93,13 +82,11 @@ internal_token_env = "TOLLGATE_INTERNAL_TOKEN"
         )
         self.start_billing()
         self.start("catalog", "--grpc-addr", f"127.0.0.1:{self.ports['catalog']}", "--metrics-addr", "127.0.0.1:0")
-        self.base_url = f"http://{self.ready['rest']['http']}/v1"
+        self.base_url = self.rest_url("rest")
 
     def start(self, name: str, *addrs: str, target: str | None = None) -> None:
         target = target or name
-        argv = [str(tollgate_bin()), "serve", "--config", str(self.config_path), "--target", target, *addrs]
-        self.procs[name] = ManagedProcess(f"tollgate-{name}", argv, env=self.env[target])
-        self.ready[name] = self.procs[name].wait_ready()
+        super().start(name, target, *addrs, env=self.env[target])
 
     def start_billing(self) -> None:
         self.start(
@@ -112,30 +99,11 @@ internal_token_env = "TOLLGATE_INTERNAL_TOKEN"
             "127.0.0.1:0",
         )
 
-    def probes(self, name: str) -> str:
-        """The base URL of a target's /livez and /readyz."""
-        ready = self.ready[name]
-        return f"http://{ready.get('metrics') or ready['http']}"
-
-    def readyz(self, name: str) -> httpx.Response:
-        return httpx.get(f"{self.probes(name)}/readyz", timeout=10)
-
     def channel(self, port_name: str) -> grpc.Channel:
         return grpc.insecure_channel(f"127.0.0.1:{self.ports[port_name]}")
 
-    def create_key(self, tier: str = "enterprise", **fields) -> ApiKey:
-        """Through REST /admin -> the billing target's Admin service."""
-        resp = httpx.post(f"{self.base_url[:-3]}/admin/keys", headers=auth(ADMIN_TOKEN), json={"tier": tier, **fields}, timeout=TIMEOUT)
-        assert resp.status_code == 201, resp.text
-        body = resp.json()
-        return ApiKey(secret=body["secret"], key_id=body["id"], tier=tier, name=body.get("name") or "")
-
-    def logs(self) -> str:
-        return "\n".join(p.logs() for p in self.procs.values())
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
+    def create_key(self, tier: str = "enterprise", **fields):
+        return super().create_key("rest", tier, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -146,26 +114,9 @@ def cluster(mock: MockUpstream, tmp_path_factory: pytest.TempPathFactory):
     c.stop()
 
 
-def ledger(key: ApiKey) -> tuple[int, int]:
-    [[total, rows]] = psql(f"SELECT COALESCE(SUM(cost_picodollars), 0), COUNT(*) FROM usage_ledger WHERE key_id = '{key.key_id}'")
-    return int(total), int(rows)
-
-
-def sdk(cluster: Cluster, key: ApiKey):
-    from openai import OpenAI
-
-    return OpenAI(base_url=cluster.base_url, api_key=key.secret, max_retries=0, timeout=TIMEOUT)
-
-
-def proto_request(text: str, **fields) -> inference_pb2.ChatRequest:
-    return inference_pb2.ChatRequest(
-        model="deepseek-chat", messages=[inference_pb2.Message(role=inference_pb2.ROLE_USER, text=text)], **fields
-    )
-
-
 def test_chat_stream_grpc_usage_and_the_ledger_through_separate_processes(cluster):
     key = cluster.create_key("enterprise")
-    client = sdk(cluster, key)
+    client = sdk(cluster.base_url, key)
     costs = []
 
     text = f"split chat {uuid.uuid4().hex[:8]}"
@@ -209,22 +160,6 @@ def test_chat_stream_grpc_usage_and_the_ledger_through_separate_processes(cluste
 def test_models_come_from_the_catalog_target(cluster):
     models = httpx.get(f"{cluster.base_url}/models", timeout=TIMEOUT).json()
     assert "deepseek-v4-flash" in {m["id"] for m in models["data"]}
-
-
-METERING_CALLS = {
-    "Settle": (metering_pb2.SettleRequest(request_id="chatcmpl-x", key_id="k", model_id="deepseek-v4-flash"), metering_pb2.Settlement),
-    "Admit": (metering_pb2.AdmitRequest(request_id="chatcmpl-x", model="deepseek-chat", model_id="deepseek-v4-flash"), metering_pb2.Admission),
-    "Authenticate": (metering_pb2.AuthenticateRequest(), metering_pb2.KeyInfo),
-    "InvalidateKey": (metering_pb2.InvalidateKeyRequest(key_id="k"), metering_pb2.InvalidateKeyResponse),
-}
-
-
-def metering_call(channel: grpc.Channel, method: str, metadata: list[tuple[str, str]]):
-    request, response = METERING_CALLS[method]
-    call = channel.unary_unary(
-        f"/tollgate.v1.Metering/{method}", request_serializer=type(request).SerializeToString, response_deserializer=response.FromString
-    )
-    return call(request, metadata=metadata, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("method", sorted(METERING_CALLS))
@@ -282,61 +217,15 @@ def test_livez_and_readyz_name_what_each_target_depends_on(cluster):
         assert body["checks"] == {c: "ok" for c in checks}, name
 
 
-def chat(cluster: Cluster, key: ApiKey, text: str, stream: bool) -> tuple[int, str, int | None]:
-    """One request through rest; (status, error code or "", cost in picodollars when answered)."""
-    body = {"model": "deepseek-chat", "messages": user(text), "max_tokens": 50}
-    url = f"{cluster.base_url}/chat/completions"
-    try:
-        if not stream:
-            r = httpx.post(url, headers=auth(key), json=body, timeout=60)
-            if r.status_code != 200:
-                return r.status_code, r.json()["error"].get("code") or r.json()["error"]["type"], None
-            return 200, "", pico(json.loads(r.text, parse_float=Decimal)["usage"]["cost"])
-        body.update(stream=True, stream_options={"include_usage": True})
-        with httpx.stream("POST", url, headers=auth(key), json=body, timeout=60) as r:
-            if r.status_code != 200:
-                r.read()
-                return r.status_code, r.json()["error"].get("code") or r.json()["error"]["type"], None
-            cost = None
-            error = ""
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:], parse_float=Decimal)
-                if "error" in event:
-                    error = event["error"].get("code") or event["error"]["type"]
-                elif event.get("usage") and "cost" in event["usage"]:
-                    cost = pico(event["usage"]["cost"])
-            return (200, error, cost if not error else None)
-    except httpx.HTTPError as e:
-        return 0, type(e).__name__, None
-
-
 def test_billing_killed_mid_load_and_restarted_keeps_the_books(cluster):
     """SIGKILL billing while requests flow (JSON and streams, on a prepaid key, so every one
     holds a reservation), then restart it: every request is answered (and billed) or refused
     with a clear error, nothing hangs; afterwards the ledger equals the answered requests' costs
     to the picodollar, one row each, and no reservation is left open."""
     key = cluster.create_key("enterprise", balance_usd="5")
-    results: list[tuple[float, int, str, int | None]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def load(worker: int) -> None:
-        for i in range(500):
-            if stop.is_set():
-                return
-            result = chat(cluster, key, f"load {worker} {i} {uuid.uuid4().hex[:6]}", stream=i % 2 == 1)
-            with lock:
-                results.append((time.monotonic(), *result))
-
-    def answered_since(t: float) -> int:
-        with lock:
-            return sum(1 for at, status, code, _ in results if at >= t and status == 200 and not code)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        workers = [pool.submit(load, w) for w in range(4)]
-        wait_until(lambda: answered_since(0) >= 20, timeout=60, what="20 answered requests before the kill")
+    load = Load(key, lambda worker, i: cluster.base_url)
+    try:
+        wait_until(lambda: load.answered_since(0) >= 20, timeout=60, what="20 answered requests before the kill")
         cluster.procs["billing"].proc.kill()
         cluster.procs["billing"].proc.wait(timeout=10)
         killed_at = time.monotonic()
@@ -345,25 +234,25 @@ def test_billing_killed_mid_load_and_restarted_keeps_the_books(cluster):
         assert cluster.readyz("inference").json()["checks"]["metering"] != "ok"
         cluster.start_billing()
         serving_at = time.monotonic()
-        wait_until(lambda: answered_since(serving_at) >= 20, timeout=60, what="20 answered requests after the restart")
-        stop.set()
-        for w in workers:
-            w.result(timeout=120)
+        wait_until(lambda: load.answered_since(serving_at) >= 20, timeout=60, what="20 answered requests after the restart")
+    finally:
+        load.stop()
 
-    answered = [r for r in results if r[1] == 200 and not r[2]]
-    failed = [r for r in results if not (r[1] == 200 and not r[2])]
-    first_after = min((at for at, status, code, _ in answered if at >= killed_at), default=None)
+    results = load.results
+    done = [r for r in results if answered(r)]
+    failed = [r for r in results if not answered(r)]
+    first_after = min((r[1] for r in done if r[1] >= killed_at), default=None)
     print(
-        f"\nfault run: {len(results)} requests, {len(answered)} answered, {len(failed)} errors "
-        f"{sorted({(s, c) for _, s, c, _ in failed})}; billing READY {serving_at - killed_at:.2f}s after the kill, "
+        f"\nfault run: {len(results)} requests, {len(done)} answered, {len(failed)} errors "
+        f"{sorted({(r[3], r[4]) for r in failed})}; billing READY {serving_at - killed_at:.2f}s after the kill, "
         f"first answer after the kill at +{(first_after or killed_at) - killed_at:.2f}s"
     )
-    assert all(r[3] is not None for r in answered)
+    assert all(r[5] is not None for r in done)
     # Errors are clear ones (503 from an admission that outlived its retries, an in-band error),
     # never a dropped connection or a bare 500.
-    for _, status, code, _ in failed:
-        assert status in (200, 503, 504) and code not in ("internal_error", ""), (status, code)
-    assert ledger(key) == (sum(r[3] for r in answered), len(answered))
+    for r in failed:
+        assert r[3] in (200, 503, 504) and r[4] not in ("internal_error", ""), (r[3], r[4])
+    assert ledger(key) == (sum(r[5] for r in done), len(done))
     assert psql(f"SELECT COUNT(*) FROM reservations WHERE key_id = '{key.key_id}'") == [["0"]]
 
 

@@ -15,13 +15,19 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The refusal of a call that needs an API key and carries none (or not as `Bearer`).
+/// The refusal of a gRPC call that needs an API key and carries none (or not as `Bearer`).
 pub fn missing_api_key() -> ApiError {
-    ApiError::new(
-        ErrorKind::Authentication,
-        "Missing API key: send Authorization: Bearer sk-...",
-    )
-    .with_code("missing_api_key")
+    missing_key("Missing API key: send Authorization: Bearer sk-...")
+}
+
+/// The same refusal over HTTP, where Anthropic's `x-api-key` header is accepted too (so
+/// Anthropic's SDKs and Claude Code work unchanged).
+pub fn missing_api_key_http() -> ApiError {
+    missing_key("Missing API key: send Authorization: Bearer sk-... (or x-api-key: sk-...)")
+}
+
+fn missing_key(message: &str) -> ApiError {
+    ApiError::new(ErrorKind::Authentication, message).with_code("missing_api_key")
 }
 
 /// The API key in a request's metadata, if any.

@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 use tollgate::{
-    auth::{AUTHORIZATION, bearer_token, missing_api_key},
+    auth::{AUTHORIZATION, bearer_token, missing_api_key_http},
     error::ApiError,
     v1::CheckKeyRequest,
 };
@@ -96,7 +96,7 @@ impl FromRequestParts<AppState> for ApiKey {
             .filter(|value| value.to_str().ok().and_then(bearer_token).is_some())
             .or_else(|| x_api_key(&parts.headers))
             .map(Self)
-            .ok_or_else(|| RestError(missing_api_key()))?;
+            .ok_or_else(|| RestError(missing_api_key_http()))?;
         match state
             .billing
             .clone()

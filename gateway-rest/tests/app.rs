@@ -262,6 +262,10 @@ async fn a_call_without_a_key_is_401_before_the_body_is_read() {
             "authentication_error",
         );
         assert_eq!(error["code"], "missing_api_key", "{authorization:?}");
+        assert_eq!(
+            error["message"],
+            "Missing API key: send Authorization: Bearer sk-... (or x-api-key: sk-...)"
+        );
     }
     // The key is checked before the body: a bad body without a key is still a 401.
     let (status, body) = gateway.chat(None, &json!({"model": 5})).await;

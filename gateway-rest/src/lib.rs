@@ -15,6 +15,7 @@ mod json_fields;
 pub mod key_view;
 pub mod management_limit;
 mod messages;
+pub mod metrics_endpoint;
 mod models;
 mod named_events;
 mod opaque_reasoning;

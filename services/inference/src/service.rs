@@ -30,6 +30,7 @@ use crate::{
     deadline::{self, Deadline},
     providers::Target,
     streaming,
+    telemetry::{RequestMeter, RequestStatus},
     thinking::{self, Thinking},
     token_bounds::{self, TokenBounds},
     validate,
@@ -348,13 +349,26 @@ async fn detached<T: Send + 'static>(
 }
 
 impl InferenceService {
-    /// A non-streaming call from admission to settlement.
+    /// A non-streaming call from admission to settlement, metered.
     async fn complete(
         &self,
         metadata: MetadataMap,
         request: ChatRequest,
     ) -> Result<ChatResponse, Status> {
+        let mut meter = RequestMeter::start(false);
+        let answered = self.answer(&mut meter, metadata, request).await;
+        meter.finish(RequestStatus::of_result(&answered));
+        answered
+    }
+
+    async fn answer(
+        &self,
+        meter: &mut RequestMeter,
+        metadata: MetadataMap,
+        request: ChatRequest,
+    ) -> Result<ChatResponse, Status> {
         let admitted = self.admit(&metadata, &request, false).await?;
+        meter.admitted(&admitted.route, &admitted.key_id);
         let timeouts = admitted.provider.timeouts();
         let called = tokio::time::timeout(
             timeouts.total,

@@ -26,6 +26,7 @@ use crate::{
     InferenceService, UpstreamError,
     providers::ChunkStream,
     service::{Admitted, timeout_error},
+    telemetry::{RequestMeter, RequestStatus},
     token_bounds,
 };
 
@@ -56,6 +57,7 @@ pub(crate) fn start(
     let (opened_tx, opened_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     tokio::spawn(async move {
+        let mut meter = RequestMeter::start(true);
         match open(&service, &metadata, &request).await {
             Ok(Opened {
                 admitted,
@@ -63,15 +65,19 @@ pub(crate) fn start(
                 rest,
                 deadline,
             }) => {
+                meter.admitted(&admitted.route, &admitted.key_id);
+                meter.first_token();
                 let include_usage = request
                     .stream_options
                     .is_some_and(|options| options.include_usage);
                 // If the caller is gone already, the first send fails and the stream is settled
                 // as cancelled.
                 let _ = opened_tx.send(Ok(()));
-                run(service, admitted, first, rest, include_usage, deadline, tx).await;
+                let status = run(service, admitted, first, rest, include_usage, deadline, tx).await;
+                meter.finish(status);
             }
             Err(status) => {
+                meter.finish(RequestStatus::of(&status));
                 let _ = opened_tx.send(Err(status));
             }
         }
@@ -133,7 +139,7 @@ async fn run(
     include_usage: bool,
     deadline: Instant,
     tx: mpsc::Sender<Result<ChatChunk, Status>>,
-) {
+) -> RequestStatus {
     let total_secs = admitted.provider.timeouts().total.as_secs();
     let mut usage: Option<Usage> = None;
     let mut finished = false;
@@ -200,7 +206,7 @@ async fn run(
         .settle(&admitted, Some(usage), outcome, estimated)
         .await;
     if client_left {
-        return;
+        return RequestStatus::Cancelled;
     }
     let last = match (end, settled) {
         (End::Failed(error), _) => {
@@ -208,7 +214,7 @@ async fn run(
             Err(error.to_api_error().into_status())
         }
         (End::Finished, Err(status)) => Err(status),
-        (End::Finished, Ok(_)) if !include_usage => return,
+        (End::Finished, Ok(_)) if !include_usage => return RequestStatus::Ok,
         (End::Finished, Ok(cost)) => {
             usage.cost_picodollars = Some(cost);
             Ok(ChatChunk {
@@ -221,6 +227,8 @@ async fn run(
             })
         }
     };
+    let status = RequestStatus::of_result(&last);
     // The client may have left meanwhile; nothing more to do then.
     let _ = tx.send(last).await;
+    status
 }

@@ -19,6 +19,7 @@ pub mod metrics_endpoint;
 mod models;
 mod named_events;
 mod opaque_reasoning;
+mod request_id;
 mod responses;
 pub mod server;
 mod usage;

@@ -1,17 +1,24 @@
-"""What an operator watches: `GET /metrics` on a monolith of its own (so every counter starts at
-zero), parsed with the Prometheus project's text parser (`prometheus_client.parser`) after a known
-workload (unary and streamed chats, refusals of every admission reason, an upstream failure), and
-checked against the ledger, the money truth: requests, tokens by kind, cost, settlements, upstream
-calls, refusals by reason; the gauges back at zero; the process metrics present."""
+"""What an operator watches, on a monolith of its own (so every counter starts at zero) logging
+JSON (`--log-format json`, here through TOLLGATE_LOG_FORMAT). `GET /metrics`, parsed with the
+Prometheus project's text parser (`prometheus_client.parser`) after a known workload (unary and
+streamed chats, refusals of every admission reason, an upstream failure), agrees with the ledger,
+the money truth: requests, tokens by kind, cost, settlements, upstream calls, refusals by reason;
+the gauges are back at zero; the process metrics are there. Each request's one JSON log line
+carries the id REST returns as `x-request-id` (the ledger's), the key's id and prefix but never
+its secret, model, provider, status, tokens, cost, latency and time to first token; a client's
+error is not logged at ERROR."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import openai
 import pytest
 
-from harness import Gateway, MockUpstream, make_client, sqlite_rows, user, wait_until
+import httpx
+
+from harness import Gateway, MockUpstream, auth, make_client, sqlite_rows, user, wait_until
 from prometheus_text import scrape, total
 
 TIMEOUT = 30
@@ -28,7 +35,9 @@ models = ["deepseek-v4-pro"]
 
 @pytest.fixture(scope="module")
 def gateway(mock: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Gateway:
-    gw = Gateway(tmp_path_factory.mktemp("observed"), mock, extra_config=EXTRA_CONFIG)
+    gw = Gateway(
+        tmp_path_factory.mktemp("observed"), mock, extra_config=EXTRA_CONFIG, extra_env={"TOLLGATE_LOG_FORMAT": "json"}
+    )
     yield gw
     gw.stop()
 
@@ -136,3 +145,91 @@ def test_per_key_labels_are_off_by_default(gateway: Gateway):
     assert m["tollgate_requests_total"]
     for name in ("tollgate_requests_total", "tollgate_tokens_total", "tollgate_cost_usd_total"):
         assert all("key" not in s.labels for s in m.get(name, [])), name
+
+
+def request_lines(gateway: Gateway) -> list[dict]:
+    """The gateway's JSON log lines of requests (target `tollgate::request`)."""
+    lines = []
+    for line in list(gateway.process.stderr_lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("target") == "tollgate::request":
+            lines.append(record)
+    return lines
+
+
+def line_of(gateway: Gateway, request_id: str) -> dict:
+    found: list[dict] = []
+
+    def logged() -> bool:
+        found[:] = [r for r in request_lines(gateway) if r.get("request_id") == request_id]
+        return bool(found)
+
+    wait_until(logged, timeout=TIMEOUT, what=f"the log line of {request_id}")
+    [record] = found
+    return record
+
+
+def test_one_json_log_line_per_request_named_by_the_x_request_id_header(gateway: Gateway):
+    key = gateway.create_key("enterprise")
+    raw = make_client(gateway, key).chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=user("logged unary")
+    )
+    request_id = raw.headers["x-request-id"]
+    answer = raw.parse()
+    assert request_id == answer.id and request_id.startswith("chatcmpl-")
+    [[ledger_key, ledger_cost]] = sqlite_rows(
+        gateway.db_path, "SELECT key_id, cost_picodollars FROM usage_ledger WHERE request_id = ?", request_id
+    )
+    record = line_of(gateway, request_id)
+    assert record["level"] == "INFO"
+    assert record["key_id"] == key.key_id == ledger_key
+    assert record["key_prefix"] and key.secret.startswith(record["key_prefix"].removesuffix("..."))
+    assert record["key_prefix"] != key.secret
+    assert (record["model"], record["provider"], record["status"], record["stream"]) == (
+        "deepseek-v4-flash",
+        "deepseek",
+        "ok",
+        False,
+    )
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (
+        answer.usage.prompt_tokens,
+        answer.usage.completion_tokens,
+    )
+    assert math.isclose(float(record["cost_usd"]), ledger_cost / 1e12, rel_tol=1e-12)
+    assert record["latency_ms"] > 0
+    assert "ttft_ms" not in record or record["ttft_ms"] is None
+
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-chat", "messages": user("logged stream"), "stream": True},
+        timeout=TIMEOUT,
+    ) as resp:
+        assert resp.status_code == 200
+        stream_id = resp.headers["x-request-id"]
+        body = "".join(resp.iter_text())
+    assert f'"id":"{stream_id}"' in body.replace(" ", "")
+    record = line_of(gateway, stream_id)
+    assert (record["status"], record["stream"]) == ("ok", True)
+    assert 0 < record["ttft_ms"] <= record["latency_ms"]
+    assert record["completion_tokens"] > 0
+
+    # Client errors: logged, at INFO, never ERROR; and no log line anywhere holds the secret.
+    client = make_client(gateway, key)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=user("logged 404"))
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="deepseek-chat", messages=user("logged 400"), temperature=9)
+    wait_until(
+        lambda: {"not_found_error", "invalid_request_error"} <= {r["status"] for r in request_lines(gateway)},
+        timeout=TIMEOUT,
+        what="the client errors' log lines",
+    )
+    for record in request_lines(gateway):
+        if record["status"] in ("not_found_error", "invalid_request_error", "rate_limit_error", "insufficient_quota"):
+            assert record["level"] == "INFO", record
+    assert not any(key.secret in line for line in gateway.process.stderr_lines)

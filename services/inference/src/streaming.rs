@@ -36,7 +36,8 @@ const CHANNEL_CHUNKS: usize = 32;
 /// A started stream: `opened` says whether it opened (admitted, and the upstream's first chunk
 /// arrived); the chunks follow on `chunks`.
 pub(crate) struct Started {
-    pub opened: oneshot::Receiver<Result<(), Status>>,
+    /// The request's id once it opened.
+    pub opened: oneshot::Receiver<Result<String, Status>>,
     pub chunks: ReceiverStream<Result<ChatChunk, Status>>,
 }
 
@@ -65,15 +66,20 @@ pub(crate) fn start(
                 rest,
                 deadline,
             }) => {
-                meter.admitted(&admitted.route, &admitted.key_id);
+                meter.admitted(&admitted);
                 meter.first_token();
                 let include_usage = request
                     .stream_options
                     .is_some_and(|options| options.include_usage);
                 // If the caller is gone already, the first send fails and the stream is settled
                 // as cancelled.
-                let _ = opened_tx.send(Ok(()));
-                let status = run(service, admitted, first, rest, include_usage, deadline, tx).await;
+                let _ = opened_tx.send(Ok(admitted.request_id.clone()));
+                let relay = Relay {
+                    include_usage,
+                    deadline,
+                    tx,
+                };
+                let status = run(service, admitted, first, rest, relay, &mut meter).await;
                 meter.finish(status);
             }
             Err(status) => {
@@ -131,15 +137,26 @@ enum End {
     Failed(UpstreamError),
 }
 
+/// Where and how a stream's chunks go.
+struct Relay {
+    include_usage: bool,
+    deadline: Instant,
+    tx: mpsc::Sender<Result<ChatChunk, Status>>,
+}
+
 async fn run(
     service: InferenceService,
     admitted: Admitted,
     first: ChatChunk,
     mut rest: ChunkStream,
-    include_usage: bool,
-    deadline: Instant,
-    tx: mpsc::Sender<Result<ChatChunk, Status>>,
+    relay: Relay,
+    meter: &mut RequestMeter,
 ) -> RequestStatus {
+    let Relay {
+        include_usage,
+        deadline,
+        tx,
+    } = relay;
     let total_secs = admitted.provider.timeouts().total.as_secs();
     let mut usage: Option<Usage> = None;
     let mut finished = false;
@@ -205,6 +222,9 @@ async fn run(
     let settled = service
         .settle(&admitted, Some(usage), outcome, estimated)
         .await;
+    if let Ok(cost) = &settled {
+        meter.settled(&usage, *cost);
+    }
     if client_left {
         return RequestStatus::Cancelled;
     }

@@ -20,9 +20,11 @@ use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram, Label, counter, gauge, histogram};
 use tollgate::{
     error::{ApiError, ErrorKind},
-    v1::ResolvedModel,
+    v1::{ResolvedModel, Usage},
 };
 use tonic::Status;
+
+use crate::service::Admitted;
 
 /// Requests answered, by `model`, `provider`, `status` and `stream`.
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
@@ -232,15 +234,31 @@ static IN_FLIGHT_GAUGE: LazyLock<Gauge> = LazyLock::new(|| gauge!(IN_FLIGHT));
 static ACTIVE_STREAMS_GAUGE: LazyLock<Gauge> = LazyLock::new(|| gauge!(ACTIVE_STREAMS));
 
 /// One request from its arrival to its last byte: counted in flight while it lives, and
-/// recorded (count and duration) once, by [`RequestMeter::finish`]; a meter dropped unfinished
-/// (its task panicked) records an internal error.
+/// recorded (count and duration, and its log line) once, by [`RequestMeter::finish`]; a meter
+/// dropped unfinished (its task panicked) records an internal error.
 pub(crate) struct RequestMeter {
     started: Instant,
     streamed: bool,
     model: Option<Arc<ModelMeters>>,
-    key_id: Option<String>,
+    /// Whether `key_id` is a metric label too.
+    per_key: bool,
     finished: bool,
     stream_open: bool,
+    log: RequestLog,
+}
+
+/// What the request's log line says besides its status and latency.
+#[derive(Default)]
+struct RequestLog {
+    request_id: String,
+    key_id: String,
+    key_prefix: String,
+    model: String,
+    provider: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_picodollars: Option<i64>,
+    time_to_first_token: Option<std::time::Duration>,
 }
 
 impl RequestMeter {
@@ -250,26 +268,37 @@ impl RequestMeter {
             started: Instant::now(),
             streamed,
             model: None,
-            key_id: None,
+            per_key: PER_KEY_LABELS.load(Ordering::Relaxed),
             finished: false,
             stream_open: false,
+            log: RequestLog::default(),
         }
     }
 
-    /// The request was admitted for `route` and the key `key_id`: its labels are known.
-    pub(crate) fn admitted(&mut self, route: &ResolvedModel, key_id: &str) {
+    /// The request was admitted: its model, provider, id and key are known.
+    pub(crate) fn admitted(&mut self, admitted: &Admitted) {
+        let route: &ResolvedModel = &admitted.route;
         self.model = Some(model_meters(&route.model_id, &route.provider));
-        if PER_KEY_LABELS.load(Ordering::Relaxed) {
-            self.key_id = Some(key_id.to_owned());
-        }
+        self.log.request_id.clone_from(&admitted.request_id);
+        self.log.key_id.clone_from(&admitted.key_id);
+        self.log.key_prefix.clone_from(&admitted.key_prefix);
+        self.log.model.clone_from(&route.model_id);
+        self.log.provider.clone_from(&route.provider);
+    }
+
+    /// The request was settled with `usage` at `cost_picodollars`.
+    pub(crate) fn settled(&mut self, usage: &Usage, cost_picodollars: i64) {
+        self.log.prompt_tokens = usage.prompt_tokens;
+        self.log.completion_tokens = usage.completion_tokens;
+        self.log.cost_picodollars = Some(cost_picodollars);
     }
 
     /// The stream's first upstream chunk arrived: its time to first token, and it is open.
     pub(crate) fn first_token(&mut self) {
+        let elapsed = self.started.elapsed();
+        self.log.time_to_first_token = Some(elapsed);
         if let Some(model) = &self.model {
-            model
-                .time_to_first_token
-                .record(self.started.elapsed().as_secs_f64());
+            model.time_to_first_token.record(elapsed.as_secs_f64());
         }
         if !self.stream_open {
             self.stream_open = true;
@@ -277,17 +306,57 @@ impl RequestMeter {
         }
     }
 
-    /// Records how the request ended; only the first call counts.
+    /// Records how the request ended, and writes its log line; only the first call counts.
     pub(crate) fn finish(&mut self, status: RequestStatus) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        let elapsed = self.started.elapsed();
         let model = match &self.model {
             Some(model) => Arc::clone(model),
             None => model_meters(UNRESOLVED, UNRESOLVED),
         };
-        model.count(self.streamed, status, self.key_id.as_deref());
-        model.duration[usize::from(self.streamed)].record(self.started.elapsed().as_secs_f64());
+        let key_label = (self.per_key && !self.log.key_id.is_empty()).then_some(&*self.log.key_id);
+        model.count(self.streamed, status, key_label);
+        model.duration[usize::from(self.streamed)].record(elapsed.as_secs_f64());
+        self.write_log(status, elapsed);
+    }
+
+    /// The request's one log line (target `tollgate::request`): at INFO unless the gateway or
+    /// its upstream failed (WARN), or the gateway itself (ERROR); a client's error is INFO.
+    fn write_log(&self, status: RequestStatus, elapsed: std::time::Duration) {
+        let log = &self.log;
+        let cost_usd = log
+            .cost_picodollars
+            .map(tollgate::money::format_picodollars);
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "tollgate::request",
+                    $level,
+                    request_id = %log.request_id,
+                    key_id = %log.key_id,
+                    key_prefix = %log.key_prefix,
+                    model = %log.model,
+                    provider = %log.provider,
+                    stream = self.streamed,
+                    status = status.label(),
+                    prompt_tokens = log.prompt_tokens,
+                    completion_tokens = log.completion_tokens,
+                    cost_usd = cost_usd.as_deref(),
+                    latency_ms = elapsed.as_secs_f64() * 1000.0,
+                    ttft_ms = log.time_to_first_token.map(|t| t.as_secs_f64() * 1000.0),
+                    "request"
+                )
+            };
+        }
+        match status {
+            RequestStatus::Failed(ErrorKind::Internal) => line!(tracing::Level::ERROR),
+            RequestStatus::Failed(
+                ErrorKind::Upstream | ErrorKind::UpstreamTimeout | ErrorKind::Unavailable,
+            ) => line!(tracing::Level::WARN),
+            _ => line!(tracing::Level::INFO),
+        }
     }
 }
 

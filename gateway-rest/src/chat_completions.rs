@@ -21,6 +21,7 @@ use crate::{
     app::AppState,
     error::RestError,
     extract::{ApiKey, JsonBody},
+    request_id,
 };
 
 pub(crate) async fn create(
@@ -44,22 +45,25 @@ pub(crate) async fn create(
     let request = request.into_proto()?;
     let mut inference = state.inference.clone();
     if !stream {
-        let response = inference.chat(key.request(request)).await?.into_inner();
-        return Ok(Json(ChatCompletion::from_proto(&response)).into_response());
+        let answered = inference.chat(key.request(request)).await?;
+        let id = request_id::of(&answered);
+        let response = answered.into_inner();
+        return Ok(request_id::on(
+            Json(ChatCompletion::from_proto(&response)).into_response(),
+            id,
+        ));
     }
     // Answered only once the first chunk exists, so early failures keep their HTTP status.
-    let chunks = inference
-        .chat_stream(key.request(request))
-        .await?
-        .into_inner();
+    let answered = inference.chat_stream(key.request(request)).await?;
+    let id = request_id::of(&answered);
+    let chunks = answered.into_inner();
     // Comments (`: keep-alive`) while the upstream is silent (a model thinking), so proxies
     // that close idle connections leave the stream alone.
     let keep_alive = KeepAlive::new()
         .interval(state.limits.sse_keep_alive)
         .text("keep-alive");
-    Ok(Sse::new(sse_events(chunks, include_usage))
-        .keep_alive(keep_alive)
-        .into_response())
+    let events = Sse::new(sse_events(chunks, include_usage)).keep_alive(keep_alive);
+    Ok(request_id::on(events.into_response(), id))
 }
 
 /// Each chunk becomes one `data:` event, forwarded as it arrives; the stream ends with

@@ -28,8 +28,8 @@ pub struct ServerConfig {
     /// gRPC health. Never the public listener.
     #[serde(default = "default_internal_grpc_addr")]
     pub internal_grpc_addr: SocketAddr,
-    /// The inference, catalog and billing targets' HTTP listener for `/livez` and `/readyz` (the
-    /// rest and all targets answer them on `http_addr`).
+    /// The inference, catalog and billing targets' HTTP listener for `/metrics`, `/livez` and
+    /// `/readyz` (the rest and all targets answer them on `http_addr`).
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: SocketAddr,
     /// Larger request bodies are refused with 400.
@@ -228,6 +228,16 @@ impl ServiceUrls {
     }
 }
 
+/// The `[telemetry]` section: how the process reports what it does (metrics on `/metrics`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Adds a `key` label (the key id) to `tollgate_requests_total`, `tollgate_tokens_total` and
+    /// `tollgate_cost_usd_total`: one series per key and model, so off by default.
+    #[serde(default)]
+    pub per_key_labels: bool,
+}
+
 /// The configuration file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,6 +264,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub services: ServicesConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +297,7 @@ pub struct Runtime {
     pub images: ImagesConfig,
     pub admin: AdminConfig,
     pub services: ServicesConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -462,6 +475,7 @@ impl Config {
             images: self.images,
             admin: self.admin,
             services: self.services,
+            telemetry: self.telemetry,
         })
     }
 }

@@ -41,8 +41,39 @@ struct Cli {
     /// The configuration file, before or after the subcommand.
     #[arg(long, global = true, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     config: Option<String>,
+    /// How log lines (on stderr) are written: `text` for people, `json` (one object a line) for
+    /// log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr at `RUST_LOG` (default `info`, database drivers at `warn`) in `format`.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level of each object, next to `timestamp`, `level` and `message`.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -268,7 +299,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         .iter()
                         .map(|(kind, addr)| format!("{}={addr}", kind.name()))
                         .collect();
-                    tracing::info!(?target, addrs = %addrs.join(" "), "tollgate is serving");
+                    tracing::info!(serve_target = ?target, addrs = %addrs.join(" "), "tollgate is serving");
                     // The one line tools wait for.
                     println!("READY {}", addrs.join(" "));
                 },
@@ -456,14 +487,8 @@ async fn keys(runtime: &Runtime, command: KeysCommand) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -29,6 +29,7 @@ use crate::{
     config::{ServerConfig, ServiceUrls, ServicesConfig},
     health::{Dependency, Health},
     http_listener::{self, ListenerLimits},
+    metrics_endpoint,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,7 @@ pub enum Listener {
     Grpc,
     /// `[server] internal_grpc_addr`: Metering (peer token) and gRPC health.
     Internal,
-    /// `[server] metrics_addr`: `/livez`, `/readyz` of targets without REST.
+    /// `[server] metrics_addr`: `/metrics`, `/livez`, `/readyz` of targets without REST.
     Metrics,
 }
 
@@ -537,6 +538,15 @@ fn serve_http(
     ))
 }
 
+/// `router` with `GET /metrics` when the process has its metrics recorder: the REST listener
+/// serves it, or `metrics_addr` for the targets without REST.
+fn with_metrics(router: axum::Router, metrics: Option<metrics_endpoint::Metrics>) -> axum::Router {
+    match metrics {
+        Some(metrics) => router.merge(metrics_endpoint::routes(metrics)),
+        None => router,
+    }
+}
+
 /// Runs `target` on `listeners` (those [`Target::listeners`] names) until `shutdown` resolves.
 /// `ready` is called with the bound addresses once every listener serves.
 pub async fn serve(
@@ -547,6 +557,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(&[(Listener, SocketAddr)]),
 ) -> Result<(), ServeError> {
+    // Before the services are built: they register their metric handles as they start.
+    let metrics = metrics_endpoint::install(&runtime.telemetry);
     let assembly = Assembly::new(target, &runtime, env).await?;
     let addrs = listeners.addrs()?;
     let grace = Duration::from_secs(runtime.server.shutdown_grace_secs);
@@ -574,7 +586,7 @@ pub async fn serve(
             )?);
         }
     }
-    let probes = health.routes();
+    let probes = with_metrics(health.routes(), metrics);
     let (kind, router) = match assembly.rest {
         Some(state) => (Listener::Http, app(state).merge(probes)),
         None => (Listener::Metrics, probes),

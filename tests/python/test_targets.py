@@ -25,9 +25,10 @@ from tollgate.v1 import inference_pb2_grpc
 
 import datastores
 from datastores import POSTGRES_URL, REDIS_URL, psql
-from harness import PRICES, PROVIDER_KEY, MockUpstream, auth, gateway_config, user, wait_until
+from harness import PRICES, PROVIDER_KEY, ApiKey, MockUpstream, auth, gateway_config, user, wait_until
 from mock_rules import cost_picodollars, echo, expected_usage, usage_of
 from money_checks import pico
+from prometheus_text import scrape, total
 from split_deployment import METERING_CALLS, TIMEOUT, Load, Targets, answered, free_port, ledger, metering_call, proto_request, sdk
 
 datastores.require()
@@ -155,6 +156,30 @@ def test_chat_stream_grpc_usage_and_the_ledger_through_separate_processes(cluste
 
     listed = httpx.get(f"{cluster.base_url[:-3]}/admin/keys", headers=auth(ADMIN_TOKEN), timeout=TIMEOUT)
     assert listed.status_code == 200 and key.key_id in {k["id"] for k in listed.json()["data"]}
+
+
+def test_every_target_serves_metrics_and_records_its_own_events(cluster):
+    """Each target's /metrics (metrics_addr; rest's REST listener) holds what happens there:
+    requests and upstream calls in inference, settlements, tokens and refusals in billing."""
+    key = cluster.create_key("enterprise")
+    sdk(cluster, key).chat.completions.create(model="deepseek-chat", messages=user(f"split metrics {uuid.uuid4().hex[:8]}"))
+    import openai
+
+    with pytest.raises(openai.AuthenticationError):
+        sdk(cluster, ApiKey(secret="sk-not-a-key-of-this-cluster", key_id=None, tier="", name="")).chat.completions.create(
+            model="deepseek-chat", messages=user("split metrics refused")
+        )
+    inference = scrape(cluster.probes("inference"))
+    assert total(inference, "tollgate_requests_total", status="ok", model="deepseek-v4-flash") >= 1
+    assert total(inference, "tollgate_upstream_requests_total", provider="deepseek", outcome="ok") >= 1
+    assert "tollgate_settlements_total" not in inference
+    billing = scrape(cluster.probes("billing"))
+    assert total(billing, "tollgate_settlements_total", kind="final") >= 1
+    assert total(billing, "tollgate_tokens_total", model="deepseek-v4-flash", kind="prompt") > 0
+    assert total(billing, "tollgate_admission_refusals_total", reason="invalid_key") >= 1
+    assert "tollgate_requests_total" not in billing
+    for name in ("catalog", "rest"):
+        assert total(scrape(cluster.probes(name)), "process_resident_memory_bytes") > 0, name
 
 
 def test_models_come_from_the_catalog_target(cluster):

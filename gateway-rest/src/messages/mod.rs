@@ -28,7 +28,7 @@ use crate::{
     app::AppState,
     error::RestError,
     extract::{ApiKey, JsonBody},
-    named_events,
+    named_events, request_id,
 };
 use request::Parsed;
 use stream::MessagesStream;
@@ -75,15 +75,20 @@ pub(crate) async fn create(
     let (key, Parsed { request, stream }) = accept(key, &headers, body, false)?;
     let mut inference = state.inference.clone();
     if !stream {
-        let response = inference.chat(key.request(request)).await?.into_inner();
-        return Ok(Json(response::message(&response)).into_response());
+        let answered = inference.chat(key.request(request)).await?;
+        let id = request_id::of(&answered);
+        let response = answered.into_inner();
+        return Ok(request_id::on(
+            Json(response::message(&response)).into_response(),
+            id,
+        ));
     }
     // Answered only once the first chunk exists, so early failures keep their HTTP status.
-    let chunks = inference
-        .chat_stream(key.request(request))
-        .await?
-        .into_inner();
-    Ok(Sse::new(named_events::events(chunks, MessagesStream::new())).into_response())
+    let answered = inference.chat_stream(key.request(request)).await?;
+    let id = request_id::of(&answered);
+    let chunks = answered.into_inner();
+    let events = Sse::new(named_events::events(chunks, MessagesStream::new()));
+    Ok(request_id::on(events.into_response(), id))
 }
 
 pub(crate) async fn count_tokens(

@@ -21,7 +21,7 @@ use crate::{
     app::AppState,
     error::RestError,
     extract::{ApiKey, JsonBody},
-    named_events,
+    named_events, request_id,
 };
 use request::Parsed;
 use stream::ResponsesStream;
@@ -38,13 +38,18 @@ pub(crate) async fn create(
     } = request::parse(body)?;
     let mut inference = state.inference.clone();
     if !stream {
-        let answer = inference.chat(key.request(request)).await?.into_inner();
-        return Ok(Json(response::response(&answer, echo)).into_response());
+        let answered = inference.chat(key.request(request)).await?;
+        let id = request_id::of(&answered);
+        let answer = answered.into_inner();
+        return Ok(request_id::on(
+            Json(response::response(&answer, echo)).into_response(),
+            id,
+        ));
     }
     // Answered only once the first chunk exists, so early failures keep their HTTP status.
-    let chunks = inference
-        .chat_stream(key.request(request))
-        .await?
-        .into_inner();
-    Ok(Sse::new(named_events::events(chunks, ResponsesStream::new(echo))).into_response())
+    let answered = inference.chat_stream(key.request(request)).await?;
+    let id = request_id::of(&answered);
+    let chunks = answered.into_inner();
+    let events = Sse::new(named_events::events(chunks, ResponsesStream::new(echo)));
+    Ok(request_id::on(events.into_response(), id))
 }

@@ -99,7 +99,12 @@ impl Billing for BillingService {
         &self,
         request: Request<CheckKeyRequest>,
     ) -> Result<Response<KeyInfo>, Status> {
-        let key = self.authenticate_request(&request).await?;
+        // The REST facade's key check before it reads a body: a key refused here is a refused
+        // admission (the request never reaches Admit).
+        let key = self
+            .authenticate_request(&request)
+            .await
+            .inspect_err(crate::telemetry::admission_failed)?;
         Ok(Response::new(key_info(&key)))
     }
 }

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Period;
 use crate::entity::usage_ledger;
 use crate::error::BillingError;
+use crate::telemetry;
 
 /// Most rows committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -179,6 +180,7 @@ async fn run_writer(
                 Err(_) => break,
             }
         }
+        telemetry::queue_depth(rx.len());
         write_batch(&db, batch).await;
     }
     tracing::debug!("ledger writer stopped");
@@ -226,9 +228,13 @@ async fn commit_retrying(
 ) -> Result<HashMap<String, i64>, DbErr> {
     let mut delay = FIRST_RETRY_DELAY;
     let mut attempt = 1;
+    let started = std::time::Instant::now();
     loop {
-        match commit(db, rows.to_vec()).await {
-            Ok(costs) => return Ok(costs),
+        match commit(db, rows).await {
+            Ok(costs) => {
+                telemetry::batch_committed(rows.len(), started.elapsed().as_secs_f64());
+                return Ok(costs);
+            }
             Err(err) if attempt >= COMMIT_ATTEMPTS => return Err(err),
             Err(err) => {
                 tracing::warn!(error = %err, rows = rows.len(), attempt, "ledger commit failed; retrying");
@@ -278,10 +284,11 @@ async fn hold_reservation(db: &DatabaseConnection, request_id: &str) {
 }
 
 /// Inserts `rows` in one transaction, applies the newly inserted ones to their accounts, and
-/// returns the cost stored under each request id.
+/// returns the cost stored under each request id. The newly inserted rows are counted in the
+/// metrics once committed.
 async fn commit(
     db: &DatabaseConnection,
-    rows: Vec<LedgerRow>,
+    rows: &[LedgerRow],
 ) -> Result<HashMap<String, i64>, DbErr> {
     let ids: Vec<String> = rows
         .iter()
@@ -291,7 +298,7 @@ async fn commit(
         .collect();
     let txn = db.begin().await?;
     let mut insert =
-        usage_ledger::Entity::insert_many(rows.into_iter().map(LedgerRow::into_active_model))
+        usage_ledger::Entity::insert_many(rows.iter().cloned().map(LedgerRow::into_active_model))
             .on_conflict(
                 OnConflict::column(usage_ledger::Column::RequestId)
                     .do_nothing()
@@ -342,6 +349,13 @@ async fn commit(
         stored.extend(rows);
     }
     txn.commit().await?;
+    let newly: HashSet<&str> = settled.iter().map(|s| s.request_id.as_str()).collect();
+    for row in rows
+        .iter()
+        .filter(|r| newly.contains(r.request_id.as_str()))
+    {
+        telemetry::settled(row);
+    }
     Ok(stored)
 }
 

@@ -48,6 +48,7 @@ mod reports;
 pub mod service;
 pub mod shared_limits;
 pub mod tasks;
+pub mod telemetry;
 
 pub use accounts::{KeyAccount, KeyMoney};
 pub use admin::{AdminService, AdminToken, LocalOperator};

@@ -20,6 +20,7 @@ use crate::keys::ActiveKey;
 use crate::ledger::{LedgerRow, Outcome};
 use crate::pricing::{cost_picodollars, worst_case_picodollars};
 use crate::service::BillingService;
+use crate::telemetry;
 
 /// How long a reservation may stay unsettled when the caller names no deadline.
 const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(600);
@@ -184,6 +185,35 @@ impl Metering for BillingService {
     }
 
     async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
+        self.admission(request)
+            .await
+            .map(Response::new)
+            .map_err(|err| {
+                telemetry::admission_failed(&err);
+                err.into()
+            })
+    }
+
+    async fn settle(
+        &self,
+        request: Request<SettleRequest>,
+    ) -> Result<Response<Settlement>, Status> {
+        Ok(Response::new(self.settle_row(request.into_inner()).await?))
+    }
+
+    async fn invalidate_key(
+        &self,
+        request: Request<InvalidateKeyRequest>,
+    ) -> Result<Response<InvalidateKeyResponse>, Status> {
+        self.inner.keys.invalidate(&request.into_inner().key_id);
+        Ok(Response::new(InvalidateKeyResponse {}))
+    }
+}
+
+impl BillingService {
+    /// Admit's answer, or why not: the key, its tier's model allow-list, the model's prices,
+    /// the limits, and the money reserved for a metered key.
+    async fn admission(&self, request: Request<AdmitRequest>) -> Result<Admission, BillingError> {
         let key = self.authenticate_request(&request).await?;
         let req = request.into_inner();
         let request_id = non_empty("request_id", req.request_id.clone())?;
@@ -193,8 +223,7 @@ impl Metering for BillingService {
             return Err(BillingError::ModelNotAllowed {
                 tier: tier.name.clone(),
                 model: req.model,
-            }
-            .into());
+            });
         }
         // Also before the limits: an unknown model is refused without using a slot.
         let prices = self.inner.prices.prices(&req.model_id).await?;
@@ -207,7 +236,7 @@ impl Metering for BillingService {
             reserved_picodollars,
         };
         if let Some(reserved) = self.admitted_before(&key, &request_id, now).await? {
-            return Ok(Response::new(admission(reserved)));
+            return Ok(admission(reserved));
         }
         let ttl = if req.reservation_ttl_ms == 0 {
             DEFAULT_RESERVATION_TTL
@@ -225,7 +254,7 @@ impl Metering for BillingService {
                 Ok(amount) => amount,
                 Err(err) => {
                     self.give_back_slot(&key, period).await;
-                    return Err(err.into());
+                    return Err(err);
                 }
             }
         } else {
@@ -238,22 +267,7 @@ impl Metering for BillingService {
             expires_at,
             now,
         );
-        Ok(Response::new(admission(reserved_picodollars)))
-    }
-
-    async fn settle(
-        &self,
-        request: Request<SettleRequest>,
-    ) -> Result<Response<Settlement>, Status> {
-        Ok(Response::new(self.settle_row(request.into_inner()).await?))
-    }
-
-    async fn invalidate_key(
-        &self,
-        request: Request<InvalidateKeyRequest>,
-    ) -> Result<Response<InvalidateKeyResponse>, Status> {
-        self.inner.keys.invalidate(&request.into_inner().key_id);
-        Ok(Response::new(InvalidateKeyResponse {}))
+        Ok(admission(reserved_picodollars))
     }
 }
 

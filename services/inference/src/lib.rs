@@ -9,6 +9,7 @@ pub mod images;
 pub mod providers;
 pub mod service;
 mod streaming;
+pub mod telemetry;
 pub mod thinking;
 pub mod token_bounds;
 pub mod validate;

@@ -30,6 +30,7 @@ use crate::{
     deadline::{self, Deadline},
     providers::Target,
     streaming,
+    telemetry::{RequestMeter, RequestStatus},
     thinking::{self, Thinking},
     token_bounds::{self, TokenBounds},
     validate,
@@ -94,6 +95,8 @@ pub(crate) struct Admitted {
     pub request_id: String,
     pub created: i64,
     pub key_id: String,
+    /// The key's shown prefix (`sk-abc12...`), for the request's log line; never the secret.
+    pub key_prefix: String,
     pub route: ResolvedModel,
     pub provider: Arc<Provider>,
     pub thinking: Thinking,
@@ -240,7 +243,12 @@ impl InferenceService {
         Ok(Admitted {
             request_id,
             created: chrono::Utc::now().timestamp(),
-            key_id: admission.key.map(|k| k.key_id).unwrap_or_default(),
+            key_id: admission
+                .key
+                .as_ref()
+                .map(|k| k.key_id.clone())
+                .unwrap_or_default(),
+            key_prefix: admission.key.map(|k| k.key_prefix).unwrap_or_default(),
             route,
             provider,
             thinking,
@@ -318,6 +326,17 @@ impl InferenceService {
     }
 }
 
+/// The response metadata naming the request's ledger id, which REST returns as a header.
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
+
+/// `response` carrying `request_id` as [`REQUEST_ID_METADATA`].
+fn with_request_id<T>(mut response: Response<T>, request_id: &str) -> Response<T> {
+    if let Ok(value) = request_id.parse() {
+        response.metadata_mut().insert(REQUEST_ID_METADATA, value);
+    }
+    response
+}
+
 /// A Metering call carrying the caller's key (its `authorization` metadata).
 fn with_key<T>(metadata: &MetadataMap, message: T) -> Request<T> {
     let mut request = Request::new(message);
@@ -348,13 +367,26 @@ async fn detached<T: Send + 'static>(
 }
 
 impl InferenceService {
-    /// A non-streaming call from admission to settlement.
+    /// A non-streaming call from admission to settlement, metered.
     async fn complete(
         &self,
         metadata: MetadataMap,
         request: ChatRequest,
     ) -> Result<ChatResponse, Status> {
+        let mut meter = RequestMeter::start(false);
+        let answered = self.answer(&mut meter, metadata, request).await;
+        meter.finish(RequestStatus::of_result(&answered));
+        answered
+    }
+
+    async fn answer(
+        &self,
+        meter: &mut RequestMeter,
+        metadata: MetadataMap,
+        request: ChatRequest,
+    ) -> Result<ChatResponse, Status> {
         let admitted = self.admit(&metadata, &request, false).await?;
+        meter.admitted(&admitted);
         let timeouts = admitted.provider.timeouts();
         let called = tokio::time::timeout(
             timeouts.total,
@@ -390,10 +422,11 @@ impl InferenceService {
                 (token_bounds::estimate(None, prompt, answer), true)
             }
         };
-        usage.cost_picodollars = Some(
-            self.settle(&admitted, Some(usage), Outcome::Succeeded, estimated)
-                .await?,
-        );
+        let cost = self
+            .settle(&admitted, Some(usage), Outcome::Succeeded, estimated)
+            .await?;
+        usage.cost_picodollars = Some(cost);
+        meter.settled(&usage, cost);
         response.id = admitted.request_id;
         response.created = admitted.created;
         response.model = admitted.route.requested_id;
@@ -462,9 +495,9 @@ impl inference_server::Inference for InferenceService {
     async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         let service = self.clone();
-        detached(async move { service.complete(metadata, request).await })
-            .await
-            .map(Response::new)
+        let response = detached(async move { service.complete(metadata, request).await }).await?;
+        let id = response.id.clone();
+        Ok(with_request_id(Response::new(response), &id))
     }
 
     type ChatStreamStream = ReceiverStream<Result<ChatChunk, Status>>;
@@ -478,7 +511,7 @@ impl inference_server::Inference for InferenceService {
         let (metadata, _, request) = request.into_parts();
         let started = streaming::start(self.clone(), metadata, request);
         match started.opened.await {
-            Ok(Ok(())) => Ok(Response::new(started.chunks)),
+            Ok(Ok(request_id)) => Ok(with_request_id(Response::new(started.chunks), &request_id)),
             Ok(Err(status)) => Err(status),
             Err(_) => {
                 Err(ApiError::new(ErrorKind::Internal, "the stream task failed").into_status())

@@ -26,6 +26,7 @@ use crate::{
     InferenceService, UpstreamError,
     providers::ChunkStream,
     service::{Admitted, timeout_error},
+    telemetry::{RequestMeter, RequestStatus},
     token_bounds,
 };
 
@@ -35,7 +36,8 @@ const CHANNEL_CHUNKS: usize = 32;
 /// A started stream: `opened` says whether it opened (admitted, and the upstream's first chunk
 /// arrived); the chunks follow on `chunks`.
 pub(crate) struct Started {
-    pub opened: oneshot::Receiver<Result<(), Status>>,
+    /// The request's id once it opened.
+    pub opened: oneshot::Receiver<Result<String, Status>>,
     pub chunks: ReceiverStream<Result<ChatChunk, Status>>,
 }
 
@@ -56,6 +58,7 @@ pub(crate) fn start(
     let (opened_tx, opened_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     tokio::spawn(async move {
+        let mut meter = RequestMeter::start(true);
         match open(&service, &metadata, &request).await {
             Ok(Opened {
                 admitted,
@@ -63,15 +66,24 @@ pub(crate) fn start(
                 rest,
                 deadline,
             }) => {
+                meter.admitted(&admitted);
+                meter.first_token();
                 let include_usage = request
                     .stream_options
                     .is_some_and(|options| options.include_usage);
                 // If the caller is gone already, the first send fails and the stream is settled
                 // as cancelled.
-                let _ = opened_tx.send(Ok(()));
-                run(service, admitted, first, rest, include_usage, deadline, tx).await;
+                let _ = opened_tx.send(Ok(admitted.request_id.clone()));
+                let relay = Relay {
+                    include_usage,
+                    deadline,
+                    tx,
+                };
+                let status = run(service, admitted, first, rest, relay, &mut meter).await;
+                meter.finish(status);
             }
             Err(status) => {
+                meter.finish(RequestStatus::of(&status));
                 let _ = opened_tx.send(Err(status));
             }
         }
@@ -125,15 +137,26 @@ enum End {
     Failed(UpstreamError),
 }
 
+/// Where and how a stream's chunks go.
+struct Relay {
+    include_usage: bool,
+    deadline: Instant,
+    tx: mpsc::Sender<Result<ChatChunk, Status>>,
+}
+
 async fn run(
     service: InferenceService,
     admitted: Admitted,
     first: ChatChunk,
     mut rest: ChunkStream,
-    include_usage: bool,
-    deadline: Instant,
-    tx: mpsc::Sender<Result<ChatChunk, Status>>,
-) {
+    relay: Relay,
+    meter: &mut RequestMeter,
+) -> RequestStatus {
+    let Relay {
+        include_usage,
+        deadline,
+        tx,
+    } = relay;
     let total_secs = admitted.provider.timeouts().total.as_secs();
     let mut usage: Option<Usage> = None;
     let mut finished = false;
@@ -199,8 +222,11 @@ async fn run(
     let settled = service
         .settle(&admitted, Some(usage), outcome, estimated)
         .await;
+    if let Ok(cost) = &settled {
+        meter.settled(&usage, *cost);
+    }
     if client_left {
-        return;
+        return RequestStatus::Cancelled;
     }
     let last = match (end, settled) {
         (End::Failed(error), _) => {
@@ -208,7 +234,7 @@ async fn run(
             Err(error.to_api_error().into_status())
         }
         (End::Finished, Err(status)) => Err(status),
-        (End::Finished, Ok(_)) if !include_usage => return,
+        (End::Finished, Ok(_)) if !include_usage => return RequestStatus::Ok,
         (End::Finished, Ok(cost)) => {
             usage.cost_picodollars = Some(cost);
             Ok(ChatChunk {
@@ -221,6 +247,8 @@ async fn run(
             })
         }
     };
+    let status = RequestStatus::of_result(&last);
     // The client may have left meanwhile; nothing more to do then.
     let _ = tx.send(last).await;
+    status
 }

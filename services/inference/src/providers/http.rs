@@ -9,7 +9,7 @@
 //! event ([`MAX_SSE_EVENT_BYTES`]); redirects are followed only to the same origin, so a
 //! provider key never goes to another host.
 
-use std::fmt;
+use std::{fmt, time::Instant};
 
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::{
     UpstreamError,
     config::{ProviderConfig, Timeouts},
+    telemetry::{UpstreamMeters, UpstreamOutcome},
 };
 
 /// Most of an upstream error message that is relayed to the client (characters).
@@ -65,6 +66,7 @@ pub struct Upstream {
     key_env: Option<String>,
     client: reqwest::Client,
     timeouts: Timeouts,
+    meters: UpstreamMeters,
 }
 
 impl Upstream {
@@ -92,6 +94,7 @@ impl Upstream {
             key_env: config.api_key_env.clone(),
             client,
             timeouts,
+            meters: UpstreamMeters::new(&config.name),
         })
     }
 
@@ -158,8 +161,16 @@ impl Upstream {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = tokio::time::timeout(self.timeouts.first_token, request.send())
-            .await
+        let started = Instant::now();
+        let sent = tokio::time::timeout(self.timeouts.first_token, request.send()).await;
+        let outcome = match &sent {
+            Ok(Ok(response)) => UpstreamOutcome::of_status(response.status().as_u16()),
+            Ok(Err(e)) if e.is_timeout() && !e.is_connect() => UpstreamOutcome::Timeout,
+            Ok(Err(_)) => UpstreamOutcome::ConnectError,
+            Err(_) => UpstreamOutcome::Timeout,
+        };
+        self.meters.record(outcome, started);
+        let response = sent
             .map_err(|_| UpstreamError::Timeout {
                 provider: self.name.clone(),
                 seconds: self.timeouts.first_token.as_secs(),

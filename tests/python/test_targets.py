@@ -162,17 +162,18 @@ def test_every_target_serves_metrics_and_records_its_own_events(cluster):
     """Each target's /metrics (metrics_addr; rest's REST listener) holds what happens there:
     requests and upstream calls in inference, settlements, tokens and refusals in billing."""
     key = cluster.create_key("enterprise")
-    sdk(cluster, key).chat.completions.create(model="deepseek-chat", messages=user(f"split metrics {uuid.uuid4().hex[:8]}"))
+    sdk(cluster.base_url, key).chat.completions.create(model="deepseek-chat", messages=user(f"split metrics {uuid.uuid4().hex[:8]}"))
     import openai
 
     with pytest.raises(openai.AuthenticationError):
-        sdk(cluster, ApiKey(secret="sk-not-a-key-of-this-cluster", key_id=None, tier="", name="")).chat.completions.create(
+        sdk(cluster.base_url, ApiKey(secret="sk-not-a-key-of-this-cluster", key_id=None, tier="", name="")).chat.completions.create(
             model="deepseek-chat", messages=user("split metrics refused")
         )
-    inference = scrape(cluster.probes("inference"))
-    assert total(inference, "tollgate_requests_total", status="ok", model="deepseek-v4-flash") >= 1
-    assert total(inference, "tollgate_upstream_requests_total", provider="deepseek", outcome="ok") >= 1
-    assert "tollgate_settlements_total" not in inference
+    # Rest spreads its calls over both inference replicas: the request is in one of them.
+    inference = [scrape(cluster.probes(name)) for name in ("inference", "inference2")]
+    assert sum(total(m, "tollgate_requests_total", status="ok", model="deepseek-v4-flash") for m in inference) >= 1
+    assert sum(total(m, "tollgate_upstream_requests_total", provider="deepseek", outcome="ok") for m in inference) >= 1
+    assert all("tollgate_settlements_total" not in m for m in inference)
     billing = scrape(cluster.probes("billing"))
     assert total(billing, "tollgate_settlements_total", kind="final") >= 1
     assert total(billing, "tollgate_tokens_total", model="deepseek-v4-flash", kind="prompt") > 0

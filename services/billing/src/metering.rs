@@ -17,9 +17,10 @@ use crate::accounts::{self, Reservation};
 use crate::clock::{Period, now_ms};
 use crate::error::BillingError;
 use crate::keys::ActiveKey;
-use crate::ledger::{LedgerRow, Outcome};
+use crate::ledger::{self, LedgerRow, Outcome};
 use crate::pricing::{cost_picodollars, worst_case_picodollars};
 use crate::service::BillingService;
+use crate::shared_limits::Slot;
 
 /// How long a reservation may stay unsettled when the caller names no deadline.
 const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(600);
@@ -29,9 +30,18 @@ impl BillingService {
     async fn take_slot(&self, key: &ActiveKey, period: Period) -> Result<(), BillingError> {
         match &self.inner.shared_limits {
             Some(shared) => {
+                let id = &key.record.id;
+                if shared.admit(id, &key.limits, period, None).await? == Slot::Counted {
+                    return Ok(());
+                }
+                // Redis has no counter for the month: it starts from the ledger's rows of this
+                // month for the key (the requests already settled), not from a count this process
+                // loaded earlier.
+                let seed = ledger::count_requests(&self.inner.db, id, period).await?;
                 shared
-                    .admit(&key.record.id, &key.limits, period, key.limits.used(period))
+                    .admit(id, &key.limits, period, Some(seed))
                     .await
+                    .map(drop)
             }
             None => key.limits.admit(period),
         }

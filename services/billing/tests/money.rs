@@ -617,3 +617,10 @@ async fn a_poisoned_ledger_row_fails_alone_and_keeps_its_reservation() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_late_row_of_the_previous_month_keeps_this_months_spend() {
+    let h = Harness::sqlite(tier("basic", 100, 100)).await;
+    support::assert_a_late_row_keeps_the_months_spend(&h.db).await;
+    h.stop().await;
+}

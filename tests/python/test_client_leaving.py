@@ -8,10 +8,13 @@ when), what the ledger holds, and what the process does on SIGTERM.
   as `cancelled`, marked estimated: the prompt plus what was relayed.
 - `on_client_disconnect = "finish"`: the upstream is read to its end and its own count is billed.
 - SIGTERM: requests still running when `shutdown_grace_secs` ends are cut and settled (estimated)
-  before the process exits 0; no reservation stays open."""
+  before the process exits 0; no reservation stays open.
+- A tier's `max_concurrent_streams`: a stream over it is a 429 `rate_limit_exceeded` naming the
+  cap (gRPC RESOURCE_EXHAUSTED), and its slot is free again once a stream ends."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -32,6 +35,13 @@ TIMEOUT = 30
 STALL_SECS = 2
 # How soon after the client leaves the upstream connection must be closed.
 CLOSE_WITHIN_SECS = 5
+TWO_STREAMS_TIER = """
+[[tiers]]
+name = "two_streams"
+rpm = 100
+monthly_requests = 1000
+max_concurrent_streams = 2
+"""
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +50,7 @@ def gateway(mock: MockUpstream, tmp_path_factory) -> Gateway:
     gw = Gateway(
         tmp_path_factory.mktemp("tollgate-cancel"),
         mock,
+        extra_config=TWO_STREAMS_TIER,
         env={"TOLLGATE__SERVER__CLIENT_STALL_TIMEOUT_SECS": str(STALL_SECS)},
     )
     yield gw
@@ -306,9 +317,13 @@ def test_sigterm_cuts_and_settles_the_requests_still_running(mock, tmp_path):
         held = f"term-call-{nonce()}"
         call = {"model": "deepseek-chat", "messages": user(f"held call [hold={held}]")}
         with httpx.Client(timeout=TIMEOUT) as client:
-            pending = threading.Thread(
-                target=lambda: client.post(f"{gw.base_url}/chat/completions", headers=auth(key), json=call), daemon=True
-            )
+
+            def held_call() -> None:
+                # The process may exit before this answer is written: only the ledger is asserted.
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post(f"{gw.base_url}/chat/completions", headers=auth(key), json=call)
+
+            pending = threading.Thread(target=held_call, daemon=True)
             pending.start()
             body = {"model": "deepseek-chat", "messages": user(held_text(name, 4)), "stream": True}
             relayed = seen = 0
@@ -339,3 +354,44 @@ def test_sigterm_cuts_and_settles_the_requests_still_running(mock, tmp_path):
         mock.release(name)
         mock.release(held)
         gw.stop()
+
+
+# The per-key stream cap -----------------------------------------------------------------------
+
+
+def test_a_key_over_its_tiers_stream_cap_gets_429_until_a_stream_ends(gateway, mock):
+    key = gateway.create_key("two_streams")
+    name = f"cap-{nonce()}"
+    body = {"model": "deepseek-chat", "messages": user(f"capped {name} [hold_after_first={name}]"), "stream": True}
+    url = f"{gateway.base_url}/chat/completions"
+    with httpx.Client(timeout=TIMEOUT) as one, httpx.Client(timeout=TIMEOUT) as two:
+        first = one.send(one.build_request("POST", url, headers=auth(key), json=body), stream=True)
+        second = two.send(two.build_request("POST", url, headers=auth(key), json=body), stream=True)
+        assert (first.status_code, second.status_code) == (200, 200)
+        mock.wait_held(name, lambda status: status["waiting"] == 2, what="both streams are open")
+        third = httpx.post(url, headers=auth(key), json=body, timeout=TIMEOUT)
+        assert third.status_code == 429, third.text
+        error = third.json()["error"]
+        assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded"), error
+        assert "max_concurrent_streams" in error["message"] and "2" in error["message"], error
+        # Over gRPC alike; a non-streamed call is not a stream.
+        with grpc.insecure_channel(gateway.grpc_addr) as channel:
+            call = inference_pb2_grpc.InferenceStub(channel).ChatStream(
+                proto_request("deepseek-chat", f"capped {name}"), metadata=metadata(key), timeout=TIMEOUT
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                next(call)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        plain = {"model": "deepseek-chat", "messages": user(f"not a stream {nonce()}")}
+        assert httpx.post(url, headers=auth(key), json=plain, timeout=TIMEOUT).status_code == 200
+        # One stream ends (its client leaves): its slot is free once it is settled.
+        first.close()
+        wait_until(lambda: len(ledger(gateway, key)) == 2, timeout=20, what="the left stream is settled")
+        fourth = {"model": "deepseek-chat", "messages": user(f"after {nonce()}"), "stream": True}
+        assert httpx.post(url, headers=auth(key), json=fourth, timeout=TIMEOUT).status_code == 200
+        mock.release(name)
+        second.read()
+        second.close()
+    wait_until(lambda: len(ledger(gateway, key)) == 4, timeout=20, what="every admitted request is settled")
+    # Refused streams were never admitted: no row, no monthly count.
+    assert gateway.usage(key).json()["monthly_requests"] == 4

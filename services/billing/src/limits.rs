@@ -249,6 +249,7 @@ mod tests {
             rpm: NonZeroU32::new(rpm).unwrap(),
             monthly_requests,
             models: None,
+            max_concurrent_streams: None,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The internal `tollgate.v1.Metering` API: authentication from the key cache; admission against
-//! the tier's model allow-list, the catalogue (an unknown model is refused), the tier limits (in
-//! memory, or in Redis when shared) and, for keys with a balance or budget, a reservation of the
+//! the tier's model allow-list, the catalogue (an unknown model is refused), the tier's stream cap
+//! (a slot per open stream, freed at its settlement), the tier limits (in memory, or in Redis when
+//! shared) and, for keys with a balance or budget, a reservation of the
 //! worst-case cost ([`crate::accounts`]); settlement priced at the catalogue's prices through the
 //! group-commit ledger; cache invalidation.
 
@@ -104,6 +105,10 @@ impl BillingService {
     }
 
     async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
+        // The stream has ended, however it ended: its slot is free whatever the ledger answers.
+        if req.streamed {
+            self.inner.streams.close(&req.key_id, &req.request_id);
+        }
         // Priced by the model the Settle names, at the catalogue's prices.
         let prices = self.inner.prices.prices(&req.model_id).await?;
         let row = ledger_row(req, &prices, now_ms(), Period::current())?;
@@ -226,7 +231,32 @@ impl Metering for BillingService {
         };
         let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let period = Period::current();
-        self.take_slot(&key, period).await?;
+        // Before the limits: a stream refused for the cap uses no slot of either.
+        let stream_cap = req
+            .streamed
+            .then_some(tier.max_concurrent_streams)
+            .flatten();
+        if let Some(cap) = stream_cap
+            && !self
+                .inner
+                .streams
+                .open(&key.record.id, &request_id, cap.get(), now, expires_at)
+        {
+            return Err(BillingError::TooManyStreams {
+                tier: tier.name.clone(),
+                limit: cap.get(),
+            }
+            .into());
+        }
+        let close_stream = || {
+            if stream_cap.is_some() {
+                self.inner.streams.close(&key.record.id, &request_id);
+            }
+        };
+        if let Err(err) = self.take_slot(&key, period).await {
+            close_stream();
+            return Err(err.into());
+        }
         let reserved_picodollars = if key.metered {
             match self
                 .reserve(&key, &req, &prices, &request_id, period, expires_at)
@@ -235,6 +265,7 @@ impl Metering for BillingService {
                 Ok(amount) => amount,
                 Err(err) => {
                     self.give_back_slot(&key, period).await;
+                    close_stream();
                     return Err(err.into());
                 }
             }

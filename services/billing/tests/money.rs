@@ -35,6 +35,7 @@ fn admit(request_id: &str) -> AdmitRequest {
         max_prompt_tokens: 1000,
         max_completion_tokens: 1000,
         reservation_ttl_ms: 60_000,
+        streamed: false,
     }
 }
 

@@ -271,6 +271,7 @@ impl InferenceService {
             max_prompt_tokens: bounds.max_prompt_tokens,
             max_completion_tokens: bounds.max_completion_tokens,
             reservation_ttl_ms,
+            streamed,
         };
         // Retried by request id while Billing is unreachable: Admit is idempotent.
         let metering = self.inner.metering.clone();

@@ -101,6 +101,7 @@ impl Stack {
             rpm: 100,
             monthly_requests: 1000,
             models: None,
+            max_concurrent_streams: None,
         }])
         .unwrap();
         let model: ModelConfig = toml::from_str(

@@ -39,6 +39,7 @@ pub fn tier(name: &str, rpm: u32, monthly_requests: u64) -> TierConfig {
         rpm,
         monthly_requests,
         models: None,
+        max_concurrent_streams: None,
     }
 }
 

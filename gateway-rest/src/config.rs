@@ -12,7 +12,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use tollgate_billing::config::{DatabaseConfig, RedisConfig, TierConfig};
 use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
-use tollgate_inference::{ImagesConfig, ProviderConfig};
+use tollgate_inference::{ClientDisconnect, ClientPolicy, ImagesConfig, ProviderConfig};
 
 /// Prefix of environment overrides: `TOLLGATE__SERVER__HTTP_ADDR=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "TOLLGATE__";
@@ -70,6 +70,30 @@ pub struct ServerConfig {
     /// subscription); over it: 429 with `Retry-After`.
     #[serde(default = "default_management_rpm")]
     pub management_rpm: u32,
+
+    /// What a stream does when its client disconnects or stops reading: `cancel` (default)
+    /// closes the upstream at once and settles the prompt plus what was relayed, marked
+    /// estimated; `finish` reads the upstream to its end and settles its exact count.
+    #[serde(default)]
+    pub on_client_disconnect: ClientDisconnect,
+    /// A send to a streaming client that waits longer than this (a reader that stopped
+    /// reading) means the client left.
+    #[serde(default = "default_client_stall_timeout_secs")]
+    pub client_stall_timeout_secs: u64,
+}
+
+fn default_client_stall_timeout_secs() -> u64 {
+    30
+}
+
+impl ServerConfig {
+    /// How streams treat their clients (`on_client_disconnect`, `client_stall_timeout_secs`).
+    pub fn client_policy(&self) -> ClientPolicy {
+        ClientPolicy {
+            on_disconnect: self.on_client_disconnect,
+            stall_timeout: std::time::Duration::from_secs(self.client_stall_timeout_secs),
+        }
+    }
 }
 
 fn default_http_addr() -> SocketAddr {
@@ -150,6 +174,8 @@ impl Default for ServerConfig {
             max_concurrent_streams: default_max_concurrent_streams(),
             sse_keep_alive_secs: default_sse_keep_alive_secs(),
             management_rpm: default_management_rpm(),
+            on_client_disconnect: ClientDisconnect::default(),
+            client_stall_timeout_secs: default_client_stall_timeout_secs(),
         }
     }
 }
@@ -378,6 +404,10 @@ impl Config {
             (
                 "server.sse_keep_alive_secs",
                 self.server.sse_keep_alive_secs,
+            ),
+            (
+                "server.client_stall_timeout_secs",
+                self.server.client_stall_timeout_secs,
             ),
         ] {
             if value == 0 {

@@ -5,7 +5,7 @@
 //! targets they call over the network (`[services]`), Metering only on the billing target's
 //! internal listener, behind the peer token. Shutdown turns health NOT_SERVING, stops accepting,
 //! lets in-flight requests finish (and every admitted request settle) within the grace period,
-//! then flushes the ledger.
+//! cuts and settles those still running when it ends, then flushes the ledger.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -288,7 +288,8 @@ impl Services {
             // Metering is internal: in-process only, never on the public listener.
             in_process(MeteringServer::new(billing.clone())),
         )
-        .with_max_message_bytes(runtime.server.max_message_bytes);
+        .with_max_message_bytes(runtime.server.max_message_bytes)
+        .with_client_policy(runtime.server.client_policy());
         let admin = AdminService::new(
             db,
             runtime.tiers.clone(),
@@ -418,7 +419,8 @@ impl Assembly {
                     catalog.clone(),
                     token.attach(metering.clone()),
                 )
-                .with_max_message_bytes(runtime.server.max_message_bytes);
+                .with_max_message_bytes(runtime.server.max_message_bytes)
+                .with_client_policy(runtime.server.client_policy());
                 let mut routes = Routes::builder();
                 routes.add_service(inference_server(&inference));
                 Ok(Self {
@@ -627,13 +629,33 @@ pub async fn serve(
         }
     })
     .await;
-    if drained.is_err() {
-        tracing::warn!("grace period over; abandoning the remaining requests");
+    if drained.is_err()
+        && let Some(inference) = &assembly.inference
+    {
+        cut_and_settle(inference).await;
     }
     if let Some(billing) = &assembly.billing {
         billing.shutdown().await;
     }
     Ok(())
+}
+
+/// How long, once the grace period is over, the cut requests have to settle before the process
+/// exits anyway (a settlement waits at most for the ledger's group commit and its retries).
+const SETTLE_CUT_WITHIN: Duration = Duration::from_secs(15);
+
+/// Ends a shutdown whose grace period is over: cuts every request still running (each closes
+/// its upstream and is settled at what it has, estimated where the upstream never sent a final
+/// count) and waits for their settlements, so nothing admitted is left unsettled.
+async fn cut_and_settle(inference: &InferenceService) {
+    tracing::warn!("grace period over; cutting the remaining requests and settling them");
+    inference.cut_running();
+    if tokio::time::timeout(SETTLE_CUT_WITHIN, inference.drained())
+        .await
+        .is_err()
+    {
+        tracing::error!("cut requests still unsettled after the settle window; exiting anyway");
+    }
 }
 
 /// The public gRPC listener's bounds, from `[server]`: streams per HTTP/2 connection, the size

@@ -28,3 +28,22 @@ def psql(sql: str) -> list[list[str]]:
         [PSQL, POSTGRES_URL, "-At", "-F", "\t", "-c", sql], capture_output=True, text=True, timeout=30, check=True
     )
     return [line.split("\t") for line in done.stdout.splitlines() if line]
+
+
+def redis_command(*args: str) -> bytes:
+    """Sends one command to the Redis at REDIS_URL (`redis://host:port`) in RESP and returns its
+    first reply line (e.g. `+OK`)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(REDIS_URL)
+    request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379), timeout=10) as sock:
+        sock.sendall(request.encode())
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.split(b"\r\n", 1)[0]

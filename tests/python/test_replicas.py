@@ -2,7 +2,8 @@
 scripts/services.sh): concurrent load on one key through both shows that its requests-per-minute
 window, its monthly quota and its prepaid balance hold exactly across processes (not once per
 replica), and that the ledger equals the sum of the costs the responses reported. A revocation
-or rotation made through one replica's Admin API reaches the other within its key refresh."""
+or rotation made through one replica's Admin API reaches the other within its key refresh. A
+Redis that loses its counters (FLUSHALL) re-seeds each key's monthly count from the ledger."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 import datastores
-from datastores import POSTGRES_URL, REDIS_URL, psql
+from datastores import POSTGRES_URL, REDIS_URL, psql, redis_command
 from harness import ApiKey, Gateway, MockUpstream, auth, wait_until
 from money_checks import MAX_TOKENS, PICO, WORST_OUTPUT, cost_of, fire_held, fire_together, key_listing, nonce
 
@@ -70,6 +71,21 @@ def test_replicas_share_one_monthly_quota(replicas):
     key = replicas[1].create_key("tight_month")
     responses = through_both(replicas, key, 12, f"month {nonce()}")
     assert codes(responses) == ["200"] * 5 + ["monthly_quota_exceeded"] * 7
+    for gw in replicas:
+        report = gw.usage(key).json()
+        assert (report["monthly_requests"], report["remaining"]) == (5, 0)
+
+
+def test_a_redis_flush_reseeds_the_monthly_quota_from_the_ledger(replicas):
+    """tight_month allows 5 requests per month. After 3, Redis loses everything (FLUSHALL): the
+    counter restarts from this month's ledger rows of the key (3), not from the count the
+    replicas loaded when they first saw the key (0), so exactly 2 more are admitted."""
+    key = replicas[0].create_key("tight_month")
+    for i in range(3):
+        assert post(replicas[i % 2], key, f"before flush {nonce()}").status_code == 200
+    assert redis_command("FLUSHALL") == b"+OK"
+    responses = [post(replicas[i % 2], key, f"after flush {nonce()}") for i in range(4)]
+    assert codes(responses) == ["200"] * 2 + ["monthly_quota_exceeded"] * 2
     for gw in replicas:
         report = gw.usage(key).json()
         assert (report["monthly_requests"], report["remaining"]) == (5, 0)

@@ -377,8 +377,11 @@ pub(crate) async fn apply_settlements(
              reserved_picodollars = key_accounts.reserved_picodollars - ?, \
              spent_total_picodollars = key_accounts.spent_total_picodollars + ?, \
              spent_month_picodollars = CASE WHEN key_accounts.spent_period = ? \
-               THEN key_accounts.spent_month_picodollars + ? ELSE ? END, \
-             spent_period = ?",
+               THEN key_accounts.spent_month_picodollars + ? \
+               WHEN key_accounts.spent_period > ? THEN key_accounts.spent_month_picodollars \
+               ELSE ? END, \
+             spent_period = CASE WHEN key_accounts.spent_period > ? \
+               THEN key_accounts.spent_period ELSE ? END",
             vec![
                 key_id.as_str().into(),
                 cost.into(),
@@ -394,7 +397,9 @@ pub(crate) async fn apply_settlements(
                 cost.into(),
                 period.as_str().into(),
                 cost.into(),
+                period.as_str().into(),
                 cost.into(),
+                period.as_str().into(),
                 period.as_str().into(),
             ],
         )

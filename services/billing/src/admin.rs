@@ -520,6 +520,7 @@ mod tests {
             rpm: 30,
             monthly_requests: 3000,
             models: None,
+            max_concurrent_streams: None,
         }])
         .unwrap();
         (db, tiers)

@@ -21,6 +21,12 @@ pub struct TierConfig {
     /// Absent: every model.
     #[serde(default)]
     pub models: Option<Vec<String>>,
+
+    /// Streams a key of this tier may have open at once; over it a new stream is refused with
+    /// 429 `rate_limit_exceeded`. Absent: unlimited. Counted per billing process (see
+    /// [`crate::streams`]).
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// The `[database]` section.
@@ -134,6 +140,8 @@ pub struct Tier {
     pub monthly_requests: u64,
     /// The allow-list (see [`TierConfig::models`]); `None` allows every model.
     pub models: Option<Arc<[String]>>,
+    /// Streams a key may have open at once (see [`TierConfig::max_concurrent_streams`]).
+    pub max_concurrent_streams: Option<NonZeroU32>,
 }
 
 impl Tier {
@@ -163,6 +171,8 @@ pub enum ConfigError {
     ZeroRpm { index: usize },
     #[error("tiers[{index}].models must not be empty; leave it out to allow every model")]
     EmptyModelList { index: usize },
+    #[error("tiers[{index}].max_concurrent_streams must be at least 1; leave it out for no limit")]
+    ZeroStreams { index: usize },
 }
 
 /// The configured tiers, validated. Cheap to clone.
@@ -189,11 +199,16 @@ impl Tiers {
             if cfg.models.as_ref().is_some_and(Vec::is_empty) {
                 return Err(ConfigError::EmptyModelList { index });
             }
+            let max_concurrent_streams = match cfg.max_concurrent_streams {
+                None => None,
+                Some(n) => Some(NonZeroU32::new(n).ok_or(ConfigError::ZeroStreams { index })?),
+            };
             tiers.push(Arc::new(Tier {
                 name: cfg.name,
                 rpm,
                 monthly_requests: cfg.monthly_requests,
                 models: cfg.models.map(Into::into),
+                max_concurrent_streams,
             }));
         }
         Ok(Self {
@@ -226,6 +241,7 @@ mod tests {
             rpm,
             monthly_requests: 100,
             models: None,
+            max_concurrent_streams: None,
         }
     }
 

@@ -44,6 +44,9 @@ pub enum BillingError {
     AmbiguousPrefix { prefix: String, ids: Vec<String> },
     #[error("rate limit reached: tier {tier} allows {rpm} requests per minute")]
     RateLimited { tier: String, rpm: u32 },
+    /// The key has as many streams open as its tier allows.
+    #[error("too many streams: tier {tier} allows {limit} open at once")]
+    TooManyStreams { tier: String, limit: u32 },
     #[error("monthly quota reached: tier {tier} allows {limit} requests per month")]
     QuotaExceeded { tier: String, limit: u64 },
     /// The prepaid balance (less what requests in flight hold) cannot cover the request's worst
@@ -132,6 +135,14 @@ impl BillingError {
             Self::RateLimited { tier, rpm } => ApiError::new(
                 ErrorKind::RateLimit,
                 format!("Rate limit reached: tier {tier} allows {rpm} requests per minute"),
+            )
+            .with_code("rate_limit_exceeded"),
+            Self::TooManyStreams { tier, limit } => ApiError::new(
+                ErrorKind::RateLimit,
+                format!(
+                    "Too many concurrent streams: tier {tier} allows {limit} open at once \
+                     (max_concurrent_streams); wait for one to end"
+                ),
             )
             .with_code("rate_limit_exceeded"),
             Self::QuotaExceeded { tier, limit } => ApiError::new(

@@ -17,7 +17,7 @@
 //! use tollgate_billing::{BillingService, DatabaseConfig, Tiers, TierConfig};
 //! let db = tollgate_billing::connect(&DatabaseConfig::default()).await?;
 //! tollgate_billing::migrate(&db).await?;
-//! let pro = TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000, models: None };
+//! let pro = TierConfig { name: "pro".into(), rpm: 30, monthly_requests: 3000, ..Default::default() };
 //! let tiers = Tiers::new(vec![pro])?;
 //! // Prices come from the Catalog service: over the network here, in-process in the monolith.
 //! let catalog = tollgate::transport::network(catalog_channel);
@@ -47,6 +47,7 @@ pub mod pricing;
 mod reports;
 pub mod service;
 pub mod shared_limits;
+mod streams;
 pub mod tasks;
 pub mod telemetry;
 

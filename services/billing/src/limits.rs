@@ -52,16 +52,23 @@ impl MonthlyCounter {
 
     /// Counts one request in `period` if fewer than `limit` are counted; false when the quota is
     /// used up. Concurrent callers never push the count past `limit`.
+    /// A `period` before the counter's own (a clock stepped back over a month's end) counts in
+    /// the counter's month: the counter never moves back, so it never restarts a month.
     pub fn try_acquire(&self, period: Period, limit: u64) -> bool {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
-            let count = count_in(current, period);
+            let month = (current >> COUNT_BITS).max(period.ordinal());
+            let count = if current >> COUNT_BITS == month {
+                current & COUNT_MASK
+            } else {
+                0
+            };
             if count >= limit || count >= COUNT_MASK {
                 return false;
             }
             match self.state.compare_exchange_weak(
                 current,
-                pack(period, count + 1),
+                (month << COUNT_BITS) | (count + 1),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -242,7 +249,20 @@ mod tests {
             rpm: NonZeroU32::new(rpm).unwrap(),
             monthly_requests,
             models: None,
+            max_concurrent_streams: None,
         })
+    }
+
+    #[test]
+    fn a_late_month_never_restarts_the_counter() {
+        let oct = Period::of(Utc.with_ymd_and_hms(2026, 10, 31, 23, 59, 59).unwrap());
+        let counter = MonthlyCounter::new(nov(), 7);
+        assert!(counter.try_acquire(oct, 100));
+        assert_eq!((counter.count(nov()), counter.count(oct)), (8, 0));
+        assert!(
+            !counter.try_acquire(oct, 8),
+            "counted against November's quota"
+        );
     }
 
     #[test]

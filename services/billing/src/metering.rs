@@ -1,6 +1,7 @@
 //! The internal `tollgate.v1.Metering` API: authentication from the key cache; admission against
-//! the tier's model allow-list, the catalogue (an unknown model is refused), the tier limits (in
-//! memory, or in Redis when shared) and, for keys with a balance or budget, a reservation of the
+//! the tier's model allow-list, the catalogue (an unknown model is refused), the tier's stream cap
+//! (a slot per open stream, freed at its settlement), the tier limits (in memory, or in Redis when
+//! shared) and, for keys with a balance or budget, a reservation of the
 //! worst-case cost ([`crate::accounts`]); settlement priced at the catalogue's prices through the
 //! group-commit ledger; cache invalidation.
 
@@ -17,9 +18,10 @@ use crate::accounts::{self, Reservation};
 use crate::clock::{Period, now_ms};
 use crate::error::BillingError;
 use crate::keys::ActiveKey;
-use crate::ledger::{LedgerRow, Outcome};
+use crate::ledger::{self, LedgerRow, Outcome};
 use crate::pricing::{cost_picodollars, worst_case_picodollars};
 use crate::service::BillingService;
+use crate::shared_limits::Slot;
 use crate::telemetry;
 
 /// How long a reservation may stay unsettled when the caller names no deadline.
@@ -30,9 +32,18 @@ impl BillingService {
     async fn take_slot(&self, key: &ActiveKey, period: Period) -> Result<(), BillingError> {
         match &self.inner.shared_limits {
             Some(shared) => {
+                let id = &key.record.id;
+                if shared.admit(id, &key.limits, period, None).await? == Slot::Counted {
+                    return Ok(());
+                }
+                // Redis has no counter for the month: it starts from the ledger's rows of this
+                // month for the key (the requests already settled), not from a count this process
+                // loaded earlier.
+                let seed = ledger::count_requests(&self.inner.db, id, period).await?;
                 shared
-                    .admit(&key.record.id, &key.limits, period, key.limits.used(period))
+                    .admit(id, &key.limits, period, Some(seed))
                     .await
+                    .map(drop)
             }
             None => key.limits.admit(period),
         }
@@ -95,6 +106,10 @@ impl BillingService {
     }
 
     async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
+        // The stream has ended, however it ended: its slot is free whatever the ledger answers.
+        if req.streamed {
+            self.inner.streams.close(&req.key_id, &req.request_id);
+        }
         // Priced by the model the Settle names, at the catalogue's prices.
         let prices = self.inner.prices.prices(&req.model_id).await?;
         let row = ledger_row(req, &prices, now_ms(), Period::current())?;
@@ -245,7 +260,31 @@ impl BillingService {
         };
         let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let period = Period::current();
-        self.take_slot(&key, period).await?;
+        // Before the limits: a stream refused for the cap uses no slot of either.
+        let stream_cap = req
+            .streamed
+            .then_some(tier.max_concurrent_streams)
+            .flatten();
+        if let Some(cap) = stream_cap
+            && !self
+                .inner
+                .streams
+                .open(&key.record.id, &request_id, cap.get(), now, expires_at)
+        {
+            return Err(BillingError::TooManyStreams {
+                tier: tier.name.clone(),
+                limit: cap.get(),
+            });
+        }
+        let close_stream = || {
+            if stream_cap.is_some() {
+                self.inner.streams.close(&key.record.id, &request_id);
+            }
+        };
+        if let Err(err) = self.take_slot(&key, period).await {
+            close_stream();
+            return Err(err);
+        }
         let reserved_picodollars = if key.metered {
             match self
                 .reserve(&key, &req, &prices, &request_id, period, expires_at)
@@ -254,6 +293,7 @@ impl BillingService {
                 Ok(amount) => amount,
                 Err(err) => {
                     self.give_back_slot(&key, period).await;
+                    close_stream();
                     return Err(err);
                 }
             }

@@ -21,6 +21,7 @@ use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
 use crate::ledger::Ledger;
 use crate::pricing::PriceBook;
 use crate::shared_limits::SharedLimits;
+use crate::streams::OpenStreams;
 use crate::tasks::{DEFAULT_KEY_REFRESH_INTERVAL, DEFAULT_SWEEP_INTERVAL, Tasks};
 
 /// How a [`BillingService`] runs beyond its database and tiers.
@@ -59,6 +60,7 @@ pub(crate) struct Inner {
     pub(crate) ledger: Ledger,
     pub(crate) shared_limits: Option<SharedLimits>,
     pub(crate) admissions: Admissions,
+    pub(crate) streams: OpenStreams,
     tasks: Mutex<Option<Tasks>>,
 }
 
@@ -130,6 +132,7 @@ impl BillingService {
                 ledger,
                 shared_limits: options.shared_limits,
                 admissions: Admissions::default(),
+                streams: OpenStreams::default(),
                 tasks: Mutex::new(Some(tasks)),
             }),
         })

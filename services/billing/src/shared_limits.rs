@@ -4,9 +4,10 @@
 //! the request atomically inside Redis, so N replicas admit exactly what one process would; the
 //! clock is Redis's own (`TIME`), so replicas' clocks do not matter.
 //!
-//! The monthly counter starts from the ledger count of the process that first needs it (`SET NX`)
-//! and lives 40 days; if Redis loses it, the next admission re-seeds it from that process's
-//! ledger count.
+//! The monthly counter starts from the key's ledger rows of that month (`SET NX`), read by the
+//! process that first finds it missing, and lives 40 days; if Redis loses it (a flush, a
+//! failover without persistence), the next admission re-seeds it from the ledger the same way,
+//! never from a count the process loaded earlier.
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -19,9 +20,11 @@ use crate::limits::KeyLimits;
 /// Seconds a monthly counter outlives its creation: longer than any month.
 const COUNTER_TTL_SECS: u64 = 40 * 24 * 3600;
 
-/// KEYS: rpm state, monthly counter. ARGV: rpm, monthly limit, counter seed, counter TTL (s).
-/// Returns {0, count} when admitted, {1, count} when the month is used up, {2, wait_ms} when the
-/// per-minute window is full. Times in microseconds (exact in Lua doubles up to 2^53).
+/// KEYS: rpm state, monthly counter. ARGV: rpm, monthly limit, counter seed (`-1`: not read
+/// yet), counter TTL (s). Returns {0, count} when admitted, {1, count} when the month is used up,
+/// {2, wait_ms} when the per-minute window is full, {3, 0} when the counter is missing and no seed
+/// was given (nothing counted: read the ledger and call again). Times in microseconds (exact in
+/// Lua doubles up to 2^53).
 const ADMIT_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -29,6 +32,9 @@ local rpm = tonumber(ARGV[1])
 local interval = math.floor(60000000 / rpm)
 local burst = interval * rpm
 if redis.call('EXISTS', KEYS[2]) == 0 then
+  if tonumber(ARGV[3]) < 0 then
+    return {3, 0}
+  end
   redis.call('SET', KEYS[2], ARGV[3], 'EX', tonumber(ARGV[4]))
 end
 local used = tonumber(redis.call('GET', KEYS[2]))
@@ -52,6 +58,14 @@ local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v > 0 then redis.call('DECR', KEYS[1]) end
 return 0
 ";
+
+/// What [`SharedLimits::admit`] did with a request its limits allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Counted,
+    /// The month's counter is missing (first use, or Redis lost it): call again with the seed.
+    NeedsSeed,
+}
 
 /// The Redis-backed limits. Cheap to clone (one multiplexed, reconnecting connection).
 #[derive(Clone)]
@@ -109,15 +123,18 @@ impl SharedLimits {
     }
 
     /// Counts one request of `key_id` in `period` if both its tier's limits allow it. `seed` is
-    /// the key's ledger count for the month, used if Redis has no counter yet.
+    /// the key's ledger count for the month, used if Redis has no counter; `None` (not read yet):
+    /// answers [`Slot::NeedsSeed`] instead of counting when the counter is missing, so the
+    /// ledger is read only then.
     pub async fn admit(
         &self,
         key_id: &str,
         limits: &KeyLimits,
         period: Period,
-        seed: u64,
-    ) -> Result<(), BillingError> {
+        seed: Option<u64>,
+    ) -> Result<Slot, BillingError> {
         let (rpm, monthly) = (limits.rpm_limit().get(), limits.monthly_limit());
+        let seed = seed.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
         let (verdict, _value): (i64, i64) = self
             .admit
             .key(self.rpm_key(key_id))
@@ -130,8 +147,9 @@ impl SharedLimits {
             .await
             .map_err(redis_error)?;
         match verdict {
-            0 => Ok(()),
+            0 => Ok(Slot::Counted),
             1 => Err(limits.quota_exceeded()),
+            3 => Ok(Slot::NeedsSeed),
             _ => Err(limits.rate_limited()),
         }
     }

@@ -53,7 +53,7 @@ fn refusal_reason(err: &BillingError) -> Option<&'static str> {
         | BillingError::InvalidKey
         | BillingError::RevokedKey
         | BillingError::ExpiredKey(_) => "invalid_key",
-        BillingError::RateLimited { .. } => "rate_limited",
+        BillingError::RateLimited { .. } | BillingError::TooManyStreams { .. } => "rate_limited",
         BillingError::QuotaExceeded { .. } => "monthly_quota",
         BillingError::InsufficientBalance { .. } | BillingError::BudgetExceeded { .. } => {
             "insufficient_quota"

@@ -35,6 +35,7 @@ fn admit(request_id: &str) -> AdmitRequest {
         max_prompt_tokens: 1000,
         max_completion_tokens: 1000,
         reservation_ttl_ms: 60_000,
+        streamed: false,
     }
 }
 
@@ -638,5 +639,12 @@ async fn a_poisoned_ledger_row_fails_alone_and_keeps_its_reservation() {
         count("SELECT COUNT(*) FROM reservations WHERE request_id = 'poisoned'").await,
         1
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_row_of_the_previous_month_keeps_this_months_spend() {
+    let h = Harness::sqlite(tier("basic", 100, 100)).await;
+    support::assert_a_late_row_keeps_the_months_spend(&h.db).await;
     h.stop().await;
 }

@@ -127,3 +127,9 @@ async fn durability_sets_synchronous_commit_on_postgres() {
         assert_eq!(value, expected, "{durability:?}");
     }
 }
+
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
+async fn a_late_row_of_the_previous_month_keeps_this_months_spend_on_postgres() {
+    support::assert_a_late_row_keeps_the_months_spend(&support::postgres().await).await;
+}

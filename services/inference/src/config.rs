@@ -1,4 +1,5 @@
-//! The `[[providers]]` section of the configuration file.
+//! The `[[providers]]` section of the configuration file, and the client policy of streams
+//! (`[server] on_client_disconnect`, `client_stall_timeout_secs`) the service runs with.
 
 use std::time::Duration;
 
@@ -64,6 +65,39 @@ impl ProviderConfig {
             connect: Duration::from_secs(self.connect_timeout_secs),
             first_token: Duration::from_secs(self.first_token_timeout_secs),
             total: Duration::from_secs(self.request_timeout_secs),
+        }
+    }
+}
+
+/// What a stream does when its client leaves (disconnects, or stops reading for longer than the
+/// stall timeout): `[server] on_client_disconnect`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientDisconnect {
+    /// Close the upstream at once and settle the prompt plus what was relayed, marked
+    /// `estimated` (over whatever count the upstream already sent). The providers we front stop
+    /// generating when the connection closes and bill what they generated.
+    #[default]
+    Cancel,
+    /// Read the upstream to its end (bounded by `request_timeout_secs`) and settle its own final
+    /// count: exact, at the price of tokens nobody reads.
+    Finish,
+}
+
+/// How the relay treats the client side of a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientPolicy {
+    pub on_disconnect: ClientDisconnect,
+    /// A send to the client that waits longer than this (a reader that stopped reading) means
+    /// the client left.
+    pub stall_timeout: Duration,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        Self {
+            on_disconnect: ClientDisconnect::Cancel,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -48,6 +48,10 @@ pub enum UpstreamError {
     /// No answer within the deadline.
     #[error("{provider} did not answer within {seconds} s")]
     Timeout { provider: String, seconds: u64 },
+    /// The gateway cut the request (sent upstream already) because it is shutting down and the
+    /// grace period is over.
+    #[error("the gateway is shutting down; the request to {provider} was cut")]
+    ShuttingDown { provider: String },
     /// The provider has no key configured.
     #[error("provider {provider} is not configured: set the environment variable {env}")]
     NotConfigured { provider: String, env: String },
@@ -101,7 +105,10 @@ impl UpstreamError {
             | Self::NotConfigured { .. }
             | Self::Unsupported { .. } => true,
             Self::Connect { sent, .. } => !sent,
-            Self::OutOfCapacity { .. } | Self::Failed { .. } | Self::Timeout { .. } => false,
+            Self::OutOfCapacity { .. }
+            | Self::Failed { .. }
+            | Self::Timeout { .. }
+            | Self::ShuttingDown { .. } => false,
         }
     }
 
@@ -133,7 +140,7 @@ impl UpstreamError {
             Self::Overloaded {
                 retry_after_secs, ..
             } => ApiError::new(ErrorKind::Unavailable, message).with_retry_after(*retry_after_secs),
-            Self::OutOfCapacity { .. } | Self::NotConfigured { .. } => {
+            Self::OutOfCapacity { .. } | Self::NotConfigured { .. } | Self::ShuttingDown { .. } => {
                 ApiError::new(ErrorKind::Unavailable, message)
             }
             Self::Timeout { .. } => ApiError::new(ErrorKind::UpstreamTimeout, message),

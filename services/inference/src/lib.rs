@@ -14,7 +14,7 @@ pub mod thinking;
 pub mod token_bounds;
 pub mod validate;
 
-pub use config::{ProviderConfig, ProviderKind};
+pub use config::{ClientDisconnect, ClientPolicy, ProviderConfig, ProviderKind};
 pub use error::UpstreamError;
 pub use images::{ImageFetcher, ImagesConfig};
 pub use providers::{Provider, Providers};

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::{
     auth::AUTHORIZATION,
@@ -26,7 +26,7 @@ use tollgate::{
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
-    Provider, Providers, UpstreamError,
+    ClientPolicy, Provider, Providers, UpstreamError,
     deadline::{self, Deadline},
     providers::Target,
     streaming,
@@ -36,8 +36,13 @@ use crate::{
     validate,
 };
 
-/// Margin past a request's total deadline before its unsettled reservation may be swept.
-const RESERVATION_TTL_MARGIN_MS: u64 = 60_000;
+/// How long after the last moment a request may still be running (its total deadline plus one
+/// stall timeout) its settlement is still retried while Billing is unreachable.
+const SETTLE_MARGIN: Duration = Duration::from_secs(30);
+/// How long after the last settlement attempt its reservation expires: a reservation is never
+/// swept while its request is alive, because every request ends (settled or given up) before
+/// its reservation's `expires_at`.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// How long admission may wait for an unreachable Billing (restarting, say) before the request
 /// is refused UNAVAILABLE; the caller's own deadline may be shorter.
 const ADMIT_WITHIN: Duration = Duration::from_secs(10);
@@ -56,6 +61,11 @@ struct Inner {
     in_flight: Arc<InFlight>,
     /// The largest answer this service sends (its gRPC servers' and clients' message limit).
     max_message_bytes: usize,
+    /// What a stream does when its client leaves or stops reading.
+    client: ClientPolicy,
+    /// Turns true when a shutdown's grace period is over: every running request is cut and
+    /// settled.
+    cut: watch::Sender<bool>,
 }
 
 /// tonic's own default message limit, for a service built without [`InferenceService::with_max_message_bytes`].
@@ -128,6 +138,8 @@ impl InferenceService {
                 metering: MeteringClient::new(metering),
                 in_flight: Arc::default(),
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                client: ClientPolicy::default(),
+                cut: watch::Sender::new(false),
             }),
         }
     }
@@ -145,6 +157,35 @@ impl InferenceService {
     /// The gRPC message limit (`server.max_message_bytes`).
     pub fn max_message_bytes(&self) -> usize {
         self.inner.max_message_bytes
+    }
+
+    /// What streams do when their client leaves or stops reading (`server.on_client_disconnect`,
+    /// `server.client_stall_timeout_secs`). Call before the service is cloned.
+    pub fn with_client_policy(mut self, client: ClientPolicy) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.client = client;
+        }
+        self
+    }
+
+    pub(crate) fn client_policy(&self) -> ClientPolicy {
+        self.inner.client
+    }
+
+    /// Cuts every running request, now and later (a shutdown whose grace period is over): each
+    /// stops reading its upstream and is settled at what it has (estimated where the upstream
+    /// sent no final count), then ends with `service_unavailable`. Wait for [`Self::drained`]
+    /// afterwards.
+    pub fn cut_running(&self) {
+        self.inner.cut.send_replace(true);
+    }
+
+    /// Resolves once [`Self::cut_running`] was called.
+    pub(crate) fn cut(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut cut = self.inner.cut.subscribe();
+        async move {
+            let _ = cut.wait_for(|cut| *cut).await;
+        }
     }
 
     /// Resolves once no admitted request is left unsettled (those running detached included).
@@ -218,9 +259,14 @@ impl InferenceService {
         let (route, provider, thinking) = self.route(request, admit_by).await?;
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let bounds = token_bounds::bounds(request, &route);
-        let total_ms = u64::try_from(provider.timeouts().total.as_millis()).unwrap_or(u64::MAX);
-        let reservation_ttl_ms = total_ms.saturating_add(RESERVATION_TTL_MARGIN_MS);
-        let settle_by = Deadline::after(Duration::from_millis(reservation_ttl_ms));
+        // The request's life is bounded: its upstream part by the total deadline, then one send
+        // to the client by the stall timeout, then its settlement by `settle_by`; its
+        // reservation outlives all of it, so the sweep never frees a live request's money.
+        let settle_within =
+            provider.timeouts().total + self.inner.client.stall_timeout + SETTLE_MARGIN;
+        let settle_by = Deadline::after(settle_within);
+        let reservation_ttl_ms =
+            u64::try_from((settle_within + EXPIRY_MARGIN).as_millis()).unwrap_or(u64::MAX);
         let admit = AdmitRequest {
             request_id: request_id.clone(),
             model: route.requested_id.clone(),
@@ -228,6 +274,7 @@ impl InferenceService {
             max_prompt_tokens: bounds.max_prompt_tokens,
             max_completion_tokens: bounds.max_completion_tokens,
             reservation_ttl_ms,
+            streamed,
         };
         // Retried by request id while Billing is unreachable: Admit is idempotent.
         let metering = self.inner.metering.clone();
@@ -353,6 +400,14 @@ pub(crate) fn timeout_error(admitted: &Admitted, seconds: u64) -> UpstreamError 
     }
 }
 
+/// A request cut by a shutdown whose grace period is over. The request was sent, so it is
+/// settled at an estimate, never at zero.
+pub(crate) fn shutdown_error(admitted: &Admitted) -> UpstreamError {
+    UpstreamError::ShuttingDown {
+        provider: admitted.route.provider.clone(),
+    }
+}
+
 /// Runs the rest of a request in a task of its own, so that once admitted it is settled even if
 /// the caller goes away (a REST client hanging up drops the handler, and with it this future).
 async fn detached<T: Send + 'static>(
@@ -388,12 +443,13 @@ impl InferenceService {
         let admitted = self.admit(&metadata, &request, false).await?;
         meter.admitted(&admitted);
         let timeouts = admitted.provider.timeouts();
-        let called = tokio::time::timeout(
-            timeouts.total,
-            admitted.provider.chat(&request, &admitted.target()),
-        )
-        .await
-        .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.total.as_secs())));
+        let target = admitted.target();
+        let call = tokio::time::timeout(timeouts.total, admitted.provider.chat(&request, &target));
+        let called = tokio::select! {
+            called = call => called
+                .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.total.as_secs()))),
+            () = self.cut() => Err(shutdown_error(&admitted)),
+        };
         let mut response = match called {
             Ok(response) => response,
             Err(error) => return Err(self.fail(&admitted, error).await),

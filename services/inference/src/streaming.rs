@@ -3,15 +3,19 @@
 //! upstream and writes each chunk, re-labelled with the gateway's id, into a bounded channel the
 //! client reads. The task outlives the caller, so an admitted stream is always settled.
 //!
-//! Usage is the upstream's own final count, taken off the chunks. A failed send means the client
-//! left; the upstream has been asked for the whole answer and bills it, so the relay keeps
-//! reading (still bounded by the request's total deadline) to the upstream's final usage and
-//! settles that, as `cancelled`. A stream that ends without its final usage (the upstream never
-//! sent it, failed mid-way, or the deadline cut it: any count seen before is partial) is settled
-//! with the gateway's estimate of what was generated ([`crate::token_bounds::estimate`], over the
-//! partial count) and the ledger row is marked `estimated`. The
-//! client gets its usage chunk (with the cost) only after the ledger row is durable, then the
-//! stream ends.
+//! Usage is the upstream's own final count, taken off the chunks. A client that leaves (its end
+//! of the channel closes, or a send waits longer than the stall timeout: a reader that stopped
+//! reading) is, by default (`ClientDisconnect::Cancel`), the end of the upstream request too: the
+//! relay drops the upstream connection at once and settles the prompt plus what was relayed, as
+//! `cancelled`, marked `estimated` (over the count the upstream had sent, e.g. Anthropic's
+//! `message_start` input tokens). With `ClientDisconnect::Finish` it reads on (still bounded by
+//! the request's total deadline) to the upstream's final usage and settles that, exact. A
+//! shutdown whose grace period is over cuts the stream the same way (`failed`, estimated). A
+//! stream that ends without its final usage (the upstream never sent it, failed mid-way, or the
+//! deadline cut it: any count seen before is partial) is settled with the gateway's estimate of
+//! what was generated ([`crate::token_bounds::estimate`], over the partial count) and the ledger
+//! row is marked `estimated`. The client gets its usage chunk (with the cost) only after the
+//! ledger row is durable, then the stream ends.
 
 use futures::StreamExt;
 use tokio::{
@@ -23,9 +27,9 @@ use tollgate::v1::{ChatChunk, ChatRequest, Outcome, Usage};
 use tonic::{Status, metadata::MetadataMap};
 
 use crate::{
-    InferenceService, UpstreamError,
+    ClientDisconnect, InferenceService, UpstreamError,
     providers::ChunkStream,
-    service::{Admitted, timeout_error},
+    service::{Admitted, shutdown_error, timeout_error},
     telemetry::{RequestMeter, RequestStatus},
     token_bounds,
 };
@@ -117,9 +121,11 @@ async fn open(
             }),
         }
     };
-    let opened = tokio::time::timeout(timeouts.first_token, first)
-        .await
-        .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.first_token.as_secs())));
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(timeouts.first_token, first) => opened
+            .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.first_token.as_secs()))),
+        () = service.cut() => Err(shutdown_error(&admitted)),
+    };
     match opened {
         Ok((first, rest)) => Ok(Opened {
             admitted,
@@ -135,6 +141,32 @@ async fn open(
 enum End {
     Finished,
     Failed(UpstreamError),
+    /// The client left (disconnected or stalled) and the upstream was closed with it.
+    Left,
+}
+
+/// What became of one send to the client.
+enum Delivery {
+    Sent,
+    /// The client's end is closed, or it did not take the chunk within the stall timeout.
+    Left,
+    Cut,
+}
+
+/// Sends `item` to the client within the stall timeout, unless a shutdown cuts the stream first.
+async fn deliver(
+    service: &InferenceService,
+    tx: &mpsc::Sender<Result<ChatChunk, Status>>,
+    item: Result<ChatChunk, Status>,
+) -> Delivery {
+    let stall = service.client_policy().stall_timeout;
+    tokio::select! {
+        sent = tokio::time::timeout(stall, tx.send(item)) => match sent {
+            Ok(Ok(())) => Delivery::Sent,
+            Ok(Err(_)) | Err(_) => Delivery::Left,
+        },
+        () = service.cut() => Delivery::Cut,
+    }
 }
 
 /// Where and how a stream's chunks go.
@@ -158,6 +190,7 @@ async fn run(
         tx,
     } = relay;
     let total_secs = admitted.provider.timeouts().total.as_secs();
+    let cancel_on_leave = service.client_policy().on_disconnect == ClientDisconnect::Cancel;
     let mut usage: Option<Usage> = None;
     let mut finished = false;
     let mut client_left = false;
@@ -167,17 +200,32 @@ async fn run(
     let end = loop {
         let mut chunk = match next.take() {
             Some(chunk) => chunk,
-            None => match tokio::time::timeout_at(deadline, rest.next()).await {
-                Err(_) => break End::Failed(timeout_error(&admitted, total_secs)),
-                Ok(None) if finished => break End::Finished,
-                Ok(None) => {
-                    break End::Failed(UpstreamError::Failed {
-                        provider: admitted.route.provider.clone(),
-                        message: "the stream ended before a finish_reason".to_owned(),
-                    });
+            // Past the deadline nothing more is read, even if the upstream has it ready.
+            None if Instant::now() >= deadline => {
+                break End::Failed(timeout_error(&admitted, total_secs));
+            }
+            None => tokio::select! {
+                read = tokio::time::timeout_at(deadline, rest.next()) => match read {
+                    Err(_) => break End::Failed(timeout_error(&admitted, total_secs)),
+                    Ok(None) if finished => break End::Finished,
+                    Ok(None) => {
+                        break End::Failed(UpstreamError::Failed {
+                            provider: admitted.route.provider.clone(),
+                            message: "the stream ended before a finish_reason".to_owned(),
+                        });
+                    }
+                    Ok(Some(Err(error))) => break End::Failed(error),
+                    Ok(Some(Ok(chunk))) => chunk,
+                },
+                // A client that hangs up while the upstream is silent is noticed at once.
+                () = tx.closed(), if !client_left => {
+                    client_left = true;
+                    if cancel_on_leave {
+                        break End::Left;
+                    }
+                    continue;
                 }
-                Ok(Some(Err(error))) => break End::Failed(error),
-                Ok(Some(Ok(chunk))) => chunk,
+                () = service.cut() => break End::Failed(shutdown_error(&admitted)),
             },
         };
         // Usage may ride on any chunk (DeepSeek puts it on the finish chunk); it is cumulative,
@@ -196,16 +244,27 @@ async fn run(
         chunk.id.clone_from(&admitted.request_id);
         chunk.created = admitted.created;
         chunk.model.clone_from(&admitted.route.requested_id);
-        if tx.send(Ok(chunk)).await.is_err() {
-            // The upstream generates (and bills) the rest anyway: read on to its final count.
-            tracing::debug!(request_id = %admitted.request_id, "client left; reading the upstream to its usage");
-            client_left = true;
+        match deliver(&service, &tx, Ok(chunk)).await {
+            Delivery::Sent => {}
+            Delivery::Cut => break End::Failed(shutdown_error(&admitted)),
+            Delivery::Left if cancel_on_leave => {
+                tracing::debug!(request_id = %admitted.request_id, "client left; closing the upstream");
+                client_left = true;
+                break End::Left;
+            }
+            Delivery::Left => {
+                // `finish`: the upstream generates (and bills) the rest anyway: read on to its
+                // final count.
+                tracing::debug!(request_id = %admitted.request_id, "client left; reading the upstream to its usage");
+                client_left = true;
+            }
         }
     };
     // Stop reading (and close) the upstream before settling.
     drop(rest);
     let outcome = match &end {
         End::Failed(_) => Outcome::Failed,
+        End::Left => Outcome::Cancelled,
         End::Finished if client_left => Outcome::Cancelled,
         End::Finished => Outcome::Succeeded,
     };
@@ -233,6 +292,7 @@ async fn run(
             tracing::warn!(request_id = %admitted.request_id, error = %error, "upstream stream failed");
             Err(error.to_api_error().into_status())
         }
+        (End::Left, _) => return RequestStatus::Cancelled,
         (End::Finished, Err(status)) => Err(status),
         (End::Finished, Ok(_)) if !include_usage => return RequestStatus::Ok,
         (End::Finished, Ok(cost)) => {
@@ -248,7 +308,8 @@ async fn run(
         }
     };
     let status = RequestStatus::of_result(&last);
-    // The client may have left meanwhile; nothing more to do then.
-    let _ = tx.send(last).await;
+    // Bounded like every send: the client may have left or stalled meanwhile.
+    drop(admitted);
+    let _ = deliver(&service, &tx, last).await;
     status
 }

@@ -24,7 +24,9 @@ use tollgate::{
 use tollgate_billing::{AdminService, AdminToken, BillingService, TierConfig, Tiers};
 use tollgate_catalog::{Catalog, CatalogService, ModelConfig};
 use tollgate_e2e::mock_upstream::{self, MockConfig, MockHandle};
-use tollgate_inference::{ImagesConfig, InferenceService, ProviderConfig, Providers};
+use tollgate_inference::{
+    ClientDisconnect, ClientPolicy, ImagesConfig, InferenceService, ProviderConfig, Providers,
+};
 use tonic::{Code, Request, Status, Streaming};
 
 const ADMIN_TOKEN: &str = "settlement-test-admin-token";
@@ -84,6 +86,10 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_with(ClientPolicy::default()).await
+    }
+
+    async fn start_with(client: ClientPolicy) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
         let db = tollgate_billing::connect(&tollgate_billing::DatabaseConfig::at(url.clone()))
@@ -95,6 +101,7 @@ impl Stack {
             rpm: 100,
             monthly_requests: 1000,
             models: None,
+            max_concurrent_streams: None,
         }])
         .unwrap();
         let model: ModelConfig = toml::from_str(
@@ -149,7 +156,8 @@ impl Stack {
             providers,
             in_process(CatalogServer::new(catalog)),
             in_process(MeteringServer::new(billing.clone())),
-        );
+        )
+        .with_client_policy(client);
         Self {
             ledger: SqlitePool::connect(&url).await.unwrap(),
             _dir: dir,
@@ -445,8 +453,12 @@ async fn a_stream_failing_mid_way_is_settled_once_at_a_marked_estimate() {
 }
 
 #[tokio::test]
-async fn a_stream_dropped_mid_way_is_settled_once_at_the_upstreams_final_count() {
-    let stack = Stack::start().await;
+async fn a_stream_dropped_mid_way_in_finish_mode_is_settled_once_at_the_upstreams_final_count() {
+    let stack = Stack::start_with(ClientPolicy {
+        on_disconnect: ClientDisconnect::Finish,
+        ..ClientPolicy::default()
+    })
+    .await;
     let (key_id, secret) = stack.key().await;
     let text = "leave me one two three four five [hold_after_first=gone]";
     let mut stream = stack.stream(&secret, text).await.unwrap();
@@ -467,5 +479,36 @@ async fn a_stream_dropped_mid_way_is_settled_once_at_the_upstreams_final_count()
     stack
         .assert_settled_once(&key_id, Row::counted(first.id, "cancelled", text, true))
         .await;
+    stack.billing.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_dropped_mid_way_closes_the_upstream_and_is_settled_at_an_estimate() {
+    let stack = Stack::start().await;
+    let (key_id, secret) = stack.key().await;
+    let text = "leave me one two three four five [hold_after_first=cut] [track=cut]";
+    let mut stream = stack.stream(&secret, text).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    drop(stream);
+    // The upstream connection closes without the held rest being released.
+    for _ in 0..2000 {
+        if stack.mock.stream_status("cut").closed_early == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = stack.mock.stream_status("cut");
+    assert_eq!((status.closed_early, status.finished), (1, 0));
+    stack.drained().await;
+    let rows: Vec<(String, String, i64, bool)> = sqlx::query_as(
+        "SELECT request_id, outcome, completion_tokens, estimated FROM usage_ledger WHERE key_id = ?",
+    )
+    .bind(&key_id)
+    .fetch_all(&stack.ledger)
+    .await
+    .unwrap();
+    // The first chunk is the role alone: nothing generated was relayed.
+    assert_eq!(rows, vec![(first.id, "cancelled".to_owned(), 0, true)]);
+    stack.mock.release("cut");
     stack.billing.shutdown().await;
 }

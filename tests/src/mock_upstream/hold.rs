@@ -2,7 +2,7 @@
 //! An OpenAI-protocol chat request whose last user message says `[hold=NAME]` is recorded, then
 //! waits before its answer starts (for a stream: before its headers and first event) until the
 //! test calls `POST /_mock/holds/NAME/release`; with `[hold_after_first=NAME]` a stream sends its
-//! first chunk and holds the rest. `GET /_mock/holds/NAME` says how many requests arrived under
+//! first chunk and holds the rest (`[hold_at=N]`: after the first N chunks). `GET /_mock/holds/NAME` says how many requests arrived under
 //! that name and how many are waiting now. A released name lets later requests through at once.
 //! A hold never released gives up after [`MAX_HOLD`] (a 503, or an in-band error in a stream),
 //! so a broken test fails instead of hanging.
@@ -107,6 +107,14 @@ impl Holds {
         hold.status.released = true;
         hold.released.send_replace(true);
     }
+}
+
+/// `[hold_at=N]`: the index of the first chunk a mid-stream hold holds back (default 1, after the
+/// first chunk).
+pub(super) fn position_in(body: &Value) -> usize {
+    name_in(body, "hold_at")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The NAME of `[directive=NAME]` in a chat request's last user message.

@@ -18,7 +18,8 @@
 //! `…:streamGenerateContent?alt=sse` (Gemini, `gemini.rs`), `GET /_mock/requests` (the recorded
 //! requests as a JSON array), `DELETE /_mock/requests` (forget them), `GET /_mock/holds/{name}`
 //! and `POST /_mock/holds/{name}/release` (answers held by `[hold=NAME]` until the test releases
-//! them, `hold.rs`), and images for the
+//! them, `hold.rs`), `GET /_mock/streams/{name}` (how streams tracked by `[track=NAME]` ended:
+//! finished, or closed early by the gateway and when, `track.rs`), and images for the
 //! gateway's image fetcher: `GET /_mock/image.png` (a real 1x1 PNG), `GET /_mock/huge.png`
 //! (2 MiB, PNG-typed), `GET /_mock/page.html` (not an image), `GET /_mock/redirect.png` (302 to
 //! the PNG).
@@ -31,6 +32,7 @@ mod hold;
 mod minimax;
 mod request;
 mod response;
+mod track;
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +62,7 @@ pub use request::{
     word_count,
 };
 pub use response::{ReplyIdentity, StreamScript};
+pub use track::StreamStatus;
 
 /// How the mock is started.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +92,7 @@ struct MockState {
     api_key: Option<String>,
     requests: Mutex<Vec<RecordedRequest>>,
     holds: hold::Holds,
+    tracks: track::Tracks,
 }
 
 impl MockState {
@@ -133,6 +137,11 @@ impl MockHandle {
     pub fn release(&self, name: &str) {
         self.state.holds.release(name);
     }
+
+    /// How the streams tracked under `[track=name]` ended.
+    pub fn stream_status(&self, name: &str) -> StreamStatus {
+        self.state.tracks.status(name)
+    }
 }
 
 impl Drop for MockHandle {
@@ -152,6 +161,7 @@ pub async fn spawn(config: MockConfig) -> std::io::Result<MockHandle> {
         api_key: config.api_key,
         requests: Mutex::default(),
         holds: hold::Holds::default(),
+        tracks: track::Tracks::default(),
     });
     let app = router(Arc::clone(&state));
     // Chunks are small and must leave one by one: no Nagle delay.
@@ -173,6 +183,7 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
         .route("/_mock/holds/{name}", get(hold::status))
         .route("/_mock/holds/{name}/release", post(hold::release))
+        .route("/_mock/streams/{name}", get(track::status))
         .route("/_mock/image.png", get(image_png))
         .route("/_mock/huge.png", get(huge_png))
         .route("/_mock/page.html", get(page_html))
@@ -305,9 +316,14 @@ async fn chat_completions(
         let body = MockError::minimax(code, base_resp_message(code)).body();
         return sse_body(plan.delay, vec![sse_event(&body.to_string())]);
     }
-    let mid_hold =
-        hold::name_in(&body, hold::AFTER_FIRST_CHUNK).map(|name| (Arc::clone(state), name));
-    sse_response(plan, mid_hold)
+    let mid_hold = hold::name_in(&body, hold::AFTER_FIRST_CHUNK).map(|name| MidHold {
+        at: hold::position_in(&body),
+        state: Arc::clone(state),
+        name,
+    });
+    let tracked = hold::name_in(&body, track::DIRECTIVE)
+        .map(|name| track::Tracked::open(Arc::clone(state), name));
+    sse_response(plan, mid_hold, tracked)
 }
 
 /// Records one request; returns its `Authorization` header.
@@ -410,23 +426,41 @@ fn sse_body(delay: std::time::Duration, events: Vec<Bytes>) -> Response {
         .into_response()
 }
 
+/// Where a stream holds mid-way (`[hold_after_first=NAME]`, at `[hold_at=N]`).
+struct MidHold {
+    /// The index of the first chunk held back (1 unless `[hold_at=N]`).
+    at: usize,
+    state: Arc<MockState>,
+    name: String,
+}
+
 /// A raw `text/event-stream` body written chunk by chunk as `data: <json>\n\n`. The headers
 /// go out at once; `[delay_ms]` holds back the first event; `mid_hold` (`[hold_after_first=NAME]`)
-/// holds the rest after the first chunk until the test releases NAME.
-fn sse_response(plan: ChatPlan, mid_hold: Option<(Arc<MockState>, String)>) -> Response {
+/// holds the rest after the first chunk (or the first N, `[hold_at=N]`) until the test releases
+/// NAME; `tracked` (`[track=NAME]`) records whether the stream was written to its end.
+fn sse_response(
+    plan: ChatPlan,
+    mid_hold: Option<MidHold>,
+    tracked: Option<track::Tracked>,
+) -> Response {
     let ident = ReplyIdentity::new(plan.flavour);
     let script = response::stream(&plan, &ident);
     let events = async_stream::stream! {
+        // Moved in, so that dropping the body (the gateway closed the connection) drops it.
+        let mut tracked = tracked;
         tokio::time::sleep(plan.delay).await;
         if script.keep_alive_comments {
             yield Ok::<Bytes, Infallible>(Bytes::from_static(b": keep-alive\n\n"));
         }
         for (i, chunk) in script.chunks.iter().enumerate() {
-            if i == 1
-                && let Some((state, name)) = &mid_hold
+            if let Some(MidHold { at, state, name }) = &mid_hold
+                && i == *at
                 && !state.holds.wait(name).await
             {
                 yield Ok(sse_event(&hold::never_released(name).body().to_string()));
+                if let Some(tracked) = tracked.take() {
+                    tracked.finish();
+                }
                 return;
             }
             if i > 0 && !plan.chunk_delay.is_zero() {
@@ -434,6 +468,9 @@ fn sse_response(plan: ChatPlan, mid_hold: Option<(Arc<MockState>, String)>) -> R
             }
             if script.fail_at == Some(i) {
                 yield Ok::<Bytes, Infallible>(sse_event(&script.fail_body.to_string()));
+                if let Some(tracked) = tracked.take() {
+                    tracked.finish();
+                }
                 return;
             }
             yield Ok(sse_event(&chunk.to_string()));
@@ -443,6 +480,9 @@ fn sse_response(plan: ChatPlan, mid_hold: Option<(Arc<MockState>, String)>) -> R
         }
         if script.done {
             yield Ok(sse_event("[DONE]"));
+        }
+        if let Some(tracked) = tracked.take() {
+            tracked.finish();
         }
     };
     (

@@ -254,6 +254,7 @@ mod tests {
             rpm: 1000,
             monthly_requests: 3,
             models: None,
+            max_concurrent_streams: None,
         }])
         .unwrap();
         let cache = KeyCache::new();

@@ -113,6 +113,7 @@ mod tests {
             rpm: 10,
             monthly_requests: 10,
             models: None,
+            max_concurrent_streams: None,
         }])
         .unwrap();
         let mut refresher = KeyRefresher::start(&db).await.unwrap();

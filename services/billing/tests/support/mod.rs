@@ -39,6 +39,7 @@ pub fn tier(name: &str, rpm: u32, monthly_requests: u64) -> TierConfig {
         rpm,
         monthly_requests,
         models: None,
+        max_concurrent_streams: None,
     }
 }
 
@@ -408,4 +409,55 @@ impl Catalog for TestCatalog {
             ..Default::default()
         }))
     }
+}
+
+/// A late ledger row of the previous month (settled by a replica whose clock is behind, or
+/// committed after the month turned) is added to the key's total but leaves this month's spend
+/// and its month alone; a row of this month still adds to it. On `db`.
+/// The rows name a key id of their own (the ledger and accounts need no key row), so the test
+/// makes no key change another test's refresh poll could see.
+pub async fn assert_a_late_row_keeps_the_months_spend(db: &DatabaseConnection) {
+    use tollgate_billing::clock::Period;
+    use tollgate_billing::ledger::{Ledger, LedgerRow, Outcome};
+
+    let key_id = format!("key-late-{}", uuid::Uuid::now_v7().simple());
+    let now = Period::current();
+    let before = Period::of(chrono::Utc::now() - chrono::Duration::days(40));
+    let (ledger, writer) = Ledger::start(db.clone());
+    let row = |n: u32, period: Period, cost: i64| LedgerRow {
+        request_id: format!("chatcmpl-{key_id}-{n}"),
+        key_id: key_id.clone(),
+        requested_model: "deepseek-v4-flash".to_owned(),
+        model_id: "deepseek-v4-flash".to_owned(),
+        provider: "deepseek".to_owned(),
+        upstream_model: "deepseek-v4-flash".to_owned(),
+        prompt_tokens: 1,
+        cached_prompt_tokens: 0,
+        completion_tokens: 1,
+        reasoning_tokens: 0,
+        cache_write_tokens: 0,
+        cost_picodollars: cost,
+        outcome: Outcome::Succeeded,
+        streamed: false,
+        estimated: false,
+        created_at: tollgate_billing::clock::now_ms(),
+        period,
+    };
+    ledger.record(row(1, now, 100)).await.unwrap();
+    ledger.record(row(2, before, 7)).await.unwrap();
+    ledger.record(row(3, now, 5)).await.unwrap();
+    writer.shutdown().await;
+    let account = tollgate_billing::accounts::account(db, &key_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            account.spent_period.as_str(),
+            account.spent_month_picodollars,
+            account.spent_total_picodollars
+        ),
+        (now.label().as_str(), 105, 112)
+    );
+    assert_eq!(account.spent_in(now), 105);
 }

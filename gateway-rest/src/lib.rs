@@ -18,6 +18,7 @@ mod messages;
 mod models;
 mod named_events;
 mod opaque_reasoning;
+pub mod reflection;
 mod responses;
 pub mod server;
 mod usage;

@@ -24,6 +24,7 @@ use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use crate::{
     admin, chat_completions,
     config::ServerConfig,
+    cors::AllowedOrigins,
     error::RestError,
     management_limit::{self, ManagementLimit},
     messages, models, responses, usage,
@@ -47,6 +48,8 @@ pub struct RestLimits {
     pub sse_keep_alive: Duration,
     /// Management requests a minute per client address.
     pub management_rpm: NonZeroU32,
+    /// Origins browsers may call from.
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl RestLimits {
@@ -58,6 +61,7 @@ impl RestLimits {
             max_in_flight_requests: server.max_in_flight_requests,
             sse_keep_alive: Duration::from_secs(server.sse_keep_alive_secs),
             management_rpm: NonZeroU32::new(server.management_rpm).unwrap_or(NonZeroU32::MIN),
+            allowed_origins: server.cors_allowed_origins.clone(),
         }
     }
 }
@@ -94,11 +98,13 @@ impl AppState {
 
 /// The OpenAI-compatible API, and key administration under `/admin` (admin token, not API keys).
 /// The management routes (admin, usage, subscription) are rate-limited per client address.
-/// Layers, outermost first: tracing; load shedding (over `max_in_flight_requests` requests in
+/// Layers, outermost first: tracing; CORS (preflights answered here, never shed or routed);
+/// load shedding (over `max_in_flight_requests` requests in
 /// the router at once, one shared count for all routes: 503 `service_unavailable` with
 /// `Retry-After`, at once rather than queued); panics → 500 in the product's error format.
 pub fn app(state: AppState) -> Router {
     let max_in_flight = state.limits.max_in_flight_requests;
+    let cors = state.limits.allowed_origins.rest_layer();
     // Rate-limited per client address (management_limit.rs).
     let management = Router::new()
         .route("/v1/dashboard/billing/usage", get(usage::report))
@@ -140,6 +146,7 @@ pub fn app(state: AppState) -> Router {
                 .layer(LoadShedLayer::new())
                 .layer(GlobalConcurrencyLimitLayer::new(max_in_flight)),
         )
+        .layer(cors)
         .layer(TraceLayer::new_for_http())
 }
 

@@ -14,6 +14,8 @@ use tollgate_billing::config::{DatabaseConfig, RedisConfig, TierConfig};
 use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
 use tollgate_inference::{ImagesConfig, ProviderConfig};
 
+use crate::cors::AllowedOrigins;
+
 /// Prefix of environment overrides: `TOLLGATE__SERVER__HTTP_ADDR=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "TOLLGATE__";
 
@@ -70,6 +72,10 @@ pub struct ServerConfig {
     /// subscription); over it: 429 with `Retry-After`.
     #[serde(default = "default_management_rpm")]
     pub management_rpm: u32,
+    /// Origins browsers may call the REST routes and the grpc-web API from: `[]` (the default:
+    /// same-origin only), `["*"]` (any), or exact origins such as `"https://app.example.com"`.
+    #[serde(default = "default_cors_allowed_origins")]
+    pub cors_allowed_origins: AllowedOrigins,
 }
 
 fn default_http_addr() -> SocketAddr {
@@ -132,6 +138,10 @@ fn default_management_rpm() -> u32 {
     300
 }
 
+fn default_cors_allowed_origins() -> AllowedOrigins {
+    AllowedOrigins::None
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -150,6 +160,7 @@ impl Default for ServerConfig {
             max_concurrent_streams: default_max_concurrent_streams(),
             sse_keep_alive_secs: default_sse_keep_alive_secs(),
             management_rpm: default_management_rpm(),
+            cors_allowed_origins: default_cors_allowed_origins(),
         }
     }
 }
@@ -521,6 +532,30 @@ monthly_requests = 1000
             .unwrap_err()
             .to_string();
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn cors_origins_default_to_none_and_are_checked_where_they_are_read() {
+        let c = Config::from_toml(MINIMAL, []).unwrap();
+        assert_eq!(c.server.cors_allowed_origins, AllowedOrigins::None);
+        let c = Config::from_toml(
+            MINIMAL,
+            [(
+                "TOLLGATE__SERVER__CORS_ALLOWED_ORIGINS".to_owned(),
+                r#"["https://app.example.com"]"#.to_owned(),
+            )],
+        )
+        .unwrap();
+        assert!(
+            matches!(c.server.cors_allowed_origins, AllowedOrigins::Exact(ref o) if o.len() == 1)
+        );
+        let e = Config::from_toml(
+            &format!("[server]\ncors_allowed_origins = [\"https://app.example.com/\"]\n{MINIMAL}"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cors_allowed_origins"), "{e}");
     }
 
     #[test]

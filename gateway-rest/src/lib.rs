@@ -6,6 +6,7 @@ mod admin;
 pub mod app;
 mod chat_completions;
 pub mod config;
+pub mod cors;
 mod error;
 pub mod expiry;
 mod extract;

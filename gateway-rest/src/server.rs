@@ -501,26 +501,40 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Serves `routes` (the services named `served`) with gRPC health and reflection on `listener`
-/// until `stop`.
+/// Serves `routes` with gRPC health and reflection on the gRPC listener `kind` until `stop`;
+/// `services` are every service the target serves (each listener's reflection lists its own).
+/// The public listener also answers grpc-web (HTTP/1.1 included) for browsers, within the
+/// configured CORS origins; the internal one speaks native gRPC only.
 fn serve_grpc(
     listener: TcpListener,
+    kind: Listener,
     routes: Routes,
-    served: &[&str],
+    services: &[&'static str],
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     server: &ServerConfig,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
-    let routes = crate::reflection::add_to(routes.add_service(health), served)?;
-    let server = grpc_server_builder(server)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stopped(stop),
-        );
-    Ok(tokio::spawn(server))
+    let routes = crate::reflection::add_to(routes.add_service(health), &served_on(kind, services))?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = grpc_server_builder(server);
+    Ok(if kind == Listener::Internal {
+        tokio::spawn(
+            builder
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stopped(stop)),
+        )
+    } else {
+        tokio::spawn(
+            builder
+                .accept_http1(true)
+                .layer(server.cors_allowed_origins.grpc_web_layer())
+                .layer(tonic_web::GrpcWebLayer::new())
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stopped(stop)),
+        )
+    })
 }
 
 /// Serves `router` on `listener` within the listener bounds of `server` until `stop`.
@@ -568,8 +582,9 @@ pub async fn serve(
                 .ok_or(ServeError::Listener(kind.name()))?;
             grpc_tasks.push(serve_grpc(
                 listener,
+                kind,
                 routes,
-                &served_on(kind, &assembly.services),
+                &assembly.services,
                 health_service.clone(),
                 &runtime.server,
                 stop_rx.clone(),

@@ -5,7 +5,10 @@ use std::{num::NonZeroU32, time::Duration};
 use axum::{
     BoxError, Router,
     error_handling::HandleErrorLayer,
-    http::{HeaderValue, Method, Uri, header::RETRY_AFTER},
+    http::{
+        HeaderName, HeaderValue, Method, Uri,
+        header::{CONTENT_TYPE, RETRY_AFTER},
+    },
     middleware,
     response::{IntoResponse, Response},
     routing::{get, patch, post},
@@ -133,6 +136,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .with_state(state)
+        .layer(middleware::map_response(unbuffered_event_streams))
         .layer(CatchPanicLayer::custom(|_| {
             RestError(ApiError::new(
                 ErrorKind::Internal,
@@ -149,6 +153,25 @@ pub fn app(state: AppState) -> Router {
         .layer(cors)
         .layer(TraceLayer::new_for_http())
 }
+
+/// Marks every SSE answer (chat completions, Messages, Responses streams) `X-Accel-Buffering: no`,
+/// so reverse proxies that buffer answers by default (nginx) pass each event through at once.
+async fn unbuffered_event_streams(mut response: Response) -> Response {
+    let is_event_stream = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_event_stream {
+        response
+            .headers_mut()
+            .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    }
+    response
+}
+
+/// nginx's per-response switch for its proxy buffering.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// The answer to a request the load shedder refused (the only error the layers below it raise).
 async fn shed(error: BoxError) -> Response {

@@ -6,7 +6,7 @@ use axum::{
     BoxError, Router,
     error_handling::HandleErrorLayer,
     http::{
-        HeaderName, HeaderValue, Method, Uri,
+        HeaderName, HeaderValue, Method, StatusCode, Uri,
         header::{CONTENT_TYPE, RETRY_AFTER},
     },
     middleware,
@@ -22,7 +22,9 @@ use tollgate::{
     },
 };
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer, classify::ServerErrorsFailureClass, trace::TraceLayer,
+};
 
 use crate::{
     admin, chat_completions,
@@ -151,7 +153,21 @@ pub fn app(state: AppState) -> Router {
                 .layer(GlobalConcurrencyLimitLayer::new(max_in_flight)),
         )
         .layer(cors)
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_server_error))
+}
+
+/// The trace of a 5xx answer: a 500 (the gateway's own failure) at ERROR; a 502, 503 or 504
+/// (an upstream's failure, logged where it was seen; an unset provider key, warned about at
+/// start-up; load shedding) at DEBUG, so one operator state does not log an error per request.
+fn log_server_error(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    match class {
+        ServerErrorsFailureClass::StatusCode(status)
+            if status != StatusCode::INTERNAL_SERVER_ERROR =>
+        {
+            tracing::debug!(%status, ?latency, "response failed");
+        }
+        class => tracing::error!(classification = %class, ?latency, "response failed"),
+    }
 }
 
 /// Marks every SSE answer (chat completions, Messages, Responses streams) `X-Accel-Buffering: no`,

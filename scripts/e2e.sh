@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end suite: builds the `tollgate` and `mock-upstream` binaries, prepares the Python venv
-# at .venv, finds or installs a kubectl with kustomize v5 for the k8s/ manifest tests
-# (scripts/kubectl.sh; exported as KUBECTL), starts real PostgreSQL and Redis servers
+# at .venv and the Node.js grpc-web client under tests/grpc-web (npm ci), finds or installs a
+# kubectl with kustomize v5 for the k8s/ manifest tests (scripts/kubectl.sh; exported as KUBECTL), starts real PostgreSQL and Redis servers
 # (scripts/services.sh; unless the caller already exported TOLLGATE_TEST_POSTGRES_URL and
 # TOLLGATE_TEST_REDIS_URL) and runs tests/python with pytest. Extra arguments go to pytest (e.g.
 # `scripts/e2e.sh -k billing -x`). Idempotent and non-interactive.
@@ -17,6 +17,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Pinned versions: a no-op without network access when they are already installed.
 .venv/bin/python -m pip install -q -r tests/python/requirements.txt
+# The grpc-web client (Connect for Node.js), from its committed package-lock.json.
+if [ ! -f tests/grpc-web/node_modules/.package-lock.json ] \
+    || [ tests/grpc-web/package-lock.json -nt tests/grpc-web/node_modules/.package-lock.json ]; then
+    (cd tests/grpc-web && npm ci --no-audit --no-fund --loglevel=error)
+fi
 KUBECTL="${KUBECTL:-$(scripts/kubectl.sh)}"
 export KUBECTL
 

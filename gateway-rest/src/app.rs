@@ -5,7 +5,10 @@ use std::{num::NonZeroU32, time::Duration};
 use axum::{
     BoxError, Router,
     error_handling::HandleErrorLayer,
-    http::{HeaderValue, Method, Uri, header::RETRY_AFTER},
+    http::{
+        HeaderName, HeaderValue, Method, StatusCode, Uri,
+        header::{CONTENT_TYPE, RETRY_AFTER},
+    },
     middleware,
     response::{IntoResponse, Response},
     routing::{get, patch, post},
@@ -19,11 +22,14 @@ use tollgate::{
     },
 };
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer, classify::ServerErrorsFailureClass, trace::TraceLayer,
+};
 
 use crate::{
     admin, chat_completions,
     config::ServerConfig,
+    cors::AllowedOrigins,
     error::RestError,
     management_limit::{self, ManagementLimit},
     messages, models, responses, usage,
@@ -47,6 +53,8 @@ pub struct RestLimits {
     pub sse_keep_alive: Duration,
     /// Management requests a minute per client address.
     pub management_rpm: NonZeroU32,
+    /// Origins browsers may call from.
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl RestLimits {
@@ -58,6 +66,7 @@ impl RestLimits {
             max_in_flight_requests: server.max_in_flight_requests,
             sse_keep_alive: Duration::from_secs(server.sse_keep_alive_secs),
             management_rpm: NonZeroU32::new(server.management_rpm).unwrap_or(NonZeroU32::MIN),
+            allowed_origins: server.cors_allowed_origins.clone(),
         }
     }
 }
@@ -94,11 +103,13 @@ impl AppState {
 
 /// The OpenAI-compatible API, and key administration under `/admin` (admin token, not API keys).
 /// The management routes (admin, usage, subscription) are rate-limited per client address.
-/// Layers, outermost first: tracing; load shedding (over `max_in_flight_requests` requests in
+/// Layers, outermost first: tracing; CORS (preflights answered here, never shed or routed);
+/// load shedding (over `max_in_flight_requests` requests in
 /// the router at once, one shared count for all routes: 503 `service_unavailable` with
 /// `Retry-After`, at once rather than queued); panics → 500 in the product's error format.
 pub fn app(state: AppState) -> Router {
     let max_in_flight = state.limits.max_in_flight_requests;
+    let cors = state.limits.allowed_origins.rest_layer();
     // Rate-limited per client address (management_limit.rs).
     let management = Router::new()
         .route("/v1/dashboard/billing/usage", get(usage::report))
@@ -127,6 +138,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)
         .with_state(state)
+        .layer(middleware::map_response(unbuffered_event_streams))
         .layer(CatchPanicLayer::custom(|_| {
             RestError(ApiError::new(
                 ErrorKind::Internal,
@@ -140,8 +152,42 @@ pub fn app(state: AppState) -> Router {
                 .layer(LoadShedLayer::new())
                 .layer(GlobalConcurrencyLimitLayer::new(max_in_flight)),
         )
-        .layer(TraceLayer::new_for_http())
+        .layer(cors)
+        .layer(TraceLayer::new_for_http().on_failure(log_server_error))
 }
+
+/// The trace of a 5xx answer: a 500 (the gateway's own failure) at ERROR; a 502, 503 or 504
+/// (an upstream's failure, logged where it was seen; an unset provider key, warned about at
+/// start-up; load shedding) at DEBUG, so one operator state does not log an error per request.
+fn log_server_error(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    match class {
+        ServerErrorsFailureClass::StatusCode(status)
+            if status != StatusCode::INTERNAL_SERVER_ERROR =>
+        {
+            tracing::debug!(%status, ?latency, "response failed");
+        }
+        class => tracing::error!(classification = %class, ?latency, "response failed"),
+    }
+}
+
+/// Marks every SSE answer (chat completions, Messages, Responses streams) `X-Accel-Buffering: no`,
+/// so reverse proxies that buffer answers by default (nginx) pass each event through at once.
+async fn unbuffered_event_streams(mut response: Response) -> Response {
+    let is_event_stream = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_event_stream {
+        response
+            .headers_mut()
+            .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    }
+    response
+}
+
+/// nginx's per-response switch for its proxy buffering.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// The answer to a request the load shedder refused (the only error the layers below it raise).
 async fn shed(error: BoxError) -> Response {

@@ -14,6 +14,8 @@ use tollgate_billing::config::{DatabaseConfig, RedisConfig, TierConfig};
 use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
 use tollgate_inference::{ClientDisconnect, ClientPolicy, ImagesConfig, ProviderConfig};
 
+use crate::cors::AllowedOrigins;
+
 /// Prefix of environment overrides: `TOLLGATE__SERVER__HTTP_ADDR=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "TOLLGATE__";
 
@@ -80,6 +82,10 @@ pub struct ServerConfig {
     /// reading) means the client left.
     #[serde(default = "default_client_stall_timeout_secs")]
     pub client_stall_timeout_secs: u64,
+    /// Origins browsers may call the REST routes and the grpc-web API from: `[]` (the default:
+    /// same-origin only), `["*"]` (any), or exact origins such as `"https://app.example.com"`.
+    #[serde(default = "default_cors_allowed_origins")]
+    pub cors_allowed_origins: AllowedOrigins,
 }
 
 fn default_client_stall_timeout_secs() -> u64 {
@@ -156,6 +162,10 @@ fn default_management_rpm() -> u32 {
     300
 }
 
+fn default_cors_allowed_origins() -> AllowedOrigins {
+    AllowedOrigins::None
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -176,6 +186,7 @@ impl Default for ServerConfig {
             management_rpm: default_management_rpm(),
             on_client_disconnect: ClientDisconnect::default(),
             client_stall_timeout_secs: default_client_stall_timeout_secs(),
+            cors_allowed_origins: default_cors_allowed_origins(),
         }
     }
 }
@@ -619,6 +630,30 @@ monthly_requests = 1000
             .unwrap_err()
             .to_string();
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn cors_origins_default_to_none_and_are_checked_where_they_are_read() {
+        let c = Config::from_toml(MINIMAL, []).unwrap();
+        assert_eq!(c.server.cors_allowed_origins, AllowedOrigins::None);
+        let c = Config::from_toml(
+            MINIMAL,
+            [(
+                "TOLLGATE__SERVER__CORS_ALLOWED_ORIGINS".to_owned(),
+                r#"["https://app.example.com"]"#.to_owned(),
+            )],
+        )
+        .unwrap();
+        assert!(
+            matches!(c.server.cors_allowed_origins, AllowedOrigins::Exact(ref o) if o.len() == 1)
+        );
+        let e = Config::from_toml(
+            &format!("[server]\ncors_allowed_origins = [\"https://app.example.com/\"]\n{MINIMAL}"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cors_allowed_origins"), "{e}");
     }
 
     #[test]

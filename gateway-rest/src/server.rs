@@ -43,7 +43,7 @@ pub enum ServeError {
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    Reflection(#[from] crate::reflection::ReflectionError),
     #[error("admin.token_env: {0}")]
     AdminToken(String),
     #[error("services.internal_token_env: {0}")]
@@ -496,33 +496,56 @@ impl Assembly {
     }
 }
 
+/// The services of `services` (every one a target serves) on its gRPC listener `kind`: Metering
+/// alone on the internal listener, everything else on the public one.
+fn served_on(kind: Listener, services: &[&'static str]) -> Vec<&'static str> {
+    let metering = name_of::<MeteringServer<BillingService>>();
+    services
+        .iter()
+        .copied()
+        .filter(|&name| (name == metering) == (kind == Listener::Internal))
+        .collect()
+}
+
 /// A future that resolves once `stop` turns true.
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Serves `routes` with gRPC health and reflection on `listener` until `stop`.
+/// Serves `routes` with gRPC health and reflection on the gRPC listener `kind` until `stop`;
+/// `services` are every service the target serves (each listener's reflection lists its own).
+/// The public listener also answers grpc-web (HTTP/1.1 included) for browsers, within the
+/// configured CORS origins; the internal one speaks native gRPC only.
 fn serve_grpc(
     listener: TcpListener,
+    kind: Listener,
     routes: Routes,
+    services: &[&'static str],
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     server: &ServerConfig,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tollgate::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let server = grpc_server_builder(server)
-        .add_routes(routes)
-        .add_service(health)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stopped(stop),
-        );
-    Ok(tokio::spawn(server))
+    let routes = crate::reflection::add_to(routes.add_service(health), &served_on(kind, services))?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = grpc_server_builder(server);
+    Ok(if kind == Listener::Internal {
+        tokio::spawn(
+            builder
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stopped(stop)),
+        )
+    } else {
+        tokio::spawn(
+            builder
+                .accept_http1(true)
+                .layer(server.cors_allowed_origins.grpc_web_layer())
+                .layer(tonic_web::GrpcWebLayer::new())
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stopped(stop)),
+        )
+    })
 }
 
 /// Serves `router` on `listener` within the listener bounds of `server` until `stop`.
@@ -566,7 +589,7 @@ pub async fn serve(
     let grace = Duration::from_secs(runtime.server.shutdown_grace_secs);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::new(reporter, assembly.services, assembly.dependencies).await;
+    let health = Health::new(reporter, assembly.services.clone(), assembly.dependencies).await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_tasks = Vec::new();
@@ -581,7 +604,9 @@ pub async fn serve(
                 .ok_or(ServeError::Listener(kind.name()))?;
             grpc_tasks.push(serve_grpc(
                 listener,
+                kind,
                 routes,
+                &assembly.services,
                 health_service.clone(),
                 &runtime.server,
                 stop_rx.clone(),

@@ -22,7 +22,8 @@ GENERATED = Path(__file__).resolve().parent / "generated"
 
 
 def _generate_grpc_stubs() -> None:
-    """Compiles proto/tollgate/v1/*.proto into tests/python/generated (gitignored)."""
+    """Compiles proto/tollgate/v1/*.proto into tests/python/generated (gitignored): Python stubs
+    and the descriptor set `tollgate.binpb`."""
     import grpc_tools
     from grpc_tools import protoc
 
@@ -37,6 +38,10 @@ def _generate_grpc_stubs() -> None:
             f"-I{well_known}",
             f"--python_out={GENERATED}",
             f"--grpc_python_out={GENERATED}",
+            # The same contract as one descriptor set, for clients that load it at run time (the
+            # grpc-web client in tests/grpc-web).
+            f"--descriptor_set_out={GENERATED / 'tollgate.binpb'}",
+            "--include_imports",
             *protos,
         ]
     )

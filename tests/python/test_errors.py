@@ -21,6 +21,7 @@ Decisions this suite holds the gateway to (where the product pages leave room):
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -246,6 +247,24 @@ def test_provider_without_a_key_is_503_naming_the_variable(gateway, key, mock):
     assert mock.requests_with(n) == []
     # Refused by the gateway itself: not counted against the key's quota.
     assert gateway.usage(fresh).json()["monthly_requests"] == 0
+
+
+def test_a_missing_provider_key_is_one_start_up_warning_not_an_error_per_request(mock, tmp_path):
+    """An unset provider key is the operator's configuration state: said once at start-up at
+    WARN naming the variable; its requests still get the 503 naming it, and log no ERROR."""
+    gw = Gateway(tmp_path, mock)
+    try:
+        key = gw.create_key("basic")
+        for _ in range(3):
+            r = post_chat(gw, auth(key), {"model": "deepseek-nokey", "messages": user(nonce())})
+            assert_error(r, 503, "service_unavailable")
+            assert "MOCK_UNSET_KEY" in r.json()["error"]["message"]
+    finally:
+        gw.stop()  # the process has exited and its whole log has been read
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in gw.process.stderr_lines]
+    warnings = [line for line in lines if " WARN " in line and "MOCK_UNSET_KEY" in line]
+    assert len(warnings) == 1, "\n".join(lines)
+    assert not [line for line in lines if " ERROR " in line], "\n".join(lines)
 
 
 def test_upstream_error_before_the_stream_starts_is_a_real_http_error(gateway, key):

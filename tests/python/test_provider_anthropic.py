@@ -583,17 +583,51 @@ def test_reasoning_round_trip_in_a_tool_loop(client, mock):
     ]
     assert second.choices[0].finish_reason == "tool_calls"
 
-    # Without the details the mock refuses, as Anthropic does: the round trip is what makes it work.
-    stripped = list(messages)
-    stripped[1] = {k: v for k, v in messages[1].items() if k != "reasoning_details"}
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=THINKING_ALIAS, messages=stripped, tools=[WEATHER_TOOL])
-    assert "Expected `thinking`" in str(err.value)
-    # Details of another provider's format are dropped, not sent to Anthropic.
+    # Details of another provider's format are dropped, not sent to Anthropic: the turn then has
+    # no signed thinking, and the loop goes on with thinking off (see the next test).
     foreign = list(messages)
     foreign[1] = {**messages[1], "reasoning_details": [{**details[0], "format": "google-gemini-v1"}]}
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=THINKING_ALIAS, messages=foreign, tools=[WEATHER_TOOL])
+    third = client.chat.completions.create(model=THINKING_ALIAS, messages=foreign, tools=[WEATHER_TOOL])
+    assert third.choices[0].finish_reason == "tool_calls"
+    body = mock.requests_with(n)[-1]["body"]
+    assert "thinking" not in body
+    assert [b["type"] for b in body["messages"][1]["content"]] == ["tool_use"]
+
+
+def test_a_tool_loop_with_thinking_whose_client_drops_reasoning_details(client, mock):
+    """Most OpenAI clients (LangChain, the AI SDK) do not send `reasoning_details` back. Anthropic
+    refuses the loop's assistant turn without its signed thinking while thinking is on (the mock
+    too, shown below), so the gateway sends that request with thinking off: the loop goes on."""
+    n = nonce()
+    messages = user(f"weather, a client without details {n} [tool]")
+    first = client.chat.completions.create(model=THINKING_ALIAS, messages=messages, tools=[WEATHER_TOOL])
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert mock.requests_with(n)[-1]["body"]["thinking"]["type"] == "enabled"
+    call = first.choices[0].message.tool_calls[0]
+    # What such a client sends back: content, tool calls and (the AI SDK) reasoning_content only.
+    messages.append({
+        "role": "assistant",
+        "content": first.choices[0].message.content,
+        "reasoning_content": extra(first.choices[0].message).get("reasoning_content"),
+        "tool_calls": [{"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}],
+    })
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny"})
+    second = client.chat.completions.create(model=THINKING_ALIAS, messages=messages, tools=[WEATHER_TOOL])
+    assert second.choices[0].finish_reason == "tool_calls"
+    assert not extra(second.choices[0].message).get("reasoning_details")
+    sent = mock.requests_with(n)[-1]["body"]
+    assert "thinking" not in sent
+    assert [b["type"] for b in sent["messages"][1]["content"]] == ["tool_use"]
+
+    # The same body with thinking on is what Anthropic refuses, and so does the mock.
+    refused = httpx.post(
+        f"{mock.base_url}/v1/messages",
+        json={**sent, "thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 4096},
+        headers={"x-api-key": PROVIDER_KEY, "anthropic-version": "2023-06-01"},
+        timeout=30,
+    )
+    assert refused.status_code == 400, refused.text
+    assert "Expected `thinking` or `redacted_thinking`" in refused.json()["error"]["message"]
 
 
 def test_reasoning_round_trip_from_a_stream(gateway, key, client, mock):

@@ -554,14 +554,25 @@ def test_thought_signatures_round_trip_in_a_tool_loop(client, mock):
         "parts": [{"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": signature_for("get_weather")}],
     }
 
-    # Without the details the signature is missing, and Gemini (the mock) refuses the turn.
+    # A client that drops the details (most OpenAI clients) still gets a working loop: the turn
+    # goes with the stand-in Google documents for signatures the client did not keep.
     stripped = dict(message.model_dump(exclude_none=True))
     stripped.pop("reasoning_details")
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(
-            model=THINKING_ALIAS, messages=messages + [stripped, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}], tools=[WEATHER]
-        )
-    assert "missing a thought_signature" in err.value.message
+    stripped.pop("reasoning_content", None)
+    history = messages + [stripped, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    final = client.chat.completions.create(model=THINKING_ALIAS, messages=history, tools=[WEATHER])
+    assert final.choices[0].message.content == echo(history)
+    sent = received_all(mock, n)[-1]
+    assert sent["body"]["contents"][1]["parts"] == [
+        {"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": "skip_thought_signature_validator"}
+    ]
+
+    # Without any signature Gemini (the mock) refuses the turn; the stand-in is what makes it work.
+    unsigned = json.loads(json.dumps(sent["body"]))
+    del unsigned["contents"][1]["parts"][0]["thoughtSignature"]
+    refused = httpx.post(f"{mock.base_url}{sent['path']}", json=unsigned, headers={"x-goog-api-key": PROVIDER_KEY}, timeout=30)
+    assert refused.status_code == 400, refused.text
+    assert "missing a thought_signature" in refused.json()["error"]["message"]
 
 
 def test_details_of_another_provider_are_dropped(client, mock):

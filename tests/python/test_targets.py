@@ -226,6 +226,30 @@ def test_grpc_health_per_service(cluster, port_name, service):
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+REFLECTION_AND_HEALTH = {
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
+
+
+@pytest.mark.parametrize(
+    ("port_name", "services"),
+    [
+        ("inference", {"tollgate.v1.Inference"}),
+        ("catalog", {"tollgate.v1.Catalog"}),
+        ("billing", {"tollgate.v1.Billing", "tollgate.v1.Admin"}),
+        ("metering", {"tollgate.v1.Metering"}),
+    ],
+)
+def test_reflection_lists_what_each_listener_serves(cluster, port_name, services):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with cluster.channel(port_name) as channel:
+        listed = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert listed == services | REFLECTION_AND_HEALTH
+
+
 def test_livez_and_readyz_name_what_each_target_depends_on(cluster):
     want = {
         "rest": {"inference", "catalog", "billing"},

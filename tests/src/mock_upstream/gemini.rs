@@ -12,7 +12,8 @@
 //!   previous `functionCall` turn, a function-call turn not right after a user or
 //!   function-response turn;
 //! - with `thinkingConfig.includeThoughts`, a `functionCall` part in the history without the
-//!   `thoughtSignature` this mock issued for it (see [`signature_for`]).
+//!   `thoughtSignature` this mock issued for it (see [`signature_for`]) or Google's documented
+//!   stand-in [`SKIP_THOUGHT_SIGNATURE_VALIDATOR`].
 //!
 //! The answer follows the mock's rules (tests/python/mock_rules.py): `Echo: <last user text>`
 //! (the text parts of the last `user` content that has text), tokens are whitespace-separated
@@ -44,6 +45,10 @@ use super::request::{Directives, pieces, word_count};
 
 /// The arguments of every function call the mock makes.
 pub const CALL_ARGS: &str = r#"{"location":"Paris"}"#;
+
+/// The stand-in Google documents for a thought signature the client did not keep: accepted in
+/// place of any.
+pub const SKIP_THOUGHT_SIGNATURE_VALIDATOR: &str = "skip_thought_signature_validator";
 
 /// The thought signature the mock issues for a call of `name` (and for text: `name` = "text"),
 /// base64 like Google's.
@@ -431,7 +436,7 @@ pub fn plan(body: &Value, stream: bool) -> Result<GeminiPlan, GoogleError> {
                             i + 1
                         )));
                     }
-                    Some(sig) if sig != expected => {
+                    Some(sig) if sig != expected && sig != SKIP_THOUGHT_SIGNATURE_VALIDATOR => {
                         return Err(GoogleError::invalid("Corrupted thought signature."));
                     }
                     Some(_) => {}
@@ -912,10 +917,23 @@ mod tests {
         let signed = json!({"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": signature_for("f")}]});
         assert!(
             plan(
-                &json!({"contents": [user("q"), signed, right], "generationConfig": thinking}),
+                &json!({"contents": [user("q"), signed, right.clone()], "generationConfig": thinking.clone()}),
                 false
             )
             .is_ok()
+        );
+        let stand_in = json!({"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": SKIP_THOUGHT_SIGNATURE_VALIDATOR}]});
+        assert!(
+            plan(
+                &json!({"contents": [user("q"), stand_in, right.clone()], "generationConfig": thinking.clone()}),
+                false
+            )
+            .is_ok()
+        );
+        let forged = json!({"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "Zm9yZ2Vk"}]});
+        assert!(
+            err(json!({"contents": [user("q"), forged, right], "generationConfig": thinking}))
+                .contains("Corrupted thought signature")
         );
     }
 

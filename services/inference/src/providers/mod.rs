@@ -252,11 +252,24 @@ impl Providers {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, BuildError> {
         let images = ImageFetcher::new(images);
-        configs
+        let providers: HashMap<_, _> = configs
             .iter()
             .map(|c| Ok((c.name.clone(), Arc::new(Provider::new(c, &images, env)?))))
-            .collect::<Result<_, _>>()
-            .map(Self)
+            .collect::<Result<_, BuildError>>()?;
+        for config in configs {
+            if let Some(Err(UpstreamError::NotConfigured { provider, env })) =
+                providers.get(&config.name).map(|p| p.ready())
+            {
+                // An operator's configuration state, said once here; its requests get a 503
+                // naming the variable.
+                tracing::warn!(
+                    provider,
+                    env,
+                    "{env} is not set: the models of provider {provider} answer 503 until it is"
+                );
+            }
+        }
+        Ok(Self(providers))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {

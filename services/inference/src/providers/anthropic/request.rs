@@ -13,7 +13,10 @@
 //!   mode); `json_schema` becomes `output_config.format`.
 //! - Thinking: the caller's own `budget_tokens` as given, else one from `reasoning_effort`
 //!   ([`thinking_budget`]); forced tool use or a modified temperature with thinking on: 400
-//!   (Anthropic refuses both).
+//!   (Anthropic refuses both). A tool loop whose assistant turn came back without its signed
+//!   thinking (the client dropped `reasoning_details`, as most OpenAI clients do) is sent with
+//!   thinking off, as Anthropic's own error advises ("To avoid this requirement, disable
+//!   `thinking`"); the loop goes on, without thinking until the next user turn.
 //! - `top_k`: the contract's field, else (chat completions) the one field of `extra_json` passed
 //!   on.
 //!
@@ -276,10 +279,16 @@ pub fn body<'a>(
                 .max(1),
         ),
     };
-    // Anthropic thinks only when asked: a model whose default is thinking is asked too.
-    let thinking = target.thinking.is_on();
-
     let mut conversation = Conversation::build(&request.messages)?;
+    // Anthropic thinks only when asked: a model whose default is thinking is asked too. Not when
+    // the tool loop in progress lost its signed thinking (a client that drops reasoning):
+    // Anthropic refuses that turn with thinking on and documents turning it off as the way out.
+    let thinking = target.thinking.is_on() && !conversation.tool_loop_lost_its_thinking();
+    if target.thinking.is_on() && !thinking {
+        tracing::debug!(
+            "the tool loop's assistant turn carries no thinking block: thinking off for this request"
+        );
+    }
     let mut output_config = None;
     if let Some(format) = &request.response_format {
         match format.r#type.as_str() {
@@ -807,6 +816,29 @@ impl Conversation {
             });
         }
         Ok(Self { system, turns })
+    }
+
+    /// Whether the last assistant turn that called tools, while its loop is still in progress
+    /// (no user turn but tool results after it), does not start with a thinking block: the turn
+    /// Anthropic, with thinking on, requires to carry its signed thinking.
+    fn tool_loop_lost_its_thinking(&self) -> bool {
+        let Some(at) = self.turns.iter().rposition(|t| {
+            t.role == TurnRole::Assistant
+                && t.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
+        }) else {
+            return false;
+        };
+        let in_loop = self.turns[at + 1..].iter().all(|t| {
+            t.role == TurnRole::Assistant
+                || t.blocks
+                    .iter()
+                    .all(|b| matches!(b, Block::ToolResult { .. }))
+        });
+        let signed = matches!(
+            self.turns[at].blocks.first(),
+            Some(Block::Thinking { .. } | Block::RedactedThinking { .. })
+        );
+        in_loop && !signed
     }
 }
 

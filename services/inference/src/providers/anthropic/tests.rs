@@ -555,3 +555,48 @@ fn the_callers_thinking_budget_is_sent_as_given() {
         (json!({"type": "enabled", "budget_tokens": 5000}), json!(5))
     );
 }
+
+/// A tool loop whose assistant turn lost its signed thinking (the client dropped
+/// `reasoning_details`) goes on with thinking off: Anthropic refuses that turn with thinking on.
+#[test]
+fn a_tool_loop_without_its_signed_thinking_is_sent_with_thinking_off() {
+    let call =
+        json!({"id": "toolu_1", "type": "function", "function": {"name": "w", "arguments": "{}"}});
+    let unsigned = with_messages(json!([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "reasoning_content": "kept by the AI SDK only", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}
+    ]));
+    let b = body_with(unsigned.clone(), Some(true)).unwrap();
+    assert!(b.get("thinking").is_none(), "{b}");
+    // Thinking's own refusals no longer apply to this request.
+    let mut forced = unsigned;
+    forced["tool_choice"] = json!("required");
+    forced["tools"] =
+        json!([{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}]);
+    assert!(
+        body_with(forced, Some(true))
+            .unwrap()
+            .get("thinking")
+            .is_none()
+    );
+
+    // Signed: thinking stays on.
+    let signed = with_messages(json!([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [call],
+         "reasoning_details": [{"type": "reasoning.text", "text": "call w", "signature": "sig", "format": "anthropic-claude-v1", "index": 0}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}
+    ]));
+    assert!(body_with(signed, Some(true)).unwrap()["thinking"]["budget_tokens"].is_u64());
+
+    // A finished loop (a user turn after the results) no longer needs it.
+    let finished = with_messages(json!([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+        {"role": "user", "content": "thanks"}
+    ]));
+    assert!(body_with(finished, Some(true)).unwrap()["thinking"]["budget_tokens"].is_u64());
+}

@@ -5,7 +5,9 @@
 //! - `user`/`assistant` → `user`/`model` contents, consecutive same-role contents merged; empty
 //!   text is never sent, nor a content without parts;
 //! - assistant `tool_calls` → `functionCall` parts (arguments parsed; invalid JSON is a 400 naming
-//!   the field) with their `thoughtSignature` reattached from `reasoning_details`;
+//!   the field) with their `thoughtSignature` reattached from `reasoning_details`; a turn whose
+//!   client dropped them gets Google's documented stand-in ([`MISSING_THOUGHT_SIGNATURE`]) on
+//!   its first call when the model thinks, so the tool loop goes on;
 //! - `tool` messages → `functionResponse` parts in one `user` content, the name looked up from the
 //!   assistant's `tool_calls` by `tool_call_id`, ordered as the calls were;
 //! - images: data URLs → `inlineData`; http(s) URLs fetched by the gateway → `inlineData`;
@@ -199,7 +201,7 @@ pub(super) async fn body(
     target: &Target<'_>,
     images: &ImageFetcher,
 ) -> Result<GenerateContentRequest, UpstreamError> {
-    let (system, contents) = contents(request, images).await?;
+    let (system, contents) = contents(request, images, target.thinking.is_on()).await?;
     Ok(GenerateContentRequest {
         system_instruction: (!system.is_empty()).then_some(SystemInstruction { parts: system }),
         contents,
@@ -253,10 +255,12 @@ fn plain_text(message: &Message, i: usize) -> Result<String, UpstreamError> {
     }
 }
 
-/// `systemInstruction` parts and `contents`.
+/// `systemInstruction` parts and `contents` (`thinking`: whether the model thinks for this
+/// request, so its function calls need signatures).
 async fn contents(
     request: &ChatRequest,
     images: &ImageFetcher,
+    thinking: bool,
 ) -> Result<(Vec<PartJson>, Vec<Turn>), UpstreamError> {
     let mut fetched = fetch_images(request, images).await?;
     let mut system = Vec::new();
@@ -284,7 +288,7 @@ async fn contents(
                     let name = call.function.as_ref().map_or("", |f| f.name.as_str());
                     calls.insert(call.id.as_str(), (name, k));
                 }
-                push(&mut turns, "model", model_parts(message, i)?);
+                push(&mut turns, "model", model_parts(message, i, thinking)?);
             }
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().unwrap_or_default();
@@ -504,8 +508,13 @@ fn image_part(
 }
 
 /// An assistant message as `model` parts: its text, then its function calls, with the thought
-/// signatures of its `google-gemini-v1` reasoning details reattached where they came from.
-fn model_parts(message: &Message, i: usize) -> Result<Vec<PartJson>, UpstreamError> {
+/// signatures of its `google-gemini-v1` reasoning details reattached where they came from (for
+/// a thinking model, a stand-in where the client kept none).
+fn model_parts(
+    message: &Message,
+    i: usize,
+    thinking: bool,
+) -> Result<Vec<PartJson>, UpstreamError> {
     let mut parts: Vec<PartJson> = Vec::new();
     match &message.content {
         None => {}
@@ -567,8 +576,19 @@ fn model_parts(message: &Message, i: usize) -> Result<Vec<PartJson>, UpstreamErr
             part.thought_signature = Some(signature.to_owned());
         }
     }
+    // A client that never sends reasoning back (most OpenAI clients) leaves the turn unsigned,
+    // which a thinking Gemini refuses for the current turn's calls; Google documents this value
+    // for history whose signatures are lost. It goes on the first call, where Gemini puts its own.
+    let unsigned = thinking && parts.iter().all(|p| p.thought_signature.is_none());
+    if let Some(first_call) = parts.get_mut(text_parts).filter(|_| unsigned) {
+        first_call.thought_signature = Some(MISSING_THOUGHT_SIGNATURE.to_owned());
+    }
     Ok(parts)
 }
+
+/// The `thoughtSignature` Gemini accepts in place of one it issued but the client did not keep
+/// (ai.google.dev, "Thought signatures").
+pub const MISSING_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 
 fn tools(request: &ChatRequest) -> Result<Vec<ToolSet>, UpstreamError> {
     if request.tools.is_empty() {
@@ -896,6 +916,33 @@ mod tests {
                     {"text": "Thanks"},
                 ]},
             ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_turn_whose_client_dropped_the_signatures_gets_the_documented_stand_in() {
+        let mut assistant = msg(Role::Assistant, "");
+        assistant.tool_calls = vec![call("call_1", "a", "{}"), call("call_2", "b", "{}")];
+        let r = request(vec![
+            msg(Role::User, "x"),
+            assistant,
+            tool_result("call_1", "1"),
+            tool_result("call_2", "2"),
+        ]);
+        let body = build(&r, Some(true)).await.unwrap();
+        assert_eq!(
+            body["contents"][1]["parts"],
+            json!([
+                {"functionCall": {"name": "a", "args": {}, "id": "call_1"}, "thoughtSignature": MISSING_THOUGHT_SIGNATURE},
+                {"functionCall": {"name": "b", "args": {}, "id": "call_2"}},
+            ])
+        );
+        // A model that does not think for this request needs no signatures.
+        let body = build(&r, Some(false)).await.unwrap();
+        assert!(
+            body["contents"][1]["parts"][0]
+                .get("thoughtSignature")
+                .is_none()
         );
     }
 

@@ -285,7 +285,7 @@ impl UsageJson {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             total_tokens: if self.total_tokens == 0 {
-                self.prompt_tokens + self.completion_tokens
+                self.prompt_tokens.saturating_add(self.completion_tokens)
             } else {
                 self.total_tokens
             },

@@ -163,7 +163,7 @@ pub fn estimate(reported: Option<Usage>, prompt_text_bytes: u64, generated_bytes
     usage.completion_tokens = usage
         .completion_tokens
         .max(generated_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN));
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     usage.cost_picodollars = None;
     usage
 }

@@ -386,3 +386,42 @@ fn think_tags_split_the_same_however_the_stream_is_cut() {
         },
     );
 }
+
+/// What the fuzzer found first: usage counts at `u64::MAX` overflowed the sums of prompt and
+/// completion tokens (a panic in debug builds, a wrapped count in release ones). They saturate.
+#[test]
+fn usage_counts_at_the_top_of_u64_do_not_overflow() {
+    let max = u64::MAX;
+    let openai = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                        "choices": [], "usage": {"prompt_tokens": max, "completion_tokens": 5}});
+    let chunk = StreamNormaliser::<OpenAi>::default()
+        .chunk("fuzz", &openai.to_string())
+        .unwrap();
+    assert_eq!(chunk.usage.unwrap().total_tokens, max);
+    let anthropic = json!({"type": "message_start", "message": {"id": "m", "type": "message",
+        "role": "assistant", "model": "claude", "content": [], "stop_reason": null,
+        "usage": {"input_tokens": max, "output_tokens": 1, "cache_read_input_tokens": 3}}});
+    let mut translator = AnthropicStream::new("fuzz");
+    let usage = translator
+        .on_event(&anthropic.to_string())
+        .unwrap()
+        .and_then(|chunk| chunk.usage)
+        .unwrap();
+    assert_eq!((usage.prompt_tokens, usage.total_tokens), (max, max));
+    let gemini = json!({"candidates": [{"content": {"parts": [{"text": "x"}], "role": "model"},
+        "index": 0}], "usageMetadata": {"promptTokenCount": max, "candidatesTokenCount": 15,
+        "thoughtsTokenCount": max}});
+    let usage = GeminiStream::default()
+        .on_event(&gemini.to_string())
+        .unwrap()
+        .usage
+        .unwrap();
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (max, max, max)
+    );
+}

@@ -98,11 +98,11 @@ impl AnthropicUsage {
             .as_ref()
             .and_then(|d| d.thinking_tokens)
             .unwrap_or(0);
-        let prompt = input + written + read;
+        let prompt = input.saturating_add(written).saturating_add(read);
         Usage {
             prompt_tokens: prompt,
             completion_tokens: output,
-            total_tokens: prompt + output,
+            total_tokens: prompt.saturating_add(output),
             cached_prompt_tokens: read,
             reasoning_tokens: thinking.min(output),
             cost_picodollars: None,

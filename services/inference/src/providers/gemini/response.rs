@@ -100,12 +100,16 @@ impl UsageMetadata {
     /// Section 7.2: thoughts count as completion (and reasoning) tokens; cached content is part
     /// of the prompt; tool-use prompt tokens are prompt tokens.
     fn to_proto(&self) -> Usage {
-        let prompt = self.prompt_token_count + self.tool_use_prompt_token_count;
-        let completion = self.candidates_token_count + self.thoughts_token_count;
+        let prompt = self
+            .prompt_token_count
+            .saturating_add(self.tool_use_prompt_token_count);
+        let completion = self
+            .candidates_token_count
+            .saturating_add(self.thoughts_token_count);
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: prompt + completion,
+            total_tokens: prompt.saturating_add(completion),
             cached_prompt_tokens: self.cached_content_token_count.min(prompt),
             reasoning_tokens: self.thoughts_token_count,
             ..Default::default()

@@ -26,7 +26,7 @@ use crate::{
     config::ServerConfig,
     error::RestError,
     management_limit::{self, ManagementLimit},
-    messages, models, responses, usage,
+    messages, models, request_span, responses, usage,
 };
 
 /// What a client is told to wait before trying again when the gateway sheds load.
@@ -140,7 +140,11 @@ pub fn app(state: AppState) -> Router {
                 .layer(LoadShedLayer::new())
                 .layer(GlobalConcurrencyLimitLayer::new(max_in_flight)),
         )
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span::make)
+                .on_response(request_span::RecordStatus),
+        )
 }
 
 /// The answer to a request the load shedder refused (the only error the layers below it raise).

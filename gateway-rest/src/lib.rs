@@ -22,8 +22,10 @@ mod models;
 mod named_events;
 mod opaque_reasoning;
 mod request_id;
+mod request_span;
 mod responses;
 pub mod server;
+pub mod traces;
 mod usage;
 
 pub use app::{AppState, app};

@@ -32,7 +32,7 @@ use crate::{
     cors::AllowedOrigins,
     error::RestError,
     management_limit::{self, ManagementLimit},
-    messages, models, responses, usage,
+    messages, models, request_span, responses, usage,
 };
 
 /// What a client is told to wait before trying again when the gateway sheds load.
@@ -153,7 +153,12 @@ pub fn app(state: AppState) -> Router {
                 .layer(GlobalConcurrencyLimitLayer::new(max_in_flight)),
         )
         .layer(cors)
-        .layer(TraceLayer::new_for_http().on_failure(log_server_error))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span::make)
+                .on_response(request_span::RecordStatus)
+                .on_failure(log_server_error),
+        )
 }
 
 /// The trace of a 5xx answer: a 500 (the gateway's own failure) at ERROR; a 502, 503 or 504

@@ -265,14 +265,42 @@ impl ServiceUrls {
     }
 }
 
-/// The `[telemetry]` section: how the process reports what it does (metrics on `/metrics`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The `[telemetry]` section: how the process reports what it does (metrics on `/metrics`,
+/// traces over OTLP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Adds a `key` label (the key id) to `tollgate_requests_total`, `tollgate_tokens_total` and
     /// `tollgate_cost_usd_total`: one series per key and model, so off by default.
     #[serde(default)]
     pub per_key_labels: bool,
+    /// The OTLP/HTTP (protobuf) collector's base URL, e.g. `http://collector:4318`; spans go to
+    /// `<otlp_endpoint>/v1/traces`. Unset: no trace is recorded nor exported.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces kept, 0.0 to 1.0; a caller's sampled `traceparent` decides for
+    /// its own trace (parent-based).
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// The traces' `service.name`; `tollgate-<target>` (`tollgate-all`, `tollgate-rest`, ...)
+    /// when unset.
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            per_key_labels: false,
+            otlp_endpoint: None,
+            sampling_ratio: default_sampling_ratio(),
+            service_name: None,
+        }
+    }
 }
 
 /// The configuration file as written.
@@ -378,6 +406,21 @@ impl Config {
 
     /// Checks everything that can be wrong and builds the runtime form.
     pub fn validate(self) -> Result<Runtime, ConfigError> {
+        let ratio = self.telemetry.sampling_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(ConfigError::Invalid {
+                field: "telemetry.sampling_ratio".to_owned(),
+                message: format!("{ratio} is not between 0.0 and 1.0"),
+            });
+        }
+        if let Some(url) = &self.telemetry.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "telemetry.otlp_endpoint".to_owned(),
+                message: format!("{url:?} is not an http(s) URL"),
+            });
+        }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
             if p.name.trim().is_empty() || !names.insert(p.name.as_str()) {
@@ -654,6 +697,43 @@ monthly_requests = 1000
         .unwrap_err()
         .to_string();
         assert!(e.contains("cors_allowed_origins"), "{e}");
+    }
+
+    #[test]
+    fn the_telemetry_section_exports_no_trace_by_default_and_is_checked() {
+        let telemetry = Config::from_toml(MINIMAL, []).unwrap().telemetry;
+        assert_eq!(telemetry.otlp_endpoint, None);
+        assert_eq!(telemetry.sampling_ratio, 1.0);
+        assert_eq!(telemetry.service_name, None);
+        let traced = format!(
+            "{MINIMAL}\n[telemetry]\notlp_endpoint = \"http://collector:4318\"\nsampling_ratio = 0.01\nservice_name = \"edge\""
+        );
+        let telemetry = Config::from_toml(&traced, [])
+            .unwrap()
+            .validate()
+            .unwrap()
+            .telemetry;
+        assert_eq!(
+            telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        assert_eq!(telemetry.sampling_ratio, 0.01);
+        assert_eq!(telemetry.service_name.as_deref(), Some("edge"));
+        for (bad, field) in [
+            ("sampling_ratio = 1.5", "telemetry.sampling_ratio"),
+            ("sampling_ratio = -0.1", "telemetry.sampling_ratio"),
+            (
+                "otlp_endpoint = \"collector:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{MINIMAL}\n[telemetry]\n{bad}"), [])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -24,8 +24,10 @@ mod named_events;
 mod opaque_reasoning;
 pub mod reflection;
 mod request_id;
+mod request_span;
 mod responses;
 pub mod server;
+pub mod traces;
 mod usage;
 
 pub use app::{AppState, app};

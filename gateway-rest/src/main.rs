@@ -29,6 +29,7 @@ use tollgate_billing::{AdminService, LocalOperator};
 use tollgate_gateway::expiry::parse_expiry;
 use tollgate_gateway::key_view::{Times, key_json, key_table};
 use tollgate_gateway::server::{Listeners, Target};
+use tollgate_gateway::traces::Traces;
 use tollgate_gateway::{Config, Runtime, server};
 
 #[derive(Parser)]
@@ -62,17 +63,28 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to stderr at `RUST_LOG` (default `info`, database drivers at `warn`) in `format`.
-fn init_logs(format: LogFormat) {
+/// Logs to stderr at `RUST_LOG` (default `info`, database drivers at `warn`) in `format`, and
+/// spans to the OTLP exporter when `traces` is installed (at every level the filter lets through).
+fn init_logs(format: LogFormat, traces: Option<&Traces>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Span events (a stream's `first_token`) are for traces, not log lines.
+    let not_span_events = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target() != tollgate_inference::telemetry::SPAN_EVENT_TARGET
+    });
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(traces.map(Traces::layer));
     match format {
-        LogFormat::Text => logs.init(),
+        LogFormat::Text => registry.with(logs.with_filter(not_span_events)).init(),
         // Fields at the top level of each object, next to `timestamp`, `level` and `message`.
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Json => registry
+            .with(logs.json().flatten_event(true).with_filter(not_span_events))
+            .init(),
     }
 }
 
@@ -266,8 +278,28 @@ async fn run(cli: Cli) -> Result<(), String> {
     let config = cli
         .config
         .ok_or("give the configuration file: --config FILE (or TOLLGATE_CONFIG)")?;
-    let mut runtime = load(&config)?;
-    match cli.command {
+    let runtime = load(&config)?;
+    let traces = match &cli.command {
+        Command::Serve { target, .. } => {
+            let name = clap::ValueEnum::to_possible_value(target)
+                .map(|value| value.get_name().to_owned())
+                .unwrap_or_default();
+            Traces::install(&runtime.telemetry, &format!("tollgate-{name}"))?
+        }
+        _ => None,
+    };
+    init_logs(cli.log_format, traces.as_ref());
+    let outcome = command(cli.command, runtime).await;
+    if let Some(traces) = traces {
+        // Blocks until the last batch is sent, which needs this runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+    outcome
+}
+
+/// Runs one subcommand over the loaded configuration.
+async fn command(command: Command, mut runtime: Runtime) -> Result<(), String> {
+    match command {
         Command::Serve {
             target,
             http_addr,
@@ -488,7 +520,6 @@ async fn keys(runtime: &Runtime, command: KeysCommand) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

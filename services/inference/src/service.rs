@@ -24,6 +24,7 @@ use tollgate::{
     },
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::Instrument;
 
 use crate::{
     ClientPolicy, Provider, Providers, UpstreamError,
@@ -249,6 +250,7 @@ impl InferenceService {
         Ok((route, provider, thinking))
     }
 
+    #[tracing::instrument(name = "admit", skip_all)]
     pub(crate) async fn admit(
         &self,
         metadata: &MetadataMap,
@@ -308,6 +310,7 @@ impl InferenceService {
 
     /// Records the request in the ledger; returns its cost once the row is durable. `estimated`
     /// marks usage the gateway counted itself (the upstream never reported it).
+    #[tracing::instrument(name = "settle", skip_all, fields(tollgate.outcome = ?outcome))]
     pub(crate) async fn settle(
         &self,
         admitted: &Admitted,
@@ -410,15 +413,18 @@ pub(crate) fn shutdown_error(admitted: &Admitted) -> UpstreamError {
 
 /// Runs the rest of a request in a task of its own, so that once admitted it is settled even if
 /// the caller goes away (a REST client hanging up drops the handler, and with it this future).
+/// The task stays in the caller's span (its trace).
 async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::spawn(work).await.unwrap_or_else(|e| {
-        Err(
-            ApiError::new(ErrorKind::Internal, format!("the request task failed: {e}"))
-                .into_status(),
-        )
-    })
+    tokio::spawn(work.in_current_span())
+        .await
+        .unwrap_or_else(|e| {
+            Err(
+                ApiError::new(ErrorKind::Internal, format!("the request task failed: {e}"))
+                    .into_status(),
+            )
+        })
 }
 
 impl InferenceService {
@@ -428,8 +434,12 @@ impl InferenceService {
         metadata: MetadataMap,
         request: ChatRequest,
     ) -> Result<ChatResponse, Status> {
-        let mut meter = RequestMeter::start(false);
-        let answered = self.answer(&mut meter, metadata, request).await;
+        let mut meter = RequestMeter::start(false, &request.model);
+        let span = meter.span().clone();
+        let answered = self
+            .answer(&mut meter, metadata, request)
+            .instrument(span)
+            .await;
         meter.finish(RequestStatus::of_result(&answered));
         answered
     }
@@ -454,6 +464,10 @@ impl InferenceService {
             Ok(response) => response,
             Err(error) => return Err(self.fail(&admitted, error).await),
         };
+        meter.response_model(&response.model);
+        for choice in &response.choices {
+            meter.finish_reason(&choice.finish_reason);
+        }
         // With room for the id, model and cost set below.
         let size = prost::Message::encoded_len(&response) + 256;
         if size > self.inner.max_message_bytes {

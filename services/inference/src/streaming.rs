@@ -25,6 +25,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::v1::{ChatChunk, ChatRequest, Outcome, Usage};
 use tonic::{Status, metadata::MetadataMap};
+use tracing::Instrument;
 
 use crate::{
     ClientDisconnect, InferenceService, UpstreamError,
@@ -61,37 +62,42 @@ pub(crate) fn start(
 ) -> Started {
     let (opened_tx, opened_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    tokio::spawn(async move {
-        let mut meter = RequestMeter::start(true);
-        match open(&service, &metadata, &request).await {
-            Ok(Opened {
-                admitted,
-                first,
-                rest,
-                deadline,
-            }) => {
-                meter.admitted(&admitted);
-                meter.first_token();
-                let include_usage = request
-                    .stream_options
-                    .is_some_and(|options| options.include_usage);
-                // If the caller is gone already, the first send fails and the stream is settled
-                // as cancelled.
-                let _ = opened_tx.send(Ok(admitted.request_id.clone()));
-                let relay = Relay {
-                    include_usage,
+    let mut meter = RequestMeter::start(true, &request.model);
+    let span = meter.span().clone();
+    tokio::spawn(
+        async move {
+            match open(&service, &metadata, &request).await {
+                Ok(Opened {
+                    admitted,
+                    first,
+                    rest,
                     deadline,
-                    tx,
-                };
-                let status = run(service, admitted, first, rest, relay, &mut meter).await;
-                meter.finish(status);
-            }
-            Err(status) => {
-                meter.finish(RequestStatus::of(&status));
-                let _ = opened_tx.send(Err(status));
+                }) => {
+                    meter.admitted(&admitted);
+                    meter.first_token();
+                    meter.response_model(&first.model);
+                    let include_usage = request
+                        .stream_options
+                        .is_some_and(|options| options.include_usage);
+                    // If the caller is gone already, the first send fails and the stream is settled
+                    // as cancelled.
+                    let _ = opened_tx.send(Ok(admitted.request_id.clone()));
+                    let relay = Relay {
+                        include_usage,
+                        deadline,
+                        tx,
+                    };
+                    let status = run(service, admitted, first, rest, relay, &mut meter).await;
+                    meter.finish(status);
+                }
+                Err(status) => {
+                    meter.finish(RequestStatus::of(&status));
+                    let _ = opened_tx.send(Err(status));
+                }
             }
         }
-    });
+        .instrument(span),
+    );
     Started {
         opened: opened_rx,
         chunks: ReceiverStream::new(rx),
@@ -236,7 +242,14 @@ async fn run(
         if chunk.choices.is_empty() {
             continue;
         }
-        finished |= chunk.choices.iter().any(|c| c.finish_reason.is_some());
+        for reason in chunk
+            .choices
+            .iter()
+            .filter_map(|c| c.finish_reason.as_deref())
+        {
+            meter.finish_reason(reason);
+            finished = true;
+        }
         generated += token_bounds::generated_bytes(&chunk);
         if client_left {
             continue;

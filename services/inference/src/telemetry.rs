@@ -7,6 +7,10 @@
 //! Recording is cheap: the handles of one model (its counters by status and stream, its
 //! histograms) are registered once, on its first request, and reused; no label is allocated per
 //! request unless per-key labels are switched on ([`set_per_key_labels`]).
+//!
+//! Each request's `chat` span (its trace, when traces are exported) is the meter's too: it carries
+//! the OpenTelemetry GenAI attributes (`gen_ai.*`: provider, models, token usage, finish reasons;
+//! never a prompt, an answer or a key) and a stream's `first_token` event.
 
 use std::{
     sync::{
@@ -233,6 +237,10 @@ impl UpstreamMeters {
 static IN_FLIGHT_GAUGE: LazyLock<Gauge> = LazyLock::new(|| gauge!(IN_FLIGHT));
 static ACTIVE_STREAMS_GAUGE: LazyLock<Gauge> = LazyLock::new(|| gauge!(ACTIVE_STREAMS));
 
+/// The target of events that belong to a trace only (the `first_token` event): the log writer
+/// leaves them out.
+pub const SPAN_EVENT_TARGET: &str = "tollgate::span_event";
+
 /// One request from its arrival to its last byte: counted in flight while it lives, and
 /// recorded (count and duration, and its log line) once, by [`RequestMeter::finish`]; a meter
 /// dropped unfinished (its task panicked) records an internal error.
@@ -245,6 +253,10 @@ pub(crate) struct RequestMeter {
     finished: bool,
     stream_open: bool,
     log: RequestLog,
+    /// The request's `chat` span; the work runs in it ([`RequestMeter::span`]).
+    span: tracing::Span,
+    /// The finish reasons seen, for `gen_ai.response.finish_reasons`.
+    finish_reasons: Vec<String>,
 }
 
 /// What the request's log line says besides its status and latency.
@@ -262,9 +274,25 @@ struct RequestLog {
 }
 
 impl RequestMeter {
-    pub(crate) fn start(streamed: bool) -> Self {
+    /// Starts metering a request for `requested_model` (as the caller named it).
+    pub(crate) fn start(streamed: bool, requested_model: &str) -> Self {
         IN_FLIGHT_GAUGE.increment(1.0);
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = %format_args!("chat {requested_model}"),
+            gen_ai.operation.name = "chat",
+            gen_ai.system = tracing::field::Empty,
+            gen_ai.request.model = %requested_model,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            tollgate.request_id = tracing::field::Empty,
+            tollgate.stream = streamed,
+        );
         Self {
+            span,
+            finish_reasons: Vec::new(),
             started: Instant::now(),
             streamed,
             model: None,
@@ -284,6 +312,33 @@ impl RequestMeter {
         self.log.key_prefix.clone_from(&admitted.key_prefix);
         self.log.model.clone_from(&route.model_id);
         self.log.provider.clone_from(&route.provider);
+        self.span
+            .record("gen_ai.system", admitted.provider.gen_ai_system())
+            .record("gen_ai.response.model", route.upstream_model.as_str())
+            .record("tollgate.request_id", admitted.request_id.as_str());
+    }
+
+    /// The span the request's work runs in.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The upstream named the model that answered (when it does).
+    pub(crate) fn response_model(&mut self, model: &str) {
+        if !model.is_empty() {
+            self.span.record("gen_ai.response.model", model);
+        }
+    }
+
+    /// A choice finished for `reason`.
+    pub(crate) fn finish_reason(&mut self, reason: &str) {
+        if !reason.is_empty() && !self.finish_reasons.iter().any(|seen| seen == reason) {
+            self.finish_reasons.push(reason.to_owned());
+            self.span.record(
+                "gen_ai.response.finish_reasons",
+                self.finish_reasons.join(",").as_str(),
+            );
+        }
     }
 
     /// The request was settled with `usage` at `cost_picodollars`.
@@ -291,12 +346,28 @@ impl RequestMeter {
         self.log.prompt_tokens = usage.prompt_tokens;
         self.log.completion_tokens = usage.completion_tokens;
         self.log.cost_picodollars = Some(cost_picodollars);
+        // As i64: the OpenTelemetry layer exports a u64 as a string.
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.span
+            .record("gen_ai.usage.input_tokens", tokens(usage.prompt_tokens))
+            .record(
+                "gen_ai.usage.output_tokens",
+                tokens(usage.completion_tokens),
+            );
     }
 
     /// The stream's first upstream chunk arrived: its time to first token, and it is open.
     pub(crate) fn first_token(&mut self) {
         let elapsed = self.started.elapsed();
         self.log.time_to_first_token = Some(elapsed);
+        // A span event for the trace, not a log line (the log writer skips this target).
+        self.span.in_scope(|| {
+            tracing::info!(
+                target: SPAN_EVENT_TARGET,
+                ttft_ms = elapsed.as_secs_f64() * 1000.0,
+                "first_token"
+            );
+        });
         if let Some(model) = &self.model {
             model.time_to_first_token.record(elapsed.as_secs_f64());
         }

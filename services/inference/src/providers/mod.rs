@@ -1,7 +1,8 @@
 //! Provider adapters: one file per provider kind, a closed enum over them, and one trait for
 //! their shape. Adding a provider is one file (implementing [`ChatProvider`], or [`Dialect`]
-//! for an OpenAI-protocol provider), one [`Provider`] variant with its arm in [`Provider::new`]
-//! and in [`Provider::dispatch`] (the only `match` over providers), and one config `kind`.
+//! for an OpenAI-protocol provider), one [`Provider`] variant with its arm in [`Provider::new`],
+//! in [`Provider::dispatch`] (the only `match` over providers that calls them) and in
+//! [`Provider::gen_ai_system`] (its name in traces), and one config `kind`.
 //!
 //! Adapters speak in `tollgate.v1` messages: a [`ChatRequest`] plus its resolved [`Target`] in,
 //! a [`ChatResponse`] or a stream of [`ChatChunk`]s (usage normalised, possibly attached to any
@@ -127,6 +128,19 @@ impl Provider {
             Self::Anthropic(p) => call.call(p),
             Self::Gemini(p) => call.call(p),
             Self::Minimax(p) => call.call(p),
+        }
+    }
+
+    /// The provider as the OpenTelemetry GenAI conventions name it (`gen_ai.system`): their
+    /// well-known value where there is one, else the config kind.
+    pub fn gen_ai_system(&self) -> &'static str {
+        match self {
+            Self::Openai(_) => "openai",
+            Self::Deepseek(_) => "deepseek",
+            Self::OpenaiCompatible(_) => "openai_compatible",
+            Self::Anthropic(_) => "anthropic",
+            Self::Gemini(_) => "gcp.gemini",
+            Self::Minimax(_) => "minimax",
         }
     }
 

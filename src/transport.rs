@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 
+use http_body_util::BodyExt;
 use tonic::body::Body;
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
@@ -87,10 +88,13 @@ pub fn dial_replicas(
         crate::replicas::balanced(services, resolve_interval, replica_endpoint);
     Ok(BoxCloneSyncService::new(channel.map_result(
         move |answer: Result<http::Response<Body>, tonic::transport::Error>| {
-            answer.or_else(|error| {
-                refresh.notify_one();
-                Ok(lost_call(&error))
-            })
+            match answer {
+                Ok(response) => Ok(response.map(|body| Body::new(body.map_err(lost_mid_call)))),
+                Err(error) => {
+                    refresh.notify_one();
+                    Ok(lost_call(&error))
+                }
+            }
         },
     )))
 }
@@ -107,6 +111,15 @@ fn lost_call(error: &tonic::transport::Error) -> http::Response<Body> {
         source = cause.source();
     }
     tonic::Status::unavailable(format!("the service was unreachable: {reason}")).into_http()
+}
+
+/// A response body that broke after the response began (the replica killed mid-stream, its
+/// connection reset): UNAVAILABLE too. A server's own error travels in the trailers, never as a
+/// body error, so every error here is the transport's, which tonic would report as INTERNAL or
+/// UNKNOWN; a caller must see the same retryable failure whether the connection broke before or
+/// during the answer.
+fn lost_mid_call(status: tonic::Status) -> tonic::Status {
+    tonic::Status::unavailable(format!("the service was lost mid-call: {}", status.message()))
 }
 
 /// The connection settings of one replica.
@@ -285,6 +298,44 @@ mod tests {
             .unwrap_err();
         assert_eq!(lost.code(), tonic::Code::Unavailable, "{lost:?}");
         dropper.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stream_broken_mid_answer_ends_unavailable() {
+        // A replica killed while it streams: the caller reaches it through a TCP relay whose
+        // sockets are dropped at once, as a kill -9 would close them, with the stream open.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let (_stop, _server) = replica(listener, ServingStatus::Serving).await;
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            // Every connection (the balancer's probes too) in a set that dies with this task.
+            let mut relays = tokio::task::JoinSet::new();
+            loop {
+                let (mut caller, _) = front.accept().await.unwrap();
+                relays.spawn(async move {
+                    let mut replica = tokio::net::TcpStream::connect(server).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut caller, &mut replica).await;
+                });
+            }
+        });
+        let mut client = HealthClient::new(dial(&format!("http://{addr}")).unwrap());
+        let mut watch = client
+            .watch(HealthCheckRequest {
+                service: "who".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(watch.message().await.unwrap().unwrap().status, A);
+        task.abort();
+        let broken = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a broken stream must end")
+            .unwrap_err();
+        assert_eq!(broken.code(), tonic::Code::Unavailable, "{broken:?}");
+        assert!(broken.message().contains("lost mid-call"), "{broken:?}");
     }
 
     #[test]

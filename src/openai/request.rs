@@ -614,6 +614,20 @@ impl RoleJson {
         }
     }
 
+    /// The role an answer's delta names (`"assistant"`). An answer only ever speaks as the
+    /// assistant, so a name no role has (a compatible server's own) is read as the assistant.
+    pub fn of_delta(name: &str) -> Self {
+        serde_json::from_value(Value::String(name.to_owned())).unwrap_or(Self::Assistant)
+    }
+
+    /// The JSON name (`"assistant"`), as serde writes it.
+    pub fn name(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(Value::String(name)) => name,
+            _ => String::new(),
+        }
+    }
+
     pub fn from_proto(role: v1::Role) -> Option<Self> {
         Some(match role {
             v1::Role::Unspecified => return None,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::request::{FunctionCallJson, ReasoningDetailJson, ToolCallJson};
+use super::request::{FunctionCallJson, ReasoningDetailJson, RoleJson, ToolCallJson};
 use crate::v1;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -454,7 +454,12 @@ impl ChatCompletionChunk {
                 .map(|c| v1::ChunkChoice {
                     index: c.index,
                     delta: Some(v1::Delta {
-                        role: c.delta.role.clone(),
+                        role: c
+                            .delta
+                            .role
+                            .as_deref()
+                            .map_or(v1::Role::Unspecified, |r| RoleJson::of_delta(r).to_proto())
+                            .into(),
                         content: c.delta.content.clone(),
                         reasoning_content: c
                             .delta
@@ -514,7 +519,7 @@ impl ChatCompletionChunk {
                     ChunkChoiceJson {
                         index: c.index,
                         delta: DeltaJson {
-                            role: d.role,
+                            role: RoleJson::from_proto(d.role()).map(RoleJson::name),
                             content: d.content,
                             reasoning_content: d.reasoning_content,
                             reasoning: None,

@@ -173,6 +173,8 @@ def test_grpc_web_chat_stream_is_billed(browser_gateway):
     assert result["error"] is None, result
     chunks = result["messages"]
     assert len(chunks) >= 3
+    # A delta's role is the enum a message's role is, in every encoding of the contract.
+    assert chunks[0]["choices"][0]["delta"]["role"] == "ROLE_ASSISTANT", chunks[0]
     content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices"))
     assert content == echo(user(text))
     want = expected_usage(user(text), thinking=False)

@@ -263,7 +263,7 @@ def test_finish_mode_bills_a_cancelled_grpc_stream_the_upstreams_final_count(fin
             proto_request("deepseek-chat", text), metadata=metadata(key), timeout=TIMEOUT
         )
         first = next(call)
-        assert first.choices[0].delta.role == "assistant"
+        assert first.choices[0].delta.role == inference_pb2.ROLE_ASSISTANT
         mock.wait_held(hold, lambda status: status["waiting"] == 1, what="the rest of the stream is held")
         call.cancel()
         assert call.code() == grpc.StatusCode.CANCELLED

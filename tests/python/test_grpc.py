@@ -104,7 +104,7 @@ def test_chat_stream_gives_the_same_content_and_a_usage_chunk(inference, key):
     assert {c.id for c in chunks} == {chunks[0].id}
     assert chunks[0].id.startswith("chatcmpl-")
     assert all(c.model == "deepseek-chat" for c in chunks)
-    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.role == inference_pb2.ROLE_ASSISTANT
     content = "".join(c.choices[0].delta.content for c in chunks if c.choices)
     assert content == echo(user(text))
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].HasField("finish_reason")]

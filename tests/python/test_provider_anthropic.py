@@ -812,7 +812,7 @@ def test_grpc_stream_with_thinking_and_tool_calls(inference, key, mock):
     body = received(mock, n)
     assert body["thinking"]["type"] == "enabled"
     deltas = [c.choices[0].delta for c in chunks if c.choices]
-    assert deltas[0].role == "assistant"
+    assert deltas[0].role == inference_pb2.ROLE_ASSISTANT
     assert "".join(d.reasoning_content for d in deltas) == thinking_text(text)
     [detail] = [r for d in deltas for r in d.reasoning_details]
     assert (detail.type, detail.signature, detail.format) == ("reasoning.text", anthropic_signature(thinking_text(text)), FORMAT)

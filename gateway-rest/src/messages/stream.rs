@@ -300,7 +300,7 @@ mod tests {
         for c in [
             chunk(
                 Delta {
-                    role: Some("assistant".into()),
+                    role: tollgate::v1::Role::Assistant.into(),
                     content: Some(String::new()),
                     ..Default::default()
                 },

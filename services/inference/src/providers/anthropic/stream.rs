@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use tollgate::v1::{ChatChunk, ChunkChoice, Delta, ReasoningDetail, ToolCallDelta, Usage};
+use tollgate::v1::{ChatChunk, ChunkChoice, Delta, ReasoningDetail, Role, ToolCallDelta, Usage};
 
 use super::response::{AnthropicUsage, Block, finish_reason, redacted_detail, thinking_detail};
 use crate::UpstreamError;
@@ -177,7 +177,7 @@ impl StreamTranslator {
                     self.usage.merge(usage);
                 }
                 let delta = Delta {
-                    role: Some("assistant".into()),
+                    role: Role::Assistant.into(),
                     content: Some(String::new()),
                     ..Default::default()
                 };
@@ -459,7 +459,7 @@ data: {"type": "message_stop"}
     fn an_1_text_stream() {
         let chunks = replay(AN_1);
         let first = delta(&chunks[0]);
-        assert_eq!(first.role.as_deref(), Some("assistant"));
+        assert_eq!(first.role(), Role::Assistant);
         assert_eq!(first.content.as_deref(), Some(""));
         assert_eq!(chunks[0].id, "msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK");
         assert_eq!(content(&chunks), "Hello there!");

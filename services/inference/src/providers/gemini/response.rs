@@ -335,7 +335,7 @@ impl StreamTranslator {
             chunk.choices.push(ChunkChoice {
                 index: 0,
                 delta: Some(Delta {
-                    role: Some("assistant".to_owned()),
+                    role: Role::Assistant.into(),
                     content: Some(String::new()),
                     ..Default::default()
                 }),
@@ -353,7 +353,7 @@ impl StreamTranslator {
             let mut delta = Delta::default();
             if !state.started {
                 state.started = true;
-                delta.role = Some("assistant".to_owned());
+                delta.role = Role::Assistant.into();
                 delta.content = Some(String::new());
             }
             if !t.content.is_empty() {
@@ -435,7 +435,7 @@ mod tests {
         let mut t = StreamTranslator::default();
         let chunks: Vec<ChatChunk> = GE2.iter().map(|e| t.on_event(e).unwrap()).collect();
         let delta = |i: usize| chunks[i].choices[0].delta.clone().unwrap();
-        assert_eq!(delta(0).role.as_deref(), Some("assistant"));
+        assert_eq!(delta(0).role(), Role::Assistant);
         assert_eq!(
             delta(0).reasoning_content.as_deref(),
             Some("Understanding the context")
@@ -444,7 +444,7 @@ mod tests {
             delta(1).content.as_deref(),
             Some("Of course! Someone in Paris might want to know the weather to decide whether to")
         );
-        assert_eq!(delta(1).role, None);
+        assert_eq!(delta(1).role(), Role::Unspecified);
         assert_eq!(
             delta(1).reasoning_details,
             vec![signature_detail("CiIB0e2Kb3a4gkvo".into(), None, 0)]
@@ -600,10 +600,7 @@ mod tests {
         let c = t.on_event(r#"{"candidates":[{"content":{"parts":[{"text":"a"}]},"index":0},{"content":{"parts":[{"text":"b"}]},"index":1,"finishReason":"STOP"}]}"#).unwrap();
         assert_eq!(c.choices.len(), 2);
         assert_eq!(c.choices[1].index, 1);
-        assert_eq!(
-            c.choices[1].delta.as_ref().unwrap().role.as_deref(),
-            Some("assistant")
-        );
+        assert_eq!(c.choices[1].delta.as_ref().unwrap().role(), Role::Assistant);
         assert_eq!(c.choices[1].finish_reason.as_deref(), Some("stop"));
         // An event with nothing new for a candidate adds no choice, but keeps its usage.
         let empty = t.on_event(r#"{"candidates":[{"content":{"parts":[]},"index":0}],"usageMetadata":{"promptTokenCount":3}}"#).unwrap();

@@ -7,7 +7,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, SqlxSqliteConnector};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, SqlxSqliteConnector,
+    Statement, TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
@@ -79,9 +82,30 @@ async fn connect_sqlite(
     Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
 }
 
-/// Applies every pending migration; a no-op when the schema is current.
+/// The PostgreSQL advisory lock that serialises migrations (any constant unique to Tollgate: the
+/// bytes of "tollgate" read as an integer).
+const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
+
+/// Applies every pending migration; a no-op when the schema is current. On PostgreSQL, replicas
+/// that start together (each pod migrates at start-up) take turns: the migration runs in one
+/// transaction holding a transaction-scoped advisory lock, so the second waits for the first to
+/// commit and then finds nothing to do, instead of failing on a table the first is creating.
+/// SQLite serves one process, whose file lock orders writers already.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), BillingError> {
-    Migrator::up(db, None).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        let transaction = db.begin().await?;
+        transaction
+            .execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [MIGRATION_LOCK.into()],
+            ))
+            .await?;
+        Migrator::up(&transaction, None).await?;
+        transaction.commit().await?;
+    } else {
+        Migrator::up(db, None).await?;
+    }
     Ok(())
 }
 

@@ -133,3 +133,56 @@ async fn durability_sets_synchronous_commit_on_postgres() {
 async fn a_late_row_of_the_previous_month_keeps_this_months_spend_on_postgres() {
     support::assert_a_late_row_keeps_the_months_spend(&support::postgres().await).await;
 }
+
+/// Replicas that start at once on a new database (a Deployment's pods, each running migrations
+/// at start-up) end with one complete schema and no failed start: migrations are serialised on
+/// the server.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
+async fn replicas_starting_together_migrate_one_schema_on_postgres() {
+    use sea_orm::{ConnectionTrait, Statement};
+    use sea_orm_migration::MigratorTrait;
+    use tollgate_billing::DatabaseConfig;
+
+    let url = std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap();
+    let server = support::postgres().await;
+    let name = format!("tollgate_migrate_{}", uuid::Uuid::now_v7().simple());
+    server
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let (base, _) = url.split_once('?').unwrap_or((&url, ""));
+    let fresh = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        replicas.push(
+            tollgate_billing::connect(&DatabaseConfig::at(fresh.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    let started = futures::future::join_all(replicas.iter().map(tollgate_billing::migrate)).await;
+    for result in &started {
+        assert!(result.is_ok(), "{started:?}");
+    }
+    let row = replicas[0]
+        .query_one(Statement::from_string(
+            replicas[0].get_database_backend(),
+            "SELECT COUNT(*) FROM seaql_migrations",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let applied: i64 = row.try_get_by_index(0).unwrap();
+    assert_eq!(
+        applied,
+        i64::try_from(tollgate_billing::Migrator::migrations().len()).unwrap()
+    );
+    for db in replicas {
+        db.close().await.unwrap();
+    }
+    server
+        .execute_unprepared(&format!("DROP DATABASE {name}"))
+        .await
+        .unwrap();
+}

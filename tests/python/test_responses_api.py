@@ -296,5 +296,16 @@ def test_reasoning_on_a_model_that_does_not_think_is_refused(client):
     Inference's, the same as chat completions' `reasoning_effort`)."""
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=BY_KIND["openai"].model, input="hi", reasoning={"effort": "low"})
-    assert "reasoning" in e.value.body["param"]
+    assert e.value.body["param"] == "reasoning.effort"
+    assert e.value.body["message"].startswith("reasoning.effort is not supported")
     assert e.value.body["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_limit_error_names_the_responses_field(client, stream):
+    """Inference checks `max_tokens` against the model; a Responses caller wrote
+    `max_output_tokens`, and the error names that."""
+    with pytest.raises(openai.BadRequestError) as e:
+        create(client, "openai", stream, input="hi", max_output_tokens=10_000_000)
+    assert e.value.body["param"] == "max_output_tokens", e.value.body
+    assert e.value.body["message"].startswith("max_output_tokens is too large"), e.value.body

@@ -16,6 +16,7 @@ use axum::{
     response::{IntoResponse, Response, sse::Sse},
 };
 use serde_json::Value;
+use tollgate::error::ApiError;
 
 use crate::{
     app::AppState,
@@ -24,6 +25,11 @@ use crate::{
     named_events, request_id,
 };
 use request::Parsed;
+
+/// A refused call's status as the REST error, in the Responses request's own field names.
+fn in_responses_words(status: tonic::Status) -> RestError {
+    RestError(request::in_responses_words(ApiError::from_status(&status)))
+}
 use stream::ResponsesStream;
 
 pub(crate) async fn create(
@@ -38,7 +44,10 @@ pub(crate) async fn create(
     } = request::parse(body)?;
     let mut inference = state.inference.clone();
     if !stream {
-        let answered = inference.chat(key.request(request)).await?;
+        let answered = inference
+            .chat(key.request(request))
+            .await
+            .map_err(in_responses_words)?;
         let id = request_id::of(&answered);
         let answer = answered.into_inner();
         return Ok(request_id::on(
@@ -47,7 +56,10 @@ pub(crate) async fn create(
         ));
     }
     // Answered only once the first chunk exists, so early failures keep their HTTP status.
-    let answered = inference.chat_stream(key.request(request)).await?;
+    let answered = inference
+        .chat_stream(key.request(request))
+        .await
+        .map_err(in_responses_words)?;
     let id = request_id::of(&answered);
     let chunks = answered.into_inner();
     let events = Sse::new(named_events::events(chunks, ResponsesStream::new(echo)));

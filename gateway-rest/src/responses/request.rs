@@ -81,6 +81,31 @@ const ECHOED: [&str; 12] = [
     "prompt_cache_key",
 ];
 
+/// The contract fields (chat completions' names, which Inference's errors use) that the Responses
+/// API names otherwise, with the name a Responses caller wrote.
+const RESPONSES_NAMES: [(&str, &str); 4] = [
+    ("max_tokens", "max_output_tokens"),
+    ("max_completion_tokens", "max_output_tokens"),
+    ("reasoning_effort", "reasoning.effort"),
+    ("response_format", "text.format"),
+];
+
+/// An error Inference worded about a contract field, in the words of the Responses request the
+/// caller sent: its `param` and the field's name in its message are the Responses names
+/// (`max_output_tokens`, not `max_tokens`). Other errors pass unchanged.
+pub(crate) fn in_responses_words(mut error: ApiError) -> ApiError {
+    let renamed = error.param.as_deref().and_then(|param| {
+        RESPONSES_NAMES
+            .iter()
+            .find(|(contract, _)| *contract == param)
+    });
+    if let Some((contract, own)) = renamed {
+        error.message = error.message.replace(contract, own);
+        error.param = Some((*own).to_owned());
+    }
+    error
+}
+
 fn required_string(
     object: &Map<String, Value>,
     name: &str,
@@ -519,6 +544,30 @@ mod tests {
     use tollgate::v1::ReasoningEffort;
 
     use super::*;
+
+    #[test]
+    fn inference_errors_name_the_fields_as_the_responses_caller_wrote_them() {
+        let e = in_responses_words(ApiError::invalid_param(
+            "max_tokens",
+            "max_tokens is too large: 9. Model m supports at most 8 completion tokens",
+        ));
+        assert_eq!(e.param.as_deref(), Some("max_output_tokens"));
+        assert!(
+            e.message.starts_with("max_output_tokens is too large: 9."),
+            "{e:?}"
+        );
+        let e = in_responses_words(ApiError::invalid_param(
+            "reasoning_effort",
+            "reasoning_effort is not supported with model m: it does not think",
+        ));
+        assert_eq!(e.param.as_deref(), Some("reasoning.effort"));
+        assert!(e.message.starts_with("reasoning.effort is not"), "{e:?}");
+        // A field both APIs name alike, and an error naming none, pass unchanged.
+        let same = ApiError::invalid_param("temperature", "temperature must be at most 2");
+        assert_eq!(in_responses_words(same.clone()), same);
+        let none = ApiError::new(tollgate::error::ErrorKind::InvalidRequest, "no param");
+        assert_eq!(in_responses_words(none.clone()), none);
+    }
 
     /// A request as Codex CLI sends it, from its documented shape.
     fn codex_request() -> Value {

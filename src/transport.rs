@@ -87,11 +87,13 @@ pub fn dial_replicas(
     let (channel, refresh) =
         crate::replicas::balanced(services, resolve_interval, replica_endpoint);
     Ok(BoxCloneSyncService::new(channel.map_result(
-        move |answer: Result<http::Response<Body>, tonic::transport::Error>| match answer {
-            Ok(response) => Ok(response.map(|body| Body::new(body.map_err(lost_mid_call)))),
-            Err(error) => {
-                refresh.notify_one();
-                Ok(lost_call(&error))
+        move |answer: Result<http::Response<Body>, tonic::transport::Error>| {
+            match answer {
+                Ok(response) => Ok(response.map(|body| Body::new(body.map_err(lost_mid_call)))),
+                Err(error) => {
+                    refresh.notify_one();
+                    Ok(lost_call(&error))
+                }
             }
         },
     )))
@@ -117,10 +119,7 @@ fn lost_call(error: &tonic::transport::Error) -> http::Response<Body> {
 /// UNKNOWN; a caller must see the same retryable failure whether the connection broke before or
 /// during the answer.
 fn lost_mid_call(status: tonic::Status) -> tonic::Status {
-    tonic::Status::unavailable(format!(
-        "the service was lost mid-call: {}",
-        status.message()
-    ))
+    tonic::Status::unavailable(format!("the service was lost mid-call: {}", status.message()))
 }
 
 /// The connection settings of one replica.

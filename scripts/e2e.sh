@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end suite: builds the `tollgate` and `mock-upstream` binaries, prepares the Python venv
 # at .venv and the Node.js grpc-web client under tests/grpc-web (npm ci), finds or installs a
-# kubectl with kustomize v5 for the k8s/ manifest tests (scripts/kubectl.sh; exported as KUBECTL), starts real PostgreSQL and Redis servers
+# kubectl with kustomize v5 for the k8s/ manifest tests (scripts/kubectl.sh; exported as KUBECTL),
+# installs Debian's chromium for the console's browser tests when missing (as root or in CI),
+# starts real PostgreSQL and Redis servers
 # (scripts/services.sh; unless the caller already exported TOLLGATE_TEST_POSTGRES_URL and
 # TOLLGATE_TEST_REDIS_URL) and runs tests/python with pytest. Extra arguments go to pytest (e.g.
 # `scripts/e2e.sh -k billing -x`). Idempotent and non-interactive.
@@ -24,6 +26,15 @@ if [ ! -f tests/grpc-web/node_modules/.package-lock.json ] \
 fi
 KUBECTL="${KUBECTL:-$(scripts/kubectl.sh)}"
 export KUBECTL
+# The console's browser tests drive Debian's chromium (never a browser Playwright downloads).
+# Installed when missing where the suite may install system packages: as root, or in CI.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null \
+    && { [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; }; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 
 cargo build --bins
 

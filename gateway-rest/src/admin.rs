@@ -10,6 +10,7 @@
 //! | `POST /admin/keys/{key}/rotate`| RotateKey  |
 //! | `POST /admin/keys/{key}/revoke`| RevokeKey  |
 //! | `POST /admin/keys/{key}/topup` | TopUp      |
+//! | `GET /admin/usage`             | GetUsageReport |
 //!
 //! `{key}` is a key id or a shown prefix, never a secret: a URL path reaches access logs, so a
 //! secret (or more of one than its prefix) there is refused with 400 ([`KeyPath`]); the CLI and
@@ -22,15 +23,16 @@
 
 use axum::{
     Json,
-    extract::{FromRequestParts, Path, State},
+    extract::{FromRequestParts, Path, Query, State, rejection::QueryRejection},
     http::{StatusCode, request::Parts},
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use tollgate::error::ApiError;
+use tollgate::money::format_picodollars;
 use tollgate::v1::{
     CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey, RevokeKeyRequest, RotateKeyRequest,
-    TopUpRequest, UpdateKeyRequest,
+    TopUpRequest, UpdateKeyRequest, UsageReportRequest,
 };
 
 use tollgate_billing::keys::secret::{PREFIX_LEN, SECRET_SCHEME};
@@ -41,6 +43,7 @@ use crate::{
     expiry::Expiry,
     extract::{AdminToken, JsonBody},
     key_view::{self, Times},
+    usage::day_json,
 };
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +251,65 @@ pub(crate) async fn top_up(
         .await?
         .into_inner();
     Ok(Json(key_json(&key)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageQuery {
+    #[serde(default)]
+    start_date: String,
+    #[serde(default)]
+    end_date: String,
+    #[serde(default)]
+    top_keys: u32,
+}
+
+/// Usage across all keys: `daily_costs` as in `/v1/dashboard/billing/usage`, the totals, and the
+/// keys that spent the most over the range (`top_keys`, 10 by default).
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    token: AdminToken,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Json<Value>, RestError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::invalid_param("query", format!("Invalid query: {e}")))?;
+    let u = state
+        .admin
+        .clone()
+        .get_usage_report(token.request(UsageReportRequest {
+            start_date: query.start_date,
+            end_date: query.end_date,
+            top_keys: query.top_keys,
+        }))
+        .await?
+        .into_inner();
+    let top_keys: Vec<Value> = u
+        .top_keys
+        .iter()
+        .map(|k| {
+            json!({
+                "id": k.id,
+                "name": k.name,
+                "prefix": k.prefix,
+                "tier": k.tier,
+                "requests": k.requests,
+                "cost_usd": format_picodollars(k.cost_picodollars),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "admin.usage",
+        "start_date": u.start_date,
+        "end_date": u.end_date,
+        "total_requests": u.total_requests,
+        "total_prompt_tokens": u.total_prompt_tokens,
+        "total_cached_prompt_tokens": u.total_cached_prompt_tokens,
+        "total_completion_tokens": u.total_completion_tokens,
+        "total_reasoning_tokens": u.total_reasoning_tokens,
+        "total_cost_usd": format_picodollars(u.total_cost_picodollars),
+        "daily_costs": u.daily_costs.iter().map(day_json).collect::<Vec<_>>(),
+        "top_keys": top_keys,
+    })))
 }
 
 #[cfg(test)]

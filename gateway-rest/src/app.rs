@@ -29,7 +29,9 @@ use tower_http::{
 use crate::{
     admin, chat_completions,
     config::ServerConfig,
+    console,
     cors::AllowedOrigins,
+    dashboard,
     error::RestError,
     management_limit::{self, ManagementLimit},
     messages, models, request_span, responses, usage,
@@ -122,6 +124,9 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/keys/{key}/rotate", post(admin::rotate))
         .route("/admin/keys/{key}/revoke", post(admin::revoke))
         .route("/admin/keys/{key}/topup", post(admin::top_up))
+        .route("/admin/usage", get(admin::usage))
+        .route("/v1/dashboard/requests", get(dashboard::requests))
+        .route("/v1/dashboard/key/rotate", post(dashboard::rotate))
         .route_layer(middleware::from_fn_with_state(
             ManagementLimit::per_minute(state.limits.management_rpm),
             management_limit::limit,
@@ -134,6 +139,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .merge(management)
+        .merge(console::routes())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(unknown_route)
         .method_not_allowed_fallback(unknown_route)

@@ -35,7 +35,8 @@ pub(crate) struct UsageQuery {
     end_date: String,
 }
 
-fn day_json(day: &DailyUsage) -> Value {
+/// One day of a usage report (`daily_costs[]`): also the shape of `GET /admin/usage`'s days.
+pub(crate) fn day_json(day: &DailyUsage) -> Value {
     let line_items: Vec<Value> = day
         .line_items
         .iter()

@@ -1,5 +1,6 @@
 //! The `tollgate.v1.Admin` gRPC service: key administration (create, list, rotate, revoke,
-//! update, top up) and the one view of a key operators get back ([`ManagedKey`]). Two callers are
+//! update, top up), the usage report across all keys, and the one view of a key operators get
+//! back ([`ManagedKey`]). Two callers are
 //! authorised:
 //!
 //! - network (and REST) callers holding the admin token. The token is not an API key: it comes from
@@ -29,17 +30,24 @@ use tollgate::transport::GrpcTransport;
 use tollgate::v1::admin_server::Admin;
 use tollgate::v1::metering_client::MeteringClient;
 use tollgate::v1::{
-    CreateKeyRequest, InvalidateKeyRequest, IssuedKey, ListKeysRequest, ListKeysResponse,
-    ManagedKey, RevokeKeyRequest, RotateKeyRequest, TopUpRequest, UpdateKeyRequest,
+    AllKeysUsage, CreateKeyRequest, InvalidateKeyRequest, IssuedKey, KeySpend, ListKeysRequest,
+    ListKeysResponse, ManagedKey, RevokeKeyRequest, RotateKeyRequest, TopUpRequest,
+    UpdateKeyRequest, UsageReportRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::accounts::{self, KeyAccount, KeyMoney};
-use crate::clock::Period;
+use crate::clock::{DateRange, Period};
 use crate::config::Tiers;
 use crate::entity::usage_ledger;
 use crate::error::BillingError;
 use crate::keys::{self, KeyRecord, KeyUpdate, NewKey};
+use crate::ledger;
+use crate::reports::{daily_report, unsigned};
+
+/// Keys in a usage report's `top_keys` when the caller does not say, and the most it may ask for.
+const DEFAULT_TOP_KEYS: u32 = 10;
+const MAX_TOP_KEYS: u32 = 100;
 
 /// The admin token. `Debug` never prints it.
 #[derive(Clone)]
@@ -483,6 +491,62 @@ impl Admin for AdminService {
         Ok(Response::new(
             self.managed_with(&key, Some(&account)).await?,
         ))
+    }
+
+    async fn get_usage_report(
+        &self,
+        request: Request<UsageReportRequest>,
+    ) -> Result<Response<AllKeysUsage>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let top = match req.top_keys {
+            0 => DEFAULT_TOP_KEYS,
+            n if n <= MAX_TOP_KEYS => n,
+            _ => {
+                return Err(BillingError::invalid(
+                    "top_keys",
+                    format!("top_keys must be between 1 and {MAX_TOP_KEYS}"),
+                )
+                .into());
+            }
+        };
+        let range = DateRange::parse(&req.start_date, &req.end_date, Utc::now().date_naive())?;
+        let (start_ms, end_ms) = range.bounds_ms();
+        let db = &self.inner.db;
+        let rows = ledger::daily_usage(db, None, start_ms, end_ms).await?;
+        let (daily_costs, totals) = daily_report(range, rows);
+        let spenders = ledger::top_keys(db, start_ms, end_ms, u64::from(top)).await?;
+        let keys: HashMap<String, KeyRecord> = keys::list_keys(db)
+            .await?
+            .into_iter()
+            .map(|k| (k.id.clone(), k))
+            .collect();
+        let top_keys = spenders
+            .into_iter()
+            .map(|spender| {
+                let key = keys.get(&spender.key_id);
+                KeySpend {
+                    name: key.map(|k| k.name.clone()).unwrap_or_default(),
+                    prefix: key.map(|k| k.prefix.clone()).unwrap_or_default(),
+                    tier: key.map(|k| k.tier.clone()).unwrap_or_default(),
+                    id: spender.key_id,
+                    requests: unsigned(spender.requests),
+                    cost_picodollars: spender.cost_picodollars,
+                }
+            })
+            .collect();
+        Ok(Response::new(AllKeysUsage {
+            start_date: range.start.format("%Y-%m-%d").to_string(),
+            end_date: range.end.format("%Y-%m-%d").to_string(),
+            daily_costs,
+            total_requests: unsigned(totals.requests),
+            total_prompt_tokens: unsigned(totals.prompt_tokens),
+            total_cached_prompt_tokens: unsigned(totals.cached_prompt_tokens),
+            total_completion_tokens: unsigned(totals.completion_tokens),
+            total_reasoning_tokens: unsigned(totals.reasoning_tokens),
+            total_cost_picodollars: totals.cost_picodollars,
+            top_keys,
+        }))
     }
 }
 

@@ -71,6 +71,9 @@ pub enum BillingError {
     ModelNotAllowed { tier: String, model: String },
     #[error("key {0} is revoked; a revoked key cannot be rotated")]
     RotateRevoked(String),
+    /// The key rotated itself less than a minute ago (`crate::self_rotation`).
+    #[error("the key rotated itself too recently; retry in {retry_after_secs} s")]
+    RotationTooSoon { retry_after_secs: u64 },
     /// The Admin API was called but no admin token is configured.
     #[error("the admin API is disabled")]
     AdminDisabled,
@@ -197,6 +200,14 @@ impl BillingError {
             Self::RotateRevoked(_) => {
                 ApiError::new(ErrorKind::InvalidRequest, self.to_string()).with_param("key")
             }
+            Self::RotationTooSoon { retry_after_secs } => ApiError::new(
+                ErrorKind::RateLimit,
+                format!(
+                    "Key regeneration limit reached: a key may regenerate itself once a minute; \
+                     try again in {retry_after_secs} s"
+                ),
+            )
+            .with_code("rate_limit_exceeded"),
             Self::AdminDisabled => ApiError::new(
                 ErrorKind::Authentication,
                 "The admin API is disabled: no admin token is configured ([admin] token_env)",

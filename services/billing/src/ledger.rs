@@ -449,11 +449,12 @@ pub struct DailyModelUsage {
     pub cost_picodollars: i64,
 }
 
-/// `key_id`'s ledger rows settled in `[start_ms, end_ms)`, summed by UTC day and model, ordered
-/// by day then model. One grouped query: the `(key_id, created_at)` index serves it.
+/// The ledger rows settled in `[start_ms, end_ms)` of `key_id` (of every key when `None`), summed
+/// by UTC day and model, ordered by day then model. One grouped query: the `(key_id, created_at)`
+/// index serves a key's.
 pub async fn daily_usage(
     db: &DatabaseConnection,
-    key_id: &str,
+    key_id: Option<&str>,
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<DailyModelUsage>, BillingError> {
@@ -473,7 +474,7 @@ pub async fn daily_usage(
         .column_as(sum(C::CompletionTokens), "completion_tokens")
         .column_as(sum(C::ReasoningTokens), "reasoning_tokens")
         .column_as(sum(C::CostPicodollars), "cost_picodollars")
-        .filter(C::KeyId.eq(key_id))
+        .apply_if(key_id, |q, key_id| q.filter(C::KeyId.eq(key_id)))
         .filter(C::CreatedAt.gte(start_ms))
         .filter(C::CreatedAt.lt(end_ms))
         .group_by(day())
@@ -494,6 +495,86 @@ pub async fn daily_usage(
             completion_tokens: r.5,
             reasoning_tokens: r.6,
             cost_picodollars: r.7,
+        })
+        .collect())
+}
+
+/// Where a page of a key's requests starts: the last row of the page before, by
+/// `(created_at, id)`, the order pages are read in (newest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowPosition {
+    pub created_at: i64,
+    pub id: i64,
+}
+
+/// Up to `limit` of `key_id`'s ledger rows, newest first (by settlement time, then row id), the
+/// ones after `after` when given. Keyset paging: the `(key_id, created_at)` index serves every
+/// page the same, however deep.
+pub async fn key_requests(
+    db: &DatabaseConnection,
+    key_id: &str,
+    after: Option<RowPosition>,
+    limit: u64,
+) -> Result<Vec<usage_ledger::Model>, BillingError> {
+    use sea_orm::Condition;
+    use usage_ledger::Column as C;
+    Ok(usage_ledger::Entity::find()
+        .filter(C::KeyId.eq(key_id))
+        .apply_if(after, |q, after| {
+            q.filter(
+                Condition::any().add(C::CreatedAt.lt(after.created_at)).add(
+                    Condition::all()
+                        .add(C::CreatedAt.eq(after.created_at))
+                        .add(C::Id.lt(after.id)),
+                ),
+            )
+        })
+        .order_by_desc(C::CreatedAt)
+        .order_by_desc(C::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// One key's requests and cost over a range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTotal {
+    pub key_id: String,
+    pub requests: i64,
+    pub cost_picodollars: i64,
+}
+
+/// The `limit` keys with the highest cost settled in `[start_ms, end_ms)`, highest first (ties:
+/// more requests first, then by key id), in one grouped query.
+pub async fn top_keys(
+    db: &DatabaseConnection,
+    start_ms: i64,
+    end_ms: i64,
+    limit: u64,
+) -> Result<Vec<KeyTotal>, BillingError> {
+    use sea_orm::Order;
+    use usage_ledger::Column as C;
+    let rows: Vec<(String, i64, i64)> = usage_ledger::Entity::find()
+        .select_only()
+        .column(C::KeyId)
+        .column_as(Expr::col(C::Id).count(), "requests")
+        .column_as(sum(C::CostPicodollars), "cost_picodollars")
+        .filter(C::CreatedAt.gte(start_ms))
+        .filter(C::CreatedAt.lt(end_ms))
+        .group_by(C::KeyId)
+        .order_by(Expr::col(Alias::new("cost_picodollars")), Order::Desc)
+        .order_by(Expr::col(Alias::new("requests")), Order::Desc)
+        .order_by_asc(C::KeyId)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key_id, requests, cost_picodollars)| KeyTotal {
+            key_id,
+            requests,
+            cost_picodollars,
         })
         .collect())
 }
@@ -616,7 +697,7 @@ mod tests {
             ledger.record(r).await.unwrap();
         }
         writer.shutdown().await;
-        let got = daily_usage(&db, "key-1", day0, day0 + 2 * DAY_MS)
+        let got = daily_usage(&db, Some("key-1"), day0, day0 + 2 * DAY_MS)
             .await
             .unwrap();
         let summary: Vec<_> = got
@@ -633,11 +714,64 @@ mod tests {
         );
         assert_eq!(got[0].prompt_tokens, 20);
         assert!(
-            daily_usage(&db, "key-2", day0, day0 + DAY_MS)
+            daily_usage(&db, Some("key-2"), day0, day0 + DAY_MS)
                 .await
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn a_keys_requests_page_newest_first_and_top_keys_rank_by_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let (ledger, writer) = Ledger::start(db.clone());
+        let day0 = 20_000 * DAY_MS;
+        // Two rows share a settlement time: the row id orders them.
+        let rows = [
+            ("a", "key-1", day0, 10),
+            ("b", "key-1", day0 + 5, 20),
+            ("c", "key-1", day0 + 5, 30),
+            ("d", "key-2", day0 + 6, 100),
+            ("e", "key-1", day0 + 7, 40),
+            ("f", "key-3", day0 + 8, 5),
+            ("g", "key-3", day0 + 9, 5),
+            ("h", "key-4", day0 + 9, 10),
+            ("late", "key-2", day0 + DAY_MS, 1000),
+        ];
+        for (id, key, at, cost) in rows {
+            let mut r = row(id, cost);
+            r.key_id = key.to_owned();
+            r.created_at = at;
+            ledger.record(r).await.unwrap();
+        }
+        writer.shutdown().await;
+        let mut seen = Vec::new();
+        let mut after = None;
+        for _ in 0..5 {
+            let page = key_requests(&db, "key-1", after, 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(RowPosition {
+                created_at: last.created_at,
+                id: last.id,
+            });
+            assert!(page.iter().all(|r| r.key_id == "key-1"));
+            seen.extend(page.iter().map(|r| r.request_id.clone()));
+        }
+        assert_eq!(seen, ["e", "c", "b", "a"]);
+
+        let top = top_keys(&db, day0, day0 + DAY_MS, 3).await.unwrap();
+        let ranked: Vec<_> = top
+            .iter()
+            .map(|t| (t.key_id.as_str(), t.requests, t.cost_picodollars))
+            .collect();
+        assert_eq!(
+            ranked,
+            [("key-1", 4, 100), ("key-2", 1, 100), ("key-3", 2, 10)]
+        );
+        let all = daily_usage(&db, None, day0, day0 + DAY_MS).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].requests, all[0].cost_picodollars), (8, 220));
     }
 
     #[tokio::test]

@@ -45,6 +45,7 @@ pub mod metering;
 pub mod migration;
 pub mod pricing;
 mod reports;
+pub mod self_rotation;
 pub mod service;
 pub mod shared_limits;
 mod streams;

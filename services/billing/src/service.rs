@@ -20,6 +20,7 @@ use crate::error::BillingError;
 use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
 use crate::ledger::Ledger;
 use crate::pricing::PriceBook;
+use crate::self_rotation::SelfRotations;
 use crate::shared_limits::SharedLimits;
 use crate::streams::OpenStreams;
 use crate::tasks::{DEFAULT_KEY_REFRESH_INTERVAL, DEFAULT_SWEEP_INTERVAL, Tasks};
@@ -61,6 +62,7 @@ pub(crate) struct Inner {
     pub(crate) shared_limits: Option<SharedLimits>,
     pub(crate) admissions: Admissions,
     pub(crate) streams: OpenStreams,
+    pub(crate) self_rotations: SelfRotations,
     tasks: Mutex<Option<Tasks>>,
 }
 
@@ -133,6 +135,7 @@ impl BillingService {
                 shared_limits: options.shared_limits,
                 admissions: Admissions::default(),
                 streams: OpenStreams::default(),
+                self_rotations: SelfRotations::default(),
                 tasks: Mutex::new(Some(tasks)),
             }),
         })

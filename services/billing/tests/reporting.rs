@@ -1,5 +1,6 @@
-//! `Billing.GetUsage` over a date range (daily, per-model costs) and `Billing.GetSubscription`,
-//! through the generated client over a real tonic server on 127.0.0.1:0. Ledger rows of past
+//! `Billing.GetUsage` over a date range (daily, per-model costs), `Billing.GetSubscription`,
+//! `Billing.ListRequests` (a key's own rows, paged), `Billing.RotateOwnKey` and
+//! `Admin.GetUsageReport` (all keys), through the generated client over a real tonic server on 127.0.0.1:0. Ledger rows of past
 //! days are inserted into the SQLite file directly: the service has no clock to turn back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,12 +9,15 @@ mod support;
 use chrono::{Duration as Days, NaiveDate, Utc};
 use sea_orm::{ActiveValue, EntityTrait};
 use tollgate::error::ApiError;
-use tollgate::v1::{GetSubscriptionRequest, GetUsageRequest};
+use tollgate::v1::{
+    AuthenticateRequest, GetSubscriptionRequest, GetUsageRequest, ListRequestsRequest,
+    RotateOwnKeyRequest, UsageReportRequest,
+};
 use tollgate_billing::entity::usage_ledger;
 use tollgate_billing::{NewKey, create_key_with};
 use tonic::Code;
 
-use support::{Harness, tier, with_key};
+use support::{ADMIN_TOKEN, Harness, error_code, error_param, tier, with_key};
 
 fn midnight_ms(day: NaiveDate) -> i64 {
     day.and_hms_opt(0, 0, 0)
@@ -258,5 +262,249 @@ async fn subscription_reports_the_tier_limits_and_expiry() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    h.stop().await;
+}
+
+async fn new_key(h: &Harness, name: &str) -> (String, String) {
+    let new = NewKey {
+        tier: "pro".into(),
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let (key, secret) = create_key_with(&h.db, &h.tiers, &new).await.unwrap();
+    (key.id, secret.expose_secret().to_owned())
+}
+
+#[tokio::test]
+async fn a_key_lists_only_its_own_requests_newest_first_page_by_page() {
+    let h = Harness::sqlite(tier("pro", 30, 3000)).await;
+    let (mine, secret) = new_key(&h, "mine").await;
+    let (theirs, _) = new_key(&h, "theirs").await;
+    let t0 = midnight_ms(Utc::now().date_naive());
+    for i in 0..5 {
+        insert_row(
+            &h,
+            &mine,
+            &format!("mine-{i}"),
+            "deepseek-v4-flash",
+            t0 + i,
+            10 + i,
+        )
+        .await;
+        insert_row(
+            &h,
+            &theirs,
+            &format!("theirs-{i}"),
+            "deepseek-v4-pro",
+            t0 + i,
+            99,
+        )
+        .await;
+    }
+    let page = |cursor: String| {
+        let mut billing = h.client.billing.clone();
+        let secret = secret.clone();
+        async move {
+            billing
+                .list_requests(with_key(
+                    ListRequestsRequest {
+                        page_size: 2,
+                        cursor,
+                    },
+                    &secret,
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..5 {
+        let got = page(cursor).await.unwrap();
+        assert!(got.requests.len() <= 2);
+        seen.extend(got.requests.iter().map(|r| {
+            assert_eq!(r.model, "deepseek-v4-flash");
+            assert_eq!((r.prompt_tokens, r.completion_tokens), (10, 5));
+            assert_eq!(r.status, "succeeded");
+            (r.request_id.clone(), r.cost_picodollars)
+        }));
+        cursor = got.next_cursor;
+        if cursor.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..5)
+            .rev()
+            .map(|i| (format!("mine-{i}"), 10 + i))
+            .collect::<Vec<_>>()
+    );
+    let err = page("not-a-cursor".into()).await.unwrap_err();
+    assert_eq!(error_param(&err).as_deref(), Some("cursor"));
+    let err = h
+        .client
+        .billing
+        .clone()
+        .list_requests(tonic::Request::new(ListRequestsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_rotates_itself_once_a_minute_and_its_old_secret_stops_at_once() {
+    let h = Harness::sqlite(tier("pro", 30, 3000)).await;
+    let (id, old) = new_key(&h, "leaked").await;
+    insert_row(&h, &id, "before", "deepseek-v4-flash", 1_000, 5).await;
+    // Cached before the rotation: the cache must forget it at once.
+    h.client
+        .clone()
+        .authenticate(with_key(AuthenticateRequest {}, &old))
+        .await
+        .unwrap();
+    let rotated = h
+        .client
+        .billing
+        .clone()
+        .rotate_own_key(with_key(RotateOwnKeyRequest {}, &old))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.secret, old);
+    assert!(
+        rotated
+            .secret
+            .starts_with(rotated.key_prefix.trim_end_matches("..."))
+    );
+    assert_eq!(rotated.tier, "pro");
+    let refused = h
+        .client
+        .clone()
+        .authenticate(with_key(AuthenticateRequest {}, &old))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let info = h
+        .client
+        .clone()
+        .authenticate(with_key(AuthenticateRequest {}, &rotated.secret))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.key_id, id);
+    // The same key, so the same history.
+    let page = h
+        .client
+        .billing
+        .clone()
+        .list_requests(with_key(ListRequestsRequest::default(), &rotated.secret))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.requests[0].request_id, "before");
+    let again = h
+        .client
+        .billing
+        .clone()
+        .rotate_own_key(with_key(RotateOwnKeyRequest {}, &rotated.secret))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::ResourceExhausted);
+    assert_eq!(error_code(&again).as_deref(), Some("rate_limit_exceeded"));
+    assert!(
+        again.message().contains("once a minute"),
+        "{}",
+        again.message()
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_report_sums_all_keys_by_day_and_ranks_top_spenders() {
+    let h = Harness::sqlite(tier("pro", 30, 3000)).await;
+    let (a, _) = new_key(&h, "alpha").await;
+    let (b, _) = new_key(&h, "beta").await;
+    let (c, _) = new_key(&h, "gamma").await;
+    let day1 = NaiveDate::from_ymd_opt(2026, 3, 9).unwrap();
+    let d1 = midnight_ms(day1);
+    let d2 = d1 + 86_400_000;
+    insert_row(&h, &a, "a1", "deepseek-v4-flash", d1 + 1, 100).await;
+    insert_row(&h, &a, "a2", "deepseek-v4-pro", d2 + 1, 50).await;
+    insert_row(&h, &b, "b1", "deepseek-v4-pro", d1 + 2, 400).await;
+    insert_row(&h, &c, "c1", "deepseek-v4-flash", d2 + 3, 20).await;
+    // Outside the range.
+    insert_row(&h, &c, "c2", "deepseek-v4-flash", d1 - 1, 1 << 40).await;
+    let ask = |top_keys: u32, token: &str| {
+        let mut admin = h.client.admin.clone();
+        let request = with_key(
+            UsageReportRequest {
+                start_date: day1.to_string(),
+                end_date: (day1 + Days::days(2)).to_string(),
+                top_keys,
+            },
+            token,
+        );
+        async move {
+            admin
+                .get_usage_report(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let report = ask(2, ADMIN_TOKEN).await.unwrap();
+    assert_eq!(report.total_cost_picodollars, 570);
+    assert_eq!(report.total_requests, 4);
+    let days: Vec<_> = report
+        .daily_costs
+        .iter()
+        .map(|d| {
+            let items: Vec<_> = d
+                .line_items
+                .iter()
+                .map(|i| (i.model.as_str(), i.requests, i.cost_picodollars))
+                .collect();
+            (d.date.as_str(), d.cost_picodollars, items)
+        })
+        .collect();
+    assert_eq!(
+        days,
+        [
+            (
+                "2026-03-09",
+                500,
+                vec![("deepseek-v4-flash", 1, 100), ("deepseek-v4-pro", 1, 400)]
+            ),
+            (
+                "2026-03-10",
+                70,
+                vec![("deepseek-v4-flash", 1, 20), ("deepseek-v4-pro", 1, 50)]
+            ),
+        ]
+    );
+    let top: Vec<_> = report
+        .top_keys
+        .iter()
+        .map(|k| {
+            (
+                k.name.as_str(),
+                k.id.as_str(),
+                k.requests,
+                k.cost_picodollars,
+            )
+        })
+        .collect();
+    assert_eq!(
+        top,
+        [("beta", b.as_str(), 1, 400), ("alpha", a.as_str(), 2, 150)]
+    );
+    assert!(report.top_keys[0].prefix.starts_with("sk-"));
+    let err = ask(101, ADMIN_TOKEN).await.unwrap_err();
+    assert_eq!(error_param(&err).as_deref(), Some("top_keys"));
+    let (_, api_key) = new_key(&h, "not-an-operator").await;
+    let err = ask(2, &api_key).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(error_code(&err).as_deref(), Some("invalid_admin_token"));
     h.stop().await;
 }

@@ -108,3 +108,32 @@ def inference(grpc_channel: grpc.Channel):
     from tollgate.v1 import inference_pb2_grpc
 
     return inference_pb2_grpc.InferenceStub(grpc_channel)
+
+
+# Debian's chromium (scripts/e2e.sh installs it when missing), started as this machine allows:
+# without the background-networking flags it keeps dialling Google's hosts, which are refused.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium driven by Playwright, which never downloads a browser of its own."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/e2e.sh installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+

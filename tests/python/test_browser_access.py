@@ -7,11 +7,14 @@ the ledger; `application/grpc-web-text` framed by hand."""
 from __future__ import annotations
 
 import base64
+import functools
+import http.server
 import json
 import re
 import shutil
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -111,6 +114,100 @@ def test_any_origin_when_configured_so(mock, tmp_path):
         assert r.headers["access-control-allow-origin"] == "*"
     finally:
         gw.stop()
+
+
+# ---- CORS as a browser enforces it --------------------------------------------------------------
+
+# A page's script calling the gateway from another origin: Chromium sends the preflight itself
+# (an `authorization` header makes the call non-simple), hides every header not exposed, and
+# refuses the answer to an origin the gateway does not allow.
+CROSS_ORIGIN_FETCH = """async ([url, key, body]) => {
+  try {
+    const r = await fetch(url, {
+      method: "POST",
+      headers: {"Authorization": `Bearer ${key}`, "Content-Type": "application/json"},
+      body: JSON.stringify(body),
+    });
+    const text = await r.text();
+    return {status: r.status, requestId: r.headers.get("x-request-id"),
+            date: r.headers.get("date"), text};
+  } catch (e) {
+    return {error: String(e)};
+  }
+}"""
+
+
+class PageServer:
+    """A web app's own server: one static page on 127.0.0.1, reachable as two origins
+    (`http://localhost:PORT` and `http://127.0.0.1:PORT`), both loopback like the gateway, so
+    Chromium's local-network checks do not apply and only CORS decides."""
+
+    def __init__(self, root: Path):
+        (root / "index.html").write_text("<!doctype html><title>app</title><p>app</p>")
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory):
+    server = PageServer(tmp_path_factory.mktemp("web-app"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app_gateway(mock, page_server, tmp_path_factory):
+    """A gateway that allows the app's `http://localhost:PORT` origin only."""
+    gw = Gateway(
+        tmp_path_factory.mktemp("tollgate-app-cors"),
+        mock,
+        extra_env={"TOLLGATE__SERVER__CORS_ALLOWED_ORIGINS": f'["http://localhost:{page_server.port}"]'},
+    )
+    yield gw
+    gw.stop()
+
+
+def fetch_from(browser, origin: str, url: str, key, body: dict) -> dict:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{origin}/index.html")
+        return page.evaluate(CROSS_ORIGIN_FETCH, [url, key.secret, body])
+    finally:
+        context.close()
+
+
+def test_chromium_calls_the_gateway_from_an_allowed_origin(browser, page_server, app_gateway):
+    key = app_gateway.create_key("enterprise")
+    text = f"browser cors {nonce()}"
+    body = {"model": "deepseek-chat", "messages": user(text)}
+    got = fetch_from(browser, f"http://localhost:{page_server.port}", f"{app_gateway.base_url}/chat/completions", key, body)
+    assert got.get("status") == 200, got
+    assert json.loads(got["text"])["choices"][0]["message"]["content"] == echo(user(text))
+    # Readable only because the gateway exposes it; `date`, which every answer carries but CORS
+    # does not expose, stays hidden from the script.
+    assert got["requestId"] and got["requestId"].startswith("chatcmpl-"), got
+    assert got["date"] is None, got
+    assert "date" in httpx.get(f"{app_gateway.base_url}/models", headers=auth(key), timeout=TIMEOUT).headers
+    rows = sqlite_rows(app_gateway.db_path, "SELECT request_id FROM usage_ledger WHERE key_id = ?", key.key_id)
+    assert rows == [(got["requestId"],)]
+
+
+def test_chromium_refuses_the_answer_to_an_origin_not_allowed(browser, page_server, app_gateway):
+    key = app_gateway.create_key("enterprise")
+    body = {"model": "deepseek-chat", "messages": user(f"not allowed {nonce()}")}
+    # The same page under another origin (the address instead of the name).
+    got = fetch_from(browser, f"http://127.0.0.1:{page_server.port}", f"{app_gateway.base_url}/chat/completions", key, body)
+    assert "error" in got and "Failed to fetch" in got["error"], got
+    # The preflight failed, so the call itself was never sent: nothing admitted, nothing billed.
+    assert sqlite_rows(app_gateway.db_path, "SELECT 1 FROM usage_ledger WHERE key_id = ?", key.key_id) == []
 
 
 # ---- grpc-web ----------------------------------------------------------------------------------

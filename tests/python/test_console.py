@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import httpx
 import openai
@@ -32,17 +31,6 @@ name = "console_small"
 rpm = 7
 monthly_requests = 50
 """
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = REPO_ROOT / "target" / "console-screenshots"
 # Every wait for the page is bounded by this (milliseconds).
 UI_TIMEOUT_MS = 15_000
@@ -60,18 +48,6 @@ def gateway(mock, tmp_path_factory):
     )
     yield gw
     gw.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/e2e.sh installs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

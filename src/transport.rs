@@ -63,7 +63,8 @@ pub fn dial(url: &str) -> Result<GrpcTransport, DialError> {
 /// balancer; per replica one pooled HTTP/2 connection, TCP_NODELAY, keep-alive pings, connected
 /// lazily (on the first call, and again after a failure), so targets can start in any order and
 /// survive a peer's restart. A call that fails at the transport level makes the set refresh at
-/// once, so a dead replica leaves it; such a call answers UNAVAILABLE. Needs a tokio runtime.
+/// once, so a dead replica leaves it; such a call answers UNAVAILABLE. Every call carries the
+/// caller's trace context (`trace_context`). Needs a tokio runtime.
 pub fn dial_replicas(
     urls: &[String],
     resolve_interval: std::time::Duration,
@@ -86,17 +87,16 @@ pub fn dial_replicas(
     }
     let (channel, refresh) =
         crate::replicas::balanced(services, resolve_interval, replica_endpoint);
-    Ok(BoxCloneSyncService::new(channel.map_result(
-        move |answer: Result<http::Response<Body>, tonic::transport::Error>| {
-            match answer {
-                Ok(response) => Ok(response.map(|body| Body::new(body.map_err(lost_mid_call)))),
-                Err(error) => {
-                    refresh.notify_one();
-                    Ok(lost_call(&error))
-                }
+    let transport = BoxCloneSyncService::new(channel.map_result(
+        move |answer: Result<http::Response<Body>, tonic::transport::Error>| match answer {
+            Ok(response) => Ok(response.map(|body| Body::new(body.map_err(lost_mid_call)))),
+            Err(error) => {
+                refresh.notify_one();
+                Ok(lost_call(&error))
             }
         },
-    )))
+    ));
+    Ok(crate::trace_context::propagate(transport))
 }
 
 /// The answer to a call whose connection failed before its response began (refused, reset, the
@@ -119,7 +119,10 @@ fn lost_call(error: &tonic::transport::Error) -> http::Response<Body> {
 /// UNKNOWN; a caller must see the same retryable failure whether the connection broke before or
 /// during the answer.
 fn lost_mid_call(status: tonic::Status) -> tonic::Status {
-    tonic::Status::unavailable(format!("the service was lost mid-call: {}", status.message()))
+    tonic::Status::unavailable(format!(
+        "the service was lost mid-call: {}",
+        status.message()
+    ))
 }
 
 /// The connection settings of one replica.

@@ -214,6 +214,12 @@ impl InferenceService {
     ) -> Result<(ResolvedModel, Arc<Provider>, Thinking), Status> {
         validate::request(request)?;
         let catalog = self.inner.catalog.clone();
+        let resolving = tracing::info_span!(
+            "resolve model",
+            gen_ai.request.model = %request.model,
+            tollgate.model_id = tracing::field::Empty,
+            tollgate.provider = tracing::field::Empty,
+        );
         let route = deadline::once("Catalog.ResolveModel", admit_by, |left| {
             let mut resolve = Request::new(ResolveModelRequest {
                 id: request.model.clone(),
@@ -222,8 +228,11 @@ impl InferenceService {
             let mut catalog = catalog.clone();
             async move { catalog.resolve_model(resolve).await }
         })
+        .instrument(resolving.clone())
         .await?
         .into_inner();
+        resolving.record("tollgate.model_id", route.model_id.as_str());
+        resolving.record("tollgate.provider", route.provider.as_str());
         validate::for_model(request, &route)?;
         let thinking = thinking::decide(request, &route)?;
         let provider = self

@@ -6,8 +6,9 @@ test reads what the client got, what the mock received and what the ledger and a
    of the contract, in either spelling, is a 400 / INVALID_ARGUMENT naming it, before admission.
 2. A price-changing pass-through field is refused unless the model's `passthrough_allow` names it.
 3. Every admitted request ends with one ledger row: the upstream's final count, else an estimate
-   marked `estimated` (timeouts after the request was sent, a 200 without usage, an Anthropic
-   stream cut before `message_delta`); zero only where the upstream refused before any body.
+   marked `estimated` (timeouts after the request was sent, a 200 without usage or with an
+   impossible count, an Anthropic stream cut before `message_delta`); zero only where the
+   upstream refused before any body.
 6. A ledger row that cannot be written fails its request with a 500 and keeps its reservation.
 8. The per-image worst case is the model's `image_tokens_max`; the completion limit reaches
    DeepSeek as `max_tokens`; a cost above its reservation is counted in the key's account."""
@@ -252,6 +253,34 @@ def test_a_200_without_usage_is_billed_a_marked_estimate(gateway, inference, key
     want = (prompt_estimate(req), math.ceil(len(answer.encode()) / 4))
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == want
     assert resp.usage.cost_picodollars > 0
+    assert settled(gateway, key) == ("succeeded", *want, 1)
+
+
+def test_an_impossible_upstream_count_is_billed_a_marked_estimate(gateway, inference, key):
+    """`[huge_usage]`: the upstream reports 2^64 - 1 completion tokens. Billing refused to store
+    it, and the request ended unbilled; now the gateway settles its own estimate, marked."""
+    req = proto_request("gpt-4.1-mini", f"huge usage {nonce()} [huge_usage]")
+    resp = inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)
+    answer = resp.choices[0].message.text
+    assert answer.startswith("Echo: ")
+    want = (prompt_estimate(req), math.ceil(len(answer.encode()) / 4))
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == want
+    assert resp.usage.cost_picodollars > 0
+    assert settled(gateway, key) == ("succeeded", *want, 1)
+
+
+def test_an_impossible_count_ending_a_stream_is_billed_a_marked_estimate(gateway, inference, key):
+    req = proto_request(
+        "gpt-4.1-mini",
+        f"huge stream usage {nonce()} a b c [huge_usage]",
+        stream_options=inference_pb2.StreamOptions(include_usage=True),
+    )
+    chunks = list(inference.ChatStream(req, metadata=metadata(key), timeout=TIMEOUT))
+    relayed = sum(len((c.delta.content or "").encode()) for chunk in chunks for c in chunk.choices)
+    assert relayed > 0
+    want = (prompt_estimate(req), math.ceil(relayed / 4))
+    [usage] = [chunk.usage for chunk in chunks if chunk.HasField("usage")]
+    assert (usage.prompt_tokens, usage.completion_tokens) == want
     assert settled(gateway, key) == ("succeeded", *want, 1)
 
 

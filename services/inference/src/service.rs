@@ -490,8 +490,10 @@ impl InferenceService {
             // Not delivered, so not billed: a client never gets an error for an answer it pays.
             return Err(self.fail_charging(&admitted, error, None).await);
         }
-        // A 200 without usage was generated all the same: billed at the estimate, marked.
-        let (mut usage, estimated) = match response.usage.take() {
+        // A 200 without usage (or with an impossible one) was generated all the same: billed
+        // at the estimate, marked.
+        let reported = token_bounds::plausible(response.usage.take(), &admitted.request_id);
+        let (mut usage, estimated) = match reported {
             Some(usage) => (usage, false),
             None => {
                 let (prompt, answer) = (

@@ -284,6 +284,8 @@ async fn run(
     // The upstream's count is final only on a stream that finished; on one cut short, what it
     // reported is partial (Anthropic's `message_start` announces 1 output token) and only the
     // floor of an estimate.
+    // An impossible count is no count at all: the estimate.
+    let usage = token_bounds::plausible(usage, &admitted.request_id);
     let (mut usage, estimated) = match (usage, &end) {
         (Some(usage), End::Finished) => (usage, false),
         (reported, _) => (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 import threading
 from decimal import Decimal
@@ -282,6 +283,50 @@ def test_an_impossible_count_ending_a_stream_is_billed_a_marked_estimate(gateway
     [usage] = [chunk.usage for chunk in chunks if chunk.HasField("usage")]
     assert (usage.prompt_tokens, usage.completion_tokens) == want
     assert settled(gateway, key) == ("succeeded", *want, 1)
+
+
+def ledger_ids(gateway: Gateway, key) -> list[tuple]:
+    return rows(gateway, "SELECT request_id, outcome, prompt_tokens, estimated, cost_picodollars FROM usage_ledger WHERE key_id = ?", key.key_id)
+
+
+def log_lines(gateway: Gateway, request_id: str) -> list[str]:
+    """The request's log lines (`tollgate::request`: one per request), without terminal colours."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", gateway.process.logs(last=100_000))
+    return [line for line in plain.splitlines() if f"request_id={request_id}" in line and "tollgate::request" in line]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_rest_error_after_admission_names_the_request_and_logs_its_estimate(gateway, key, stream):
+    """An upstream first-token timeout (504) is settled at the prompt's estimate: the error
+    carries the request's `x-request-id`, and the request's log line the estimate it was
+    settled at."""
+    body = {"model": "deepseek-slow", "messages": user(f"late {nonce()} [delay_ms=2500]"), "stream": stream}
+    r = post(gateway, key, body)
+    assert r.status_code == 504, r.text
+    wait_until(lambda: len(ledger_ids(gateway, key)) == 1, timeout=20, what="the request is settled")
+    [(request_id, outcome, prompt, estimated, cost)] = ledger_ids(gateway, key)
+    assert (outcome, estimated) == ("failed", 1) and prompt > 0 and cost > 0
+    assert r.headers["x-request-id"] == request_id
+    wait_until(lambda: log_lines(gateway, request_id), timeout=10, what="the request's log line")
+    [line] = log_lines(gateway, request_id)
+    assert f"prompt_tokens={prompt}" in line, line
+    assert "cost_usd=" in line, line
+
+
+def test_a_grpc_error_after_admission_names_the_request(gateway, inference, key):
+    req = proto_request("gpt-4.1-mini", f"refused {nonce()} [status=500]")
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    wait_until(lambda: len(ledger_ids(gateway, key)) == 1, timeout=20, what="the request is settled")
+    [(request_id, *_)] = ledger_ids(gateway, key)
+    assert dict(err.value.trailing_metadata() or ())["x-request-id"] == request_id
+
+
+def test_an_error_before_admission_names_no_request(gateway, key):
+    r = post(gateway, key, {"model": "no-such-model", "messages": user("who")})
+    assert r.status_code == 404, r.text
+    assert "x-request-id" not in r.headers
 
 
 def test_an_anthropic_stream_cut_before_message_delta_is_not_billed_as_final(gateway, key):

@@ -145,7 +145,14 @@ pub struct ApiError {
     /// How long the caller should wait before retrying (an upstream's `Retry-After`): REST's
     /// `Retry-After` header, gRPC's `google.rpc.RetryInfo`.
     pub retry_after_secs: Option<u64>,
+    /// The ledger id of the admitted request this error ended (`chatcmpl-...`), so a client can
+    /// name it to an operator: [`REQUEST_ID_METADATA`] metadata on the status, REST's header.
+    pub request_id: Option<String>,
 }
+
+/// The metadata (gRPC) and header (REST) naming a chat request's ledger id, on its answer and on
+/// an error after its admission.
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
@@ -155,6 +162,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after_secs: None,
+            request_id: None,
         }
     }
 
@@ -191,7 +199,11 @@ impl ApiError {
         if let Some(seconds) = self.retry_after_secs {
             details.set_retry_info(Some(std::time::Duration::from_secs(seconds)));
         }
-        Status::with_error_details(self.kind.grpc_code(), self.message, details)
+        let mut status = Status::with_error_details(self.kind.grpc_code(), self.message, details);
+        if let Some(value) = self.request_id.and_then(|id| id.parse().ok()) {
+            status.metadata_mut().insert(REQUEST_ID_METADATA, value);
+        }
+        status
     }
 
     /// Reads a status back into the table. Statuses without Tollgate details fall back to their
@@ -212,12 +224,18 @@ impl ApiError {
             .retry_info()
             .and_then(|r| r.retry_delay)
             .map(|d| d.as_secs());
+        let request_id = status
+            .metadata()
+            .get(REQUEST_ID_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Self {
             kind,
             message: status.message().to_owned(),
             param,
             code,
             retry_after_secs,
+            request_id,
         }
     }
 
@@ -274,6 +292,10 @@ mod tests {
                 .with_param("messages[0].role")
                 .with_code("c")
                 .with_retry_after(Some(7));
+            let err = ApiError {
+                request_id: Some("chatcmpl-1".to_owned()),
+                ..err
+            };
             let back = ApiError::from_status(&err.clone().into_status());
             assert_eq!(back, err, "{kind:?}");
         }

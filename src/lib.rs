@@ -10,6 +10,7 @@ pub mod openai;
 pub mod passthrough;
 pub mod peer;
 mod replicas;
+pub mod trace_context;
 pub mod transport;
 
 /// The generated protobuf messages, clients and servers of package `tollgate.v1`.

@@ -63,7 +63,8 @@ pub fn dial(url: &str) -> Result<GrpcTransport, DialError> {
 /// balancer; per replica one pooled HTTP/2 connection, TCP_NODELAY, keep-alive pings, connected
 /// lazily (on the first call, and again after a failure), so targets can start in any order and
 /// survive a peer's restart. A call that fails at the transport level makes the set refresh at
-/// once, so a dead replica leaves it; such a call answers UNAVAILABLE. Needs a tokio runtime.
+/// once, so a dead replica leaves it; such a call answers UNAVAILABLE. Every call carries the
+/// caller's trace context (`trace_context`). Needs a tokio runtime.
 pub fn dial_replicas(
     urls: &[String],
     resolve_interval: std::time::Duration,
@@ -86,7 +87,7 @@ pub fn dial_replicas(
     }
     let (channel, refresh) =
         crate::replicas::balanced(services, resolve_interval, replica_endpoint);
-    Ok(BoxCloneSyncService::new(channel.map_result(
+    let transport = BoxCloneSyncService::new(channel.map_result(
         move |answer: Result<http::Response<Body>, tonic::transport::Error>| match answer {
             Ok(response) => Ok(response.map(|body| Body::new(body.map_err(lost_mid_call)))),
             Err(error) => {
@@ -94,7 +95,8 @@ pub fn dial_replicas(
                 Ok(lost_call(&error))
             }
         },
-    )))
+    ));
+    Ok(crate::trace_context::propagate(transport))
 }
 
 /// The answer to a call whose connection failed before its response began (refused, reset, the

@@ -286,6 +286,11 @@ pub struct TelemetryConfig {
     /// when unset.
     #[serde(default)]
     pub service_name: Option<String>,
+    /// Sends the request's W3C trace context (`traceparent`, `tracestate`) to the upstream
+    /// provider too, so a provider that traces can join the gateway's trace. Off by default: it
+    /// tells a third party the gateway's trace ids. Needs `otlp_endpoint`.
+    #[serde(default)]
+    pub propagate_upstream: bool,
 }
 
 fn default_sampling_ratio() -> f64 {
@@ -299,6 +304,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             sampling_ratio: default_sampling_ratio(),
             service_name: None,
+            propagate_upstream: false,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Errors as HTTP responses: the status and OpenAI `type` come from the one table in
-//! `tollgate::error`; the body is OpenAI's `{"error":{"message","type","param","code"}}`.
+//! `tollgate::error`; the body is OpenAI's `{"error":{"message","type","param","code"}}`. An
+//! error that ended an admitted request carries its `x-request-id`.
 
 use axum::{
     Json,
@@ -35,6 +36,16 @@ impl IntoResponse for RestError {
             Some("monthly_quota_exceeded" | "insufficient_quota")
         );
         let mut response = (status, Json(self.0.to_openai_json())).into_response();
+        if let Some(id) = self
+            .0
+            .request_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            response
+                .headers_mut()
+                .insert(tollgate::error::REQUEST_ID_METADATA, id);
+        }
         if let Some(seconds) = self.0.retry_after_secs {
             response
                 .headers_mut()

@@ -14,6 +14,7 @@ pub mod expiry;
 mod extract;
 #[cfg(test)]
 mod fuzz;
+mod grpc_span;
 pub mod health;
 pub mod http_listener;
 mod json_fields;

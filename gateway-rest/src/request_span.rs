@@ -34,7 +34,7 @@ pub(crate) fn make(request: &Request<Body>) -> tracing::Span {
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,
     );
-    crate::traces::follow_caller(&span, request.headers());
+    tollgate::trace_context::follow(&span, request.headers());
     span
 }
 

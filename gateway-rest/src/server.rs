@@ -515,7 +515,8 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
 /// Serves `routes` with gRPC health and reflection on the gRPC listener `kind` until `stop`;
 /// `services` are every service the target serves (each listener's reflection lists its own).
 /// The public listener also answers grpc-web (HTTP/1.1 included) for browsers, within the
-/// configured CORS origins; the internal one speaks native gRPC only.
+/// configured CORS origins; the internal one speaks native gRPC only. Each call has its server
+/// span (`grpc_span`), under the caller's trace context.
 fn serve_grpc(
     listener: TcpListener,
     kind: Listener,
@@ -529,10 +530,11 @@ fn serve_grpc(
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
     let routes = crate::reflection::add_to(routes.add_service(health), &served_on(kind, services))?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = grpc_server_builder(server);
+    let builder = grpc_server_builder(server);
     Ok(if kind == Listener::Internal {
         tokio::spawn(
             builder
+                .layer(crate::grpc_span::layer())
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, stopped(stop)),
         )
@@ -542,6 +544,8 @@ fn serve_grpc(
                 .accept_http1(true)
                 .layer(server.cors_allowed_origins.grpc_web_layer())
                 .layer(tonic_web::GrpcWebLayer::new())
+                // Inside grpc-web's translation: the span sees native gRPC trailers.
+                .layer(crate::grpc_span::layer())
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, stopped(stop)),
         )

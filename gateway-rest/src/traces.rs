@@ -1,19 +1,19 @@
 //! Traces: the OpenTelemetry layer of the process's `tracing` subscriber, exporting spans over
-//! OTLP/HTTP (protobuf) to `[telemetry] otlp_endpoint`, and the W3C trace context taken from a
-//! REST caller's `traceparent`. Without an endpoint nothing is installed: spans stay plain
-//! `tracing` spans (the log lines), at no export cost.
+//! OTLP/HTTP (protobuf) to `[telemetry] otlp_endpoint`, and the W3C trace context propagator
+//! `tollgate::trace_context` reads and writes `traceparent` with (to upstreams too when
+//! `[telemetry] propagate_upstream` is on). Without an endpoint nothing is installed: spans stay
+//! plain `tracing` spans (the log lines), at no export cost.
 //!
 //! The spans themselves are where the work happens (the REST request span in `app`, the chat,
 //! admit and settle spans in the services); this module only ships them.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
-use opentelemetry_http::{Bytes, HeaderExtractor, HttpClient, HttpError, Request, Response};
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::TelemetryConfig;
 
@@ -61,6 +61,7 @@ impl Traces {
             )
             .build();
         global::set_text_map_propagator(TraceContextPropagator::new());
+        tollgate::trace_context::propagate_upstream(telemetry.propagate_upstream);
         Ok(Some(Self { provider }))
     }
 
@@ -83,15 +84,6 @@ impl Traces {
             tracing::warn!(error = %e, "traces: the last spans were not exported");
         }
     }
-}
-
-/// Makes `span` a child of the caller's W3C trace context (`traceparent`, `tracestate`) when the
-/// headers carry one. Without an installed exporter the propagator is a no-op.
-pub fn follow_caller(span: &tracing::Span, headers: &http::HeaderMap) {
-    let parent =
-        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
-    // Only an error when no OpenTelemetry layer is installed: nothing to follow then.
-    let _ = span.set_parent(parent);
 }
 
 /// The exporter's HTTP client: the tree's reqwest, each export spawned on the gateway's tokio

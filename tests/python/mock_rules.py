@@ -36,7 +36,8 @@ More directives: `[finish=REASON]` replaces the finish reason; `[base_resp=CODE]
 in-band with HTTP 200; `[reasoning=reasoning_content|reasoning|details|think]` (compat) makes the
 model think and puts the reasoning there; `[usage=null_choices|missing_choices|finish]` (compat)
 says where a stream's usage goes; `[args=whole]` (compat) sends tool arguments in one delta;
-`[no_usage]` (OpenAI, DeepSeek) leaves `usage` out of a non-streamed answer; `[overrun]` answers
+`[no_usage]` (OpenAI, DeepSeek) leaves `usage` out of a non-streamed answer; `[huge_usage]`
+reports 2^64 - 1 completion tokens (an impossible count); `[overrun]` answers
 past the completion limit. DeepSeek models honour `max_tokens` only (not `max_completion_tokens`).
 `[hold=NAME]` (OpenAI protocol) holds the answer, and `[hold_after_first=NAME]` a stream after its
 first chunk, until the test releases NAME (`MockUpstream.release`); `MockUpstream.hold_status`

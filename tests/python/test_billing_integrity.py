@@ -6,8 +6,9 @@ test reads what the client got, what the mock received and what the ledger and a
    of the contract, in either spelling, is a 400 / INVALID_ARGUMENT naming it, before admission.
 2. A price-changing pass-through field is refused unless the model's `passthrough_allow` names it.
 3. Every admitted request ends with one ledger row: the upstream's final count, else an estimate
-   marked `estimated` (timeouts after the request was sent, a 200 without usage, an Anthropic
-   stream cut before `message_delta`); zero only where the upstream refused before any body.
+   marked `estimated` (timeouts after the request was sent, a 200 without usage or with an
+   impossible count, an Anthropic stream cut before `message_delta`); zero only where the
+   upstream refused before any body.
 6. A ledger row that cannot be written fails its request with a 500 and keeps its reservation.
 8. The per-image worst case is the model's `image_tokens_max`; the completion limit reaches
    DeepSeek as `max_tokens`; a cost above its reservation is counted in the key's account."""
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 import threading
 from decimal import Decimal
@@ -253,6 +255,78 @@ def test_a_200_without_usage_is_billed_a_marked_estimate(gateway, inference, key
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == want
     assert resp.usage.cost_picodollars > 0
     assert settled(gateway, key) == ("succeeded", *want, 1)
+
+
+def test_an_impossible_upstream_count_is_billed_a_marked_estimate(gateway, inference, key):
+    """`[huge_usage]`: the upstream reports 2^64 - 1 completion tokens. Billing refused to store
+    it, and the request ended unbilled; now the gateway settles its own estimate, marked."""
+    req = proto_request("gpt-4.1-mini", f"huge usage {nonce()} [huge_usage]")
+    resp = inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)
+    answer = resp.choices[0].message.text
+    assert answer.startswith("Echo: ")
+    want = (prompt_estimate(req), math.ceil(len(answer.encode()) / 4))
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == want
+    assert resp.usage.cost_picodollars > 0
+    assert settled(gateway, key) == ("succeeded", *want, 1)
+
+
+def test_an_impossible_count_ending_a_stream_is_billed_a_marked_estimate(gateway, inference, key):
+    req = proto_request(
+        "gpt-4.1-mini",
+        f"huge stream usage {nonce()} a b c [huge_usage]",
+        stream_options=inference_pb2.StreamOptions(include_usage=True),
+    )
+    chunks = list(inference.ChatStream(req, metadata=metadata(key), timeout=TIMEOUT))
+    relayed = sum(len((c.delta.content or "").encode()) for chunk in chunks for c in chunk.choices)
+    assert relayed > 0
+    want = (prompt_estimate(req), math.ceil(relayed / 4))
+    [usage] = [chunk.usage for chunk in chunks if chunk.HasField("usage")]
+    assert (usage.prompt_tokens, usage.completion_tokens) == want
+    assert settled(gateway, key) == ("succeeded", *want, 1)
+
+
+def ledger_ids(gateway: Gateway, key) -> list[tuple]:
+    return rows(gateway, "SELECT request_id, outcome, prompt_tokens, estimated, cost_picodollars FROM usage_ledger WHERE key_id = ?", key.key_id)
+
+
+def log_lines(gateway: Gateway, request_id: str) -> list[str]:
+    """The request's log lines (`tollgate::request`: one per request), without terminal colours."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", gateway.process.logs(last=100_000))
+    return [line for line in plain.splitlines() if f"request_id={request_id}" in line and "tollgate::request" in line]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_rest_error_after_admission_names_the_request_and_logs_its_estimate(gateway, key, stream):
+    """An upstream first-token timeout (504) is settled at the prompt's estimate: the error
+    carries the request's `x-request-id`, and the request's log line the estimate it was
+    settled at."""
+    body = {"model": "deepseek-slow", "messages": user(f"late {nonce()} [delay_ms=2500]"), "stream": stream}
+    r = post(gateway, key, body)
+    assert r.status_code == 504, r.text
+    wait_until(lambda: len(ledger_ids(gateway, key)) == 1, timeout=20, what="the request is settled")
+    [(request_id, outcome, prompt, estimated, cost)] = ledger_ids(gateway, key)
+    assert (outcome, estimated) == ("failed", 1) and prompt > 0 and cost > 0
+    assert r.headers["x-request-id"] == request_id
+    wait_until(lambda: log_lines(gateway, request_id), timeout=10, what="the request's log line")
+    [line] = log_lines(gateway, request_id)
+    assert f"prompt_tokens={prompt}" in line, line
+    assert "cost_usd=" in line, line
+
+
+def test_a_grpc_error_after_admission_names_the_request(gateway, inference, key):
+    req = proto_request("gpt-4.1-mini", f"refused {nonce()} [status=500]")
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Chat(req, metadata=metadata(key), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    wait_until(lambda: len(ledger_ids(gateway, key)) == 1, timeout=20, what="the request is settled")
+    [(request_id, *_)] = ledger_ids(gateway, key)
+    assert dict(err.value.trailing_metadata() or ())["x-request-id"] == request_id
+
+
+def test_an_error_before_admission_names_no_request(gateway, key):
+    r = post(gateway, key, {"model": "no-such-model", "messages": user("who")})
+    assert r.status_code == 404, r.text
+    assert "x-request-id" not in r.headers
 
 
 def test_an_anthropic_stream_cut_before_message_delta_is_not_billed_as_final(gateway, key):

@@ -9,6 +9,8 @@ when), what the ledger holds, and what the process does on SIGTERM.
 - `on_client_disconnect = "finish"`: the upstream is read to its end and its own count is billed.
 - SIGTERM: requests still running when `shutdown_grace_secs` ends are cut and settled (estimated)
   before the process exits 0; no reservation stays open.
+- 200 stalled streams (a silent upstream, a client reading nothing): the RSS they cost is
+  printed, `GET /v1/models` answers within 1 s meanwhile, and all of them are settled.
 - A tier's `max_concurrent_streams`: a stream over it is a 429 `rate_limit_exceeded` naming the
   cap (gRPC RESOURCE_EXHAUSTED), and its slot is free again once a stream ends."""
 
@@ -223,6 +225,72 @@ def test_a_stalled_reader_is_a_client_that_left(gateway, mock):
         assert open_reservations(gateway) == 0
     finally:
         sock.close()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_200_stalled_streams_cost_little_memory_and_the_gateway_keeps_answering(gateway, mock):
+    """200 streams open at once whose upstream has gone silent after the first chunk and whose
+    clients read nothing (raw sockets with a small receive buffer): the process's RSS with them
+    open is printed (the figure issue 15 asks for), `GET /v1/models` answers within 1 s
+    meanwhile, and once the upstream resumes every stream is settled and no reservation stays
+    open."""
+    streams = 200
+    keys = [gateway.create_key("enterprise") for _ in range(4)]  # 100 rpm each
+    name = f"stalled-{nonce()}"
+    pid = gateway.process.proc.pid
+    before = rss_kib(pid)
+    host, port = gateway.http_addr.rsplit(":", 1)
+    socks = []
+    try:
+        for i in range(streams):
+            key = keys[i % len(keys)]
+            payload = json.dumps(
+                {"model": "deepseek-chat", "messages": user(f"{name} {i} one two three [hold_after_first={name}]"), "stream": True}
+            ).encode()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(TIMEOUT)
+            sock.connect((host, int(port)))
+            sock.sendall(
+                (
+                    f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key.secret}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+                ).encode()
+                + payload
+            )
+            socks.append(sock)
+        mock.wait_held(name, lambda status: status["waiting"] == streams, what=f"{streams} streams held after their first chunk")
+        during = rss_kib(pid)
+        times = []
+        for _ in range(5):
+            start = time.monotonic()
+            r = httpx.get(f"{gateway.base_url}/models", timeout=10)
+            times.append(time.monotonic() - start)
+            assert r.status_code == 200, r.text
+        assert max(times) < 1.0, times
+        print(
+            f"RSS {before} KiB before, {during} KiB with {streams} stalled streams open "
+            f"(+{(during - before) / streams:.0f} KiB each); /v1/models in {max(times) * 1000:.0f} ms at most"
+        )
+    finally:
+        mock.release(name)
+        for sock in socks:
+            sock.close()
+    marks = ",".join("?" * len(keys))
+
+    def count() -> int:
+        sql = f"SELECT COUNT(*) FROM usage_ledger WHERE key_id IN ({marks})"
+        return sqlite_rows(gateway.tmp_dir / "tollgate.db", sql, *[k.key_id for k in keys])[0][0]
+
+    wait_until(lambda: count() == streams, timeout=TIMEOUT, what=f"{streams} streams settled")
+    assert open_reservations(gateway) == 0
 
 
 # Finish ---------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@
 //! neither. A failed commit is retried with bounded backoff, then row by row (one poisoned row
 //! must not fail the others); a row that still cannot be written fails its request and keeps its
 //! reservation out of the expiry sweep.
+//!
+//! Each waiter has its `ledger commit` span (in its request's trace: the Settle call's span is
+//! its parent) from the moment its row is queued to its answer, recording the size of the batch
+//! its row was committed in (`tollgate.ledger.batch_rows`); a row given up marks it an error.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use sea_orm::{
 use crate::accounts::{self, Settled};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::clock::Period;
 use crate::entity::usage_ledger;
@@ -105,7 +110,17 @@ impl LedgerRow {
     }
 }
 
-type Reply = oneshot::Sender<Result<i64, BillingError>>;
+/// A queued row's caller: where its answer goes, and its `ledger commit` span.
+struct Reply {
+    answer: oneshot::Sender<Result<i64, BillingError>>,
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
+}
 
 /// The handle that queues rows for the writer. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -133,12 +148,26 @@ impl Ledger {
     /// Stores `row` (or finds the row already stored under its request id) and returns the cost
     /// stored for that request id, once it is committed.
     pub async fn record(&self, row: LedgerRow) -> Result<i64, BillingError> {
+        let span = tracing::info_span!(
+            "ledger commit",
+            tollgate.request_id = %row.request_id,
+            tollgate.ledger.batch_rows = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((row, reply))
-            .await
-            .map_err(|_| BillingError::LedgerClosed)?;
-        answer.await.map_err(|_| BillingError::LedgerClosed)?
+        let reply = Reply {
+            answer: reply,
+            span: span.clone(),
+        };
+        async move {
+            self.queue
+                .send((row, reply))
+                .await
+                .map_err(|_| BillingError::LedgerClosed)?;
+            answer.await.map_err(|_| BillingError::LedgerClosed)?
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -256,7 +285,10 @@ fn answer(rows: &[LedgerRow], replies: Vec<Reply>, costs: &HashMap<String, i64>)
             )))
         });
         // A waiter that went away needs no answer; its row is stored anyway.
-        let _ = reply.send(answer);
+        // As an integer attribute (a usize would be exported as a string).
+        let batch_rows = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        reply.span.record("tollgate.ledger.batch_rows", batch_rows);
+        let _ = reply.answer.send(answer);
     }
 }
 
@@ -271,7 +303,10 @@ async fn give_up(db: &DatabaseConnection, row: &LedgerRow, reply: Reply, err: Db
         "ledger row could not be written; its reservation is kept"
     );
     hold_reservation(db, &row.request_id).await;
-    let _ = reply.send(Err(BillingError::LedgerWrite(Arc::new(err))));
+    reply.span.record("otel.status_code", "ERROR");
+    let _ = reply
+        .answer
+        .send(Err(BillingError::LedgerWrite(Arc::new(err))));
 }
 
 /// Keeps the reservation of a request whose row could not be written out of the expiry sweep:

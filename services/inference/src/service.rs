@@ -214,6 +214,12 @@ impl InferenceService {
     ) -> Result<(ResolvedModel, Arc<Provider>, Thinking), Status> {
         validate::request(request)?;
         let catalog = self.inner.catalog.clone();
+        let resolving = tracing::info_span!(
+            "resolve model",
+            gen_ai.request.model = %request.model,
+            tollgate.model_id = tracing::field::Empty,
+            tollgate.provider = tracing::field::Empty,
+        );
         let route = deadline::once("Catalog.ResolveModel", admit_by, |left| {
             let mut resolve = Request::new(ResolveModelRequest {
                 id: request.model.clone(),
@@ -222,8 +228,11 @@ impl InferenceService {
             let mut catalog = catalog.clone();
             async move { catalog.resolve_model(resolve).await }
         })
+        .instrument(resolving.clone())
         .await?
         .into_inner();
+        resolving.record("tollgate.model_id", route.model_id.as_str());
+        resolving.record("tollgate.provider", route.provider.as_str());
         validate::for_model(request, &route)?;
         let thinking = thinking::decide(request, &route)?;
         let provider = self
@@ -350,16 +359,22 @@ impl InferenceService {
     /// the error to report: at zero where the upstream provably generated nothing (it refused
     /// with an error status, or the request never reached it), else at the estimate of its
     /// prompt, marked (a timeout after the request was sent, an unreadable answer).
-    pub(crate) async fn fail(&self, admitted: &Admitted, error: UpstreamError) -> Status {
+    pub(crate) async fn fail(
+        &self,
+        meter: &mut RequestMeter,
+        admitted: &Admitted,
+        error: UpstreamError,
+    ) -> Status {
         let charge = (!error.generated_nothing())
             .then(|| token_bounds::estimate(None, admitted.bounds.prompt_text_bytes, 0));
-        self.fail_charging(admitted, error, charge).await
+        self.fail_charging(meter, admitted, error, charge).await
     }
 
-    /// Settles a failed request at `charge`, an estimate (`None`: nothing), and returns the
-    /// caller's error.
+    /// Settles a failed request at `charge`, an estimate (`None`: nothing), records what it was
+    /// settled at on `meter` (the request's log line and span), and returns the caller's error.
     async fn fail_charging(
         &self,
+        meter: &mut RequestMeter,
         admitted: &Admitted,
         error: UpstreamError,
         charge: Option<Usage>,
@@ -370,14 +385,25 @@ impl InferenceService {
             .settle(admitted, charge, Outcome::Failed, estimated)
             .await
         {
-            Ok(_) => error.to_api_error().into_status(),
+            Ok(cost) => {
+                meter.settled(&charge.unwrap_or_default(), cost);
+                error.to_api_error().into_status()
+            }
             Err(status) => status,
         }
     }
 }
 
 /// The response metadata naming the request's ledger id, which REST returns as a header.
-pub const REQUEST_ID_METADATA: &str = "x-request-id";
+pub use tollgate::error::REQUEST_ID_METADATA;
+
+/// `status` (an error after admission) naming the request's ledger id, as its answer would.
+pub(crate) fn failed_request(mut status: Status, request_id: &str) -> Status {
+    if let Ok(value) = request_id.parse() {
+        status.metadata_mut().insert(REQUEST_ID_METADATA, value);
+    }
+    status
+}
 
 /// `response` carrying `request_id` as [`REQUEST_ID_METADATA`].
 fn with_request_id<T>(mut response: Response<T>, request_id: &str) -> Response<T> {
@@ -452,9 +478,23 @@ impl InferenceService {
     ) -> Result<ChatResponse, Status> {
         let admitted = self.admit(&metadata, &request, false).await?;
         meter.admitted(&admitted);
+        let request_id = admitted.request_id.clone();
+        self.answer_admitted(meter, &request, admitted)
+            .await
+            .map_err(|status| failed_request(status, &request_id))
+    }
+
+    /// The rest of [`Self::answer`] once the request is admitted: every error from here on
+    /// names the request.
+    async fn answer_admitted(
+        &self,
+        meter: &mut RequestMeter,
+        request: &ChatRequest,
+        admitted: Admitted,
+    ) -> Result<ChatResponse, Status> {
         let timeouts = admitted.provider.timeouts();
         let target = admitted.target();
-        let call = tokio::time::timeout(timeouts.total, admitted.provider.chat(&request, &target));
+        let call = tokio::time::timeout(timeouts.total, admitted.provider.chat(request, &target));
         let called = tokio::select! {
             called = call => called
                 .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.total.as_secs()))),
@@ -462,7 +502,7 @@ impl InferenceService {
         };
         let mut response = match called {
             Ok(response) => response,
-            Err(error) => return Err(self.fail(&admitted, error).await),
+            Err(error) => return Err(self.fail(meter, &admitted, error).await),
         };
         meter.response_model(&response.model);
         for choice in &response.choices {
@@ -479,10 +519,12 @@ impl InferenceService {
                 ),
             };
             // Not delivered, so not billed: a client never gets an error for an answer it pays.
-            return Err(self.fail_charging(&admitted, error, None).await);
+            return Err(self.fail_charging(meter, &admitted, error, None).await);
         }
-        // A 200 without usage was generated all the same: billed at the estimate, marked.
-        let (mut usage, estimated) = match response.usage.take() {
+        // A 200 without usage (or with an impossible one) was generated all the same: billed
+        // at the estimate, marked.
+        let reported = token_bounds::plausible(response.usage.take(), &admitted.request_id);
+        let (mut usage, estimated) = match reported {
             Some(usage) => (usage, false),
             None => {
                 let (prompt, answer) = (

@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::{
     ClientDisconnect, InferenceService, UpstreamError,
     providers::ChunkStream,
-    service::{Admitted, shutdown_error, timeout_error},
+    service::{Admitted, failed_request, shutdown_error, timeout_error},
     telemetry::{RequestMeter, RequestStatus},
     token_bounds,
 };
@@ -66,7 +66,7 @@ pub(crate) fn start(
     let span = meter.span().clone();
     tokio::spawn(
         async move {
-            match open(&service, &metadata, &request).await {
+            match open(&service, &metadata, &request, &mut meter).await {
                 Ok(Opened {
                     admitted,
                     first,
@@ -110,6 +110,7 @@ async fn open(
     service: &InferenceService,
     metadata: &MetadataMap,
     request: &ChatRequest,
+    meter: &mut RequestMeter,
 ) -> Result<Opened, Status> {
     let admitted = service.admit(metadata, request, true).await?;
     let timeouts = admitted.provider.timeouts();
@@ -139,7 +140,12 @@ async fn open(
             rest,
             deadline,
         }),
-        Err(error) => Err(service.fail(&admitted, error).await),
+        Err(error) => {
+            // The request's log line names it and carries what it was settled at.
+            meter.admitted(&admitted);
+            let status = service.fail(meter, &admitted, error).await;
+            Err(failed_request(status, &admitted.request_id))
+        }
     }
 }
 
@@ -284,6 +290,8 @@ async fn run(
     // The upstream's count is final only on a stream that finished; on one cut short, what it
     // reported is partial (Anthropic's `message_start` announces 1 output token) and only the
     // floor of an estimate.
+    // An impossible count is no count at all: the estimate.
+    let usage = token_bounds::plausible(usage, &admitted.request_id);
     let (mut usage, estimated) = match (usage, &end) {
         (Some(usage), End::Finished) => (usage, false),
         (reported, _) => (

@@ -150,6 +150,42 @@ pub fn answer_bytes(response: &ChatResponse) -> u64 {
     bytes as u64
 }
 
+/// The upstream's count when it is possible at all, else `None` (logged): a count above
+/// `i64::MAX` (no ledger holds it; no model generates it), more cached or cache-written prompt
+/// tokens than prompt tokens, or more reasoning tokens than completion tokens. Such a request is
+/// billed at the gateway's [`estimate`], marked, as if the upstream had sent no count: never
+/// refused unbilled, never at a number the upstream made up.
+pub fn plausible(usage: Option<Usage>, request_id: &str) -> Option<Usage> {
+    let usage = usage?;
+    let counts = [
+        usage.prompt_tokens,
+        usage.cached_prompt_tokens,
+        usage.cache_write_tokens,
+        usage.completion_tokens,
+        usage.reasoning_tokens,
+        usage.total_tokens,
+    ];
+    let possible = counts.iter().all(|&n| i64::try_from(n).is_ok())
+        && usage
+            .cached_prompt_tokens
+            .saturating_add(usage.cache_write_tokens)
+            <= usage.prompt_tokens
+        && usage.reasoning_tokens <= usage.completion_tokens;
+    if possible {
+        return Some(usage);
+    }
+    tracing::warn!(
+        request_id,
+        prompt_tokens = usage.prompt_tokens,
+        cached_prompt_tokens = usage.cached_prompt_tokens,
+        cache_write_tokens = usage.cache_write_tokens,
+        completion_tokens = usage.completion_tokens,
+        reasoning_tokens = usage.reasoning_tokens,
+        "the upstream reported an impossible usage; billing the gateway's estimate instead"
+    );
+    None
+}
+
 /// The estimated usage of a request whose upstream never gave its final count: `ceil(bytes / 4)`
 /// of the prompt's text and of the generated text, over what the upstream did report before it
 /// stopped (`reported`): its prompt side where it has one (a real count, cache split included),
@@ -302,5 +338,40 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(estimate(Some(gemini), 400, 17).completion_tokens, 40);
+    }
+
+    #[test]
+    fn impossible_counts_are_not_trusted() {
+        let fine = Usage {
+            prompt_tokens: 10,
+            cached_prompt_tokens: 4,
+            cache_write_tokens: 6,
+            completion_tokens: 5,
+            reasoning_tokens: 5,
+            total_tokens: 15,
+            ..Default::default()
+        };
+        assert_eq!(plausible(Some(fine), "r"), Some(fine));
+        assert_eq!(plausible(None, "r"), None);
+        for broken in [
+            Usage {
+                completion_tokens: u64::MAX,
+                ..fine
+            },
+            Usage {
+                prompt_tokens: 1 << 63,
+                ..fine
+            },
+            Usage {
+                cache_write_tokens: 7,
+                ..fine
+            },
+            Usage {
+                reasoning_tokens: 6,
+                ..fine
+            },
+        ] {
+            assert_eq!(plausible(Some(broken), "r"), None, "{broken:?}");
+        }
     }
 }

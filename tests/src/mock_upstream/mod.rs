@@ -7,7 +7,8 @@
 //! steer it, so tests can drive it through a gateway. It records every chat request it receives.
 //! `[finish=REASON]` replaces the finish reason (DeepSeek's `insufficient_system_resource`);
 //! `[base_resp=CODE]` makes a MiniMax model fail in-band; `[no_usage]` leaves `usage` out of a
-//! non-streamed OpenAI or DeepSeek answer; `[overrun]` answers past the completion limit (an
+//! non-streamed OpenAI or DeepSeek answer; `[huge_usage]` reports 2^64 - 1 completion tokens;
+//! `[overrun]` answers past the completion limit (an
 //! upstream billing beyond `max_tokens`); DeepSeek models honour `max_tokens` only, as DeepSeek's
 //! API does (it ignores `max_completion_tokens`); the other flavour-specific directives
 //! are described in their modules. OpenAI models named `o1*`, `o3*`, `o4*` or `gpt-5*` refuse

@@ -112,6 +112,9 @@ pub struct ChatPlan {
     /// `[no_usage]` (OpenAI, DeepSeek): a non-streamed answer without `usage`, as some servers
     /// send.
     pub no_usage: bool,
+    /// `[huge_usage]` (OpenAI-style flavours): the usage reports 2^64 - 1 completion tokens, a
+    /// count no ledger can hold (an upstream reporting nonsense).
+    pub huge_usage: bool,
 }
 
 /// Top-level request fields OpenAI knows; any other is rejected by the OpenAI flavour.
@@ -324,6 +327,7 @@ pub fn plan(body: &Value) -> Result<ChatPlan, MockError> {
         usage_style: directives.usage,
         whole_arguments: directives.whole_arguments,
         no_usage: directives.no_usage,
+        huge_usage: directives.huge_usage,
     })
 }
 
@@ -792,6 +796,7 @@ pub(super) struct Directives {
     pub(super) usage: UsageStyle,
     pub(super) whole_arguments: bool,
     pub(super) no_usage: bool,
+    pub(super) huge_usage: bool,
     pub(super) overrun: bool,
 }
 
@@ -835,6 +840,7 @@ impl Directives {
             },
             whole_arguments: text.contains("[args=whole]"),
             no_usage: text.contains("[no_usage]"),
+            huge_usage: text.contains("[huge_usage]"),
             overrun: text.contains("[overrun]"),
         })
     }

@@ -71,7 +71,19 @@ pub fn stream_error_body() -> Value {
     json!({"error": {"message": "mock mid-stream failure", "type": "server_error", "param": null, "code": null}})
 }
 
+/// The `usage` object of an answer, in its flavour's shape (`[huge_usage]`: an impossible count).
 pub(super) fn usage(plan: &ChatPlan) -> Value {
+    let mut usage = flavour_usage(plan);
+    if plan.huge_usage
+        && let Some(obj) = usage.as_object_mut()
+    {
+        obj.insert("completion_tokens".to_owned(), json!(u64::MAX));
+        obj.insert("total_tokens".to_owned(), json!(u64::MAX));
+    }
+    usage
+}
+
+fn flavour_usage(plan: &ChatPlan) -> Value {
     let total = plan.prompt_tokens + plan.completion_tokens;
     match plan.flavour {
         Flavour::OpenAi => json!({

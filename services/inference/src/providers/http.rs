@@ -7,7 +7,8 @@
 //! a JSON answer ([`MAX_RESPONSE_BYTES`]), an error body ([`MAX_ERROR_READ_BYTES`], of which a
 //! short excerpt without control characters or the provider key reaches the client), one SSE
 //! event ([`MAX_SSE_EVENT_BYTES`]); redirects are followed only to the same origin, so a
-//! provider key never goes to another host.
+//! provider key never goes to another host. With `[telemetry] propagate_upstream` on, each
+//! request carries the caller's W3C trace context (`tollgate::trace_context`).
 
 use std::{fmt, time::Instant};
 
@@ -161,6 +162,9 @@ impl Upstream {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
+        let mut trace_context = reqwest::header::HeaderMap::new();
+        tollgate::trace_context::inject_upstream(&mut trace_context);
+        request = request.headers(trace_context);
         let started = Instant::now();
         let sent = tokio::time::timeout(self.timeouts.first_token, request.send()).await;
         let outcome = match &sent {

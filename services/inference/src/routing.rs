@@ -51,6 +51,15 @@ pub struct RoutingConfig {
     /// How long a deployment stays out; then one request probes it.
     #[serde(default = "cooldown_secs_default")]
     pub cooldown_secs: u64,
+    /// The longest `Retry-After` waited for within a request before the same deployment is
+    /// tried again (default 5 s); a longer one ends the request with the upstream's error and its
+    /// `Retry-After`, for the client to wait.
+    #[serde(default = "max_retry_after_secs_default")]
+    pub max_retry_after_secs: u64,
+}
+
+fn max_retry_after_secs_default() -> u64 {
+    5
 }
 
 fn max_attempts_default() -> u32 {
@@ -86,6 +95,7 @@ impl Default for RoutingConfig {
             cooldown_failures: cooldown_failures_default(),
             cooldown_window_secs: cooldown_window_secs_default(),
             cooldown_secs: cooldown_secs_default(),
+            max_retry_after_secs: max_retry_after_secs_default(),
         }
     }
 }
@@ -471,7 +481,8 @@ where
         if let Some((failed, error)) = &last {
             let mut wait = full_jitter(router.config(), attempts);
             let same = failed.candidate == pick.candidate && failed.deployment == pick.deployment;
-            if let (true, Some(retry_after)) = (same, error.retry_after()) {
+            let retry_after = error.retry_after().filter(|_| same);
+            if let Some(retry_after) = retry_after {
                 wait = wait.max(retry_after);
             }
             if Instant::now() + wait >= deadline {
@@ -481,6 +492,16 @@ where
                         wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     },
                     last: Some(failed.clone()),
+                    attempts,
+                });
+            }
+            let too_long = Duration::from_secs(router.config().max_retry_after_secs);
+            if retry_after.is_some_and(|wait| wait > too_long)
+                && let Some((failed, error)) = last
+            {
+                return Err(Exhausted {
+                    error,
+                    last: Some(failed),
                     attempts,
                 });
             }

@@ -61,11 +61,6 @@ pub const PRICED_FIELDS: &[PricedField] = &[
         why: "Qwen's web search is billed per call on top of the tokens",
     },
     PricedField {
-        name: "models",
-        why: "an aggregator may route to other models at other prices (once the gateway routes, it \
-              reads `models` itself as the fallback list and never forwards it)",
-    },
-    PricedField {
         name: "route",
         why: "an aggregator's fallback routing may serve the call from another model",
     },

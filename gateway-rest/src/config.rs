@@ -12,7 +12,9 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use tollgate_billing::config::{DatabaseConfig, RedisConfig, TierConfig};
 use tollgate_catalog::{AliasConfig, Catalog, ModelConfig};
-use tollgate_inference::{ClientDisconnect, ClientPolicy, ImagesConfig, ProviderConfig};
+use tollgate_inference::{
+    ClientDisconnect, ClientPolicy, ImagesConfig, ProviderConfig, RoutingConfig,
+};
 
 use crate::cors::AllowedOrigins;
 
@@ -337,6 +339,9 @@ pub struct Config {
     pub services: ServicesConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Retries and cooldown of model deployments (`services/inference/src/routing.rs`).
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -369,6 +374,7 @@ pub struct Runtime {
     pub admin: AdminConfig,
     pub services: ServicesConfig,
     pub telemetry: TelemetryConfig,
+    pub routing: RoutingConfig,
 }
 
 impl Config {
@@ -554,6 +560,17 @@ impl Config {
                 message: "must name an environment variable".to_owned(),
             });
         }
+        for (field, value) in [
+            ("routing.max_attempts", self.routing.max_attempts),
+            ("routing.cooldown_failures", self.routing.cooldown_failures),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field: field.to_owned(),
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
         let tiers = tollgate_billing::Tiers::new(self.tiers)?;
         Ok(Runtime {
             server: self.server,
@@ -566,6 +583,7 @@ impl Config {
             admin: self.admin,
             services: self.services,
             telemetry: self.telemetry,
+            routing: self.routing,
         })
     }
 }

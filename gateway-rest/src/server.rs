@@ -289,7 +289,8 @@ impl Services {
             in_process(MeteringServer::new(billing.clone())),
         )
         .with_max_message_bytes(runtime.server.max_message_bytes)
-        .with_client_policy(runtime.server.client_policy());
+        .with_client_policy(runtime.server.client_policy())
+        .with_routing(runtime.routing);
         let admin = AdminService::new(
             db,
             runtime.tiers.clone(),
@@ -420,7 +421,8 @@ impl Assembly {
                     token.attach(metering.clone()),
                 )
                 .with_max_message_bytes(runtime.server.max_message_bytes)
-                .with_client_policy(runtime.server.client_policy());
+                .with_client_policy(runtime.server.client_policy())
+                .with_routing(runtime.routing);
                 let mut routes = Routes::builder();
                 routes.add_service(inference_server(&inference));
                 Ok(Self {

@@ -51,6 +51,10 @@ pub struct ChatCompletionRequest {
     /// OpenAI's prompt-cache routing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_cache_key: Option<String>,
+    /// OpenRouter's fallback list: models tried in order when `model` cannot serve. Read by the
+    /// gateway, never rendered upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
     /// Sample from the k most likely tokens only: not OpenAI's, but compatible servers (vLLM,
     /// llama.cpp) take it, and Anthropic and Gemini render it their way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,6 +402,7 @@ impl ChatCompletionRequest {
             reasoning_effort: self.reasoning_effort.map(|e| e.to_proto().into()),
             thinking: self.thinking.map(|t| t.kind == ThinkingType::Enabled),
             prompt_cache_key: self.prompt_cache_key,
+            models: self.models,
             top_k: self.top_k,
             extra_json: if self.extra.is_empty() {
                 String::new()
@@ -509,6 +514,8 @@ impl ChatCompletionRequest {
                 })
                 .transpose()?,
             prompt_cache_key: request.prompt_cache_key.clone(),
+            // The fallback list is the gateway's: never sent upstream.
+            models: Vec::new(),
             top_k: request.top_k,
             thinking: request.thinking.map(|on| ThinkingJson {
                 kind: if on {

@@ -94,7 +94,6 @@ PRICED_FIELDS = {
     "audio": {"voice": "alloy", "format": "wav"},
     "modalities": ["text", "audio"],
     "web_search_options": {},
-    "models": ["gpt-4.1-mini", "gpt-4.1"],
     "plugins": [{"id": "web"}],
     "provider": {"order": ["openai"]},
 }

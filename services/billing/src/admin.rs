@@ -699,6 +699,8 @@ mod tests {
                 estimated: false,
                 created_at: 0,
                 period: period.label(),
+                deployment: None,
+                attempts: None,
             }
             .into_active_model()
             .insert(&db)

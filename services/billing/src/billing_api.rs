@@ -242,6 +242,8 @@ mod tests {
             estimated: false,
             created_at: 1_700_000_000_123,
             period: "2023-11".into(),
+            deployment: None,
+            attempts: None,
         };
         assert_eq!(
             parse_cursor(&cursor_after(&row)).unwrap(),

@@ -83,6 +83,10 @@ pub struct LedgerRow {
     /// Unix milliseconds of settlement.
     pub created_at: i64,
     pub period: Period,
+    /// The deployment that served (or last failed), when the request was routed to one.
+    pub deployment: Option<String>,
+    /// Upstream calls the request took, when known.
+    pub attempts: Option<i32>,
 }
 
 impl LedgerRow {
@@ -106,6 +110,8 @@ impl LedgerRow {
             estimated: ActiveValue::Set(self.estimated),
             created_at: ActiveValue::Set(self.created_at),
             period: ActiveValue::Set(self.period.label()),
+            deployment: ActiveValue::Set(self.deployment),
+            attempts: ActiveValue::Set(self.attempts),
         }
     }
 }
@@ -646,6 +652,8 @@ mod tests {
             outcome: Outcome::Succeeded,
             streamed: false,
             estimated: false,
+            deployment: None,
+            attempts: None,
             created_at: crate::clock::now_ms(),
             period: Period::current(),
         }

@@ -19,7 +19,7 @@ use crate::clock::{Period, now_ms};
 use crate::error::BillingError;
 use crate::keys::ActiveKey;
 use crate::ledger::{self, LedgerRow, Outcome};
-use crate::pricing::{cost_picodollars, worst_case_picodollars};
+use crate::pricing::{cost_picodollars, dearest_of, worst_case_picodollars};
 use crate::service::BillingService;
 use crate::shared_limits::Slot;
 use crate::telemetry;
@@ -110,8 +110,13 @@ impl BillingService {
         if req.streamed {
             self.inner.streams.close(&req.key_id, &req.request_id);
         }
-        // Priced by the model the Settle names, at the catalogue's prices.
-        let prices = self.inner.prices.prices(&req.model_id).await?;
+        // Priced by the model and deployment the Settle names, at the catalogue's prices.
+        let prices = self
+            .inner
+            .prices
+            .prices(&req.model_id)
+            .await?
+            .of(&req.deployment)?;
         let row = ledger_row(req, &prices, now_ms(), Period::current())?;
         let request_id = row.request_id.clone();
         let cost_picodollars = self.inner.ledger.record(row).await?;
@@ -186,6 +191,8 @@ fn ledger_row(
         estimated: req.estimated,
         created_at: now,
         period,
+        deployment: (!req.deployment.is_empty()).then_some(req.deployment),
+        attempts: (req.attempts > 0).then(|| i32::try_from(req.attempts).unwrap_or(i32::MAX)),
     })
 }
 
@@ -241,7 +248,21 @@ impl BillingService {
             });
         }
         // Also before the limits: an unknown model is refused without using a slot.
-        let prices = self.inner.prices.prices(&req.model_id).await?;
+        let mut prices = self.inner.prices.prices(&req.model_id).await?.dearest();
+        // The fallbacks the tier allows (and the catalogue knows); the reservation covers the
+        // dearest deployment of all of them.
+        let mut allowed_fallbacks = Vec::new();
+        for fallback in &req.fallbacks {
+            if !tier.allows(&fallback.model, &fallback.model_id) {
+                continue;
+            }
+            match self.inner.prices.prices(&fallback.model_id).await {
+                Ok(theirs) => prices = dearest_of(&prices, &theirs.dearest()),
+                Err(BillingError::UnknownModel(_)) => continue,
+                Err(err) => return Err(err),
+            }
+            allowed_fallbacks.push(fallback.clone());
+        }
         let now = now_ms();
         // Idempotent: a retried Admit of an admitted request is answered as the first was and
         // counts nothing again.
@@ -249,6 +270,7 @@ impl BillingService {
             key: Some(key_info(&key)),
             request_id: request_id.clone(),
             reserved_picodollars,
+            allowed_fallbacks: allowed_fallbacks.clone(),
         };
         if let Some(reserved) = self.admitted_before(&key, &request_id, now).await? {
             return Ok(admission(reserved));

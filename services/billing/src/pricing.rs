@@ -11,7 +11,7 @@
 use dashmap::DashMap;
 use tollgate::transport::GrpcTransport;
 use tollgate::v1::catalog_client::CatalogClient;
-use tollgate::v1::{GetModelRequest, Pricing, Usage};
+use tollgate::v1::{Pricing, ResolveModelRequest, Usage};
 
 use crate::error::BillingError;
 
@@ -24,7 +24,57 @@ pub struct PriceBook {
     catalog: CatalogClient<GrpcTransport>,
     /// Prices by model id; only models the catalogue knows are kept, so its size is the
     /// catalogue's.
-    known: DashMap<String, Pricing>,
+    known: DashMap<String, ModelPrices>,
+}
+
+/// The prices of one catalogue model: its own, and each deployment's (which may differ).
+#[derive(Debug, Clone, Default)]
+pub struct ModelPrices {
+    pub model: Pricing,
+    pub deployments: Vec<(String, Pricing)>,
+}
+
+impl ModelPrices {
+    /// What a request served by `deployment` costs (empty: the model's own prices); a
+    /// deployment the model does not have is refused, naming the field.
+    pub fn of(&self, deployment: &str) -> Result<Pricing, BillingError> {
+        if deployment.is_empty() {
+            return Ok(self.model);
+        }
+        self.deployments
+            .iter()
+            .find(|(name, _)| name == deployment)
+            .map(|(_, prices)| *prices)
+            .ok_or_else(|| {
+                BillingError::invalid(
+                    "deployment",
+                    format!("the model has no deployment {deployment:?}"),
+                )
+            })
+    }
+
+    /// Each price at its dearest over the model and its deployments: what a reservation must
+    /// cover when any deployment may serve.
+    pub fn dearest(&self) -> Pricing {
+        self.deployments
+            .iter()
+            .map(|(_, p)| *p)
+            .fold(self.model, |a, b| dearest_of(&a, &b))
+    }
+}
+
+/// Each price at the larger of the two.
+pub fn dearest_of(a: &Pricing, b: &Pricing) -> Pricing {
+    Pricing {
+        input_micros_per_mtok: a.input_micros_per_mtok.max(b.input_micros_per_mtok),
+        cached_input_micros_per_mtok: a
+            .cached_input_micros_per_mtok
+            .max(b.cached_input_micros_per_mtok),
+        output_micros_per_mtok: a.output_micros_per_mtok.max(b.output_micros_per_mtok),
+        cache_write_micros_per_mtok: a
+            .cache_write_micros_per_mtok
+            .max(b.cache_write_micros_per_mtok),
+    }
 }
 
 impl PriceBook {
@@ -36,28 +86,28 @@ impl PriceBook {
         }
     }
 
-    /// The prices of the catalogue model `model_id` (a resolved model, not an alias). An id the
-    /// catalogue does not list as a model is refused ([`BillingError::UnknownModel`]).
+    /// The prices of the catalogue model `model_id` (a resolved model, not an alias) and of its
+    /// deployments. An id the catalogue does not list as a model is refused
+    /// ([`BillingError::UnknownModel`]).
     ///
-    /// This is the one place a price is chosen for a request. Today a model has one price; when
-    /// routing gives deployments their own, the lookup takes the deployment the Admit or Settle
-    /// names as well.
-    pub async fn prices(&self, model_id: &str) -> Result<Pricing, BillingError> {
+    /// This is the one place a price is chosen for a request: the deployment the Settle names
+    /// picks among them ([`ModelPrices::of`]).
+    pub async fn prices(&self, model_id: &str) -> Result<ModelPrices, BillingError> {
         if let Some(prices) = self.known.get(model_id) {
-            return Ok(*prices);
+            return Ok(prices.clone());
         }
         if model_id.trim().is_empty() {
             return Err(BillingError::UnknownModel(model_id.to_owned()));
         }
-        let model = match self
+        let route = match self
             .catalog
             .clone()
-            .get_model(GetModelRequest {
+            .resolve_model(ResolveModelRequest {
                 id: model_id.to_owned(),
             })
             .await
         {
-            Ok(model) => model.into_inner(),
+            Ok(route) => route.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => {
                 return Err(BillingError::UnknownModel(model_id.to_owned()));
             }
@@ -67,15 +117,24 @@ impl PriceBook {
                 ));
             }
         };
-        if model.alias_of.is_some() {
+        // An alias resolves to another id: only models are priced.
+        if route.model_id != model_id {
             return Err(BillingError::UnknownModel(model_id.to_owned()));
         }
-        let prices = model.pricing.unwrap_or_default();
-        validate(&prices).map_err(|err| BillingError::InvalidCatalogPrice {
+        let invalid = |reason: BillingError| BillingError::InvalidCatalogPrice {
             model_id: model_id.to_owned(),
-            reason: err.to_string(),
-        })?;
-        self.known.insert(model_id.to_owned(), prices);
+            reason: reason.to_string(),
+        };
+        let model = route.pricing.unwrap_or_default();
+        validate(&model).map_err(invalid)?;
+        let mut deployments = Vec::with_capacity(route.deployments.len());
+        for deployment in route.deployments {
+            let prices = deployment.pricing.unwrap_or(model);
+            validate(&prices).map_err(invalid)?;
+            deployments.push((deployment.name, prices));
+        }
+        let prices = ModelPrices { model, deployments };
+        self.known.insert(model_id.to_owned(), prices.clone());
         Ok(prices)
     }
 }

@@ -36,6 +36,7 @@ fn admit(request_id: &str) -> AdmitRequest {
         max_completion_tokens: 1000,
         reservation_ttl_ms: 60_000,
         streamed: false,
+        fallbacks: vec![],
     }
 }
 

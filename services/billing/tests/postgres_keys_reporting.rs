@@ -69,6 +69,8 @@ async fn keys_and_daily_reports_work_on_postgres() {
             period: ActiveValue::Set("2026-02".into()),
             cache_write_tokens: ActiveValue::Set(0),
             estimated: ActiveValue::Set(false),
+            deployment: ActiveValue::NotSet,
+            attempts: ActiveValue::NotSet,
         })
         .exec_without_returning(&h.db)
         .await

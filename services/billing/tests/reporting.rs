@@ -57,6 +57,8 @@ async fn insert_row(
         period: ActiveValue::Set(period),
         cache_write_tokens: ActiveValue::Set(0),
         estimated: ActiveValue::Set(false),
+        deployment: ActiveValue::NotSet,
+        attempts: ActiveValue::NotSet,
     })
     .exec_without_returning(&h.db)
     .await

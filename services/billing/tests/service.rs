@@ -39,6 +39,8 @@ fn settle(request_id: &str, key_id: &str, usage: Usage) -> SettleRequest {
         outcome: Outcome::Succeeded as i32,
         streamed: true,
         estimated: false,
+        deployment: String::new(),
+        attempts: 0,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `[[models]]` and `[[aliases]]` sections of the configuration file.
+//! The `[[models]]` (with their `[[models.deployments]]` and routing keys) and `[[aliases]]`
+//! sections of the configuration file.
 
 use serde::{Deserialize, Deserializer};
 use tollgate::money;
@@ -45,7 +46,10 @@ pub enum ThinkingConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub id: String,
-    pub provider: String,
+    /// The single-provider form: the one provider that serves the model. Exactly one of
+    /// `provider` and `deployments` is given.
+    #[serde(default)]
+    pub provider: Option<String>,
     /// The model name sent upstream; defaults to `id`.
     #[serde(default)]
     pub upstream_model: Option<String>,
@@ -81,6 +85,61 @@ pub struct ModelConfig {
     /// model's prices all the same.
     #[serde(default)]
     pub passthrough_allow: Vec<String>,
+    /// Several deployments serving the model (providers, accounts, regions), instead of
+    /// `provider`.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentConfig>,
+    /// How a deployment is chosen among the healthy ones.
+    #[serde(default)]
+    pub strategy: StrategyConfig,
+    /// Models or aliases tried in order when this model's deployments are exhausted or cooling
+    /// down.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// The model (or alias) a request goes to when its prompt is too long for this one; it must
+    /// have a larger `context_length`.
+    #[serde(default)]
+    pub context_window_fallback: Option<String>,
+}
+
+/// One deployment of a model: `[[models.deployments]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Unique within the model; defaults to the provider's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub provider: String,
+    /// The model name sent upstream; defaults to the model's `upstream_model` (or its id).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Its share of the traffic (default 1; 0 is refused: leave a deployment out to disable it).
+    #[serde(default = "weight_default")]
+    pub weight: u32,
+    /// Its own prices; each unset one is the model's.
+    #[serde(default)]
+    pub input_price: Option<Price>,
+    #[serde(default)]
+    pub cached_input_price: Option<Price>,
+    #[serde(default)]
+    pub output_price: Option<Price>,
+    #[serde(default)]
+    pub cache_write_price: Option<Price>,
+}
+
+fn weight_default() -> u32 {
+    1
+}
+
+/// `strategy` of a model: how its deployments share the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyConfig {
+    /// Weighted random choice.
+    #[default]
+    Weighted,
+    /// Power of two choices over requests in flight (weighted draws, the less busy one wins).
+    LeastBusy,
 }
 
 fn vision_default() -> bool {

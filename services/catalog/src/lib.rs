@@ -7,5 +7,7 @@ pub mod config;
 pub mod service;
 
 pub use catalog::{Catalog, CatalogError};
-pub use config::{AliasConfig, ModelConfig, Price, ThinkingConfig};
+pub use config::{
+    AliasConfig, DeploymentConfig, ModelConfig, Price, StrategyConfig, ThinkingConfig,
+};
 pub use service::CatalogService;

@@ -83,7 +83,7 @@ mod tests {
     async fn serves_the_catalogue_over_grpc_in_process() {
         let model = ModelConfig {
             id: "m".into(),
-            provider: "p".into(),
+            provider: Some("p".into()),
             upstream_model: Some("up".into()),
             owned_by: None,
             created: 7,
@@ -97,6 +97,10 @@ mod tests {
             thinking: ThinkingConfig::None,
             image_tokens_max: 4_096,
             passthrough_allow: vec![],
+            deployments: vec![],
+            strategy: Default::default(),
+            fallbacks: vec![],
+            context_window_fallback: None,
         };
         let catalog = Catalog::new(&[model], &[], &["p"]).unwrap();
         let server = CatalogServer::new(CatalogService::new(catalog));

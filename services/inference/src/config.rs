@@ -29,6 +29,10 @@ pub struct ProviderConfig {
     /// The environment variable that holds the provider's API key.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// More variables holding keys of the same provider (several accounts or projects): with
+    /// `api_key_env`, every key that is set is used in turn, one request each.
+    #[serde(default)]
+    pub api_key_envs: Vec<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
     /// The upstream must answer (status and first event) within this, else 504.

@@ -39,6 +39,11 @@ impl Deadline {
         (!left.is_zero()).then_some(left)
     }
 
+    /// The moment itself.
+    pub(crate) fn instant(self) -> Instant {
+        self.0
+    }
+
     /// The earlier of the two.
     pub(crate) fn min(self, other: Self) -> Self {
         Self(self.0.min(other.0))

@@ -55,6 +55,13 @@ pub enum UpstreamError {
     /// The provider has no key configured.
     #[error("provider {provider} is not configured: set the environment variable {env}")]
     NotConfigured { provider: String, env: String },
+    /// A retry would have to wait (backoff, or the upstream's `Retry-After`) past the request's
+    /// deadline: the request ends now instead of late.
+    #[error("{provider} asked to wait {wait_ms} ms before a retry, past the request's deadline")]
+    RetryPastDeadline { provider: String, wait_ms: u64 },
+    /// Every deployment of every model the request may go to is cooling down (or none is ready).
+    #[error("no deployment of {model} can take requests now; try again later")]
+    NoDeployment { model: String },
     /// The request cannot be expressed for this provider.
     #[error("{message}")]
     Unsupported { param: String, message: String },
@@ -103,6 +110,8 @@ impl UpstreamError {
             | Self::Overloaded { .. }
             | Self::ServerError { .. }
             | Self::NotConfigured { .. }
+            | Self::NoDeployment { .. }
+            | Self::RetryPastDeadline { .. }
             | Self::Unsupported { .. } => true,
             Self::Connect { sent, .. } => !sent,
             Self::OutOfCapacity { .. }
@@ -140,10 +149,13 @@ impl UpstreamError {
             Self::Overloaded {
                 retry_after_secs, ..
             } => ApiError::new(ErrorKind::Unavailable, message).with_retry_after(*retry_after_secs),
-            Self::OutOfCapacity { .. } | Self::NotConfigured { .. } | Self::ShuttingDown { .. } => {
-                ApiError::new(ErrorKind::Unavailable, message)
+            Self::OutOfCapacity { .. }
+            | Self::NotConfigured { .. }
+            | Self::NoDeployment { .. }
+            | Self::ShuttingDown { .. } => ApiError::new(ErrorKind::Unavailable, message),
+            Self::Timeout { .. } | Self::RetryPastDeadline { .. } => {
+                ApiError::new(ErrorKind::UpstreamTimeout, message)
             }
-            Self::Timeout { .. } => ApiError::new(ErrorKind::UpstreamTimeout, message),
         }
     }
 }

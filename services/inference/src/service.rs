@@ -1,7 +1,9 @@
-//! `tollgate.v1.Inference`: the request path. For each call: validate, resolve the model through
-//! Catalog, admit the key through Billing (authentication, per-minute and monthly limits), call
-//! the provider, and settle the usage with Billing before the answer completes. Every admitted
-//! request is settled exactly once, whether it succeeded, failed or the client left.
+//! `tollgate.v1.Inference`: the request path. For each call: validate, resolve the model and the
+//! models it may fall back to through Catalog, admit the key through Billing (authentication,
+//! per-minute and monthly limits, the tier's allowed fallbacks), call a deployment (retried on
+//! another one by `routing.rs`), and settle the usage with Billing before the answer completes.
+//! Every admitted request is settled exactly once, whether it succeeded, failed or the client
+//! left.
 
 use std::{
     sync::{
@@ -18,9 +20,9 @@ use tollgate::{
     error::{ApiError, ErrorKind},
     transport::GrpcTransport,
     v1::{
-        AdmitRequest, AuthenticateRequest, ChatChunk, ChatRequest, ChatResponse, Outcome,
-        ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount, Usage,
-        catalog_client::CatalogClient, inference_server, metering_client::MeteringClient,
+        AdmitRequest, AuthenticateRequest, Candidate as AdmitCandidate, ChatChunk, ChatRequest,
+        ChatResponse, Outcome, ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount,
+        Usage, catalog_client::CatalogClient, inference_server, metering_client::MeteringClient,
     },
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -30,6 +32,7 @@ use crate::{
     ClientPolicy, Provider, Providers, UpstreamError,
     deadline::{self, Deadline},
     providers::Target,
+    routing::{self, Attempt, Candidate, Exhausted, Pick, Router, RoutingConfig, Served},
     streaming,
     telemetry::{RequestMeter, RequestStatus},
     thinking::{self, Thinking},
@@ -67,6 +70,8 @@ struct Inner {
     /// Turns true when a shutdown's grace period is over: every running request is cut and
     /// settled.
     cut: watch::Sender<bool>,
+    /// Deployment health, choice and the retry policy.
+    router: Router,
 }
 
 /// tonic's own default message limit, for a service built without [`InferenceService::with_max_message_bytes`].
@@ -108,9 +113,23 @@ pub(crate) struct Admitted {
     pub key_id: String,
     /// The key's shown prefix (`sk-abc12...`), for the request's log line; never the secret.
     pub key_prefix: String,
+    /// The route of the deployment that serves (before the first attempt, or when nothing
+    /// could be tried: the first deployment of the requested model); `requested_id` is always
+    /// what the caller asked for.
     pub route: ResolvedModel,
     pub provider: Arc<Provider>,
     pub thinking: Thinking,
+    /// The models the request may be served by, in order (the tier's allowed ones only).
+    pub candidates: Vec<Candidate>,
+    /// The deployment of `route` that serves (or last failed).
+    pub deployment: String,
+    /// Upstream calls taken so far.
+    pub attempts: u32,
+    /// The serving deployment, counted in flight until the request ends.
+    pub serving: Option<Attempt>,
+    /// When the upstream part of the request must be over: the caller's deadline or the
+    /// longest total deadline of the providers it may go to, whichever is sooner.
+    pub upstream_by: tokio::time::Instant,
     pub streamed: bool,
     /// The token bounds the request was admitted (and its money reserved) at.
     pub bounds: TokenBounds,
@@ -121,13 +140,89 @@ pub(crate) struct Admitted {
 }
 
 impl Admitted {
-    pub(crate) fn target(&self) -> Target<'_> {
-        Target {
-            route: &self.route,
-            thinking: self.thinking,
+    /// From now on `pick` serves (or is the last tried), after `attempts` calls.
+    fn serve(&mut self, pick: Pick, attempts: u32, serving: Option<Attempt>) {
+        let requested_id = std::mem::take(&mut self.route.requested_id);
+        self.route = ResolvedModel {
+            requested_id,
+            ..pick.route
+        };
+        self.provider = pick.provider;
+        self.thinking = pick.thinking;
+        self.deployment = pick.deployment;
+        self.attempts = attempts;
+        self.serving = serving;
+    }
+
+    /// What served, for the response's metadata.
+    pub(crate) fn served_by(&self) -> ServedBy {
+        ServedBy {
+            model: self.route.model_id.clone(),
+            deployment: self.deployment.clone(),
+        }
+    }
+
+    /// Runs `call` on the request's deployments with retries (`routing::with_retries`) until
+    /// one answers or the request fails, unless a shutdown cuts it first; then records which
+    /// deployment served (or last failed) and how many calls it took.
+    pub(crate) async fn call_with_retries<T, F, Fut>(
+        &mut self,
+        service: &InferenceService,
+        call: F,
+    ) -> Result<T, UpstreamError>
+    where
+        F: FnMut(Pick, Duration) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let routed = tokio::select! {
+            routed = routing::with_retries(
+                &service.inner.router,
+                &self.candidates,
+                self.upstream_by,
+                call,
+            ) => routed,
+            () = service.cut() => Err(Exhausted {
+                error: shutdown_error(self),
+                last: None,
+                attempts: 0,
+            }),
+        };
+        match routed {
+            Ok(Served {
+                value,
+                pick,
+                attempts,
+                in_flight,
+            }) => {
+                self.serve(pick, attempts, Some(in_flight));
+                Ok(value)
+            }
+            Err(Exhausted {
+                error,
+                last,
+                attempts,
+            }) => {
+                if let Some(pick) = last {
+                    self.serve(pick, attempts, None);
+                }
+                Err(error)
+            }
         }
     }
 }
+
+/// The model and deployment that served a request, sent as response metadata
+/// ([`SERVED_MODEL_METADATA`], [`DEPLOYMENT_METADATA`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServedBy {
+    pub model: String,
+    pub deployment: String,
+}
+
+/// The response metadata naming the catalogue model that served (a fallback's id when one did).
+pub const SERVED_MODEL_METADATA: &str = "x-tollgate-served-model";
+/// The response metadata naming the deployment of that model that served.
+pub const DEPLOYMENT_METADATA: &str = "x-tollgate-deployment";
 
 impl InferenceService {
     /// `catalog` and `metering` (Billing's internal API) reach those services in-process or over the network.
@@ -141,6 +236,7 @@ impl InferenceService {
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
                 client: ClientPolicy::default(),
                 cut: watch::Sender::new(false),
+                router: Router::default(),
             }),
         }
     }
@@ -167,6 +263,19 @@ impl InferenceService {
             inner.client = client;
         }
         self
+    }
+
+    /// The retry and cooldown policy (`[routing]`). Call before the service is cloned.
+    pub fn with_routing(mut self, routing: RoutingConfig) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.router = Router::new(routing);
+        }
+        self
+    }
+
+    /// The health of every deployment this process has routed to.
+    pub fn deployment_health(&self) -> Vec<routing::DeploymentHealth> {
+        self.inner.router.health_report()
     }
 
     pub(crate) fn client_policy(&self) -> ClientPolicy {
@@ -204,26 +313,17 @@ impl InferenceService {
         }
     }
 
-    /// Validates a request, resolves its model, decides thinking and finds the provider that
-    /// serves it (ready to be called, the request checked against it): everything before the
-    /// key is involved.
-    async fn route(
-        &self,
-        request: &ChatRequest,
-        admit_by: Deadline,
-    ) -> Result<(ResolvedModel, Arc<Provider>, Thinking), Status> {
-        validate::request(request)?;
+    /// `id` through `Catalog.ResolveModel` (404 for an unknown one).
+    async fn resolve(&self, id: &str, admit_by: Deadline) -> Result<ResolvedModel, Status> {
         let catalog = self.inner.catalog.clone();
         let resolving = tracing::info_span!(
             "resolve model",
-            gen_ai.request.model = %request.model,
+            gen_ai.request.model = %id,
             tollgate.model_id = tracing::field::Empty,
             tollgate.provider = tracing::field::Empty,
         );
         let route = deadline::once("Catalog.ResolveModel", admit_by, |left| {
-            let mut resolve = Request::new(ResolveModelRequest {
-                id: request.model.clone(),
-            });
+            let mut resolve = Request::new(ResolveModelRequest { id: id.to_owned() });
             resolve.set_timeout(left);
             let mut catalog = catalog.clone();
             async move { catalog.resolve_model(resolve).await }
@@ -233,30 +333,113 @@ impl InferenceService {
         .into_inner();
         resolving.record("tollgate.model_id", route.model_id.as_str());
         resolving.record("tollgate.provider", route.provider.as_str());
+        Ok(route)
+    }
+
+    /// `route` checked against the request: the model's limits, the thinking decision, and its
+    /// deployments whose provider is ready and takes the request (the first refusal when none
+    /// does).
+    fn candidate(&self, request: &ChatRequest, route: ResolvedModel) -> Result<Candidate, Status> {
         validate::for_model(request, &route)?;
         let thinking = thinking::decide(request, &route)?;
-        let provider = self
-            .inner
-            .providers
-            .get(&route.provider)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
+        let mut deployments = Vec::with_capacity(route.deployments.len());
+        let mut refused = None;
+        for deployment in &route.deployments {
+            let provider = self
+                .inner
+                .providers
+                .get(&deployment.provider)
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::Internal,
+                        format!("model {} names an unknown provider", route.model_id),
+                    )
+                })?;
+            let target = Target {
+                route: &routing::deployment_route(&route, deployment),
+                thinking,
+            };
+            match provider
+                .ready()
+                .and_then(|()| provider.check(request, &target))
+            {
+                Ok(()) => deployments.push((deployment.clone(), provider)),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        if deployments.is_empty() {
+            return Err(match refused {
+                Some(e) => e.to_api_error().into_status(),
+                None => ApiError::new(
                     ErrorKind::Internal,
-                    format!("model {} names an unknown provider", route.model_id),
+                    format!("model {} has no deployment", route.model_id),
                 )
-            })?;
-        provider.ready().map_err(|e| e.to_api_error())?;
-        provider
-            .check(
-                request,
-                &Target {
-                    route: &route,
-                    thinking,
-                },
-            )
-            .map_err(|e| e.to_api_error())?;
-        Ok((route, provider, thinking))
+                .into_status(),
+            });
+        }
+        Ok(Candidate {
+            route,
+            thinking,
+            deployments,
+        })
+    }
+
+    /// Validates a request and finds the models that may serve it, in order: the context-window
+    /// fallback when the prompt is estimated too long for the model, the model, its configured
+    /// fallbacks, then the request's own `models`. Everything before the key is involved. The
+    /// requested model's refusals are the request's (unless the context-window fallback takes
+    /// it); a fallback that cannot take the request is skipped.
+    async fn candidates(
+        &self,
+        request: &ChatRequest,
+        admit_by: Deadline,
+    ) -> Result<Vec<Candidate>, Status> {
+        validate::request(request)?;
+        let primary = self.resolve(&request.model, admit_by).await?;
+        let prompt_bytes = token_bounds::bounds(request, &primary).prompt_text_bytes;
+        let too_long =
+            token_bounds::estimate(None, prompt_bytes, 0).prompt_tokens > primary.context_length;
+        let mut context = None;
+        if let (true, Some(larger)) = (too_long, &primary.context_window_fallback) {
+            let route = self.resolve(larger, admit_by).await?;
+            match self.candidate(request, route) {
+                Ok(candidate) => context = Some(candidate),
+                Err(status) => tracing::debug!(model = larger, %status, "context fallback skipped"),
+            }
+        }
+        let fallbacks: Vec<String> = primary
+            .fallbacks
+            .iter()
+            .chain(&request.models)
+            .cloned()
+            .collect();
+        let requested_id = primary.requested_id.clone();
+        let mut candidates: Vec<Candidate> = Vec::new();
+        match self.candidate(request, primary) {
+            Ok(candidate) => candidates.push(candidate),
+            Err(status) if context.is_none() => return Err(status),
+            Err(status) => tracing::debug!(model = requested_id, %status, "model skipped"),
+        }
+        if let Some(context) = context {
+            candidates.insert(0, context);
+        }
+        for id in fallbacks {
+            let route = self.resolve(&id, admit_by).await?;
+            if candidates
+                .iter()
+                .any(|c| c.route.model_id == route.model_id)
+            {
+                continue;
+            }
+            match self.candidate(request, route) {
+                Ok(candidate) => candidates.push(candidate),
+                Err(status) => tracing::debug!(model = id, %status, "fallback skipped"),
+            }
+        }
+        Ok(candidates)
     }
 
     #[tracing::instrument(name = "admit", skip_all)]
@@ -267,25 +450,58 @@ impl InferenceService {
         streamed: bool,
     ) -> Result<Admitted, Status> {
         let admit_by = Deadline::of_caller(metadata, ADMIT_WITHIN);
-        let (route, provider, thinking) = self.route(request, admit_by).await?;
+        let candidates = self.candidates(request, admit_by).await?;
+        // The requested model (the context-window fallback when that replaced it) is admitted
+        // as today; the others travel as fallbacks, which the tier filters.
+        let Some(primary) = candidates
+            .iter()
+            .find(|c| c.route.requested_id == request.model)
+            .or(candidates.first())
+            .map(|c| c.route.clone())
+        else {
+            return Err(ApiError::new(ErrorKind::Internal, "no model to route to").into_status());
+        };
         let request_id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
-        let bounds = token_bounds::bounds(request, &route);
+        // The reservation covers every candidate: the largest bounds (at the dearest prices,
+        // Billing's side) and the longest provider deadline.
+        let bounds = candidates
+            .iter()
+            .map(|c| token_bounds::bounds(request, &c.route))
+            .reduce(|a, b| TokenBounds {
+                max_prompt_tokens: a.max_prompt_tokens.max(b.max_prompt_tokens),
+                max_completion_tokens: a.max_completion_tokens.max(b.max_completion_tokens),
+                prompt_text_bytes: a.prompt_text_bytes.max(b.prompt_text_bytes),
+            })
+            .unwrap_or_else(|| token_bounds::bounds(request, &primary));
+        let total = candidates
+            .iter()
+            .flat_map(|c| &c.deployments)
+            .map(|(_, provider)| provider.timeouts().total)
+            .max()
+            .unwrap_or_default();
         // The request's life is bounded: its upstream part by the total deadline, then one send
         // to the client by the stall timeout, then its settlement by `settle_by`; its
         // reservation outlives all of it, so the sweep never frees a live request's money.
-        let settle_within =
-            provider.timeouts().total + self.inner.client.stall_timeout + SETTLE_MARGIN;
+        let settle_within = total + self.inner.client.stall_timeout + SETTLE_MARGIN;
         let settle_by = Deadline::after(settle_within);
         let reservation_ttl_ms =
             u64::try_from((settle_within + EXPIRY_MARGIN).as_millis()).unwrap_or(u64::MAX);
         let admit = AdmitRequest {
             request_id: request_id.clone(),
-            model: route.requested_id.clone(),
-            model_id: route.model_id.clone(),
+            model: primary.requested_id.clone(),
+            model_id: primary.model_id.clone(),
             max_prompt_tokens: bounds.max_prompt_tokens,
             max_completion_tokens: bounds.max_completion_tokens,
             reservation_ttl_ms,
             streamed,
+            fallbacks: candidates
+                .iter()
+                .filter(|c| c.route.model_id != primary.model_id)
+                .map(|c| AdmitCandidate {
+                    model: c.route.requested_id.clone(),
+                    model_id: c.route.model_id.clone(),
+                })
+                .collect(),
         };
         // Retried by request id while Billing is unreachable: Admit is idempotent.
         let metering = self.inner.metering.clone();
@@ -298,6 +514,36 @@ impl InferenceService {
         .await?
         .into_inner();
         let in_flight = InFlightGuard::new(&self.inner.in_flight);
+        // Only the models the key's tier allows are tried.
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .filter(|c| {
+                c.route.model_id == primary.model_id
+                    || admission
+                        .allowed_fallbacks
+                        .iter()
+                        .any(|a| a.model_id == c.route.model_id)
+            })
+            .collect();
+        let first = candidates
+            .iter()
+            .find(|c| c.route.model_id == primary.model_id)
+            .and_then(|c| {
+                let (deployment, provider) = c.deployments.first()?;
+                Some((
+                    routing::deployment_route(&c.route, deployment),
+                    deployment.name.clone(),
+                    Arc::clone(provider),
+                    c.thinking,
+                ))
+            });
+        let Some((mut route, deployment, provider, thinking)) = first else {
+            return Err(
+                ApiError::new(ErrorKind::Internal, "no deployment to route to").into_status(),
+            );
+        };
+        route.requested_id.clone_from(&request.model);
+        let upstream_by = Deadline::of_caller(metadata, total).instant();
         Ok(Admitted {
             request_id,
             created: chrono::Utc::now().timestamp(),
@@ -310,6 +556,11 @@ impl InferenceService {
             route,
             provider,
             thinking,
+            candidates,
+            deployment,
+            attempts: 0,
+            serving: None,
+            upstream_by,
             streamed,
             bounds,
             settle_by,
@@ -338,6 +589,8 @@ impl InferenceService {
             outcome: outcome.into(),
             streamed: admitted.streamed,
             estimated,
+            deployment: admitted.deployment.clone(),
+            attempts: admitted.attempts,
         };
         // Retried by request id while Billing is unreachable (the ledger is idempotent by it),
         // for as long as the request's reservation holds.
@@ -413,6 +666,19 @@ fn with_request_id<T>(mut response: Response<T>, request_id: &str) -> Response<T
     response
 }
 
+/// `response` carrying what served it as [`SERVED_MODEL_METADATA`] and [`DEPLOYMENT_METADATA`].
+fn with_served_by<T>(mut response: Response<T>, served: &ServedBy) -> Response<T> {
+    for (name, value) in [
+        (SERVED_MODEL_METADATA, &served.model),
+        (DEPLOYMENT_METADATA, &served.deployment),
+    ] {
+        if let Ok(value) = value.parse() {
+            response.metadata_mut().insert(name, value);
+        }
+    }
+    response
+}
+
 /// A Metering call carrying the caller's key (its `authorization` metadata).
 fn with_key<T>(metadata: &MetadataMap, message: T) -> Request<T> {
     let mut request = Request::new(message);
@@ -459,15 +725,16 @@ impl InferenceService {
         &self,
         metadata: MetadataMap,
         request: ChatRequest,
-    ) -> Result<ChatResponse, Status> {
+    ) -> Result<(ChatResponse, ServedBy), Status> {
         let mut meter = RequestMeter::start(false, &request.model);
         let span = meter.span().clone();
+        let mut served = ServedBy::default();
         let answered = self
-            .answer(&mut meter, metadata, request)
+            .answer(&mut meter, metadata, request, &mut served)
             .instrument(span)
             .await;
         meter.finish(RequestStatus::of_result(&answered));
-        answered
+        answered.map(|response| (response, served))
     }
 
     async fn answer(
@@ -475,11 +742,12 @@ impl InferenceService {
         meter: &mut RequestMeter,
         metadata: MetadataMap,
         request: ChatRequest,
+        served: &mut ServedBy,
     ) -> Result<ChatResponse, Status> {
         let admitted = self.admit(&metadata, &request, false).await?;
         meter.admitted(&admitted);
         let request_id = admitted.request_id.clone();
-        self.answer_admitted(meter, &request, admitted)
+        self.answer_admitted(meter, &request, admitted, served)
             .await
             .map_err(|status| failed_request(status, &request_id))
     }
@@ -490,16 +758,26 @@ impl InferenceService {
         &self,
         meter: &mut RequestMeter,
         request: &ChatRequest,
-        admitted: Admitted,
+        mut admitted: Admitted,
+        served: &mut ServedBy,
     ) -> Result<ChatResponse, Status> {
-        let timeouts = admitted.provider.timeouts();
-        let target = admitted.target();
-        let call = tokio::time::timeout(timeouts.total, admitted.provider.chat(request, &target));
-        let called = tokio::select! {
-            called = call => called
-                .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.total.as_secs()))),
-            () = self.cut() => Err(shutdown_error(&admitted)),
-        };
+        let called = admitted
+            .call_with_retries(self, |pick, left| async move {
+                let limit = pick.provider.timeouts().total.min(left);
+                let target = Target {
+                    route: &pick.route,
+                    thinking: pick.thinking,
+                };
+                tokio::time::timeout(limit, pick.provider.chat(request, &target))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(UpstreamError::Timeout {
+                            provider: pick.route.provider.clone(),
+                            seconds: limit.as_secs(),
+                        })
+                    })
+            })
+            .await;
         let mut response = match called {
             Ok(response) => response,
             Err(error) => return Err(self.fail(meter, &admitted, error).await),
@@ -539,6 +817,7 @@ impl InferenceService {
             .await?;
         usage.cost_picodollars = Some(cost);
         meter.settled(&usage, cost);
+        *served = admitted.served_by();
         response.id = admitted.request_id;
         response.created = admitted.created;
         response.model = admitted.route.requested_id;
@@ -557,7 +836,17 @@ impl InferenceService {
         request: ChatRequest,
     ) -> Result<TokenCount, Status> {
         let admit_by = Deadline::of_caller(&metadata, ADMIT_WITHIN);
-        let (route, provider, thinking) = self.route(&request, admit_by).await?;
+        let candidates = self.candidates(&request, admit_by).await?;
+        let Some((route, provider, thinking)) = candidates.into_iter().next().and_then(|c| {
+            let (deployment, provider) = c.deployments.first()?;
+            Some((
+                routing::deployment_route(&c.route, deployment),
+                Arc::clone(provider),
+                c.thinking,
+            ))
+        }) else {
+            return Err(ApiError::new(ErrorKind::Internal, "no model to route to").into_status());
+        };
         self.inner
             .metering
             .clone()
@@ -607,9 +896,13 @@ impl inference_server::Inference for InferenceService {
     async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         let service = self.clone();
-        let response = detached(async move { service.complete(metadata, request).await }).await?;
+        let (response, served) =
+            detached(async move { service.complete(metadata, request).await }).await?;
         let id = response.id.clone();
-        Ok(with_request_id(Response::new(response), &id))
+        Ok(with_served_by(
+            with_request_id(Response::new(response), &id),
+            &served,
+        ))
     }
 
     type ChatStreamStream = ReceiverStream<Result<ChatChunk, Status>>;
@@ -623,7 +916,10 @@ impl inference_server::Inference for InferenceService {
         let (metadata, _, request) = request.into_parts();
         let started = streaming::start(self.clone(), metadata, request);
         match started.opened.await {
-            Ok(Ok(request_id)) => Ok(with_request_id(Response::new(started.chunks), &request_id)),
+            Ok(Ok((request_id, served))) => Ok(with_served_by(
+                with_request_id(Response::new(started.chunks), &request_id),
+                &served,
+            )),
             Ok(Err(status)) => Err(status),
             Err(_) => {
                 Err(ApiError::new(ErrorKind::Internal, "the stream task failed").into_status())

@@ -30,7 +30,8 @@ use tracing::Instrument;
 use crate::{
     ClientDisconnect, InferenceService, UpstreamError,
     providers::ChunkStream,
-    service::{Admitted, failed_request, shutdown_error, timeout_error},
+    providers::Target,
+    service::{Admitted, ServedBy, failed_request, shutdown_error, timeout_error},
     telemetry::{RequestMeter, RequestStatus},
     token_bounds,
 };
@@ -41,8 +42,8 @@ const CHANNEL_CHUNKS: usize = 32;
 /// A started stream: `opened` says whether it opened (admitted, and the upstream's first chunk
 /// arrived); the chunks follow on `chunks`.
 pub(crate) struct Started {
-    /// The request's id once it opened.
-    pub opened: oneshot::Receiver<Result<String, Status>>,
+    /// The request's id and what serves it, once it opened.
+    pub opened: oneshot::Receiver<Result<(String, ServedBy), Status>>,
     pub chunks: ReceiverStream<Result<ChatChunk, Status>>,
 }
 
@@ -81,7 +82,7 @@ pub(crate) fn start(
                         .is_some_and(|options| options.include_usage);
                     // If the caller is gone already, the first send fails and the stream is settled
                     // as cancelled.
-                    let _ = opened_tx.send(Ok(admitted.request_id.clone()));
+                    let _ = opened_tx.send(Ok((admitted.request_id.clone(), admitted.served_by())));
                     let relay = Relay {
                         include_usage,
                         deadline,
@@ -104,42 +105,53 @@ pub(crate) fn start(
     }
 }
 
-/// Admits the request and waits, within the first-token deadline, for the upstream's first chunk.
-/// A failure after admission is settled here.
+/// Admits the request and waits, within the first-token deadline, for the upstream's first chunk;
+/// a deployment that fails before it is retried on another (`routing.rs`), never after. A failure
+/// after admission is settled here.
 async fn open(
     service: &InferenceService,
     metadata: &MetadataMap,
     request: &ChatRequest,
     meter: &mut RequestMeter,
 ) -> Result<Opened, Status> {
-    let admitted = service.admit(metadata, request, true).await?;
-    let timeouts = admitted.provider.timeouts();
-    let deadline = Instant::now() + timeouts.total;
-    let first = async {
-        let mut stream = admitted
-            .provider
-            .chat_stream(request, &admitted.target())
-            .await?;
-        match stream.next().await {
-            Some(first) => Ok((first?, stream)),
-            None => Err(UpstreamError::Failed {
-                provider: admitted.route.provider.clone(),
-                message: "the stream ended before its first chunk".to_owned(),
-            }),
-        }
-    };
-    let opened = tokio::select! {
-        opened = tokio::time::timeout(timeouts.first_token, first) => opened
-            .unwrap_or_else(|_| Err(timeout_error(&admitted, timeouts.first_token.as_secs()))),
-        () = service.cut() => Err(shutdown_error(&admitted)),
-    };
+    let mut admitted = service.admit(metadata, request, true).await?;
+    let opened = admitted
+        .call_with_retries(service, |pick, left| async move {
+            let first_token = pick.provider.timeouts().first_token.min(left);
+            let target = Target {
+                route: &pick.route,
+                thinking: pick.thinking,
+            };
+            let first = async {
+                let mut stream = pick.provider.chat_stream(request, &target).await?;
+                match stream.next().await {
+                    Some(first) => Ok((first?, stream)),
+                    None => Err(UpstreamError::Failed {
+                        provider: pick.route.provider.clone(),
+                        message: "the stream ended before its first chunk".to_owned(),
+                    }),
+                }
+            };
+            tokio::time::timeout(first_token, first)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(UpstreamError::Timeout {
+                        provider: pick.route.provider.clone(),
+                        seconds: first_token.as_secs(),
+                    })
+                })
+        })
+        .await;
     match opened {
-        Ok((first, rest)) => Ok(Opened {
-            admitted,
-            first,
-            rest,
-            deadline,
-        }),
+        Ok((first, rest)) => {
+            let deadline = admitted.upstream_by;
+            Ok(Opened {
+                admitted,
+                first,
+                rest,
+                deadline,
+            })
+        }
         Err(error) => {
             // The request's log line names it and carries what it was settled at.
             meter.admitted(&admitted);

@@ -24,6 +24,11 @@
 //! gateway's image fetcher: `GET /_mock/image.png` (a real 1x1 PNG), `GET /_mock/huge.png`
 //! (2 MiB, PNG-typed), `GET /_mock/page.html` (not an image), `GET /_mock/redirect.png` (302 to
 //! the PNG).
+//!
+//! A base URL can make every chat request to it fail, so one mock serves healthy and failing
+//! deployments side by side: path segments `status=CODE` (answer that status), `retry_after=N`
+//! (with `Retry-After: N`) and `fail_first=N` (only the first N requests to that path fail), e.g.
+//! `http://127.0.0.1:PORT/status=429/retry_after=1/fail_first=1/v1`.
 
 mod anthropic;
 mod compatible;
@@ -94,6 +99,8 @@ struct MockState {
     requests: Mutex<Vec<RecordedRequest>>,
     holds: hold::Holds,
     tracks: track::Tracks,
+    /// Requests seen per path that carries `fail_first=N`.
+    path_failures: Mutex<BTreeMap<String, u32>>,
 }
 
 impl MockState {
@@ -161,6 +168,7 @@ pub async fn spawn(config: MockConfig) -> std::io::Result<MockHandle> {
     let state = Arc::new(MockState {
         api_key: config.api_key,
         requests: Mutex::default(),
+        path_failures: Mutex::default(),
         holds: hold::Holds::default(),
         tracks: track::Tracks::default(),
     });
@@ -282,6 +290,9 @@ async fn chat_completions(
     {
         return MockError::incorrect_api_key(given_key).into_response();
     }
+    if let Some(failure) = path_failure(state, uri.path()) {
+        return failure;
+    }
     let Ok(body) = parsed else {
         return MockError::invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
@@ -325,6 +336,34 @@ async fn chat_completions(
     let tracked = hold::name_in(&body, track::DIRECTIVE)
         .map(|name| track::Tracked::open(Arc::clone(state), name));
     sse_response(plan, mid_hold, tracked)
+}
+
+/// The failure a base URL's path segments ask for (`status=`, `retry_after=`, `fail_first=`).
+fn path_failure(state: &MockState, path: &str) -> Option<Response> {
+    let value = |name: &str| {
+        path.split('/')
+            .find_map(|segment| segment.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let status = StatusCode::from_u16(u16::try_from(value("status")?).ok()?).ok()?;
+    if let Some(first) = value("fail_first") {
+        let mut seen = state
+            .path_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = seen.entry(path.to_owned()).or_default();
+        *count += 1;
+        if u64::from(*count) > first {
+            return None;
+        }
+    }
+    let mut response = MockError::directed(status, "").into_response();
+    if let Some(seconds) = value("retry_after") {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    Some(response)
 }
 
 /// Records one request; returns its `Authorization` header.

@@ -30,6 +30,11 @@ pub struct Model {
     pub created_at: i64,
     /// The UTC month of settlement, `YYYY-MM`.
     pub period: String,
+    /// The deployment of `model_id` (the model that served) that served or last failed; NULL
+    /// on rows written before routing.
+    pub deployment: Option<String>,
+    /// Upstream calls the request took (1 without a retry); NULL on rows written before routing.
+    pub attempts: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,7 @@ mod m20261124_000012_ledger_cache_writes_estimated;
 mod m20261124_000030_key_expiry_and_limit_overrides;
 mod m20261130_000040_key_change_sequence;
 mod m20261130_000050_key_overruns;
+mod m20261130_000060_ledger_routing;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000030_key_expiry_and_limit_overrides::Migration),
             Box::new(m20261130_000040_key_change_sequence::Migration),
             Box::new(m20261130_000050_key_overruns::Migration),
+            Box::new(m20261130_000060_ledger_routing::Migration),
         ]
     }
 }

@@ -442,6 +442,8 @@ pub async fn assert_a_late_row_keeps_the_months_spend(db: &DatabaseConnection) {
         estimated: false,
         created_at: tollgate_billing::clock::now_ms(),
         period,
+        deployment: None,
+        attempts: None,
     };
     ledger.record(row(1, now, 100)).await.unwrap();
     ledger.record(row(2, before, 7)).await.unwrap();

@@ -10,7 +10,11 @@
 //! provider key never goes to another host. With `[telemetry] propagate_upstream` on, each
 //! request carries the caller's W3C trace context (`tollgate::trace_context`).
 
-use std::{fmt, time::Instant};
+use std::{
+    fmt,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
 
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
@@ -58,13 +62,17 @@ pub enum KeyPlacement {
     Header(&'static str),
 }
 
-/// One configured upstream: its name, base URL, key, deadlines and pooled client.
+/// One configured upstream: its name, base URL, keys, deadlines and pooled client.
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
     base_url: String,
-    key: Option<ProviderKey>,
-    key_env: Option<String>,
+    /// Every key that is set, used in turn.
+    keys: Vec<ProviderKey>,
+    /// The next key's turn.
+    turn: AtomicUsize,
+    /// The variables the keys come from (none: a keyless server).
+    key_envs: Vec<String>,
     client: reqwest::Client,
     timeouts: Timeouts,
     meters: UpstreamMeters,
@@ -83,16 +91,23 @@ impl Upstream {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .redirect(same_origin_redirects())
             .build()?;
+        let key_envs: Vec<String> = config
+            .api_key_env
+            .iter()
+            .chain(&config.api_key_envs)
+            .cloned()
+            .collect();
         Ok(Self {
             name: config.name.clone(),
             base_url: config.base_url.trim_end_matches('/').to_owned(),
-            key: config
-                .api_key_env
-                .as_deref()
-                .and_then(env)
+            keys: key_envs
+                .iter()
+                .filter_map(|name| env(name))
                 .filter(|k| !k.is_empty())
-                .map(ProviderKey),
-            key_env: config.api_key_env.clone(),
+                .map(ProviderKey)
+                .collect(),
+            turn: AtomicUsize::new(0),
+            key_envs,
             client,
             timeouts,
             meters: UpstreamMeters::new(&config.name),
@@ -116,13 +131,27 @@ impl Upstream {
     /// Whether the provider can be called: its key is set, or it needs none (a keyless local
     /// server such as Ollama or llama.cpp).
     pub fn ready(&self) -> Result<(), UpstreamError> {
-        match (&self.key, &self.key_env) {
-            (None, Some(env)) => Err(UpstreamError::NotConfigured {
+        if self.keys.is_empty() && !self.key_envs.is_empty() {
+            return Err(UpstreamError::NotConfigured {
                 provider: self.name.clone(),
-                env: env.clone(),
-            }),
-            _ => Ok(()),
+                env: self.key_envs.join(" or "),
+            });
         }
+        Ok(())
+    }
+
+    /// The key whose turn it is (round-robin over the keys that are set).
+    fn next_key(&self) -> Option<&ProviderKey> {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        self.keys.get(turn % self.keys.len().max(1))
+    }
+
+    /// `text` with every key of this provider blanked out.
+    fn redacted(&self, mut text: String) -> String {
+        for secret in &self.keys {
+            text = text.replace(&secret.0, "***");
+        }
+        text
     }
 
     /// POSTs `body` as JSON; a non-2xx answer becomes the matching [`UpstreamError`] carrying the
@@ -153,7 +182,7 @@ impl Upstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         self.ready()?;
         let mut request = self.client.post(url).json(body);
-        if let Some(secret) = &self.key {
+        if let Some(secret) = self.next_key() {
             request = match key {
                 KeyPlacement::Bearer => request.bearer_auth(&secret.0),
                 KeyPlacement::Header(name) => request.header(name, &secret.0),
@@ -196,10 +225,7 @@ impl Upstream {
                 Capped::TooLarge(head) => head,
                 Capped::Broken(_) => Vec::new(),
             });
-        let mut text = String::from_utf8_lossy(&body).into_owned();
-        if let Some(secret) = &self.key {
-            text = text.replace(&secret.0, "***");
-        }
+        let text = self.redacted(String::from_utf8_lossy(&body).into_owned());
         Err(status_error(&self.name, status, &text).with_retry_after(retry_after))
     }
 
@@ -417,5 +443,24 @@ mod tests {
             "bad [31m  thing "
         );
         assert_eq!(error_message(&"x".repeat(5000)).len(), MAX_ERROR_BODY + 3);
+    }
+
+    #[test]
+    fn the_keys_that_are_set_are_used_in_turn() {
+        let config: ProviderConfig = toml::from_str(
+            "name = \"p\"\nkind = \"openai\"\nbase_url = \"http://x\"\napi_key_env = \"A\"\napi_key_envs = [\"B\", \"UNSET\", \"C\"]",
+        )
+        .unwrap();
+        let env = |name: &str| (name != "UNSET").then(|| format!("key-{name}"));
+        let upstream = Upstream::new(&config, &env).unwrap();
+        assert!(upstream.ready().is_ok());
+        let used: Vec<_> = (0..4)
+            .map(|_| upstream.next_key().unwrap().0.clone())
+            .collect();
+        assert_eq!(used, ["key-A", "key-B", "key-C", "key-A"]);
+        assert_eq!(upstream.redacted("key-B and key-C".into()), "*** and ***");
+        let none = Upstream::new(&config, &|_| None).unwrap();
+        let e = none.ready().unwrap_err().to_string();
+        assert!(e.contains("A or B or UNSET or C"), "{e}");
     }
 }

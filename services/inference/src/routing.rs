@@ -1,0 +1,846 @@
+//! Routing: which deployment serves each attempt of a request, and when to try again. Owns the
+//! `[routing]` policy (attempts, backoff, cooldown), the health of every deployment in this
+//! process (requests in flight, recent failures, cooldown and its single probe), the choice among
+//! the healthy deployments of a model (weighted random, or power of two choices over requests in
+//! flight as `strategy = "least_busy"`), which upstream failures are retried, and the retry loop
+//! itself: before any byte reached the client, a retryable failure is tried again on another
+//! deployment (the model's, then its fallbacks'), after exponential backoff with full jitter,
+//! honouring `Retry-After` when the same deployment is tried again, never past the deadline.
+//!
+//! Why a loop of its own rather than `backon`: between two attempts the loop chooses the next
+//! deployment (the failed one excluded), takes `Retry-After` as a floor only when that choice is
+//! the same deployment, and answers 504 at once when the wait would pass the deadline; backon's
+//! `Retryable` retries one fixed future factory and its jitter adds up to the delay on top of it
+//! rather than drawing the delay from `[0, cap]` (full jitter), so what it would own is the two
+//! lines of [`full_jitter`].
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::Rng;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tollgate::v1::{Deployment, ResolvedModel, RoutingStrategy};
+
+use crate::{Provider, UpstreamError, thinking::Thinking};
+
+/// `[routing]`: the retry and cooldown policy of every model.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Upstream calls one request may take, the first included (default 3).
+    #[serde(default = "max_attempts_default")]
+    pub max_attempts: u32,
+    /// The backoff before the second attempt is drawn from `[0, backoff_base_ms]`; the bound
+    /// doubles each attempt up to `backoff_max_ms` (full jitter).
+    #[serde(default = "backoff_base_ms_default")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "backoff_max_ms_default")]
+    pub backoff_max_ms: u64,
+    /// A deployment that fails this many times within `cooldown_window_secs` cools down.
+    #[serde(default = "cooldown_failures_default")]
+    pub cooldown_failures: u32,
+    #[serde(default = "cooldown_window_secs_default")]
+    pub cooldown_window_secs: u64,
+    /// How long a deployment stays out; then one request probes it.
+    #[serde(default = "cooldown_secs_default")]
+    pub cooldown_secs: u64,
+    /// The longest `Retry-After` waited for within a request before the same deployment is
+    /// tried again (default 5 s); a longer one ends the request with the upstream's error and its
+    /// `Retry-After`, for the client to wait.
+    #[serde(default = "max_retry_after_secs_default")]
+    pub max_retry_after_secs: u64,
+}
+
+fn max_retry_after_secs_default() -> u64 {
+    5
+}
+
+fn max_attempts_default() -> u32 {
+    3
+}
+
+fn backoff_base_ms_default() -> u64 {
+    100
+}
+
+fn backoff_max_ms_default() -> u64 {
+    2_000
+}
+
+fn cooldown_failures_default() -> u32 {
+    3
+}
+
+fn cooldown_window_secs_default() -> u64 {
+    60
+}
+
+fn cooldown_secs_default() -> u64 {
+    30
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: max_attempts_default(),
+            backoff_base_ms: backoff_base_ms_default(),
+            backoff_max_ms: backoff_max_ms_default(),
+            cooldown_failures: cooldown_failures_default(),
+            cooldown_window_secs: cooldown_window_secs_default(),
+            cooldown_secs: cooldown_secs_default(),
+            max_retry_after_secs: max_retry_after_secs_default(),
+        }
+    }
+}
+
+impl UpstreamError {
+    /// Whether another attempt may succeed where this one failed, and the failed one provably
+    /// generated nothing: a connection never made, 429, 500, 502, 503, 504, 529 and a provider's
+    /// "overloaded" error. Never a caller's 4xx, a timeout after the request was sent, or
+    /// anything mid-answer.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Overloaded { .. } => true,
+            Self::ServerError { status, .. } => matches!(status, 500 | 502 | 504),
+            Self::Connect { sent, .. } => !sent,
+            _ => false,
+        }
+    }
+
+    /// Whether the failure says something about the deployment's health (it counts towards its
+    /// cooldown): the retryable ones, bad credentials and timeouts; never the caller's fault.
+    pub fn deployment_fault(&self) -> bool {
+        self.retryable()
+            || matches!(
+                self,
+                Self::Credentials { .. } | Self::Timeout { .. } | Self::ServerError { .. }
+            )
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded {
+                retry_after_secs, ..
+            } => retry_after_secs.map(Duration::from_secs),
+            _ => None,
+        }
+    }
+}
+
+/// One model a request may be served by, checked against the request: its route (the
+/// requested id kept), the thinking decided for it, and its deployments whose provider is ready.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub route: ResolvedModel,
+    pub thinking: Thinking,
+    pub deployments: Vec<(Deployment, Arc<Provider>)>,
+}
+
+/// The route of one deployment of `route`'s model: its provider, upstream name and prices.
+pub(crate) fn deployment_route(route: &ResolvedModel, deployment: &Deployment) -> ResolvedModel {
+    ResolvedModel {
+        provider: deployment.provider.clone(),
+        upstream_model: deployment.upstream_model.clone(),
+        pricing: deployment.pricing,
+        ..route.clone()
+    }
+}
+
+/// What one attempt goes to.
+#[derive(Debug, Clone)]
+pub(crate) struct Pick {
+    /// Index into the candidates.
+    pub candidate: usize,
+    pub route: ResolvedModel,
+    pub deployment: String,
+    pub provider: Arc<Provider>,
+    pub thinking: Thinking,
+}
+
+/// The health of one deployment in this process.
+#[derive(Debug, Default)]
+struct Health {
+    in_flight: AtomicUsize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Failures within the window, oldest first.
+    failures: VecDeque<Instant>,
+    /// Out until then; past it, one probe decides.
+    cooling_until: Option<Instant>,
+    /// The probe is in flight.
+    probing: bool,
+}
+
+/// Whether a deployment may be chosen now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Availability {
+    Healthy,
+    /// Its cooldown is over and no probe is in flight: the chooser's request is the probe.
+    Probe,
+    Out,
+}
+
+impl State {
+    fn availability(&self, now: Instant) -> Availability {
+        match self.cooling_until {
+            None => Availability::Healthy,
+            Some(until) if until > now || self.probing => Availability::Out,
+            Some(_) => Availability::Probe,
+        }
+    }
+}
+
+/// A deployment's health as the Admin view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentHealth {
+    pub model_id: String,
+    pub deployment: String,
+    pub in_flight: u64,
+    pub recent_failures: u32,
+    /// Seconds of cooldown left (zero: taking traffic, or waiting for its probe).
+    pub cooldown_left_secs: u64,
+    pub cooling_down: bool,
+    pub probing: bool,
+}
+
+/// Every deployment's health, the chooser and the retry policy. Cheap to share.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    config: RoutingConfig,
+    health: Mutex<HashMap<(String, String), Arc<Health>>>,
+}
+
+/// A chosen deployment: counted in flight until dropped; a probe not resolved by then (the
+/// request was cut, the client left) frees the probe slot for the next request.
+pub(crate) struct Attempt {
+    health: Arc<Health>,
+    probe: bool,
+    resolved: bool,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe && !self.resolved {
+            lock(&self.health.state).probing = false;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The backoff before attempt `retry` + 1 (`retry` ≥ 1): uniform in `[0, min(max, base·2^(retry-1))]`.
+pub(crate) fn full_jitter(config: &RoutingConfig, retry: u32) -> Duration {
+    let cap = config
+        .backoff_base_ms
+        .saturating_mul(1u64 << retry.saturating_sub(1).min(30))
+        .min(config.backoff_max_ms);
+    Duration::from_millis(rand::rng().random_range(0..=cap))
+}
+
+impl Router {
+    pub(crate) fn new(config: RoutingConfig) -> Self {
+        Self {
+            config,
+            health: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &RoutingConfig {
+        &self.config
+    }
+
+    fn health(&self, model_id: &str, deployment: &str) -> Arc<Health> {
+        Arc::clone(
+            lock(&self.health)
+                .entry((model_id.to_owned(), deployment.to_owned()))
+                .or_default(),
+        )
+    }
+
+    /// Chooses a deployment of `candidate` that is not `excluded` and may take traffic, by its
+    /// strategy; `None` when none may.
+    pub(crate) fn choose(
+        &self,
+        candidate: &Candidate,
+        excluded: &dyn Fn(&str) -> bool,
+    ) -> Option<(usize, Attempt)> {
+        let now = Instant::now();
+        let open: Vec<(usize, u32, Arc<Health>, Availability)> = candidate
+            .deployments
+            .iter()
+            .enumerate()
+            .filter(|(_, (d, _))| !excluded(&d.name))
+            .filter_map(|(i, (d, _))| {
+                let health = self.health(&candidate.route.model_id, &d.name);
+                let availability = lock(&health.state).availability(now);
+                (availability != Availability::Out).then_some((i, d.weight, health, availability))
+            })
+            .collect();
+        let weights: Vec<u32> = open.iter().map(|(_, w, _, _)| *w).collect();
+        let chosen = match candidate.route.strategy() {
+            RoutingStrategy::LeastBusy => {
+                let busy: Vec<usize> = open
+                    .iter()
+                    .map(|(_, _, h, _)| h.in_flight.load(Ordering::Relaxed))
+                    .collect();
+                least_busy(&weights, &busy)
+            }
+            RoutingStrategy::Weighted | RoutingStrategy::Unspecified => weighted(&weights),
+        }?;
+        let (index, _, health, availability) = open.into_iter().nth(chosen)?;
+        let probe = availability == Availability::Probe;
+        if probe {
+            let mut state = lock(&health.state);
+            // Another request may have taken the probe since the look above.
+            if state.probing {
+                return None;
+            }
+            state.probing = true;
+        }
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some((
+            index,
+            Attempt {
+                health,
+                probe,
+                resolved: false,
+            },
+        ))
+    }
+
+    /// The deployment answered: it is healthy again.
+    pub(crate) fn succeeded(&self, attempt: &mut Attempt) {
+        attempt.resolved = true;
+        let mut state = lock(&attempt.health.state);
+        state.failures.clear();
+        state.cooling_until = None;
+        state.probing = false;
+    }
+
+    /// The deployment failed: a failed probe cools it down again; otherwise the failure is
+    /// counted and, at `cooldown_failures` within the window, it cools down, unless `sole`: a
+    /// request with nowhere else to go gains nothing from a cooldown (its failures would only
+    /// turn into the gateway's own 503s), so the only deployment is never taken out.
+    pub(crate) fn failed(
+        &self,
+        attempt: &mut Attempt,
+        model_id: &str,
+        deployment: &str,
+        sole: bool,
+    ) {
+        attempt.resolved = true;
+        let now = Instant::now();
+        let window = Duration::from_secs(self.config.cooldown_window_secs);
+        let cooldown = Duration::from_secs(self.config.cooldown_secs);
+        let mut state = lock(&attempt.health.state);
+        while state
+            .failures
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > window)
+        {
+            state.failures.pop_front();
+        }
+        state.failures.push_back(now);
+        let threshold = usize::try_from(self.config.cooldown_failures.max(1)).unwrap_or(1);
+        let was_probe = std::mem::take(&mut state.probing);
+        if !sole && (was_probe || state.failures.len() >= threshold) {
+            if state.cooling_until.is_none() || was_probe {
+                tracing::warn!(
+                    model = model_id,
+                    deployment,
+                    cooldown_secs = self.config.cooldown_secs,
+                    "deployment cools down"
+                );
+            }
+            state.cooling_until = Some(now + cooldown);
+            state.failures.clear();
+        }
+    }
+
+    /// Every deployment this process has routed to, sorted by model and name.
+    pub(crate) fn health_report(&self) -> Vec<DeploymentHealth> {
+        let now = Instant::now();
+        let mut report: Vec<DeploymentHealth> = lock(&self.health)
+            .iter()
+            .map(|((model_id, deployment), health)| {
+                let state = lock(&health.state);
+                let left = state
+                    .cooling_until
+                    .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+                DeploymentHealth {
+                    model_id: model_id.clone(),
+                    deployment: deployment.clone(),
+                    in_flight: health.in_flight.load(Ordering::Relaxed) as u64,
+                    recent_failures: u32::try_from(state.failures.len()).unwrap_or(u32::MAX),
+                    cooldown_left_secs: left.as_secs(),
+                    cooling_down: state.cooling_until.is_some(),
+                    probing: state.probing,
+                }
+            })
+            .collect();
+        report.sort_by(|a, b| (&a.model_id, &a.deployment).cmp(&(&b.model_id, &b.deployment)));
+        report
+    }
+}
+
+/// A weighted random index into `weights` (`None` when empty).
+fn weighted(weights: &[u32]) -> Option<usize> {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = rand::rng().random_range(0..total);
+    weights.iter().position(|w| {
+        let w = u64::from(*w);
+        if at < w {
+            true
+        } else {
+            at -= w;
+            false
+        }
+    })
+}
+
+/// Power of two choices: two weighted draws, the one with fewer requests in flight per unit of
+/// weight wins.
+fn least_busy(weights: &[u32], busy: &[usize]) -> Option<usize> {
+    let a = weighted(weights)?;
+    let b = weighted(weights)?;
+    // busy[a] / weight[a] against busy[b] / weight[b], cross-multiplied.
+    let load_a = busy[a] as u128 * u128::from(weights[b]);
+    let load_b = busy[b] as u128 * u128::from(weights[a]);
+    Some(if load_b < load_a { b } else { a })
+}
+
+/// Why the retry loop ended without an answer.
+#[derive(Debug)]
+pub(crate) struct Exhausted {
+    pub error: UpstreamError,
+    /// The last deployment tried (none: nothing could be tried).
+    pub last: Option<Pick>,
+    pub attempts: u32,
+}
+
+/// A successful attempt.
+#[derive(Debug)]
+pub(crate) struct Served<T> {
+    pub value: T,
+    pub pick: Pick,
+    pub attempts: u32,
+    /// Keeps the deployment counted in flight (for `least_busy`) while the answer is relayed.
+    pub in_flight: Attempt,
+}
+
+/// Runs `attempt` on deployments of `candidates` (in order; within one, by the router's choice)
+/// until one answers, a failure is not retryable, `max_attempts` are spent or `deadline` would
+/// be passed. `attempt` gets the pick and the time left.
+pub(crate) async fn with_retries<T, F, Fut>(
+    router: &Router,
+    candidates: &[Candidate],
+    deadline: Instant,
+    mut attempt: F,
+) -> Result<Served<T>, Exhausted>
+where
+    F: FnMut(Pick, Duration) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let max_attempts = router.config().max_attempts.max(1);
+    let sole = candidates
+        .iter()
+        .map(|c| c.deployments.len())
+        .sum::<usize>()
+        <= 1;
+    let mut tried: Vec<(usize, String)> = Vec::new();
+    let mut last: Option<(Pick, UpstreamError)> = None;
+    let mut attempts = 0u32;
+    while attempts < max_attempts {
+        let Some((pick, mut chosen)) = next_pick(router, candidates, &tried, last.as_ref()) else {
+            break;
+        };
+        if let Some((failed, error)) = &last {
+            let mut wait = full_jitter(router.config(), attempts);
+            let same = failed.candidate == pick.candidate && failed.deployment == pick.deployment;
+            let retry_after = error.retry_after().filter(|_| same);
+            if let Some(retry_after) = retry_after {
+                wait = wait.max(retry_after);
+            }
+            if Instant::now() + wait >= deadline {
+                return Err(Exhausted {
+                    error: UpstreamError::RetryPastDeadline {
+                        provider: failed.route.provider.clone(),
+                        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    },
+                    last: Some(failed.clone()),
+                    attempts,
+                });
+            }
+            let too_long = Duration::from_secs(router.config().max_retry_after_secs);
+            if retry_after.is_some_and(|wait| wait > too_long)
+                && let Some((failed, error)) = last
+            {
+                return Err(Exhausted {
+                    error,
+                    last: Some(failed),
+                    attempts,
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
+        attempts += 1;
+        tried.push((pick.candidate, pick.deployment.clone()));
+        let left = deadline.saturating_duration_since(Instant::now());
+        match attempt(pick.clone(), left).await {
+            Ok(value) => {
+                router.succeeded(&mut chosen);
+                return Ok(Served {
+                    value,
+                    pick,
+                    attempts,
+                    in_flight: chosen,
+                });
+            }
+            Err(error) => {
+                if error.deployment_fault() {
+                    router.failed(&mut chosen, &pick.route.model_id, &pick.deployment, sole);
+                }
+                drop(chosen);
+                if !error.retryable() {
+                    return Err(Exhausted {
+                        error,
+                        last: Some(pick),
+                        attempts,
+                    });
+                }
+                tracing::info!(
+                    model = pick.route.model_id,
+                    deployment = pick.deployment,
+                    attempt = attempts,
+                    error = %error,
+                    "upstream attempt failed; trying again"
+                );
+                last = Some((pick, error));
+            }
+        }
+    }
+    Err(match last {
+        Some((pick, error)) => Exhausted {
+            error,
+            last: Some(pick),
+            attempts,
+        },
+        None => Exhausted {
+            error: UpstreamError::NoDeployment {
+                model: candidates
+                    .first()
+                    .map(|c| c.route.requested_id.clone())
+                    .unwrap_or_default(),
+            },
+            last: None,
+            attempts,
+        },
+    })
+}
+
+/// Whether deployment `name` of candidate `c` is left out of a pass.
+type Excluded<'a> = dyn Fn(usize, &str) -> bool + 'a;
+
+/// The next deployment to try: the first candidate with a deployment not tried yet that may
+/// take traffic; else one tried before, but never the one that just failed while another exists;
+/// the one that just failed only when nothing else is left.
+fn next_pick(
+    router: &Router,
+    candidates: &[Candidate],
+    tried: &[(usize, String)],
+    last: Option<&(Pick, UpstreamError)>,
+) -> Option<(Pick, Attempt)> {
+    let tried_before = |c: usize, name: &str| tried.iter().any(|(tc, n)| *tc == c && n == name);
+    let just_failed =
+        |c: usize, name: &str| last.is_some_and(|(p, _)| p.candidate == c && p.deployment == name);
+    let passes: [&Excluded<'_>; 3] = [&tried_before, &just_failed, &|_, _| false];
+    for excluded in passes {
+        for (c, candidate) in candidates.iter().enumerate() {
+            if let Some((index, attempt)) = router.choose(candidate, &|name| excluded(c, name)) {
+                let (deployment, provider) = &candidate.deployments[index];
+                let pick = Pick {
+                    candidate: c,
+                    route: deployment_route(&candidate.route, deployment),
+                    deployment: deployment.name.clone(),
+                    provider: Arc::clone(provider),
+                    thinking: candidate.thinking,
+                };
+                return Some((pick, attempt));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_choice_follows_the_weights() {
+        let weights = [1, 3, 6];
+        let mut counts = [0u32; 3];
+        for _ in 0..10_000 {
+            counts[weighted(&weights).unwrap()] += 1;
+        }
+        for (count, weight) in counts.iter().zip(weights) {
+            let share = f64::from(*count) / 10_000.0;
+            let expected = f64::from(weight) / 10.0;
+            assert!((share - expected).abs() < 0.03, "{counts:?}");
+        }
+        assert_eq!(weighted(&[]), None);
+    }
+
+    #[test]
+    fn least_busy_prefers_the_idle_deployment() {
+        let mut idle = 0;
+        for _ in 0..1_000 {
+            if least_busy(&[1, 1], &[5, 0]) == Some(1) {
+                idle += 1;
+            }
+        }
+        // Two draws land on the busy one a quarter of the time; otherwise the idle one wins.
+        assert!(idle > 650, "{idle}");
+    }
+
+    #[test]
+    fn full_jitter_stays_within_the_doubling_cap() {
+        let config = RoutingConfig {
+            backoff_base_ms: 100,
+            backoff_max_ms: 1_000,
+            ..RoutingConfig::default()
+        };
+        for retry in 1..10 {
+            let cap = (100u64 << (retry - 1)).min(1_000);
+            for _ in 0..50 {
+                assert!(full_jitter(&config, retry) <= Duration::from_millis(cap));
+            }
+        }
+    }
+
+    #[test]
+    fn retried_failures_are_the_listed_ones() {
+        let status = |s| UpstreamError::from_status("p", s, "m".into());
+        for s in [429, 500, 502, 503, 504, 529] {
+            assert!(status(s).retryable(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 413, 422, 501] {
+            assert!(!status(s).retryable(), "{s}");
+        }
+        let connect = |sent| UpstreamError::Connect {
+            provider: "p".into(),
+            message: "m".into(),
+            sent,
+        };
+        assert!(connect(false).retryable());
+        assert!(!connect(true).retryable());
+        assert!(status(401).deployment_fault());
+        assert!(!status(400).deployment_fault());
+    }
+
+    fn candidate(deployments: &[(&str, u32)]) -> Candidate {
+        let config: crate::ProviderConfig =
+            toml::from_str("name = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9\"")
+                .unwrap();
+        let images = crate::ImageFetcher::new(&crate::ImagesConfig::default());
+        let provider = Arc::new(Provider::new(&config, &images, &|_| None).unwrap());
+        Candidate {
+            route: ResolvedModel {
+                requested_id: "m".into(),
+                model_id: "m".into(),
+                ..ResolvedModel::default()
+            },
+            thinking: Thinking::Default { thinks: false },
+            deployments: deployments
+                .iter()
+                .map(|(name, weight)| {
+                    let deployment = Deployment {
+                        name: (*name).to_owned(),
+                        provider: "p".into(),
+                        weight: *weight,
+                        ..Deployment::default()
+                    };
+                    (deployment, Arc::clone(&provider))
+                })
+                .collect(),
+        }
+    }
+
+    fn overloaded(retry_after_secs: Option<u64>) -> UpstreamError {
+        UpstreamError::Overloaded {
+            provider: "p".into(),
+            status: 503,
+            retry_after_secs,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_deployment_cools_down_then_one_probe_decides() {
+        let router = Router::new(RoutingConfig {
+            cooldown_failures: 2,
+            cooldown_secs: 10,
+            ..RoutingConfig::default()
+        });
+        let c = candidate(&[("a", 1), ("b", 1)]);
+        let only_a = |name: &str| name != "a";
+        for _ in 0..2 {
+            let (index, mut attempt) = router.choose(&c, &only_a).unwrap();
+            assert_eq!(index, 0);
+            router.failed(&mut attempt, "m", "a", false);
+        }
+        assert!(router.choose(&c, &only_a).is_none(), "cooling down");
+        assert!(router.choose(&c, &|_| false).is_some(), "b still serves");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let (_, mut probe) = router.choose(&c, &only_a).unwrap();
+        assert!(router.choose(&c, &only_a).is_none(), "one probe at a time");
+        router.failed(&mut probe, "m", "a", false);
+        drop(probe);
+        assert!(
+            router.choose(&c, &only_a).is_none(),
+            "a failed probe cools it down again"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let (_, mut probe) = router.choose(&c, &only_a).unwrap();
+        router.succeeded(&mut probe);
+        drop(probe);
+        assert!(router.choose(&c, &only_a).is_some());
+        assert!(
+            router.choose(&c, &only_a).is_some(),
+            "healthy again: no probe limit"
+        );
+        let health = router.health_report();
+        assert_eq!(health.len(), 2);
+        assert!(!health[0].cooling_down);
+        // A probe dropped unresolved (its request was cut) frees the probe slot.
+        for _ in 0..2 {
+            let (_, mut attempt) = router.choose(&c, &only_a).unwrap();
+            router.failed(&mut attempt, "m", "a", false);
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        drop(router.choose(&c, &only_a).unwrap());
+        assert!(router.choose(&c, &only_a).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_only_deployment_is_never_taken_out() {
+        let router = Router::new(RoutingConfig {
+            cooldown_failures: 1,
+            ..RoutingConfig::default()
+        });
+        let c = candidate(&[("a", 1)]);
+        for _ in 0..3 {
+            let (_, mut attempt) = router.choose(&c, &|_| false).unwrap();
+            router.failed(&mut attempt, "m", "a", true);
+        }
+        assert!(router.choose(&c, &|_| false).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_goes_to_another_deployment_after_backoff() {
+        let router = Router::new(RoutingConfig::default());
+        let candidates = [candidate(&[("a", 1), ("b", 1)])];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for _ in 0..20 {
+            let mut called: Vec<String> = Vec::new();
+            let served = with_retries(&router, &candidates, deadline, |pick, _| {
+                called.push(pick.deployment.clone());
+                let failing = pick.deployment == "a";
+                async move {
+                    if failing {
+                        Err(overloaded(None))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(served.pick.deployment, "b");
+            assert_eq!(served.attempts as usize, called.len());
+            // Never the failed one twice while another exists.
+            assert!(called == ["b"] || called == ["a", "b"], "{called:?}");
+        }
+        // A caller's fault is not retried.
+        let mut calls = 0;
+        let e = with_retries(&router, &candidates, deadline, |_, _| {
+            calls += 1;
+            async { Err::<(), _>(UpstreamError::from_status("p", 400, "bad".into())) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((calls, e.attempts), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_on_the_same_deployment_unless_past_the_deadline() {
+        let router = Router::new(RoutingConfig::default());
+        let candidates = [candidate(&[("a", 1)])];
+        let started = Instant::now();
+        let mut calls = 0;
+        let served = with_retries(
+            &router,
+            &candidates,
+            started + Duration::from_secs(60),
+            |_, _| {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        Err(overloaded(Some(2)))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(served.attempts, 2);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+
+        let started = Instant::now();
+        let e = with_retries(
+            &router,
+            &candidates,
+            started + Duration::from_secs(1),
+            |_, _| async { Err::<(), _>(overloaded(Some(5))) },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e.error, UpstreamError::RetryPastDeadline { .. }),
+            "{:?}",
+            e.error
+        );
+        assert!(e.error.generated_nothing());
+        assert_eq!(e.attempts, 1);
+        assert!(
+            started.elapsed() < Duration::from_millis(10),
+            "answered at once"
+        );
+    }
+}

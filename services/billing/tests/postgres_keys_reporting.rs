@@ -100,3 +100,115 @@ async fn keys_and_daily_reports_work_on_postgres() {
     assert_eq!(report.monthly_limit, 5);
     h.stop().await;
 }
+
+/// The console's queries on PostgreSQL: a key's own requests, newest first and keyset-paged
+/// (`ListRequests`), and the admin report's days and top spenders (`GetUsageReport`), whose
+/// grouped and ordered SQL must run there as on SQLite. Its rows sit on days no other test uses.
+#[tokio::test]
+#[ignore = "needs a PostgreSQL server in TOLLGATE_TEST_POSTGRES_URL"]
+async fn the_consoles_request_list_and_admin_report_work_on_postgres() {
+    use tollgate::v1::{ListRequestsRequest, UsageReportRequest};
+
+    let h = Setup::new(vec![tier("pg-console", 30, 3000)])
+        .postgres()
+        .await;
+    let new = NewKey {
+        tier: "pg-console".into(),
+        ..Default::default()
+    };
+    let (mine, secret) = create_key_with(&h.db, &h.tiers, &new).await.unwrap();
+    let (other, _) = create_key_with(&h.db, &h.tiers, &new).await.unwrap();
+    // A day of its own, somewhere after 2100.
+    let offset = u64::from(uuid::Uuid::now_v7().as_u128() as u16);
+    let day = chrono::NaiveDate::from_ymd_opt(2100, 1, 1).unwrap() + chrono::Days::new(offset);
+    let midnight = day
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let rows = [
+        (&mine.id, "a", 1, 5),
+        (&mine.id, "b", 2, 7),
+        (&other.id, "a", 3, 40),
+        (&mine.id, "a", 4, 11),
+    ];
+    for (i, (key_id, model, at, cost)) in rows.into_iter().enumerate() {
+        usage_ledger::Entity::insert(usage_ledger::ActiveModel {
+            id: ActiveValue::NotSet,
+            request_id: ActiveValue::Set(format!("pgc-{}-{i}", mine.id)),
+            key_id: ActiveValue::Set(key_id.clone()),
+            requested_model: ActiveValue::Set(model.into()),
+            model_id: ActiveValue::Set(model.into()),
+            provider: ActiveValue::Set("p".into()),
+            upstream_model: ActiveValue::Set(model.into()),
+            prompt_tokens: ActiveValue::Set(1),
+            cached_prompt_tokens: ActiveValue::Set(0),
+            completion_tokens: ActiveValue::Set(1),
+            reasoning_tokens: ActiveValue::Set(0),
+            cost_picodollars: ActiveValue::Set(cost),
+            outcome: ActiveValue::Set("succeeded".into()),
+            streamed: ActiveValue::Set(false),
+            created_at: ActiveValue::Set(midnight + at),
+            period: ActiveValue::Set(day.format("%Y-%m").to_string()),
+            cache_write_tokens: ActiveValue::Set(0),
+            estimated: ActiveValue::Set(false),
+            deployment: ActiveValue::Set(Some("primary".into())),
+            attempts: ActiveValue::Set(Some(1)),
+        })
+        .exec_without_returning(&h.db)
+        .await
+        .unwrap();
+    }
+    // The key's own rows, two per page, newest first, never the other key's.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..4 {
+        let page = h
+            .client
+            .billing
+            .clone()
+            .list_requests(with_key(
+                ListRequestsRequest {
+                    page_size: 2,
+                    cursor,
+                },
+                secret.expose_secret(),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.requests.iter().map(|r| r.cost_picodollars));
+        cursor = page.next_cursor;
+        if cursor.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, [11, 7, 5]);
+    // Both keys' day, and the top spender first.
+    let report = h
+        .client
+        .admin
+        .clone()
+        .get_usage_report(with_key(
+            UsageReportRequest {
+                start_date: day.to_string(),
+                end_date: (day + chrono::Days::new(1)).to_string(),
+                top_keys: 2,
+            },
+            support::ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (report.total_requests, report.total_cost_picodollars),
+        (4, 63)
+    );
+    let top: Vec<_> = report
+        .top_keys
+        .iter()
+        .map(|k| (k.id.clone(), k.cost_picodollars))
+        .collect();
+    assert_eq!(top, [(other.id.clone(), 40), (mine.id.clone(), 23)]);
+    h.stop().await;
+}

@@ -688,6 +688,12 @@ fn with_key<T>(metadata: &MetadataMap, message: T) -> Request<T> {
     request
 }
 
+/// A timeout as the whole seconds it lasted, rounded up: an attempt given what is left of the
+/// request's deadline (1.98 s of a 2 s timeout) reports the timeout, not one second less.
+pub(crate) fn whole_seconds(timeout: Duration) -> u64 {
+    timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)
+}
+
 pub(crate) fn timeout_error(admitted: &Admitted, seconds: u64) -> UpstreamError {
     UpstreamError::Timeout {
         provider: admitted.route.provider.clone(),
@@ -773,7 +779,7 @@ impl InferenceService {
                     .unwrap_or_else(|_| {
                         Err(UpstreamError::Timeout {
                             provider: pick.route.provider.clone(),
-                            seconds: limit.as_secs(),
+                            seconds: crate::service::whole_seconds(limit),
                         })
                     })
             })

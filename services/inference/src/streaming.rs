@@ -137,7 +137,7 @@ async fn open(
                 .unwrap_or_else(|_| {
                     Err(UpstreamError::Timeout {
                         provider: pick.route.provider.clone(),
-                        seconds: first_token.as_secs(),
+                        seconds: crate::service::whole_seconds(first_token),
                     })
                 })
         })

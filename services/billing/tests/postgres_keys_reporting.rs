@@ -50,31 +50,15 @@ async fn keys_and_daily_reports_work_on_postgres() {
         .into_iter()
         .enumerate()
     {
-        usage_ledger::Entity::insert(usage_ledger::ActiveModel {
-            id: ActiveValue::NotSet,
-            request_id: ActiveValue::Set(format!("pg-{}-{i}", key.id)),
-            key_id: ActiveValue::Set(key.id.clone()),
-            requested_model: ActiveValue::Set(model.into()),
-            model_id: ActiveValue::Set(model.into()),
-            provider: ActiveValue::Set("p".into()),
-            upstream_model: ActiveValue::Set(model.into()),
-            prompt_tokens: ActiveValue::Set(1),
-            cached_prompt_tokens: ActiveValue::Set(0),
-            completion_tokens: ActiveValue::Set(1),
-            reasoning_tokens: ActiveValue::Set(0),
-            cost_picodollars: ActiveValue::Set(cost),
-            outcome: ActiveValue::Set("succeeded".into()),
-            streamed: ActiveValue::Set(false),
-            created_at: ActiveValue::Set(midnight + offset),
-            period: ActiveValue::Set("2026-02".into()),
-            cache_write_tokens: ActiveValue::Set(0),
-            estimated: ActiveValue::Set(false),
-            deployment: ActiveValue::NotSet,
-            attempts: ActiveValue::NotSet,
-        })
-        .exec_without_returning(&h.db)
-        .await
-        .unwrap();
+        insert_row(
+            &h.db,
+            &key.id,
+            format!("pg-{}-{i}", key.id),
+            model,
+            midnight + offset,
+            cost,
+        )
+        .await;
     }
     let report = h
         .client
@@ -133,31 +117,15 @@ async fn the_consoles_request_list_and_admin_report_work_on_postgres() {
         (&mine.id, "a", 4, 11),
     ];
     for (i, (key_id, model, at, cost)) in rows.into_iter().enumerate() {
-        usage_ledger::Entity::insert(usage_ledger::ActiveModel {
-            id: ActiveValue::NotSet,
-            request_id: ActiveValue::Set(format!("pgc-{}-{i}", mine.id)),
-            key_id: ActiveValue::Set(key_id.clone()),
-            requested_model: ActiveValue::Set(model.into()),
-            model_id: ActiveValue::Set(model.into()),
-            provider: ActiveValue::Set("p".into()),
-            upstream_model: ActiveValue::Set(model.into()),
-            prompt_tokens: ActiveValue::Set(1),
-            cached_prompt_tokens: ActiveValue::Set(0),
-            completion_tokens: ActiveValue::Set(1),
-            reasoning_tokens: ActiveValue::Set(0),
-            cost_picodollars: ActiveValue::Set(cost),
-            outcome: ActiveValue::Set("succeeded".into()),
-            streamed: ActiveValue::Set(false),
-            created_at: ActiveValue::Set(midnight + at),
-            period: ActiveValue::Set(day.format("%Y-%m").to_string()),
-            cache_write_tokens: ActiveValue::Set(0),
-            estimated: ActiveValue::Set(false),
-            deployment: ActiveValue::Set(Some("primary".into())),
-            attempts: ActiveValue::Set(Some(1)),
-        })
-        .exec_without_returning(&h.db)
-        .await
-        .unwrap();
+        insert_row(
+            &h.db,
+            key_id,
+            format!("pgc-{}-{i}", mine.id),
+            model,
+            midnight + at,
+            cost,
+        )
+        .await;
     }
     // The key's own rows, two per page, newest first, never the other key's.
     let mut seen = Vec::new();
@@ -211,4 +179,44 @@ async fn the_consoles_request_list_and_admin_report_work_on_postgres() {
         .collect();
     assert_eq!(top, [(other.id.clone(), 40), (mine.id.clone(), 23)]);
     h.stop().await;
+}
+
+/// One succeeded ledger row of 1 prompt and 1 completion token, in the month of `created_at`.
+async fn insert_row(
+    db: &sea_orm::DatabaseConnection,
+    key_id: &str,
+    request_id: String,
+    model: &str,
+    created_at: i64,
+    cost: i64,
+) {
+    let period = chrono::DateTime::from_timestamp_millis(created_at)
+        .unwrap()
+        .format("%Y-%m")
+        .to_string();
+    usage_ledger::Entity::insert(usage_ledger::ActiveModel {
+        id: ActiveValue::NotSet,
+        request_id: ActiveValue::Set(request_id),
+        key_id: ActiveValue::Set(key_id.to_owned()),
+        requested_model: ActiveValue::Set(model.into()),
+        model_id: ActiveValue::Set(model.into()),
+        provider: ActiveValue::Set("p".into()),
+        upstream_model: ActiveValue::Set(model.into()),
+        prompt_tokens: ActiveValue::Set(1),
+        cached_prompt_tokens: ActiveValue::Set(0),
+        completion_tokens: ActiveValue::Set(1),
+        reasoning_tokens: ActiveValue::Set(0),
+        cost_picodollars: ActiveValue::Set(cost),
+        outcome: ActiveValue::Set("succeeded".into()),
+        streamed: ActiveValue::Set(false),
+        created_at: ActiveValue::Set(created_at),
+        period: ActiveValue::Set(period),
+        cache_write_tokens: ActiveValue::Set(0),
+        estimated: ActiveValue::Set(false),
+        deployment: ActiveValue::NotSet,
+        attempts: ActiveValue::NotSet,
+    })
+    .exec_without_returning(db)
+    .await
+    .unwrap();
 }

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tollgate::v1::{Deployment, ResolvedModel, RoutingStrategy};
 
-use crate::{Provider, UpstreamError, thinking::Thinking};
+use crate::{Provider, UpstreamError, providers::Target, thinking::Thinking};
 
 /// `[routing]`: the retry and cooldown policy of every model.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -162,6 +162,34 @@ pub(crate) struct Pick {
     pub deployment: String,
     pub provider: Arc<Provider>,
     pub thinking: Thinking,
+}
+
+impl Pick {
+    /// This deployment's model as its provider is called with it.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            route: &self.route,
+            thinking: self.thinking,
+        }
+    }
+
+    /// `attempt` within `limit`, or this deployment's timeout (in whole seconds, rounded up: an
+    /// attempt given what is left of the request's deadline, 1.98 s of a 2 s timeout, reports
+    /// the timeout, not one second less).
+    pub async fn within<T>(
+        &self,
+        limit: Duration,
+        attempt: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        tokio::time::timeout(limit, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Timeout {
+                    provider: self.route.provider.clone(),
+                    seconds: limit.as_secs() + u64::from(limit.subsec_nanos() > 0),
+                })
+            })
+    }
 }
 
 /// The health of one deployment in this process.

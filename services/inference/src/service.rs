@@ -688,12 +688,6 @@ fn with_key<T>(metadata: &MetadataMap, message: T) -> Request<T> {
     request
 }
 
-/// A timeout as the whole seconds it lasted, rounded up: an attempt given what is left of the
-/// request's deadline (1.98 s of a 2 s timeout) reports the timeout, not one second less.
-pub(crate) fn whole_seconds(timeout: Duration) -> u64 {
-    timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)
-}
-
 pub(crate) fn timeout_error(admitted: &Admitted, seconds: u64) -> UpstreamError {
     UpstreamError::Timeout {
         provider: admitted.route.provider.clone(),
@@ -770,18 +764,8 @@ impl InferenceService {
         let called = admitted
             .call_with_retries(self, |pick, left| async move {
                 let limit = pick.provider.timeouts().total.min(left);
-                let target = Target {
-                    route: &pick.route,
-                    thinking: pick.thinking,
-                };
-                tokio::time::timeout(limit, pick.provider.chat(request, &target))
+                pick.within(limit, pick.provider.chat(request, &pick.target()))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(UpstreamError::Timeout {
-                            provider: pick.route.provider.clone(),
-                            seconds: crate::service::whole_seconds(limit),
-                        })
-                    })
             })
             .await;
         let mut response = match called {

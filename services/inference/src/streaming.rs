@@ -30,7 +30,6 @@ use tracing::Instrument;
 use crate::{
     ClientDisconnect, InferenceService, UpstreamError,
     providers::ChunkStream,
-    providers::Target,
     service::{Admitted, ServedBy, failed_request, shutdown_error, timeout_error},
     telemetry::{RequestMeter, RequestStatus},
     token_bounds,
@@ -118,12 +117,8 @@ async fn open(
     let opened = admitted
         .call_with_retries(service, |pick, left| async move {
             let first_token = pick.provider.timeouts().first_token.min(left);
-            let target = Target {
-                route: &pick.route,
-                thinking: pick.thinking,
-            };
             let first = async {
-                let mut stream = pick.provider.chat_stream(request, &target).await?;
+                let mut stream = pick.provider.chat_stream(request, &pick.target()).await?;
                 match stream.next().await {
                     Some(first) => Ok((first?, stream)),
                     None => Err(UpstreamError::Failed {
@@ -132,14 +127,7 @@ async fn open(
                     }),
                 }
             };
-            tokio::time::timeout(first_token, first)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(UpstreamError::Timeout {
-                        provider: pick.route.provider.clone(),
-                        seconds: crate::service::whole_seconds(first_token),
-                    })
-                })
+            pick.within(first_token, first).await
         })
         .await;
     match opened {

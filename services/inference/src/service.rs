@@ -399,11 +399,18 @@ impl InferenceService {
     ) -> Result<Vec<Candidate>, Status> {
         validate::request(request)?;
         let primary = self.resolve(&request.model, admit_by).await?;
-        let prompt_bytes = token_bounds::bounds(request, &primary).prompt_text_bytes;
-        let too_long =
-            token_bounds::estimate(None, prompt_bytes, 0).prompt_tokens > primary.context_length;
+        // The prompt's size (a walk of the whole request) is only needed when a larger model
+        // could take it; admission measures it anyway.
+        let too_long = || {
+            let prompt_bytes = token_bounds::bounds(request, &primary).prompt_text_bytes;
+            token_bounds::estimate(None, prompt_bytes, 0).prompt_tokens > primary.context_length
+        };
         let mut context = None;
-        if let (true, Some(larger)) = (too_long, &primary.context_window_fallback) {
+        if let Some(larger) = primary
+            .context_window_fallback
+            .as_ref()
+            .filter(|_| too_long())
+        {
             let route = self.resolve(larger, admit_by).await?;
             match self.candidate(request, route) {
                 Ok(candidate) => context = Some(candidate),

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -570,3 +571,26 @@ def user(text: str) -> list[dict]:
 def extra(obj) -> dict:
     """The fields an OpenAI SDK object carries beyond its declared ones (`reasoning_details`...)."""
     return obj.model_extra or {}
+
+
+def stalled_stream(gateway: "Gateway", secret: str, text: str, timeout: float = 30) -> socket.socket:
+    """A streamed chat opened by a client that then stops reading: a raw socket with a small
+    receive buffer, past the answer's status line (200). The caller closes it."""
+    payload = json.dumps({"model": "deepseek-chat", "messages": user(text), "stream": True}).encode()
+    host, port = gateway.http_addr.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(timeout)
+        sock.connect((host, int(port)))
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + payload)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+

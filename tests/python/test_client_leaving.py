@@ -29,7 +29,7 @@ import httpx
 import pytest
 from tollgate.v1 import billing_pb2, billing_pb2_grpc, inference_pb2, inference_pb2_grpc
 
-from harness import PRICES, ApiKey, Gateway, MockUpstream, auth, nonce, sqlite_rows, user, wait_until
+from harness import PRICES, ApiKey, Gateway, MockUpstream, auth, nonce, sqlite_rows, stalled_stream, user, wait_until
 from mock_rules import cost_picodollars, expected_usage
 
 TIMEOUT = 30
@@ -199,19 +199,8 @@ def test_a_stalled_reader_is_a_client_that_left(gateway, mock):
     key = gateway.create_key("enterprise")
     name = f"stall-{nonce()}"
     words = " ".join("w" for _ in range(60_000))
-    payload = json.dumps({"model": "deepseek-chat", "messages": user(f"stall {name} [track={name}] {words}"), "stream": True}).encode()
-    host, port = gateway.http_addr.rsplit(":", 1)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(TIMEOUT)
+    sock = stalled_stream(gateway, key.secret, f"stall {name} [track={name}] {words}", TIMEOUT)
     try:
-        sock.connect((host, int(port)))
-        head = (
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key.secret}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        ).encode()
-        sock.sendall(head + payload)
-        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
         opened_at = time.time()
         # Stop reading. The gateway notices within the stall timeout once its buffers are full.
         wait_until(lambda: stream_status(mock, name)["closed_early"] == 1, timeout=30, what="the stalled stream's upstream closed")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ import httpx
 import pytest
 from tollgate.v1 import inference_pb2, inference_pb2_grpc
 
-from harness import ApiKey, Gateway, MockUpstream, auth, sqlite_rows, user, wait_until
+from harness import ApiKey, Gateway, MockUpstream, auth, sqlite_rows, stalled_stream, user, wait_until
 from money_checks import key_listing, pico
 
 TIMEOUT = 30
@@ -217,19 +216,8 @@ class Run:
         # An answer of 60,000 chunks: more than the socket buffers and the relay hold.
         words = " ".join("w" for _ in range(60_000))
         text = self.text(i, kind, f"[track={name}] {words}")
-        payload = json.dumps({"model": "deepseek-chat", "messages": user(text), "stream": True}).encode()
-        host, port = self.gateway.http_addr.rsplit(":", 1)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(TIMEOUT)
+        sock = stalled_stream(self.gateway, self.key(i).secret, text, TIMEOUT)
         try:
-            sock.connect((host, int(port)))
-            head = (
-                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {self.key(i).secret}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-            ).encode()
-            sock.sendall(head + payload)
-            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
             wait_until(lambda: self.stream_closed_early(name), timeout=2 * TIMEOUT, what=f"stalled reader {i} given up")
         finally:
             sock.close()

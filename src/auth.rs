@@ -1,12 +1,29 @@
 //! How an API key travels: `authorization: Bearer sk-...`, the same header over REST and gRPC
 //! metadata, so the facade forwards it untouched.
 
+use std::{any::Any, sync::Arc};
+
 use tonic::metadata::{MetadataMap, MetadataValue};
 
 use crate::error::{ApiError, ErrorKind};
 
 /// The metadata (and HTTP header) name that carries the API key.
 pub const AUTHORIZATION: &str = "authorization";
+
+/// A key the service that checks keys already found valid for this request, carried to the
+/// request's next call in the same process as a tonic extension (the REST facade's key check,
+/// then Inference, then Admit), so the key is looked up once per request. Extensions never
+/// travel over the network, so a caller cannot present one; over the network the next call
+/// looks the key up again. Opaque: only the service that made it reads it, and it decides
+/// whether it still holds (the key unchanged since, the same secret).
+#[derive(Clone)]
+pub struct AuthenticatedKey(pub Arc<dyn Any + Send + Sync>);
+
+impl std::fmt::Debug for AuthenticatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthenticatedKey(<redacted>)")
+    }
+}
 
 /// The bearer token of an `authorization` value, if it has the `Bearer ` scheme.
 pub fn bearer_token(value: &str) -> Option<&str> {

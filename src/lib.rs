@@ -3,6 +3,7 @@
 //! failures to gRPC codes, HTTP statuses and OpenAI error types, and exact money.
 
 pub mod auth;
+pub mod caller;
 pub mod error;
 pub mod money;
 pub mod native;

@@ -51,7 +51,11 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub streams: Option<Vec<u64>>,
     /// A gateway to run side by side: `LABEL` or `LABEL:KEY=VALUE,KEY=VALUE` with environment
-    /// for it only, e.g. `nofsync:TOLLGATE__DATABASE__DURABILITY=process_crash`.
+    /// for it only, e.g. `nofsync:TOLLGATE__DATABASE__DURABILITY=process_crash`. In a value,
+    /// `{upstream}` stands for the bench upstream's `host:port` (which also accepts OTLP trace
+    /// exports: `traced:TOLLGATE__TELEMETRY__OTLP_ENDPOINT=http://{upstream}`), and
+    /// `TOLLGATE_BENCH_BINARY=PATH` runs another `tollgate` binary for this variant (before and
+    /// after a change, side by side against one floor).
     /// Repeatable; default one gateway labelled `tollgate`.
     #[arg(long)]
     pub variant: Vec<String>,
@@ -165,6 +169,25 @@ fn parse_variant(spec: &str) -> Result<Variant, Error> {
     })
 }
 
+/// `value` with `{upstream}` standing for the upstream's address.
+fn with_upstream(value: &str, upstream: SocketAddr) -> String {
+    value.replace(UPSTREAM_PLACEHOLDER, &upstream.to_string())
+}
+
+/// The variant setting naming the `tollgate` binary it runs instead of `--tollgate`.
+const BINARY_SETTING: &str = "TOLLGATE_BENCH_BINARY";
+
+/// The binary a variant's settings name, if any.
+fn binary_of(env: &[(String, String)]) -> Option<PathBuf> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == BINARY_SETTING)
+        .map(|(_, v)| PathBuf::from(v))
+}
+
+/// What a gateway setting writes for the bench upstream's `host:port`.
+const UPSTREAM_PLACEHOLDER: &str = "{upstream}";
+
 /// The services of a run, stopped together.
 struct Services {
     upstream: Service,
@@ -262,12 +285,12 @@ async fn start(plan: &Plan, pinning: Pinning, dir: &Path) -> Result<Services, Er
             .gateway_env
             .iter()
             .chain(variant.env.iter())
-            .cloned()
+            .map(|(k, v)| (k.clone(), with_upstream(v, upstream_addr)))
             .collect();
         let gateway_dir = dir.join(&variant.label);
         gateways.push(
             GatewayLaunch {
-                tollgate: &plan.tollgate,
+                tollgate: &binary_of(&env).unwrap_or_else(|| plan.tollgate.clone()),
                 label: &variant.label,
                 dir: &gateway_dir,
                 upstream: upstream_addr,
@@ -394,6 +417,14 @@ mod tests {
             ]
         );
         assert_eq!(parse_variant("plain").unwrap().env, vec![]);
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            with_upstream("http://{upstream}/x", addr),
+            "http://127.0.0.1:9/x"
+        );
+        let v = parse_variant("before:TOLLGATE_BENCH_BINARY=/tmp/t,X=1").unwrap();
+        assert_eq!(binary_of(&v.env), Some(PathBuf::from("/tmp/t")));
+        assert_eq!(binary_of(&[]), None);
         assert!(parse_variant("proxy").is_err());
         assert!(parse_variant("a:novalue").is_err());
     }

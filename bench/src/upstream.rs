@@ -5,7 +5,7 @@
 //! chunk, five content chunks, a finish chunk, a usage chunk, `[DONE]`), any other body a fixed
 //! JSON completion; both carry `usage`. A path under `/hold/` streams its first content chunk and
 //! then holds the stream open until `POST /_bench/release` (or the hold cap) lets every held
-//! stream finish: the idle-stream memory phase.
+//! stream finish: the idle-stream memory phase. `POST /v1/traces` takes OTLP trace exports.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -21,6 +21,9 @@ use tokio::{net::TcpListener, sync::watch};
 pub const HOLD_PREFIX: &str = "/hold/";
 /// `POST` here ends every held stream.
 pub const RELEASE_PATH: &str = "/_bench/release";
+/// `POST` here takes an OTLP/HTTP trace export, so a gateway's `[telemetry] otlp_endpoint` can
+/// be the upstream (the tracing-on variant of a run).
+pub const OTLP_TRACES_PATH: &str = "/v1/traces";
 /// The model name the upstream answers with.
 pub const MODEL: &str = "bench-model";
 /// The text of every answer, as the stream's content chunks.
@@ -149,6 +152,15 @@ async fn answer(shared: Shared, req: Request<Incoming>) -> Result<Response<Body>
     if req.method() == Method::POST && path == RELEASE_PATH {
         shared.release_tx.send_modify(|generation| *generation += 1);
         return Ok(plain(StatusCode::NO_CONTENT, Bytes::new(), None));
+    }
+    if req.method() == Method::POST && path == OTLP_TRACES_PATH {
+        // An OTLP/HTTP trace export: taken and answered with an empty (valid) export response.
+        let _ = req.into_body().collect().await;
+        return Ok(plain(
+            StatusCode::OK,
+            Bytes::new(),
+            Some("application/x-protobuf"),
+        ));
     }
     if req.method() != Method::POST || !path.ends_with("/chat/completions") {
         return Ok(plain(StatusCode::NOT_FOUND, Bytes::new(), None));

@@ -14,11 +14,12 @@ use axum::{
     routing::{get, patch, post},
 };
 use tollgate::{
+    caller::{BillingCaller, InferenceCaller},
     error::{ApiError, ErrorKind},
     transport::GrpcTransport,
     v1::{
-        admin_client::AdminClient, billing_client::BillingClient, catalog_client::CatalogClient,
-        inference_client::InferenceClient,
+        admin_client::AdminClient, billing_client::BillingClient, billing_server::Billing,
+        catalog_client::CatalogClient, inference_server::Inference,
     },
 };
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
@@ -76,9 +77,12 @@ impl RestLimits {
 /// What every handler needs: gRPC clients of the services and the facade's limits.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub inference: InferenceClient<GrpcTransport>,
+    pub inference: InferenceCaller,
     pub catalog: CatalogClient<GrpcTransport>,
     pub billing: BillingClient<GrpcTransport>,
+    /// Billing for the key check every keyed request makes (`extract::ApiKey`): called directly
+    /// in the monolith ([`AppState::calling_directly`]), else over the billing transport.
+    pub keys: BillingCaller,
     pub admin: AdminClient<GrpcTransport>,
     pub limits: RestLimits,
 }
@@ -92,14 +96,21 @@ impl AppState {
         limits: RestLimits,
     ) -> Self {
         Self {
-            inference: InferenceClient::new(inference)
-                .max_decoding_message_size(limits.max_message_bytes)
-                .max_encoding_message_size(limits.max_message_bytes),
+            inference: InferenceCaller::network(inference, limits.max_message_bytes),
             catalog: CatalogClient::new(catalog),
+            keys: BillingCaller::from(billing.clone()),
             billing: BillingClient::new(billing),
             admin: AdminClient::new(admin),
             limits,
         }
+    }
+
+    /// The monolith's request path: Inference and the key check call the services' trait
+    /// implementations in this process directly, with no protobuf encoding between them.
+    pub fn calling_directly(mut self, inference: impl Inference, billing: impl Billing) -> Self {
+        self.inference = InferenceCaller::direct(inference);
+        self.keys = BillingCaller::direct(billing);
+        self
     }
 }
 

@@ -69,17 +69,18 @@ pub(crate) async fn create(
 /// Each chunk becomes one `data:` event, forwarded as it arrives; the stream ends with
 /// `data: [DONE]`, or, on a failure, with `data: {"error":{...}}` and no `[DONE]` (as OpenAI).
 fn sse_events(
-    chunks: tonic::Streaming<tollgate::v1::ChatChunk>,
+    chunks: tollgate::caller::ChatChunks,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(Some(chunks), move |state| async move {
         let mut chunks = state?;
         let event = match chunks.next().await {
             Some(Ok(chunk)) => {
-                let json =
-                    serde_json::to_string(&ChatCompletionChunk::from_proto(&chunk, include_usage))
-                        .unwrap_or_default();
-                return Some((Ok(Event::default().data(json)), Some(chunks)));
+                // Serialised straight into the event's buffer: no intermediate string.
+                let event = Event::default()
+                    .json_data(ChatCompletionChunk::from_proto(&chunk, include_usage))
+                    .unwrap_or_else(|_| Event::default().data(""));
+                return Some((Ok(event), Some(chunks)));
             }
             Some(Err(status)) => {
                 Event::default().data(ApiError::from_status(&status).to_openai_json().to_string())

@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 use tollgate::{
-    auth::{AUTHORIZATION, bearer_token, missing_api_key_http},
+    auth::{AUTHORIZATION, AuthenticatedKey, bearer_token, missing_api_key_http},
     error::ApiError,
     v1::CheckKeyRequest,
 };
@@ -68,13 +68,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// metadata: 401 `missing_api_key`; unknown, revoked or expired: Billing's 401
 /// (`Billing.CheckKey`, a cache lookup). Both before the body is read, so a caller without a
 /// valid key costs no parse. When billing cannot be reached the check is skipped: admission
-/// still checks the key.
-pub(crate) struct ApiKey(MetadataValue<Ascii>);
+/// still checks the key. In the monolith the check's proof ([`AuthenticatedKey`]) rides along
+/// with the key, so admission does not look it up again.
+pub(crate) struct ApiKey {
+    key: MetadataValue<Ascii>,
+    checked: Option<AuthenticatedKey>,
+}
 
 impl ApiKey {
-    /// `message` as a gRPC request carrying the key.
+    /// `message` as a gRPC request carrying the key (and the proof of its check, in-process).
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
-        with_authorization(Some(&self.0), message)
+        let mut request = with_authorization(Some(&self.key), message);
+        if let Some(checked) = &self.checked {
+            request.extensions_mut().insert(checked.clone());
+        }
+        request
     }
 }
 
@@ -92,18 +100,21 @@ impl FromRequestParts<AppState> for ApiKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = authorization(&parts.headers)
+        let mut key = authorization(&parts.headers)
             .filter(|value| value.to_str().ok().and_then(bearer_token).is_some())
             .or_else(|| x_api_key(&parts.headers))
-            .map(Self)
+            .map(|key| Self { key, checked: None })
             .ok_or_else(|| RestError(missing_api_key_http()))?;
         match state
-            .billing
+            .keys
             .clone()
             .check_key(key.request(CheckKeyRequest {}))
             .await
         {
-            Ok(_) => Ok(key),
+            Ok(checked) => {
+                key.checked = checked.extensions().get::<AuthenticatedKey>().cloned();
+                Ok(key)
+            }
             // Billing unreachable (a split deployment's billing restarting): this check only
             // spares the parse of a keyless body, so the request goes on, and admission, which
             // retries within its deadline, decides about the key.

@@ -33,7 +33,7 @@ fn refused_well(error: &ApiError) -> Result<(), TestCaseError> {
 /// The rest of the way every route takes: validation as the inference service does it.
 fn validated(request: Result<ChatRequest, ApiError>) -> Result<(), TestCaseError> {
     match request.and_then(|r| validate::request(&r)) {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(e) => refused_well(&e),
     }
 }

@@ -22,7 +22,7 @@ pub trait Translator: Send + 'static {
 
 /// The SSE events of `chunks` through `translator`, each forwarded as it arrives.
 pub fn events<T: Translator>(
-    chunks: tonic::Streaming<ChatChunk>,
+    chunks: tollgate::caller::ChatChunks,
     translator: T,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(Some((chunks, translator)), |state| async move {
@@ -37,7 +37,13 @@ pub fn events<T: Translator>(
         };
         let events: Vec<Result<Event, Infallible>> = events
             .into_iter()
-            .map(|(name, data)| Ok(Event::default().event(name).data(data.to_string())))
+            .map(|(name, data)| {
+                // Serialised straight into the event's buffer: no intermediate string.
+                Ok(Event::default()
+                    .event(name)
+                    .json_data(&data)
+                    .unwrap_or_else(|_| Event::default().event(name).data("")))
+            })
             .collect();
         Some((futures::stream::iter(events), next))
     })

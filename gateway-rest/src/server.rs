@@ -1,5 +1,6 @@
 //! Assembles a Tollgate process for one target (`serve --target`): `all` is the monolith, the
-//! services wired to each other in-process over their gRPC interfaces, REST on one listener and
+//! services wired to each other in-process through their gRPC interfaces (on the request path
+//! their trait implementations called directly, `tollgate::caller`), REST on one listener and
 //! the public gRPC API (with health and reflection; Admin too, guarded by the admin token) on
 //! another; `rest`, `inference`, `catalog` and `billing` each serve their part and dial the
 //! targets they call over the network (`[services]`), Metering only on the billing target's
@@ -11,6 +12,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 use tollgate::{
+    caller::{CatalogCaller, MeteringCaller},
     peer::PeerToken,
     transport::{GrpcTransport, dial_replicas, in_process},
     v1::{
@@ -284,9 +286,9 @@ impl Services {
         let providers = Providers::new(&runtime.providers, &runtime.images, env)?;
         let inference = InferenceService::new(
             providers,
-            in_process(CatalogServer::new(catalog.clone())),
+            CatalogCaller::direct(catalog.clone()),
             // Metering is internal: in-process only, never on the public listener.
-            in_process(MeteringServer::new(billing.clone())),
+            MeteringCaller::direct(billing.clone()),
         )
         .with_max_message_bytes(runtime.server.max_message_bytes)
         .with_client_policy(runtime.server.client_policy())
@@ -311,7 +313,8 @@ impl Services {
         inference_server(&self.inference)
     }
 
-    /// The REST facade's state: clients of these services, called in-process.
+    /// The REST facade's state: clients of these services, called in-process (Inference and the
+    /// key check through their trait implementations, with no encoding).
     pub fn app_state(&self, server: &ServerConfig) -> AppState {
         AppState::new(
             in_process(self.inference_server()),
@@ -320,6 +323,7 @@ impl Services {
             in_process(AdminServer::new(self.admin.clone())),
             RestLimits::from_config(server),
         )
+        .calling_directly(self.inference.clone(), self.billing.clone())
     }
 }
 

@@ -144,11 +144,14 @@ impl Billing for BillingService {
     ) -> Result<Response<KeyInfo>, Status> {
         // The REST facade's key check before it reads a body: a key refused here is a refused
         // admission (the request never reaches Admit).
-        let key = self
-            .authenticate_request(&request)
+        let (key, proof) = self
+            .authenticate_request_once(&request)
             .await
             .inspect_err(crate::telemetry::admission_failed)?;
-        Ok(Response::new(key_info(&key)))
+        // Carried by the caller to the request's Admit in this process: one lookup a request.
+        let mut response = Response::new(key_info(&key));
+        response.extensions_mut().insert(proof);
+        Ok(response)
     }
 
     async fn list_requests(

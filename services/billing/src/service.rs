@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QuerySelect};
+use tollgate::auth::AuthenticatedKey;
 use tollgate::transport::GrpcTransport;
 use tonic::Request;
 
@@ -17,7 +18,7 @@ use crate::clock::now_ms;
 use crate::config::Tiers;
 use crate::entity::api_key;
 use crate::error::BillingError;
-use crate::keys::{ActiveKey, KeyCache, KeyRefresher};
+use crate::keys::{ActiveKey, Authenticated, KeyCache, KeyRefresher};
 use crate::ledger::Ledger;
 use crate::pricing::PriceBook;
 use crate::self_rotation::SelfRotations;
@@ -160,15 +161,41 @@ impl BillingService {
         &self.inner.tiers
     }
 
-    /// The valid key the request's `authorization` metadata carries.
+    /// The valid key the request's `authorization` metadata carries: looked up, or taken from
+    /// the proof an earlier call of the same request left ([`AuthenticatedKey`]) while it holds.
     pub(crate) async fn authenticate_request<T>(
         &self,
         request: &Request<T>,
     ) -> Result<Arc<ActiveKey>, BillingError> {
         let secret = tollgate::auth::api_key(request.metadata()).ok_or(BillingError::MissingKey)?;
-        self.inner
+        let earlier = request
+            .extensions()
+            .get::<AuthenticatedKey>()
+            .and_then(|proof| proof.0.downcast_ref::<Authenticated>())
+            .and_then(|proof| self.inner.keys.authenticated_before(proof, secret));
+        match earlier {
+            Some(answer) => answer,
+            None => {
+                self.inner
+                    .keys
+                    .authenticate(&self.inner.db, &self.inner.tiers, secret)
+                    .await
+            }
+        }
+    }
+
+    /// [`Self::authenticate_request`], and the proof of it ([`AuthenticatedKey`]) the request's
+    /// next call in this process carries so the key is not looked up again.
+    pub(crate) async fn authenticate_request_once<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Arc<ActiveKey>, AuthenticatedKey), BillingError> {
+        let secret = tollgate::auth::api_key(request.metadata()).ok_or(BillingError::MissingKey)?;
+        let (key, proof) = self
+            .inner
             .keys
-            .authenticate(&self.inner.db, &self.inner.tiers, secret)
-            .await
+            .authenticate_once(&self.inner.db, &self.inner.tiers, secret)
+            .await?;
+        Ok((key, AuthenticatedKey(Arc::new(proof))))
     }
 }

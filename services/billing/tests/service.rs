@@ -498,3 +498,68 @@ async fn prices_come_from_the_catalogue_and_unknown_models_are_refused() {
     assert_eq!(flash.cost_picodollars, 1000 * 220_000 + 100 * 440_000);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_key_check_in_process_spares_admit_a_lookup_but_not_a_revocation() {
+    use tollgate::{
+        auth::AuthenticatedKey,
+        v1::{CheckKeyRequest, billing_server::Billing, metering_server::Metering},
+    };
+    let h = Harness::sqlite(tier("basic", 10, 1000)).await;
+    let (record, secret) = create_key(&h.db, &h.tiers, "basic", None).await.unwrap();
+    let secret = secret.expose_secret();
+
+    // Over the network the check leaves no proof: extensions never travel.
+    let remote = h
+        .client
+        .billing
+        .clone()
+        .check_key(with_key(CheckKeyRequest {}, secret))
+        .await
+        .unwrap();
+    assert!(remote.extensions().get::<AuthenticatedKey>().is_none());
+
+    // In-process (the monolith's direct call) it does, and Admit takes it.
+    let checked = Billing::check_key(&h.service, with_key(CheckKeyRequest {}, secret))
+        .await
+        .unwrap();
+    let proof = checked
+        .extensions()
+        .get::<AuthenticatedKey>()
+        .cloned()
+        .expect("an in-process key check leaves its proof");
+    let with_proof = |request_id: &str| {
+        let mut call = with_key(admit(request_id), secret);
+        call.extensions_mut().insert(proof.clone());
+        call
+    };
+    let admitted = Metering::admit(&h.service, with_proof("r1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(admitted.key.unwrap().key_id, record.id);
+
+    // A proof presented with another secret proves nothing: that key is looked up (and refused).
+    let unknown = format!("sk-{}", "x".repeat(48));
+    let mut call = with_key(admit("r2"), &unknown);
+    call.extensions_mut().insert(proof.clone());
+    let status = Metering::admit(&h.service, call).await.unwrap_err();
+    assert_eq!(status.message(), "Invalid API key provided");
+
+    // Revoked between the check and Admit: the proof no longer holds, the revocation wins.
+    revoke_key(&h.db, &record.id).await.unwrap();
+    Metering::invalidate_key(
+        &h.service,
+        tonic::Request::new(InvalidateKeyRequest {
+            key_id: record.id.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    let status = Metering::admit(&h.service, with_proof("r3"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "API key has been revoked");
+    h.stop().await;
+}

@@ -16,13 +16,13 @@ use std::{
 use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::{
-    auth::AUTHORIZATION,
+    auth::{AUTHORIZATION, AuthenticatedKey},
+    caller::{CatalogCaller, MeteringCaller},
     error::{ApiError, ErrorKind},
-    transport::GrpcTransport,
     v1::{
         AdmitRequest, AuthenticateRequest, Candidate as AdmitCandidate, ChatChunk, ChatRequest,
         ChatResponse, Outcome, ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount,
-        Usage, catalog_client::CatalogClient, inference_server, metering_client::MeteringClient,
+        Usage, inference_server,
     },
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -60,8 +60,8 @@ pub struct InferenceService {
 #[derive(Debug)]
 struct Inner {
     providers: Providers,
-    catalog: CatalogClient<GrpcTransport>,
-    metering: MeteringClient<GrpcTransport>,
+    catalog: CatalogCaller,
+    metering: MeteringCaller,
     in_flight: Arc<InFlight>,
     /// The largest answer this service sends (its gRPC servers' and clients' message limit).
     max_message_bytes: usize,
@@ -225,13 +225,18 @@ pub const SERVED_MODEL_METADATA: &str = "x-tollgate-served-model";
 pub const DEPLOYMENT_METADATA: &str = "x-tollgate-deployment";
 
 impl InferenceService {
-    /// `catalog` and `metering` (Billing's internal API) reach those services in-process or over the network.
-    pub fn new(providers: Providers, catalog: GrpcTransport, metering: GrpcTransport) -> Self {
+    /// `catalog` and `metering` (Billing's internal API) reach those services: called directly
+    /// in the monolith, over a transport (`GrpcTransport` converts) once the services are split.
+    pub fn new(
+        providers: Providers,
+        catalog: impl Into<CatalogCaller>,
+        metering: impl Into<MeteringCaller>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 providers,
-                catalog: CatalogClient::new(catalog),
-                metering: MeteringClient::new(metering),
+                catalog: catalog.into(),
+                metering: metering.into(),
                 in_flight: Arc::default(),
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
                 client: ClientPolicy::default(),
@@ -339,8 +344,13 @@ impl InferenceService {
     /// `route` checked against the request: the model's limits, the thinking decision, and its
     /// deployments whose provider is ready and takes the request (the first refusal when none
     /// does).
-    fn candidate(&self, request: &ChatRequest, route: ResolvedModel) -> Result<Candidate, Status> {
-        validate::for_model(request, &route)?;
+    fn candidate(
+        &self,
+        request: &ChatRequest,
+        route: ResolvedModel,
+        extra: &validate::Extra,
+    ) -> Result<Candidate, Status> {
+        validate::for_model(request, &route, extra)?;
         let thinking = thinking::decide(request, &route)?;
         let mut deployments = Vec::with_capacity(route.deployments.len());
         let mut refused = None;
@@ -397,7 +407,7 @@ impl InferenceService {
         request: &ChatRequest,
         admit_by: Deadline,
     ) -> Result<Vec<Candidate>, Status> {
-        validate::request(request)?;
+        let extra = validate::request(request)?;
         let primary = self.resolve(&request.model, admit_by).await?;
         // The prompt's size (a walk of the whole request) is only needed when a larger model
         // could take it; admission measures it anyway.
@@ -412,7 +422,7 @@ impl InferenceService {
             .filter(|_| too_long())
         {
             let route = self.resolve(larger, admit_by).await?;
-            match self.candidate(request, route) {
+            match self.candidate(request, route, &extra) {
                 Ok(candidate) => context = Some(candidate),
                 Err(status) => tracing::debug!(model = larger, %status, "context fallback skipped"),
             }
@@ -425,7 +435,7 @@ impl InferenceService {
             .collect();
         let requested_id = primary.requested_id.clone();
         let mut candidates: Vec<Candidate> = Vec::new();
-        match self.candidate(request, primary) {
+        match self.candidate(request, primary, &extra) {
             Ok(candidate) => candidates.push(candidate),
             Err(status) if context.is_none() => return Err(status),
             Err(status) => tracing::debug!(model = requested_id, %status, "model skipped"),
@@ -441,7 +451,7 @@ impl InferenceService {
             {
                 continue;
             }
-            match self.candidate(request, route) {
+            match self.candidate(request, route, &extra) {
                 Ok(candidate) => candidates.push(candidate),
                 Err(status) => tracing::debug!(model = id, %status, "fallback skipped"),
             }
@@ -449,10 +459,13 @@ impl InferenceService {
         Ok(candidates)
     }
 
+    /// `checked`: the proof the caller's key check left, if any, so Admit does not look the key
+    /// up again.
     #[tracing::instrument(name = "admit", skip_all)]
     pub(crate) async fn admit(
         &self,
         metadata: &MetadataMap,
+        checked: Option<&AuthenticatedKey>,
         request: &ChatRequest,
         streamed: bool,
     ) -> Result<Admitted, Status> {
@@ -513,7 +526,7 @@ impl InferenceService {
         // Retried by request id while Billing is unreachable: Admit is idempotent.
         let metering = self.inner.metering.clone();
         let admission = deadline::retried("Metering.Admit", admit_by.min(settle_by), |left| {
-            let mut call = with_key(metadata, admit.clone());
+            let mut call = with_key(metadata, checked, admit.clone());
             call.set_timeout(left);
             let mut metering = metering.clone();
             async move { metering.admit(call).await }
@@ -686,13 +699,26 @@ fn with_served_by<T>(mut response: Response<T>, served: &ServedBy) -> Response<T
     response
 }
 
-/// A Metering call carrying the caller's key (its `authorization` metadata).
-fn with_key<T>(metadata: &MetadataMap, message: T) -> Request<T> {
+/// A Metering call carrying the caller's key (its `authorization` metadata) and the proof of its
+/// check, if the caller left one in this process.
+fn with_key<T>(
+    metadata: &MetadataMap,
+    checked: Option<&AuthenticatedKey>,
+    message: T,
+) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(auth) = metadata.get(AUTHORIZATION) {
         request.metadata_mut().insert(AUTHORIZATION, auth.clone());
     }
+    if let Some(checked) = checked {
+        request.extensions_mut().insert(checked.clone());
+    }
     request
+}
+
+/// The proof of the key check a call carries, if it came from this process.
+fn checked_key(extensions: &tonic::Extensions) -> Option<AuthenticatedKey> {
+    extensions.get::<AuthenticatedKey>().cloned()
 }
 
 pub(crate) fn timeout_error(admitted: &Admitted, seconds: u64) -> UpstreamError {
@@ -731,13 +757,14 @@ impl InferenceService {
     async fn complete(
         &self,
         metadata: MetadataMap,
+        checked: Option<AuthenticatedKey>,
         request: ChatRequest,
     ) -> Result<(ChatResponse, ServedBy), Status> {
         let mut meter = RequestMeter::start(false, &request.model);
         let span = meter.span().clone();
         let mut served = ServedBy::default();
         let answered = self
-            .answer(&mut meter, metadata, request, &mut served)
+            .answer(&mut meter, metadata, checked, request, &mut served)
             .instrument(span)
             .await;
         meter.finish(RequestStatus::of_result(&answered));
@@ -748,10 +775,13 @@ impl InferenceService {
         &self,
         meter: &mut RequestMeter,
         metadata: MetadataMap,
+        checked: Option<AuthenticatedKey>,
         request: ChatRequest,
         served: &mut ServedBy,
     ) -> Result<ChatResponse, Status> {
-        let admitted = self.admit(&metadata, &request, false).await?;
+        let admitted = self
+            .admit(&metadata, checked.as_ref(), &request, false)
+            .await?;
         meter.admitted(&admitted);
         let request_id = admitted.request_id.clone();
         self.answer_admitted(meter, &request, admitted, served)
@@ -830,6 +860,7 @@ impl InferenceService {
     async fn count(
         &self,
         metadata: MetadataMap,
+        checked: Option<AuthenticatedKey>,
         request: ChatRequest,
     ) -> Result<TokenCount, Status> {
         let admit_by = Deadline::of_caller(&metadata, ADMIT_WITHIN);
@@ -847,7 +878,11 @@ impl InferenceService {
         self.inner
             .metering
             .clone()
-            .authenticate(with_key(&metadata, AuthenticateRequest {}))
+            .authenticate(with_key(
+                &metadata,
+                checked.as_ref(),
+                AuthenticateRequest {},
+            ))
             .await?;
         let target = Target {
             route: &route,
@@ -886,15 +921,19 @@ impl inference_server::Inference for InferenceService {
         &self,
         request: Request<ChatRequest>,
     ) -> Result<Response<TokenCount>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.count(metadata, request).await.map(Response::new)
+        let (metadata, extensions, request) = request.into_parts();
+        let checked = checked_key(&extensions);
+        self.count(metadata, checked, request)
+            .await
+            .map(Response::new)
     }
 
     async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<ChatResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let checked = checked_key(&extensions);
         let service = self.clone();
         let (response, served) =
-            detached(async move { service.complete(metadata, request).await }).await?;
+            detached(async move { service.complete(metadata, checked, request).await }).await?;
         let id = response.id.clone();
         Ok(with_served_by(
             with_request_id(Response::new(response), &id),
@@ -910,8 +949,9 @@ impl inference_server::Inference for InferenceService {
         &self,
         request: Request<ChatRequest>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        let started = streaming::start(self.clone(), metadata, request);
+        let (metadata, extensions, request) = request.into_parts();
+        let checked = checked_key(&extensions);
+        let started = streaming::start(self.clone(), metadata, checked, request);
         match started.opened.await {
             Ok(Ok((request_id, served))) => Ok(with_served_by(
                 with_request_id(Response::new(started.chunks), &request_id),

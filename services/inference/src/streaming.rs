@@ -23,7 +23,10 @@ use tokio::{
     time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate::v1::{ChatChunk, ChatRequest, Outcome, Usage};
+use tollgate::{
+    auth::AuthenticatedKey,
+    v1::{ChatChunk, ChatRequest, Outcome, Usage},
+};
 use tonic::{Status, metadata::MetadataMap};
 use tracing::Instrument;
 
@@ -58,6 +61,7 @@ struct Opened {
 pub(crate) fn start(
     service: InferenceService,
     metadata: MetadataMap,
+    checked: Option<AuthenticatedKey>,
     request: ChatRequest,
 ) -> Started {
     let (opened_tx, opened_rx) = oneshot::channel();
@@ -66,7 +70,7 @@ pub(crate) fn start(
     let span = meter.span().clone();
     tokio::spawn(
         async move {
-            match open(&service, &metadata, &request, &mut meter).await {
+            match open(&service, &metadata, checked.as_ref(), &request, &mut meter).await {
                 Ok(Opened {
                     admitted,
                     first,
@@ -110,10 +114,11 @@ pub(crate) fn start(
 async fn open(
     service: &InferenceService,
     metadata: &MetadataMap,
+    checked: Option<&AuthenticatedKey>,
     request: &ChatRequest,
     meter: &mut RequestMeter,
 ) -> Result<Opened, Status> {
-    let mut admitted = service.admit(metadata, request, true).await?;
+    let mut admitted = service.admit(metadata, checked, request, true).await?;
     let opened = admitted
         .call_with_retries(service, |pick, left| async move {
             let first_token = pick.provider.timeouts().first_token.min(left);

@@ -23,8 +23,12 @@ fn range(param: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), ApiE
     }
 }
 
-/// Checks what can be checked without knowing the model.
-pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
+/// The pass-through fields of a request (`extra_json`), parsed once by [`request`] for every
+/// later check.
+pub type Extra = serde_json::Map<String, serde_json::Value>;
+
+/// Checks what can be checked without knowing the model; answers the parsed pass-through fields.
+pub fn request(request: &ChatRequest) -> Result<Extra, ApiError> {
     if request.model.trim().is_empty() {
         return Err(ApiError::invalid_param("model", "model must not be empty"));
     }
@@ -81,7 +85,8 @@ pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     tool_results_answer_calls(&request.messages)?;
-    passthrough::check_contract(&passthrough::parse_extra_json(&request.extra_json)?)?;
+    let extra = passthrough::parse_extra_json(&request.extra_json)?;
+    passthrough::check_contract(&extra)?;
     let known_effort = |e: i32| {
         ReasoningEffort::try_from(e).is_ok_and(|effort| effort != ReasoningEffort::Unspecified)
     };
@@ -148,7 +153,7 @@ pub fn request(request: &ChatRequest) -> Result<(), ApiError> {
             ));
         }
     }
-    Ok(())
+    Ok(extra)
 }
 
 /// The calls of the assistant message being answered: its index and, per call not answered
@@ -214,13 +219,13 @@ fn unanswered_call(open: &OpenCalls<'_>) -> Result<(), ApiError> {
     }
 }
 
-/// Checks the request against the model it resolved to.
-pub fn for_model(request: &ChatRequest, model: &ResolvedModel) -> Result<(), ApiError> {
-    passthrough::check_priced(
-        &passthrough::parse_extra_json(&request.extra_json)?,
-        &model.requested_id,
-        &model.passthrough_allow,
-    )?;
+/// Checks the request against the model it resolved to; `extra` is what [`request`] answered.
+pub fn for_model(
+    request: &ChatRequest,
+    model: &ResolvedModel,
+    extra: &Extra,
+) -> Result<(), ApiError> {
+    passthrough::check_priced(extra, &model.requested_id, &model.passthrough_allow)?;
     for (param, value) in [
         ("max_tokens", request.max_tokens),
         ("max_completion_tokens", request.max_completion_tokens),
@@ -272,6 +277,10 @@ pub fn for_model(request: &ChatRequest, model: &ResolvedModel) -> Result<(), Api
 mod tests {
     use super::*;
     use tollgate::v1::Message;
+
+    fn extra(r: &ChatRequest) -> Extra {
+        passthrough::parse_extra_json(&r.extra_json).unwrap()
+    }
 
     fn valid() -> ChatRequest {
         ChatRequest {
@@ -436,16 +445,22 @@ mod tests {
         };
         let mut r = valid();
         r.max_tokens = Some(100);
-        assert!(for_model(&r, &model).is_ok());
+        assert!(for_model(&r, &model, &extra(&r)).is_ok());
         r.max_tokens = Some(101);
         assert_eq!(
-            for_model(&r, &model).unwrap_err().param.as_deref(),
+            for_model(&r, &model, &extra(&r))
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("max_tokens")
         );
         r.max_tokens = None;
         r.max_completion_tokens = Some(0);
         assert_eq!(
-            for_model(&r, &model).unwrap_err().param.as_deref(),
+            for_model(&r, &model, &extra(&r))
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("max_completion_tokens")
         );
     }
@@ -474,11 +489,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            for_model(&r, &model).unwrap_err().param.as_deref(),
+            for_model(&r, &model, &extra(&r))
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("service_tier")
         );
         model.passthrough_allow = vec!["service_tier".into()];
-        assert!(for_model(&r, &model).is_ok());
+        assert!(for_model(&r, &model, &extra(&r)).is_ok());
     }
 
     #[test]
@@ -503,10 +521,13 @@ mod tests {
                 },
             ],
         }));
-        assert!(for_model(&r, &model).is_ok());
+        assert!(for_model(&r, &model, &extra(&r)).is_ok());
         model.vision = false;
         assert_eq!(
-            for_model(&r, &model).unwrap_err().param.as_deref(),
+            for_model(&r, &model, &extra(&r))
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("messages[0].content[1]")
         );
     }

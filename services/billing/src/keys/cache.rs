@@ -83,6 +83,29 @@ impl CacheEntry {
     }
 }
 
+/// A key [`KeyCache::authenticate_once`] found valid, handed to the request's next
+/// authentication ([`KeyCache::authenticated_before`]) as a `tollgate::auth::AuthenticatedKey`.
+/// It holds while no key of its cache was invalidated or evicted since (the epoch), for the same
+/// secret; expiry is checked again.
+#[derive(Debug)]
+pub struct Authenticated {
+    key: Arc<ActiveKey>,
+    secret: Box<str>,
+    cache: u64,
+    epoch: u64,
+}
+
+/// Tells caches apart, so a key authenticated by one is never taken by another.
+#[derive(Debug)]
+struct CacheId(u64);
+
+impl Default for CacheId {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// How often a fill retries when an invalidation raced with it.
 const MAX_FILL_ATTEMPTS: usize = 3;
 
@@ -101,6 +124,7 @@ pub struct KeyCache {
     /// Bumped by every invalidation; a fill that saw it move re-reads, so an entry read before a
     /// revocation cannot be cached after the invalidation that should have removed it.
     epoch: AtomicU64,
+    id: CacheId,
 }
 
 impl KeyCache {
@@ -145,6 +169,40 @@ impl KeyCache {
             self.entries
                 .remove_if(&hash, |_, cached| cached.same_as(&entry));
         }
+    }
+
+    /// [`Self::authenticate`], and the proof of it the request's next call can present to
+    /// [`Self::authenticated_before`] instead of a second lookup.
+    pub async fn authenticate_once(
+        &self,
+        db: &DatabaseConnection,
+        tiers: &Tiers,
+        secret: &str,
+    ) -> Result<(Arc<ActiveKey>, Authenticated), BillingError> {
+        // Read before the lookup: an invalidation during it makes the proof stale.
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let key = self.authenticate(db, tiers, secret).await?;
+        let proof = Authenticated {
+            key: key.clone(),
+            secret: secret.into(),
+            cache: self.id.0,
+            epoch,
+        };
+        Ok((key, proof))
+    }
+
+    /// The key `earlier` proves valid for `secret`, as [`Self::authenticate`] would answer now,
+    /// or `None` when the proof no longer holds (another cache's, another secret, or a key
+    /// invalidated or evicted since) and the key must be looked up.
+    pub fn authenticated_before(
+        &self,
+        earlier: &Authenticated,
+        secret: &str,
+    ) -> Option<Result<Arc<ActiveKey>, BillingError>> {
+        let holds = earlier.cache == self.id.0
+            && earlier.epoch == self.epoch.load(Ordering::SeqCst)
+            && *earlier.secret == *secret;
+        holds.then(|| CacheEntry::Active(earlier.key.clone()).into_result())
     }
 
     /// The limits of `key_id` for `tier` and `overrides`: the live ones when they still apply,
@@ -244,6 +302,46 @@ impl KeyCache {
 mod tests {
     use super::*;
     use crate::keys::{KeyUpdate, create_key, update_key};
+
+    #[tokio::test]
+    async fn a_proof_of_authentication_holds_until_a_key_changes() {
+        use crate::config::TierConfig;
+        let (_dir, db) = crate::db::scratch_sqlite().await;
+        let tiers = Tiers::new(vec![TierConfig {
+            name: "basic".into(),
+            rpm: 1000,
+            monthly_requests: 1000,
+            models: None,
+            max_concurrent_streams: None,
+        }])
+        .unwrap();
+        let cache = KeyCache::new();
+        let (key, secret) = create_key(&db, &tiers, "basic", None).await.unwrap();
+        let (_, other) = create_key(&db, &tiers, "basic", None).await.unwrap();
+        let secret = secret.expose_secret();
+        let (found, proof) = cache.authenticate_once(&db, &tiers, secret).await.unwrap();
+
+        // The same secret, nothing changed: the key the proof names, with no lookup.
+        let again = cache.authenticated_before(&proof, secret).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&found, &again));
+        // Another secret, or another cache: no answer, the key must be looked up.
+        assert!(
+            cache
+                .authenticated_before(&proof, other.expose_secret())
+                .is_none()
+        );
+        assert!(
+            KeyCache::new()
+                .authenticated_before(&proof, secret)
+                .is_none()
+        );
+        // Any key invalidated since (a revocation, a rotation, an update): no answer either.
+        cache.invalidate("some-other-key");
+        assert!(cache.authenticated_before(&proof, secret).is_none());
+        let (_, fresh) = cache.authenticate_once(&db, &tiers, secret).await.unwrap();
+        cache.evict_changed(&HashMap::from([(key.id.clone(), i64::MAX)]));
+        assert!(cache.authenticated_before(&fresh, secret).is_none());
+    }
 
     #[tokio::test]
     async fn counters_survive_evictions_and_carry_over_when_limits_change() {

@@ -7,7 +7,7 @@ pub mod refresh;
 pub mod secret;
 pub mod store;
 
-pub use cache::{ActiveKey, KeyCache};
+pub use cache::{ActiveKey, Authenticated, KeyCache};
 pub use refresh::{KeyRefresher, record_change};
 pub use secret::{
     PREFIX_LEN, SECRET_RANDOM_LEN, SECRET_SCHEME, SecretKey, hash_secret, is_well_formed,

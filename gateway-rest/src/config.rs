@@ -290,7 +290,8 @@ pub struct TelemetryConfig {
     pub service_name: Option<String>,
     /// Sends the request's W3C trace context (`traceparent`, `tracestate`) to the upstream
     /// provider too, so a provider that traces can join the gateway's trace. Off by default: it
-    /// tells a third party the gateway's trace ids. Needs `otlp_endpoint`.
+    /// tells a third party the gateway's trace ids. Needs `otlp_endpoint` (refused at load
+    /// without it).
     #[serde(default)]
     pub propagate_upstream: bool,
 }
@@ -431,6 +432,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "telemetry.otlp_endpoint".to_owned(),
                 message: format!("{url:?} is not an http(s) URL"),
+            });
+        }
+        if self.telemetry.propagate_upstream && self.telemetry.otlp_endpoint.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "telemetry.propagate_upstream".to_owned(),
+                message: "needs telemetry.otlp_endpoint: without it no trace is recorded, so \
+                          there is no trace context to send"
+                    .to_owned(),
             });
         }
         let mut names = std::collections::HashSet::new();
@@ -750,6 +759,7 @@ monthly_requests = 1000
                 "otlp_endpoint = \"collector:4318\"",
                 "telemetry.otlp_endpoint",
             ),
+            ("propagate_upstream = true", "telemetry.propagate_upstream"),
         ] {
             let e = Config::from_toml(&format!("{MINIMAL}\n[telemetry]\n{bad}"), [])
                 .unwrap()

@@ -20,7 +20,7 @@ use tollgate::{
 };
 use tollgate_billing::{AdminService, AdminToken, BillingOptions, BillingService, SharedLimits};
 use tollgate_catalog::CatalogService;
-use tollgate_inference::{InferenceService, Providers};
+use tollgate_inference::{InferenceService, Providers, SharedCooldown};
 use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
 
 use crate::{
@@ -50,6 +50,8 @@ pub enum ServeError {
     PeerToken(String),
     #[error("services.{0}: {1}")]
     Services(&'static str, String),
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("the {0} listener is missing")]
     Listener(&'static str),
 }
@@ -236,6 +238,20 @@ async fn datastores(
     Ok((db, shared_limits))
 }
 
+/// Inference with its deployment cooldowns shared through `[redis]` when configured (the
+/// monolith and the inference target read the same table as billing).
+fn share_cooldowns(
+    inference: InferenceService,
+    runtime: &Runtime,
+) -> Result<InferenceService, ServeError> {
+    let Some(redis) = &runtime.redis else {
+        return Ok(inference);
+    };
+    let shared = SharedCooldown::connect(&redis.url, &redis.key_prefix)
+        .map_err(|e| ServeError::Redis(e.to_string()))?;
+    Ok(inference.with_shared_cooldown(shared))
+}
+
 /// Starts Billing on `db`, taking prices from the Catalog that `catalog` reaches.
 async fn start_billing(
     runtime: &Runtime,
@@ -291,6 +307,7 @@ impl Services {
         .with_max_message_bytes(runtime.server.max_message_bytes)
         .with_client_policy(runtime.server.client_policy())
         .with_routing(runtime.routing);
+        let inference = share_cooldowns(inference, runtime)?;
         let admin = AdminService::new(
             db,
             runtime.tiers.clone(),
@@ -423,6 +440,7 @@ impl Assembly {
                 .with_max_message_bytes(runtime.server.max_message_bytes)
                 .with_client_policy(runtime.server.client_policy())
                 .with_routing(runtime.routing);
+                let inference = share_cooldowns(inference, runtime)?;
                 let mut routes = Routes::builder();
                 routes.add_service(inference_server(&inference));
                 Ok(Self {

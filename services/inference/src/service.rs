@@ -273,6 +273,15 @@ impl InferenceService {
         self
     }
 
+    /// Shares deployment cooldowns with the other replicas through Redis (`[redis]`). Call after
+    /// [`with_routing`](Self::with_routing), before the service is cloned, within a Tokio runtime.
+    pub fn with_shared_cooldown(mut self, shared: crate::SharedCooldown) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.router.share(shared);
+        }
+        self
+    }
+
     /// The health of every deployment this process has routed to.
     pub fn deployment_health(&self) -> Vec<routing::DeploymentHealth> {
         self.inner.router.health_report()

@@ -181,6 +181,25 @@ fn admin_token(
         .map_err(|e| ServeError::AdminToken(format!("{name}: {e}")))
 }
 
+/// The admin token of the inference target, which only `ListDeploymentHealth` needs: a pod not
+/// given the variable starts with that call refused (deployments that hand the admin Secret to
+/// rest and billing only keep starting); one given a bad token does not start.
+fn inference_admin_token(
+    runtime: &Runtime,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<AdminToken>, ServeError> {
+    if let Some(name) = &runtime.admin.token_env
+        && env(name).is_none()
+    {
+        tracing::info!(
+            env = %name,
+            "the admin token is not set: Inference.ListDeploymentHealth is refused here"
+        );
+        return Ok(None);
+    }
+    admin_token(runtime, env)
+}
+
 /// The peer token named by `[services] internal_token_env`: required by the targets on either
 /// side of Metering (billing serves it, inference calls it).
 fn peer_token(
@@ -306,7 +325,8 @@ impl Services {
         )
         .with_max_message_bytes(runtime.server.max_message_bytes)
         .with_client_policy(runtime.server.client_policy())
-        .with_routing(runtime.routing);
+        .with_routing(runtime.routing)
+        .with_admin_token(admin_token.clone());
         let inference = share_cooldowns(inference, runtime)?;
         let admin = AdminService::new(
             db,
@@ -439,7 +459,8 @@ impl Assembly {
                 )
                 .with_max_message_bytes(runtime.server.max_message_bytes)
                 .with_client_policy(runtime.server.client_policy())
-                .with_routing(runtime.routing);
+                .with_routing(runtime.routing)
+                .with_admin_token(inference_admin_token(runtime, env)?);
                 let inference = share_cooldowns(inference, runtime)?;
                 let mut routes = Routes::builder();
                 routes.add_service(inference_server(&inference));

@@ -26,12 +26,13 @@ use std::{
 use rand::Rng;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tollgate::v1::{Deployment, ResolvedModel, RoutingStrategy};
+use tollgate::v1::{Deployment, DeploymentState, ResolvedModel, RoutingStrategy};
 
 use crate::{
     Provider, UpstreamError,
     providers::Target,
     shared_cooldown::{Claim, SharedCooldown, SharedCooldownError},
+    telemetry,
     thinking::Thinking,
 };
 
@@ -206,11 +207,27 @@ impl Pick {
     }
 }
 
-/// The health of one deployment in this process.
-#[derive(Debug, Default)]
+/// The health of one deployment in this process, and its gauges.
+#[derive(Debug)]
 struct Health {
     in_flight: AtomicUsize,
     state: Mutex<State>,
+    meters: telemetry::DeploymentMeters,
+}
+
+impl Health {
+    fn new(model_id: &str, deployment: &str) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            state: Mutex::default(),
+            meters: telemetry::DeploymentMeters::new(model_id, deployment),
+        }
+    }
+
+    /// Shows `state` in the gauges (call after changing it).
+    fn show(&self, state: &State) {
+        self.meters.healthy(state.cooling_until.is_none());
+    }
 }
 
 #[derive(Debug, Default)]
@@ -256,9 +273,11 @@ pub struct DeploymentHealth {
     pub deployment: String,
     pub in_flight: u64,
     pub recent_failures: u32,
-    /// Seconds of cooldown left (zero: taking traffic, or waiting for its probe).
+    /// Seconds of cooldown left, rounded up (zero: taking traffic, or due for its probe).
     pub cooldown_left_secs: u64,
+    /// Out until its cooldown ends.
     pub cooling_down: bool,
+    /// Its cooldown is over and one probe decides (in flight, or waiting for a request).
     pub probing: bool,
 }
 
@@ -317,6 +336,7 @@ impl std::fmt::Debug for Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.health.meters.left();
         if self.probe && !self.resolved {
             lock(&self.health.state).probing = false;
             if let Some(SharedProbe {
@@ -394,11 +414,7 @@ impl Router {
     }
 
     fn health(&self, model_id: &str, deployment: &str) -> Arc<Health> {
-        Arc::clone(
-            lock(&self.health)
-                .entry((model_id.to_owned(), deployment.to_owned()))
-                .or_default(),
-        )
+        health_of(&self.health, model_id, deployment)
     }
 
     /// Chooses a deployment of `candidate` that is not `excluded` and may take traffic, by its
@@ -464,6 +480,7 @@ impl Router {
                     match claim {
                         Ok(Claim::Healthy) => {
                             state.recover();
+                            health.show(&state);
                             probe = false;
                         }
                         Ok(Claim::Cooling(left)) => {
@@ -500,6 +517,7 @@ impl Router {
                 }
             }
             health.in_flight.fetch_add(1, Ordering::Relaxed);
+            health.meters.entered();
             return Some((
                 index,
                 Attempt {
@@ -516,7 +534,10 @@ impl Router {
     /// The deployment answered: it is healthy again.
     pub(crate) fn succeeded(&self, attempt: &mut Attempt) {
         attempt.resolved = true;
-        lock(&attempt.health.state).recover();
+        let mut state = lock(&attempt.health.state);
+        state.recover();
+        attempt.health.show(&state);
+        drop(state);
         if let Some(SharedProbe {
             shared,
             model_id,
@@ -568,6 +589,7 @@ impl Router {
             }
             state.cooling_until = Some(now + cooldown);
             state.failures.clear();
+            attempt.health.show(&state);
         }
         drop(state);
         let probe = attempt.shared_probe.take();
@@ -604,15 +626,63 @@ impl Router {
                     deployment: deployment.clone(),
                     in_flight: health.in_flight.load(Ordering::Relaxed) as u64,
                     recent_failures: u32::try_from(state.failures.len()).unwrap_or(u32::MAX),
-                    cooldown_left_secs: left.as_secs(),
-                    cooling_down: state.cooling_until.is_some(),
-                    probing: state.probing,
+                    cooldown_left_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                    cooling_down: !left.is_zero(),
+                    // Its cooldown is over: a probe decides (sent, or waiting for a request).
+                    probing: state.probing || (state.cooling_until.is_some() && left.is_zero()),
                 }
             })
             .collect();
         report.sort_by(|a, b| (&a.model_id, &a.deployment).cmp(&(&b.model_id, &b.deployment)));
         report
     }
+}
+
+/// Every deployment of `routes` (catalogue order), with the health `report` has for it (a
+/// deployment never routed to is healthy and idle), as `ListDeploymentHealth` answers.
+pub(crate) fn health_listing(
+    routes: &[ResolvedModel],
+    report: Vec<DeploymentHealth>,
+) -> Vec<tollgate::v1::DeploymentHealth> {
+    let mut listing = Vec::new();
+    for route in routes {
+        for deployment in &route.deployments {
+            let health = report
+                .iter()
+                .find(|h| h.model_id == route.model_id && h.deployment == deployment.name);
+            let state = match health {
+                Some(h) if h.cooling_down => DeploymentState::CoolingDown,
+                Some(h) if h.probing => DeploymentState::Probing,
+                _ => DeploymentState::Healthy,
+            };
+            listing.push(tollgate::v1::DeploymentHealth {
+                model_id: route.model_id.clone(),
+                deployment: deployment.name.clone(),
+                provider: deployment.provider.clone(),
+                upstream_model: deployment.upstream_model.clone(),
+                state: state.into(),
+                in_flight: health.map_or(0, |h| h.in_flight),
+                recent_failures: health.map_or(0, |h| h.recent_failures),
+                cooldown_left_secs: health.map_or(0, |h| h.cooldown_left_secs),
+            });
+        }
+    }
+    listing.sort_by(|a, b| (&a.model_id, &a.deployment).cmp(&(&b.model_id, &b.deployment)));
+    listing
+}
+
+/// The health entry of a deployment, made (and its gauges registered) on first use.
+fn health_of(map: &HealthMap, model_id: &str, deployment: &str) -> Arc<Health> {
+    let mut map = lock(map);
+    if let Some(health) = map.get(&(model_id.to_owned(), deployment.to_owned())) {
+        return Arc::clone(health);
+    }
+    let health = Arc::new(Health::new(model_id, deployment));
+    map.insert(
+        (model_id.to_owned(), deployment.to_owned()),
+        Arc::clone(&health),
+    );
+    health
 }
 
 /// Folds the cooldowns other replicas published into `health`: a deployment cooling down there
@@ -628,12 +698,13 @@ async fn fold_shared(health: &HealthMap, shared: &SharedCooldown) {
     };
     let now = Instant::now();
     for (model_id, deployment, left) in cooling {
-        let entry = Arc::clone(lock(health).entry((model_id, deployment)).or_default());
+        let entry = health_of(health, &model_id, &deployment);
         let mut state = lock(&entry.state);
         let until = now + left;
         if !state.probing && state.cooling_until.is_none_or(|at| at < until) {
             state.cooling_until = Some(until);
             state.failures.clear();
+            entry.show(&state);
         }
     }
 }

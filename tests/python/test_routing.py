@@ -146,18 +146,6 @@ deployments = [
 ]
 
 [[models]]
-id = "rt-shared"
-upstream_model = "gpt-4.1-mini"
-context_length = 1047576
-max_output_tokens = 32768
-input_price = 1
-output_price = 1
-deployments = [
-  {{ name = "up", provider = "rt-ok" }},
-  {{ name = "down", provider = "rt-down" }},
-]
-
-[[models]]
 id = "rt-small"
 provider = "rt-ok"
 upstream_model = "gpt-4.1-mini"
@@ -208,7 +196,7 @@ output_price = 1000
 name = "routing_limited"
 rpm = 1000
 monthly_requests = 100000
-models = ["rt-split", "rt-primary", "rt-cheap", "rt-wait", "rt-deadline", "rt-watch", "rt-shared", "rt-small", "rt-large",
+models = ["rt-split", "rt-primary", "rt-cheap", "rt-wait", "rt-deadline", "rt-watch", "rt-small", "rt-large",
           "rt-budget", "rt-budget-alone", "rt-dear"]
 """
 
@@ -463,16 +451,16 @@ def replicas(mock, tmp_path_factory):
 def test_a_cooldown_on_one_replica_is_shared_by_the_other(replicas, mock):
     a, b = replicas
     key = a.create_key("routing_limited")
-    cool_down(a, mock, key, "rt-shared")
-    assert health_of(a, "rt-shared", "down")["state"] == "cooling_down"
+    cool_down(a, mock, key, "rt-watch")
+    assert health_of(a, "rt-watch", "down")["state"] == "cooling_down"
     # B never sent it a request: it learns the cooldown from Redis within its refresh interval.
     wait_until(
-        lambda: health_of(b, "rt-shared", "down")["state"] == "cooling_down", 10, what="replica B sees the cooldown"
+        lambda: health_of(b, "rt-watch", "down")["state"] == "cooling_down", 10, what="replica B sees the cooldown"
     )
     marker = nonce()
     n = 40
     for i in range(n):
-        resp = chat(b, key, "rt-shared", f"{marker} via b {i}")
+        resp = chat(b, key, "rt-watch", f"{marker} via b {i}")
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-tollgate-deployment"] == "up"
     reached = at_path(mock, marker, "/status=503/")

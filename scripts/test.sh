@@ -23,6 +23,9 @@ echo "==> cargo test: the PostgreSQL tests"
 cargo test -p tollgate-billing --test postgres --test postgres_keys_reporting --test money \
     --test key_refresh -- --ignored
 
+echo "==> cargo test: the Redis tests (deployment cooldown shared by replicas)"
+cargo test -p tollgate-inference --lib -- --ignored on_redis
+
 echo "==> end-to-end (OpenAI SDK, grpcio)"
 scripts/e2e.sh "$@"
 

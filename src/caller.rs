@@ -17,7 +17,8 @@ use crate::{
     v1::{
         Admission, AdmitRequest, AuthenticateRequest, ChatChunk, ChatRequest, ChatResponse,
         CheckKeyRequest, GetModelRequest, GetSubscriptionRequest, GetUsageRequest,
-        InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, ListModelsRequest,
+        InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, ListDeploymentHealthRequest,
+        ListDeploymentHealthResponse, ListModelsRequest,
         ListModelsResponse, Model, ResolveModelRequest, ResolvedModel, SettleRequest, Settlement,
         Subscription, TokenCount, UsageReport, billing_client::BillingClient,
         billing_server::Billing, catalog_client::CatalogClient, catalog_server::Catalog,
@@ -199,6 +200,13 @@ impl<S: Inference> Inference for ErasedStream<S> {
     ) -> Result<Response<TokenCount>, Status> {
         self.0.count_tokens(request).await
     }
+
+    async fn list_deployment_health(
+        &self,
+        request: Request<ListDeploymentHealthRequest>,
+    ) -> Result<Response<ListDeploymentHealthResponse>, Status> {
+        self.0.list_deployment_health(request).await
+    }
 }
 
 impl InferenceCaller {
@@ -218,6 +226,7 @@ impl InferenceCaller {
     unary! {
         chat(ChatRequest) -> ChatResponse;
         count_tokens(ChatRequest) -> TokenCount;
+        list_deployment_health(ListDeploymentHealthRequest) -> ListDeploymentHealthResponse;
     }
 
     /// Answers once the stream is open. The deadline bounds the opening only, as tonic's server
@@ -381,6 +390,13 @@ mod tests {
             &self,
             _: Request<ChatRequest>,
         ) -> Result<Response<TokenCount>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
+
+        async fn list_deployment_health(
+            &self,
+            _: Request<ListDeploymentHealthRequest>,
+        ) -> Result<Response<ListDeploymentHealthResponse>, Status> {
             Err(Status::unimplemented("not here"))
         }
     }

@@ -2,6 +2,7 @@
 //! JSON wire types the REST facade and the OpenAI-style upstreams share, the one table that maps
 //! failures to gRPC codes, HTTP statuses and OpenAI error types, and exact money.
 
+pub mod admin_token;
 pub mod auth;
 pub mod caller;
 pub mod error;

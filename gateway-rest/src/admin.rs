@@ -1,5 +1,6 @@
 //! `/admin/keys...`: key administration over REST for tools that cannot speak gRPC. Each route
-//! translates to one `tollgate.v1.Admin` call; the admin token travels in `Authorization:
+//! translates to one `tollgate.v1.Admin` call (deployment health: the Inference service's, where
+//! routing keeps it); the admin token travels in `Authorization:
 //! Bearer <token>` exactly as in gRPC metadata, and the Admin service checks it.
 //!
 //! | route                          | Admin RPC  |
@@ -11,6 +12,7 @@
 //! | `POST /admin/keys/{key}/revoke`| RevokeKey  |
 //! | `POST /admin/keys/{key}/topup` | TopUp      |
 //! | `GET /admin/usage`             | GetUsageReport |
+//! | `GET /admin/deployments`       | Inference.ListDeploymentHealth |
 //!
 //! `{key}` is a key id or a shown prefix, never a secret: a URL path reaches access logs, so a
 //! secret (or more of one than its prefix) there is refused with 400 ([`KeyPath`]); the CLI and
@@ -31,8 +33,9 @@ use serde_json::{Value, json};
 use tollgate::error::ApiError;
 use tollgate::money::format_picodollars;
 use tollgate::v1::{
-    CreateKeyRequest, IssuedKey, ListKeysRequest, ManagedKey, RevokeKeyRequest, RotateKeyRequest,
-    TopUpRequest, UpdateKeyRequest, UsageReportRequest,
+    CreateKeyRequest, DeploymentState, IssuedKey, ListDeploymentHealthRequest, ListKeysRequest,
+    ManagedKey, RevokeKeyRequest, RotateKeyRequest, TopUpRequest, UpdateKeyRequest,
+    UsageReportRequest,
 };
 
 use tollgate_billing::keys::secret::{PREFIX_LEN, SECRET_SCHEME};
@@ -310,6 +313,43 @@ pub(crate) async fn usage(
         "daily_costs": u.daily_costs.iter().map(day_json).collect::<Vec<_>>(),
         "top_keys": top_keys,
     })))
+}
+
+/// Every deployment of every model as the serving replica routes: provider, upstream model,
+/// `state` (`healthy`, `cooling_down`, `probing`), requests in flight, recent failures and the
+/// cooldown's seconds left.
+pub(crate) async fn deployments(
+    State(state): State<AppState>,
+    token: AdminToken,
+) -> Result<Json<Value>, RestError> {
+    let listing = state
+        .inference
+        .clone()
+        .list_deployment_health(token.request(ListDeploymentHealthRequest {}))
+        .await?
+        .into_inner();
+    let data: Vec<Value> = listing
+        .deployments
+        .iter()
+        .map(|d| {
+            let state = match d.state() {
+                DeploymentState::CoolingDown => "cooling_down",
+                DeploymentState::Probing => "probing",
+                DeploymentState::Healthy | DeploymentState::Unspecified => "healthy",
+            };
+            json!({
+                "model": d.model_id,
+                "deployment": d.deployment,
+                "provider": d.provider,
+                "upstream_model": d.upstream_model,
+                "state": state,
+                "in_flight": d.in_flight,
+                "recent_failures": d.recent_failures,
+                "cooldown_left_secs": d.cooldown_left_secs,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
 }
 
 #[cfg(test)]

@@ -136,6 +136,7 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/keys/{key}/revoke", post(admin::revoke))
         .route("/admin/keys/{key}/topup", post(admin::top_up))
         .route("/admin/usage", get(admin::usage))
+        .route("/admin/deployments", get(admin::deployments))
         .route("/v1/dashboard/requests", get(dashboard::requests))
         .route("/v1/dashboard/key/rotate", post(dashboard::rotate))
         .route_layer(middleware::from_fn_with_state(

@@ -102,6 +102,14 @@ fn describe() {
     );
     describe_gauge!(inference::IN_FLIGHT, "Requests being handled");
     describe_gauge!(inference::ACTIVE_STREAMS, "Streams open");
+    describe_gauge!(
+        inference::DEPLOYMENT_HEALTHY,
+        "1 while a deployment takes traffic, 0 while it cools down or awaits its probe"
+    );
+    describe_gauge!(
+        inference::DEPLOYMENT_IN_FLIGHT,
+        "This process's requests in flight on a deployment"
+    );
     describe_counter!(
         inference::UPSTREAM_REQUESTS_TOTAL,
         "Calls to upstream providers, by provider and outcome"

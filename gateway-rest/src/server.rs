@@ -22,7 +22,7 @@ use tollgate::{
 };
 use tollgate_billing::{AdminService, AdminToken, BillingOptions, BillingService, SharedLimits};
 use tollgate_catalog::CatalogService;
-use tollgate_inference::{InferenceService, Providers};
+use tollgate_inference::{InferenceService, Providers, SharedCooldown};
 use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
 
 use crate::{
@@ -52,6 +52,8 @@ pub enum ServeError {
     PeerToken(String),
     #[error("services.{0}: {1}")]
     Services(&'static str, String),
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("the {0} listener is missing")]
     Listener(&'static str),
 }
@@ -181,6 +183,25 @@ fn admin_token(
         .map_err(|e| ServeError::AdminToken(format!("{name}: {e}")))
 }
 
+/// The admin token of the inference target, which only `ListDeploymentHealth` needs: a pod not
+/// given the variable starts with that call refused (deployments that hand the admin Secret to
+/// rest and billing only keep starting); one given a bad token does not start.
+fn inference_admin_token(
+    runtime: &Runtime,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<AdminToken>, ServeError> {
+    if let Some(name) = &runtime.admin.token_env
+        && env(name).is_none()
+    {
+        tracing::info!(
+            env = %name,
+            "the admin token is not set: Inference.ListDeploymentHealth is refused here"
+        );
+        return Ok(None);
+    }
+    admin_token(runtime, env)
+}
+
 /// The peer token named by `[services] internal_token_env`: required by the targets on either
 /// side of Metering (billing serves it, inference calls it).
 fn peer_token(
@@ -238,6 +259,20 @@ async fn datastores(
     Ok((db, shared_limits))
 }
 
+/// Inference with its deployment cooldowns shared through `[redis]` when configured (the
+/// monolith and the inference target read the same table as billing).
+fn share_cooldowns(
+    inference: InferenceService,
+    runtime: &Runtime,
+) -> Result<InferenceService, ServeError> {
+    let Some(redis) = &runtime.redis else {
+        return Ok(inference);
+    };
+    let shared = SharedCooldown::connect(&redis.url, &redis.key_prefix)
+        .map_err(|e| ServeError::Redis(e.to_string()))?;
+    Ok(inference.with_shared_cooldown(shared))
+}
+
 /// Starts Billing on `db`, taking prices from the Catalog that `catalog` reaches.
 async fn start_billing(
     runtime: &Runtime,
@@ -292,7 +327,9 @@ impl Services {
         )
         .with_max_message_bytes(runtime.server.max_message_bytes)
         .with_client_policy(runtime.server.client_policy())
-        .with_routing(runtime.routing);
+        .with_routing(runtime.routing)
+        .with_admin_token(admin_token.clone());
+        let inference = share_cooldowns(inference, runtime)?;
         let admin = AdminService::new(
             db,
             runtime.tiers.clone(),
@@ -426,7 +463,9 @@ impl Assembly {
                 )
                 .with_max_message_bytes(runtime.server.max_message_bytes)
                 .with_client_policy(runtime.server.client_policy())
-                .with_routing(runtime.routing);
+                .with_routing(runtime.routing)
+                .with_admin_token(inference_admin_token(runtime, env)?);
+                let inference = share_cooldowns(inference, runtime)?;
                 let mut routes = Routes::builder();
                 routes.add_service(inference_server(&inference));
                 Ok(Self {

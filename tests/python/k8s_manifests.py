@@ -56,9 +56,12 @@ SERVED_BY = {
 DATABASE_ENV = "TOLLGATE__DATABASE__URL"
 REDIS_ENV = "TOLLGATE__REDIS__URL"
 INTERNAL_TOKEN_TARGETS = {"inference", "billing"}
-ADMIN_TOKEN_TARGETS = {"all", "rest", "billing"}
+# Inference takes the admin token for ListDeploymentHealth (REST /admin/deployments).
+ADMIN_TOKEN_TARGETS = {"all", "rest", "billing", "inference"}
 PROVIDER_KEY_TARGETS = {"all", "inference"}
 DATASTORE_TARGETS = {"all", "billing"}
+# Inference shares deployment cooldowns through Redis (not the database).
+REDIS_TARGETS = {"all", "billing", "inference"}
 
 
 # ------------------------------------------------------------------------------------ rendering

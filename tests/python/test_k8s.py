@@ -40,6 +40,7 @@ from k8s_manifests import (
     REDIS_ENV,
     INTERNAL_TOKEN_TARGETS,
     ADMIN_TOKEN_TARGETS,
+    REDIS_TARGETS,
     PROVIDER_KEY_TARGETS,
     DATASTORE_TARGETS,
     render,
@@ -372,7 +373,7 @@ def test_secrets_are_referenced_by_existing_keys_and_given_only_where_used(overl
         target = target_of(w) if w["kind"] == "Deployment" else "migrate"
         wanted = {
             DATABASE_ENV: target in DATASTORE_TARGETS or target == "migrate",
-            REDIS_ENV: target in DATASTORE_TARGETS,
+            REDIS_ENV: target in REDIS_TARGETS,
         }
         if admin_env:
             wanted[admin_env] = target in ADMIN_TOKEN_TARGETS

@@ -15,7 +15,6 @@
 //! processes notice through their refresh poll of the key change sequence (`keys::refresh`).
 //! A process without a key cache (the CLI) has no Metering to tell.
 
-use std::fmt;
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -23,8 +22,6 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tollgate::money::{format_picodollars, parse_usd_picodollars};
 use tollgate::transport::GrpcTransport;
 use tollgate::v1::admin_server::Admin;
@@ -49,44 +46,7 @@ use crate::reports::{daily_report, unsigned};
 const DEFAULT_TOP_KEYS: u32 = 10;
 const MAX_TOP_KEYS: u32 = 100;
 
-/// The admin token. `Debug` never prints it.
-#[derive(Clone)]
-pub struct AdminToken {
-    /// SHA-256 of the token: comparing fixed-length digests in constant time leaks neither the
-    /// token's bytes nor its length.
-    digest: [u8; 32],
-}
-
-impl AdminToken {
-    /// Fewest characters an admin token may have.
-    pub const MIN_LEN: usize = 16;
-
-    /// The token, or why it is unfit (empty or shorter than [`MIN_LEN`](Self::MIN_LEN)).
-    pub fn new(token: &str) -> Result<Self, String> {
-        let token = token.trim();
-        if token.chars().count() < Self::MIN_LEN {
-            return Err(format!(
-                "the admin token must have at least {} characters",
-                Self::MIN_LEN
-            ));
-        }
-        Ok(Self {
-            digest: Sha256::digest(token.as_bytes()).into(),
-        })
-    }
-
-    /// Whether `presented` is this token, in time independent of where they differ.
-    pub fn matches(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        self.digest.ct_eq(&digest).into()
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(***)")
-    }
-}
+pub use tollgate::admin_token::AdminToken;
 
 /// The identity of a trusted caller in this process: one that holds the config and the database
 /// (the `tollgate` CLI), so the admin token would add nothing. Put it in a request's extensions
@@ -158,19 +118,8 @@ impl AdminService {
         if request.extensions().get::<LocalOperator>().is_some() {
             return Ok(());
         }
-        let Some(token) = &self.inner.token else {
-            return Err(BillingError::AdminDisabled);
-        };
-        match tollgate::auth::api_key(request.metadata()) {
-            Some(presented) if token.matches(presented) => Ok(()),
-            presented => {
-                tracing::warn!(
-                    token_present = presented.is_some(),
-                    "Admin call refused: missing or wrong admin token"
-                );
-                Err(BillingError::AdminUnauthenticated)
-            }
-        }
+        tollgate::admin_token::check(self.inner.token.as_ref(), request.metadata())
+            .map_err(BillingError::Admin)
     }
 
     /// Drops the key from the serving cache. A failure is logged, not returned: the change is
@@ -554,22 +503,6 @@ impl Admin for AdminService {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_match_exactly_and_never_print() {
-        let token = AdminToken::new("admin-token-0123456789").unwrap();
-        assert!(token.matches("admin-token-0123456789"));
-        assert!(!token.matches("admin-token-012345678"));
-        assert!(!token.matches("admin-token-0123456789x"));
-        assert!(!token.matches(""));
-        assert_eq!(format!("{token:?}"), "AdminToken(***)");
-        let too_short = format!(
-            "the admin token must have at least {} characters",
-            AdminToken::MIN_LEN
-        );
-        assert_eq!(AdminToken::new("short").unwrap_err(), too_short);
-        assert_eq!(AdminToken::new("   ").unwrap_err(), too_short);
-    }
 
     async fn database(dir: &tempfile::TempDir) -> (DatabaseConnection, Tiers) {
         let db = crate::connect(&crate::DatabaseConfig::at(format!(

@@ -74,11 +74,9 @@ pub enum BillingError {
     /// The key rotated itself less than a minute ago (`crate::self_rotation`).
     #[error("the key rotated itself too recently; retry in {retry_after_secs} s")]
     RotationTooSoon { retry_after_secs: u64 },
-    /// The Admin API was called but no admin token is configured.
-    #[error("the admin API is disabled")]
-    AdminDisabled,
-    #[error("missing or wrong admin token")]
-    AdminUnauthenticated,
+    /// An Admin call without the admin token, or with no admin token configured.
+    #[error("{0}")]
+    Admin(#[from] tollgate::admin_token::AdminRefusal),
     /// A Metering call named a model the catalogue does not list (an alias, or no model).
     #[error("model_id {0:?} is not a model of the catalogue")]
     UnknownModel(String),
@@ -208,16 +206,7 @@ impl BillingError {
                 ),
             )
             .with_code("rate_limit_exceeded"),
-            Self::AdminDisabled => ApiError::new(
-                ErrorKind::Authentication,
-                "The admin API is disabled: no admin token is configured ([admin] token_env)",
-            )
-            .with_code("admin_disabled"),
-            Self::AdminUnauthenticated => ApiError::new(
-                ErrorKind::Authentication,
-                "Missing or wrong admin token: send Authorization: Bearer <admin token>",
-            )
-            .with_code("invalid_admin_token"),
+            Self::Admin(refusal) => refusal.to_api_error(),
         }
     }
 

@@ -26,9 +26,15 @@ use std::{
 use rand::Rng;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tollgate::v1::{Deployment, ResolvedModel, RoutingStrategy};
+use tollgate::v1::{Deployment, DeploymentState, ResolvedModel, RoutingStrategy};
 
-use crate::{Provider, UpstreamError, providers::Target, thinking::Thinking};
+use crate::{
+    Provider, UpstreamError,
+    providers::Target,
+    shared_cooldown::{Claim, SharedCooldown, SharedCooldownError},
+    telemetry,
+    thinking::Thinking,
+};
 
 /// `[routing]`: the retry and cooldown policy of every model.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -56,6 +62,14 @@ pub struct RoutingConfig {
     /// `Retry-After`, for the client to wait.
     #[serde(default = "max_retry_after_secs_default")]
     pub max_retry_after_secs: u64,
+    /// With `[redis]`: how often this replica reads the cooldowns other replicas published
+    /// (default 500 ms; see `shared_cooldown.rs`).
+    #[serde(default = "shared_refresh_ms_default")]
+    pub shared_refresh_ms: u64,
+}
+
+fn shared_refresh_ms_default() -> u64 {
+    500
 }
 
 fn max_retry_after_secs_default() -> u64 {
@@ -96,6 +110,7 @@ impl Default for RoutingConfig {
             cooldown_window_secs: cooldown_window_secs_default(),
             cooldown_secs: cooldown_secs_default(),
             max_retry_after_secs: max_retry_after_secs_default(),
+            shared_refresh_ms: shared_refresh_ms_default(),
         }
     }
 }
@@ -192,11 +207,27 @@ impl Pick {
     }
 }
 
-/// The health of one deployment in this process.
-#[derive(Debug, Default)]
+/// The health of one deployment in this process, and its gauges.
+#[derive(Debug)]
 struct Health {
     in_flight: AtomicUsize,
     state: Mutex<State>,
+    meters: telemetry::DeploymentMeters,
+}
+
+impl Health {
+    fn new(model_id: &str, deployment: &str) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            state: Mutex::default(),
+            meters: telemetry::DeploymentMeters::new(model_id, deployment),
+        }
+    }
+
+    /// Shows `state` in the gauges (call after changing it).
+    fn show(&self, state: &State) {
+        self.meters.healthy(state.cooling_until.is_none());
+    }
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +250,13 @@ enum Availability {
 }
 
 impl State {
+    /// Healthy again: no failures, no cooldown, no probe.
+    fn recover(&mut self) {
+        self.failures.clear();
+        self.cooling_until = None;
+        self.probing = false;
+    }
+
     fn availability(&self, now: Instant) -> Availability {
         match self.cooling_until {
             None => Availability::Healthy,
@@ -235,17 +273,24 @@ pub struct DeploymentHealth {
     pub deployment: String,
     pub in_flight: u64,
     pub recent_failures: u32,
-    /// Seconds of cooldown left (zero: taking traffic, or waiting for its probe).
+    /// Seconds of cooldown left, rounded up (zero: taking traffic, or due for its probe).
     pub cooldown_left_secs: u64,
+    /// Out until its cooldown ends.
     pub cooling_down: bool,
+    /// Its cooldown is over and one probe decides (in flight, or waiting for a request).
     pub probing: bool,
 }
+
+/// Every deployment's health in this process, by model and deployment.
+type HealthMap = Mutex<HashMap<(String, String), Arc<Health>>>;
 
 /// Every deployment's health, the chooser and the retry policy. Cheap to share.
 #[derive(Debug, Default)]
 pub(crate) struct Router {
     config: RoutingConfig,
-    health: Mutex<HashMap<(String, String), Arc<Health>>>,
+    health: Arc<HealthMap>,
+    /// The cooldowns shared with other replicas (`[redis]`).
+    shared: Option<SharedCooldown>,
 }
 
 /// A chosen deployment: counted in flight until dropped; a probe not resolved by then (the
@@ -254,6 +299,30 @@ pub(crate) struct Attempt {
     health: Arc<Health>,
     probe: bool,
     resolved: bool,
+    /// A probe with the cooldown shared: where its verdict (or its lease, unresolved) goes.
+    shared_probe: Option<SharedProbe>,
+}
+
+/// The deployment a probe tests, in the shared cooldown.
+struct SharedProbe {
+    shared: SharedCooldown,
+    model_id: String,
+    deployment: String,
+}
+
+/// Runs a shared-cooldown update without holding up the request; failing, the replica goes on
+/// with its own state (fail-open).
+fn in_background(
+    what: &'static str,
+    update: impl Future<Output = Result<(), SharedCooldownError>> + Send + 'static,
+) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            if let Err(error) = update.await {
+                tracing::warn!(%error, "shared cooldown: {what} failed; this replica goes on with its own state");
+            }
+        });
+    }
 }
 
 impl std::fmt::Debug for Attempt {
@@ -267,8 +336,19 @@ impl std::fmt::Debug for Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.health.meters.left();
         if self.probe && !self.resolved {
             lock(&self.health.state).probing = false;
+            if let Some(SharedProbe {
+                shared,
+                model_id,
+                deployment,
+            }) = self.shared_probe.take()
+            {
+                in_background("giving back a probe lease", async move {
+                    shared.release_probe(&model_id, &deployment).await
+                });
+            }
         }
     }
 }
@@ -290,8 +370,43 @@ impl Router {
     pub(crate) fn new(config: RoutingConfig) -> Self {
         Self {
             config,
-            health: Mutex::default(),
+            health: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// Shares cooldowns with the other replicas through `shared`, and starts the task that
+    /// reads theirs every `shared_refresh_ms` (it ends with the router).
+    pub(crate) fn share(&mut self, shared: SharedCooldown) {
+        let every = Duration::from_millis(self.config.shared_refresh_ms.max(10));
+        let health = Arc::downgrade(&self.health);
+        let reader = shared.clone();
+        self.shared = Some(shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(health) = health.upgrade() else {
+                    break;
+                };
+                fold_shared(&health, &reader).await;
+            }
+        });
+    }
+
+    /// Reads the shared cooldowns now (what the refresh task does every `shared_refresh_ms`).
+    #[cfg(test)]
+    pub(crate) async fn refresh_shared(&self) {
+        if let Some(shared) = &self.shared {
+            fold_shared(&self.health, shared).await;
+        }
+    }
+
+    /// How long a probe's lease keeps other replicas from probing if its replica never says how
+    /// it went (it died): twice the cooldown, at least 30 s.
+    fn probe_lease(&self) -> Duration {
+        Duration::from_secs(self.config.cooldown_secs.saturating_mul(2).max(30))
     }
 
     pub(crate) fn config(&self) -> &RoutingConfig {
@@ -299,71 +414,141 @@ impl Router {
     }
 
     fn health(&self, model_id: &str, deployment: &str) -> Arc<Health> {
-        Arc::clone(
-            lock(&self.health)
-                .entry((model_id.to_owned(), deployment.to_owned()))
-                .or_default(),
-        )
+        health_of(&self.health, model_id, deployment)
     }
 
     /// Chooses a deployment of `candidate` that is not `excluded` and may take traffic, by its
-    /// strategy; `None` when none may.
-    pub(crate) fn choose(
+    /// strategy; `None` when none may. A deployment due for its probe is asked for in the shared
+    /// cooldown first (when there is one): another replica's probe, or a new cooldown, leaves it
+    /// out and the choice is made again among the rest.
+    pub(crate) async fn choose(
         &self,
         candidate: &Candidate,
-        excluded: &dyn Fn(&str) -> bool,
+        excluded: &(dyn Fn(&str) -> bool + Sync),
     ) -> Option<(usize, Attempt)> {
-        let now = Instant::now();
-        let open: Vec<(usize, u32, Arc<Health>, Availability)> = candidate
-            .deployments
-            .iter()
-            .enumerate()
-            .filter(|(_, (d, _))| !excluded(&d.name))
-            .filter_map(|(i, (d, _))| {
-                let health = self.health(&candidate.route.model_id, &d.name);
-                let availability = lock(&health.state).availability(now);
-                (availability != Availability::Out).then_some((i, d.weight, health, availability))
-            })
-            .collect();
-        let weights: Vec<u32> = open.iter().map(|(_, w, _, _)| *w).collect();
-        let chosen = match candidate.route.strategy() {
-            RoutingStrategy::LeastBusy => {
-                let busy: Vec<usize> = open
-                    .iter()
-                    .map(|(_, _, h, _)| h.in_flight.load(Ordering::Relaxed))
-                    .collect();
-                least_busy(&weights, &busy)
+        let mut passed: Vec<usize> = Vec::new();
+        // Each turn but the last leaves one more deployment out.
+        for _ in 0..=candidate.deployments.len() {
+            let now = Instant::now();
+            let open: Vec<(usize, u32, Arc<Health>, Availability)> = candidate
+                .deployments
+                .iter()
+                .enumerate()
+                .filter(|(i, (d, _))| !excluded(&d.name) && !passed.contains(i))
+                .filter_map(|(i, (d, _))| {
+                    let health = self.health(&candidate.route.model_id, &d.name);
+                    let availability = lock(&health.state).availability(now);
+                    (availability != Availability::Out).then_some((
+                        i,
+                        d.weight,
+                        health,
+                        availability,
+                    ))
+                })
+                .collect();
+            let weights: Vec<u32> = open.iter().map(|(_, w, _, _)| *w).collect();
+            let chosen = match candidate.route.strategy() {
+                RoutingStrategy::LeastBusy => {
+                    let busy: Vec<usize> = open
+                        .iter()
+                        .map(|(_, _, h, _)| h.in_flight.load(Ordering::Relaxed))
+                        .collect();
+                    least_busy(&weights, &busy)
+                }
+                RoutingStrategy::Weighted | RoutingStrategy::Unspecified => weighted(&weights),
+            }?;
+            let (index, _, health, availability) = open.into_iter().nth(chosen)?;
+            let mut probe = availability == Availability::Probe;
+            let mut shared_probe = None;
+            if probe {
+                {
+                    let mut state = lock(&health.state);
+                    // Another request may have taken the probe since the look above.
+                    if state.probing {
+                        passed.push(index);
+                        continue;
+                    }
+                    state.probing = true;
+                }
+                if let Some(shared) = &self.shared {
+                    let deployment = &candidate.deployments[index].0.name;
+                    let model_id = &candidate.route.model_id;
+                    let claim = shared
+                        .claim_probe(model_id, deployment, self.probe_lease())
+                        .await;
+                    let mut state = lock(&health.state);
+                    match claim {
+                        Ok(Claim::Healthy) => {
+                            state.recover();
+                            health.show(&state);
+                            probe = false;
+                        }
+                        Ok(Claim::Cooling(left)) => {
+                            state.probing = false;
+                            state.cooling_until = Some(Instant::now() + left);
+                            passed.push(index);
+                            continue;
+                        }
+                        Ok(Claim::Busy) => {
+                            // Asked again after a refresh interval, not on every request.
+                            state.probing = false;
+                            state.cooling_until = Some(
+                                Instant::now()
+                                    + Duration::from_millis(self.config.shared_refresh_ms),
+                            );
+                            passed.push(index);
+                            continue;
+                        }
+                        Ok(Claim::Probe) => {}
+                        Err(error) => tracing::warn!(
+                            %error,
+                            model = model_id,
+                            deployment,
+                            "shared cooldown unreachable: this replica probes on its own"
+                        ),
+                    }
+                    if probe {
+                        shared_probe = Some(SharedProbe {
+                            shared: shared.clone(),
+                            model_id: model_id.clone(),
+                            deployment: deployment.clone(),
+                        });
+                    }
+                }
             }
-            RoutingStrategy::Weighted | RoutingStrategy::Unspecified => weighted(&weights),
-        }?;
-        let (index, _, health, availability) = open.into_iter().nth(chosen)?;
-        let probe = availability == Availability::Probe;
-        if probe {
-            let mut state = lock(&health.state);
-            // Another request may have taken the probe since the look above.
-            if state.probing {
-                return None;
-            }
-            state.probing = true;
+            health.in_flight.fetch_add(1, Ordering::Relaxed);
+            health.meters.entered();
+            return Some((
+                index,
+                Attempt {
+                    health,
+                    probe,
+                    resolved: false,
+                    shared_probe,
+                },
+            ));
         }
-        health.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some((
-            index,
-            Attempt {
-                health,
-                probe,
-                resolved: false,
-            },
-        ))
+        None
     }
 
     /// The deployment answered: it is healthy again.
     pub(crate) fn succeeded(&self, attempt: &mut Attempt) {
         attempt.resolved = true;
         let mut state = lock(&attempt.health.state);
-        state.failures.clear();
-        state.cooling_until = None;
-        state.probing = false;
+        state.recover();
+        attempt.health.show(&state);
+        drop(state);
+        if let Some(SharedProbe {
+            shared,
+            model_id,
+            deployment,
+        }) = attempt.shared_probe.take()
+        {
+            let keep = Duration::from_secs(self.config.cooldown_window_secs.max(1));
+            in_background("marking a probed deployment healthy", async move {
+                shared.healthy(&model_id, &deployment, keep).await
+            });
+        }
     }
 
     /// The deployment failed: a failed probe cools it down again; otherwise the failure is
@@ -392,7 +577,8 @@ impl Router {
         state.failures.push_back(now);
         let threshold = usize::try_from(self.config.cooldown_failures.max(1)).unwrap_or(1);
         let was_probe = std::mem::take(&mut state.probing);
-        if !sole && (was_probe || state.failures.len() >= threshold) {
+        let cools = !sole && (was_probe || state.failures.len() >= threshold);
+        if cools {
             if state.cooling_until.is_none() || was_probe {
                 tracing::warn!(
                     model = model_id,
@@ -403,6 +589,25 @@ impl Router {
             }
             state.cooling_until = Some(now + cooldown);
             state.failures.clear();
+            attempt.health.show(&state);
+        }
+        drop(state);
+        let probe = attempt.shared_probe.take();
+        if let Some(shared) = self.shared.clone().filter(|_| cools) {
+            // Publishing the cooldown also ends this probe's lease.
+            let (model_id, deployment) = (model_id.to_owned(), deployment.to_owned());
+            in_background("publishing a cooldown", async move {
+                shared.cool(&model_id, &deployment, cooldown).await
+            });
+        } else if let Some(SharedProbe {
+            shared,
+            model_id,
+            deployment,
+        }) = probe
+        {
+            in_background("giving back a probe lease", async move {
+                shared.release_probe(&model_id, &deployment).await
+            });
         }
     }
 
@@ -421,14 +626,86 @@ impl Router {
                     deployment: deployment.clone(),
                     in_flight: health.in_flight.load(Ordering::Relaxed) as u64,
                     recent_failures: u32::try_from(state.failures.len()).unwrap_or(u32::MAX),
-                    cooldown_left_secs: left.as_secs(),
-                    cooling_down: state.cooling_until.is_some(),
-                    probing: state.probing,
+                    cooldown_left_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                    cooling_down: !left.is_zero(),
+                    // Its cooldown is over: a probe decides (sent, or waiting for a request).
+                    probing: state.probing || (state.cooling_until.is_some() && left.is_zero()),
                 }
             })
             .collect();
         report.sort_by(|a, b| (&a.model_id, &a.deployment).cmp(&(&b.model_id, &b.deployment)));
         report
+    }
+}
+
+/// Every deployment of `routes` (catalogue order), with the health `report` has for it (a
+/// deployment never routed to is healthy and idle), as `ListDeploymentHealth` answers.
+pub(crate) fn health_listing(
+    routes: &[ResolvedModel],
+    report: Vec<DeploymentHealth>,
+) -> Vec<tollgate::v1::DeploymentHealth> {
+    let mut listing = Vec::new();
+    for route in routes {
+        for deployment in &route.deployments {
+            let health = report
+                .iter()
+                .find(|h| h.model_id == route.model_id && h.deployment == deployment.name);
+            let state = match health {
+                Some(h) if h.cooling_down => DeploymentState::CoolingDown,
+                Some(h) if h.probing => DeploymentState::Probing,
+                _ => DeploymentState::Healthy,
+            };
+            listing.push(tollgate::v1::DeploymentHealth {
+                model_id: route.model_id.clone(),
+                deployment: deployment.name.clone(),
+                provider: deployment.provider.clone(),
+                upstream_model: deployment.upstream_model.clone(),
+                state: state.into(),
+                in_flight: health.map_or(0, |h| h.in_flight),
+                recent_failures: health.map_or(0, |h| h.recent_failures),
+                cooldown_left_secs: health.map_or(0, |h| h.cooldown_left_secs),
+            });
+        }
+    }
+    listing.sort_by(|a, b| (&a.model_id, &a.deployment).cmp(&(&b.model_id, &b.deployment)));
+    listing
+}
+
+/// The health entry of a deployment, made (and its gauges registered) on first use.
+fn health_of(map: &HealthMap, model_id: &str, deployment: &str) -> Arc<Health> {
+    let mut map = lock(map);
+    if let Some(health) = map.get(&(model_id.to_owned(), deployment.to_owned())) {
+        return Arc::clone(health);
+    }
+    let health = Arc::new(Health::new(model_id, deployment));
+    map.insert(
+        (model_id.to_owned(), deployment.to_owned()),
+        Arc::clone(&health),
+    );
+    health
+}
+
+/// Folds the cooldowns other replicas published into `health`: a deployment cooling down there
+/// is out here until the same time (a probe this replica is running is left alone). Redis
+/// unreachable: nothing changes.
+async fn fold_shared(health: &HealthMap, shared: &SharedCooldown) {
+    let cooling = match shared.cooling().await {
+        Ok(cooling) => cooling,
+        Err(error) => {
+            tracing::debug!(%error, "shared cooldown unreachable: reading it again later");
+            return;
+        }
+    };
+    let now = Instant::now();
+    for (model_id, deployment, left) in cooling {
+        let entry = health_of(health, &model_id, &deployment);
+        let mut state = lock(&entry.state);
+        let until = now + left;
+        if !state.probing && state.cooling_until.is_none_or(|at| at < until) {
+            state.cooling_until = Some(until);
+            state.failures.clear();
+            entry.show(&state);
+        }
     }
 }
 
@@ -503,7 +780,8 @@ where
     let mut last: Option<(Pick, UpstreamError)> = None;
     let mut attempts = 0u32;
     while attempts < max_attempts {
-        let Some((pick, mut chosen)) = next_pick(router, candidates, &tried, last.as_ref()) else {
+        let Some((pick, mut chosen)) = next_pick(router, candidates, &tried, last.as_ref()).await
+        else {
             break;
         };
         if let Some((failed, error)) = &last {
@@ -591,12 +869,12 @@ where
 }
 
 /// Whether deployment `name` of candidate `c` is left out of a pass.
-type Excluded<'a> = dyn Fn(usize, &str) -> bool + 'a;
+type Excluded<'a> = dyn Fn(usize, &str) -> bool + Sync + 'a;
 
 /// The next deployment to try: the first candidate with a deployment not tried yet that may
 /// take traffic; else one tried before, but never the one that just failed while another exists;
 /// the one that just failed only when nothing else is left.
-fn next_pick(
+async fn next_pick(
     router: &Router,
     candidates: &[Candidate],
     tried: &[(usize, String)],
@@ -608,7 +886,9 @@ fn next_pick(
     let passes: [&Excluded<'_>; 3] = [&tried_before, &just_failed, &|_, _| false];
     for excluded in passes {
         for (c, candidate) in candidates.iter().enumerate() {
-            if let Some((index, attempt)) = router.choose(candidate, &|name| excluded(c, name)) {
+            if let Some((index, attempt)) =
+                router.choose(candidate, &|name| excluded(c, name)).await
+            {
                 let (deployment, provider) = &candidate.deployments[index];
                 let pick = Pick {
                     candidate: c,
@@ -736,28 +1016,34 @@ mod tests {
         let c = candidate(&[("a", 1), ("b", 1)]);
         let only_a = |name: &str| name != "a";
         for _ in 0..2 {
-            let (index, mut attempt) = router.choose(&c, &only_a).unwrap();
+            let (index, mut attempt) = router.choose(&c, &only_a).await.unwrap();
             assert_eq!(index, 0);
             router.failed(&mut attempt, "m", "a", false);
         }
-        assert!(router.choose(&c, &only_a).is_none(), "cooling down");
-        assert!(router.choose(&c, &|_| false).is_some(), "b still serves");
+        assert!(router.choose(&c, &only_a).await.is_none(), "cooling down");
+        assert!(
+            router.choose(&c, &|_| false).await.is_some(),
+            "b still serves"
+        );
         tokio::time::advance(Duration::from_secs(11)).await;
-        let (_, mut probe) = router.choose(&c, &only_a).unwrap();
-        assert!(router.choose(&c, &only_a).is_none(), "one probe at a time");
+        let (_, mut probe) = router.choose(&c, &only_a).await.unwrap();
+        assert!(
+            router.choose(&c, &only_a).await.is_none(),
+            "one probe at a time"
+        );
         router.failed(&mut probe, "m", "a", false);
         drop(probe);
         assert!(
-            router.choose(&c, &only_a).is_none(),
+            router.choose(&c, &only_a).await.is_none(),
             "a failed probe cools it down again"
         );
         tokio::time::advance(Duration::from_secs(11)).await;
-        let (_, mut probe) = router.choose(&c, &only_a).unwrap();
+        let (_, mut probe) = router.choose(&c, &only_a).await.unwrap();
         router.succeeded(&mut probe);
         drop(probe);
-        assert!(router.choose(&c, &only_a).is_some());
+        assert!(router.choose(&c, &only_a).await.is_some());
         assert!(
-            router.choose(&c, &only_a).is_some(),
+            router.choose(&c, &only_a).await.is_some(),
             "healthy again: no probe limit"
         );
         let health = router.health_report();
@@ -765,12 +1051,12 @@ mod tests {
         assert!(!health[0].cooling_down);
         // A probe dropped unresolved (its request was cut) frees the probe slot.
         for _ in 0..2 {
-            let (_, mut attempt) = router.choose(&c, &only_a).unwrap();
+            let (_, mut attempt) = router.choose(&c, &only_a).await.unwrap();
             router.failed(&mut attempt, "m", "a", false);
         }
         tokio::time::advance(Duration::from_secs(11)).await;
-        drop(router.choose(&c, &only_a).unwrap());
-        assert!(router.choose(&c, &only_a).is_some());
+        drop(router.choose(&c, &only_a).await.unwrap());
+        assert!(router.choose(&c, &only_a).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -781,10 +1067,10 @@ mod tests {
         });
         let c = candidate(&[("a", 1)]);
         for _ in 0..3 {
-            let (_, mut attempt) = router.choose(&c, &|_| false).unwrap();
+            let (_, mut attempt) = router.choose(&c, &|_| false).await.unwrap();
             router.failed(&mut attempt, "m", "a", true);
         }
-        assert!(router.choose(&c, &|_| false).is_some());
+        assert!(router.choose(&c, &|_| false).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -870,5 +1156,114 @@ mod tests {
             started.elapsed() < Duration::from_millis(10),
             "answered at once"
         );
+    }
+
+    /// Two routers (two replicas) sharing one Redis: failures on A cool the deployment for B
+    /// too, and after the cooldown a single probe among both decides.
+    #[tokio::test]
+    #[ignore = "needs a Redis server in TOLLGATE_TEST_REDIS_URL"]
+    async fn replicas_share_a_cooldown_and_its_single_probe_on_redis() {
+        let url = std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap();
+        let prefix = format!("routing-test-{}", uuid::Uuid::now_v7().simple());
+        let config = RoutingConfig {
+            cooldown_failures: 2,
+            cooldown_secs: 1,
+            shared_refresh_ms: 20,
+            ..RoutingConfig::default()
+        };
+        let replica = || {
+            let mut router = Router::new(config);
+            router.share(SharedCooldown::connect(&url, &prefix).unwrap());
+            router
+        };
+        let (a, b) = (replica(), replica());
+        let c = candidate(&[("a", 1), ("b", 1)]);
+        let only_a = |name: &str| name != "a";
+        // B has routed to "a" before: it is healthy there.
+        drop(b.choose(&c, &only_a).await.unwrap());
+        for _ in 0..2 {
+            let (_, mut attempt) = a.choose(&c, &only_a).await.unwrap();
+            a.failed(&mut attempt, "m", "a", false);
+        }
+        assert!(a.choose(&c, &only_a).await.is_none(), "cooled down on A");
+        // B learns it from Redis (its refresh task; no request of B asks Redis).
+        let mut learnt = false;
+        for _ in 0..200 {
+            b.refresh_shared().await;
+            if b.choose(&c, &only_a).await.is_none() {
+                learnt = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(learnt, "B skips the deployment A cooled down");
+        let report = b.health_report();
+        assert!(report.iter().any(|h| h.deployment == "a" && h.cooling_down));
+        let mut reached_a = 0;
+        for _ in 0..50 {
+            let (index, _) = b.choose(&c, &|_| false).await.unwrap();
+            reached_a += usize::from(index == 0);
+        }
+        assert_eq!(
+            reached_a, 0,
+            "no request of B reaches the cooled-down deployment"
+        );
+
+        // After the cooldown, one probe among both replicas.
+        let mut probe = None;
+        for _ in 0..400 {
+            if let Some(chosen) = b.choose(&c, &only_a).await {
+                probe = Some(chosen);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, mut probe) = probe.expect("the cooldown ends");
+        assert!(probe.probe);
+        for _ in 0..5 {
+            assert!(
+                a.choose(&c, &only_a).await.is_none(),
+                "B's probe is the only one"
+            );
+        }
+        b.succeeded(&mut probe);
+        drop(probe);
+        let mut back = false;
+        for _ in 0..200 {
+            if let Some((_, attempt)) = a.choose(&c, &only_a).await {
+                assert!(
+                    !attempt.probe,
+                    "A learns the verdict, it does not probe again"
+                );
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(back, "healthy again on A");
+    }
+
+    /// Redis unreachable: the router cools down and probes on its own state, and answers at once.
+    #[tokio::test]
+    async fn a_router_whose_redis_is_down_routes_on_its_own_state() {
+        let mut router = Router::new(RoutingConfig {
+            cooldown_failures: 1,
+            cooldown_secs: 0,
+            ..RoutingConfig::default()
+        });
+        router.share(SharedCooldown::connect("redis://127.0.0.1:1", "down").unwrap());
+        let c = candidate(&[("a", 1), ("b", 1)]);
+        let only_a = |name: &str| name != "a";
+        let (_, mut attempt) = router.choose(&c, &only_a).await.unwrap();
+        router.failed(&mut attempt, "m", "a", false);
+        drop(attempt);
+        router.refresh_shared().await;
+        let started = std::time::Instant::now();
+        let (_, mut probe) = router.choose(&c, &only_a).await.unwrap();
+        assert!(probe.probe, "probes on its own");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        router.succeeded(&mut probe);
+        drop(probe);
+        assert!(!router.choose(&c, &only_a).await.unwrap().1.probe);
     }
 }

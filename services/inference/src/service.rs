@@ -16,13 +16,15 @@ use std::{
 use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate::{
+    admin_token::AdminToken,
     auth::{AUTHORIZATION, AuthenticatedKey},
     caller::{CatalogCaller, MeteringCaller},
     error::{ApiError, ErrorKind},
     v1::{
         AdmitRequest, AuthenticateRequest, Candidate as AdmitCandidate, ChatChunk, ChatRequest,
-        ChatResponse, Outcome, ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount,
-        Usage, inference_server,
+        ChatResponse, ListDeploymentHealthRequest, ListDeploymentHealthResponse, ListModelsRequest,
+        Outcome, ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount, Usage,
+        inference_server,
     },
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -72,6 +74,8 @@ struct Inner {
     cut: watch::Sender<bool>,
     /// Deployment health, choice and the retry policy.
     router: Router,
+    /// Guards the admin call (`ListDeploymentHealth`); `None`: refused.
+    admin_token: Option<AdminToken>,
 }
 
 /// tonic's own default message limit, for a service built without [`InferenceService::with_max_message_bytes`].
@@ -242,6 +246,7 @@ impl InferenceService {
                 client: ClientPolicy::default(),
                 cut: watch::Sender::new(false),
                 router: Router::default(),
+                admin_token: None,
             }),
         }
     }
@@ -276,6 +281,46 @@ impl InferenceService {
             inner.router = Router::new(routing);
         }
         self
+    }
+
+    /// Shares deployment cooldowns with the other replicas through Redis (`[redis]`). Call after
+    /// [`with_routing`](Self::with_routing), before the service is cloned, within a Tokio runtime.
+    pub fn with_shared_cooldown(mut self, shared: crate::SharedCooldown) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.router.share(shared);
+        }
+        self
+    }
+
+    /// The admin token `ListDeploymentHealth` demands (`[admin] token_env`); without one that
+    /// call is refused. Call before the service is cloned.
+    pub fn with_admin_token(mut self, token: Option<AdminToken>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.admin_token = token;
+        }
+        self
+    }
+
+    /// Every deployment of every catalogue model with this process's view of its health.
+    async fn deployment_health_listing(&self) -> Result<ListDeploymentHealthResponse, Status> {
+        let within = Deadline::after(Duration::from_secs(10));
+        let catalog = self.inner.catalog.clone();
+        let models = deadline::once("Catalog.ListModels", within, |left| {
+            let mut list = Request::new(ListModelsRequest {});
+            list.set_timeout(left);
+            let mut catalog = catalog.clone();
+            async move { catalog.list_models(list).await }
+        })
+        .await?
+        .into_inner()
+        .models;
+        let mut routes = Vec::new();
+        for model in models.iter().filter(|m| m.alias_of.is_none()) {
+            routes.push(self.resolve(&model.id, within).await?);
+        }
+        Ok(ListDeploymentHealthResponse {
+            deployments: routing::health_listing(&routes, self.inner.router.health_report()),
+        })
     }
 
     /// The health of every deployment this process has routed to.
@@ -917,6 +962,15 @@ impl InferenceService {
 
 #[tonic::async_trait]
 impl inference_server::Inference for InferenceService {
+    async fn list_deployment_health(
+        &self,
+        request: Request<ListDeploymentHealthRequest>,
+    ) -> Result<Response<ListDeploymentHealthResponse>, Status> {
+        tollgate::admin_token::check(self.inner.admin_token.as_ref(), request.metadata())
+            .map_err(|refusal| refusal.to_api_error().into_status())?;
+        self.deployment_health_listing().await.map(Response::new)
+    }
+
     async fn count_tokens(
         &self,
         request: Request<ChatRequest>,

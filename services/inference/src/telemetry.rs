@@ -40,6 +40,11 @@ pub const TIME_TO_FIRST_TOKEN: &str = "tollgate_time_to_first_token_seconds";
 pub const IN_FLIGHT: &str = "tollgate_in_flight_requests";
 /// Streams open (first chunk sent, relay not finished).
 pub const ACTIVE_STREAMS: &str = "tollgate_active_streams";
+/// 1 while a deployment takes traffic, 0 while it cools down or awaits its probe, by `model` and
+/// `deployment` (`routing.rs`).
+pub const DEPLOYMENT_HEALTHY: &str = "tollgate_deployment_healthy";
+/// This process's requests in flight on a deployment, by `model` and `deployment`.
+pub const DEPLOYMENT_IN_FLIGHT: &str = "tollgate_deployment_in_flight";
 
 /// The `model` and `provider` label of a request refused before its model was resolved (an
 /// unknown model, an invalid body): what the caller named is never a label (cardinality).
@@ -231,6 +236,42 @@ impl UpstreamMeters {
     pub fn record(&self, outcome: UpstreamOutcome, started: Instant) {
         self.outcomes[outcome as usize].increment(1);
         self.duration.record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The gauges of one deployment, registered once with its health entry (`routing.rs`).
+#[derive(Debug)]
+pub(crate) struct DeploymentMeters {
+    healthy: Gauge,
+    in_flight: Gauge,
+}
+
+impl DeploymentMeters {
+    pub fn new(model_id: &str, deployment: &str) -> Self {
+        let labels = [
+            Label::new("model", model_id.to_owned()),
+            Label::new("deployment", deployment.to_owned()),
+        ];
+        let meters = Self {
+            healthy: gauge!(DEPLOYMENT_HEALTHY, labels.iter()),
+            in_flight: gauge!(DEPLOYMENT_IN_FLIGHT, labels.iter()),
+        };
+        meters.healthy.set(1.0);
+        meters
+    }
+
+    pub fn healthy(&self, healthy: bool) {
+        self.healthy.set(if healthy { 1.0 } else { 0.0 });
+    }
+
+    /// One more request on the deployment.
+    pub fn entered(&self) {
+        self.in_flight.increment(1.0);
+    }
+
+    /// One request fewer.
+    pub fn left(&self) {
+        self.in_flight.decrement(1.0);
     }
 }
 

@@ -18,12 +18,11 @@ use crate::{
         Admission, AdmitRequest, AuthenticateRequest, ChatChunk, ChatRequest, ChatResponse,
         CheckKeyRequest, GetModelRequest, GetSubscriptionRequest, GetUsageRequest,
         InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, ListDeploymentHealthRequest,
-        ListDeploymentHealthResponse, ListModelsRequest,
-        ListModelsResponse, Model, ResolveModelRequest, ResolvedModel, SettleRequest, Settlement,
-        Subscription, TokenCount, UsageReport, billing_client::BillingClient,
-        billing_server::Billing, catalog_client::CatalogClient, catalog_server::Catalog,
-        inference_client::InferenceClient, inference_server::Inference,
-        metering_client::MeteringClient, metering_server::Metering,
+        ListDeploymentHealthResponse, ListModelsRequest, ListModelsResponse, Model,
+        ResolveModelRequest, ResolvedModel, SettleRequest, Settlement, Subscription, TokenCount,
+        UsageReport, billing_client::BillingClient, billing_server::Billing,
+        catalog_client::CatalogClient, catalog_server::Catalog, inference_client::InferenceClient,
+        inference_server::Inference, metering_client::MeteringClient, metering_server::Metering,
     },
 };
 
@@ -73,7 +72,10 @@ async fn within_deadline<T>(
     }
 }
 
-/// Forwards unary methods to the network client or the implementation.
+/// Forwards unary methods to the network client or the implementation. A network call's
+/// future (tonic's encoder, the channel's) is boxed: inline it would size every caller's future
+/// for the network path, which the monolith never takes, and each move of such a future (a task
+/// spawned, a handler boxed) copies all of it.
 macro_rules! unary {
     ($($method:ident($request:ty) -> $response:ty;)*) => {$(
         pub async fn $method(
@@ -81,7 +83,7 @@ macro_rules! unary {
             request: Request<$request>,
         ) -> Result<Response<$response>, Status> {
             match self {
-                Self::Network(client) => client.$method(request).await,
+                Self::Network(client) => Box::pin(client.$method(request)).await,
                 Self::Direct(service) => {
                     within_deadline(grpc_timeout(request.metadata()), service.$method(request))
                         .await
@@ -237,7 +239,7 @@ impl InferenceCaller {
     ) -> Result<Response<ChatChunks>, Status> {
         match self {
             Self::Network(client) => {
-                let response = client.chat_stream(request).await?;
+                let response = Box::pin(client.chat_stream(request)).await?;
                 Ok(response.map(|chunks| Box::pin(chunks) as ChatChunks))
             }
             Self::Direct(service) => {

@@ -71,7 +71,11 @@ fn init_logs(format: LogFormat, traces: Option<&Traces>) {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into());
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: escape codes cost every line, and a log file or
+    // a collector would have to strip them.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Span events (a stream's `first_token`) are for traces, not log lines.
     let not_span_events = tracing_subscriber::filter::filter_fn(|meta| {
         meta.target() != tollgate_inference::telemetry::SPAN_EVENT_TARGET

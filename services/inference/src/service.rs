@@ -6,6 +6,7 @@
 //! left.
 
 use std::{
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -783,9 +784,10 @@ pub(crate) fn shutdown_error(admitted: &Admitted) -> UpstreamError {
 
 /// Runs the rest of a request in a task of its own, so that once admitted it is settled even if
 /// the caller goes away (a REST client hanging up drops the handler, and with it this future).
-/// The task stays in the caller's span (its trace).
+/// The task stays in the caller's span (its trace). The work is boxed once, where it is made:
+/// spawned inline, the whole request's state machine would be copied on each move into the task.
 async fn detached<T: Send + 'static>(
-    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+    work: Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'static>>,
 ) -> Result<T, Status> {
     tokio::spawn(work.in_current_span())
         .await
@@ -986,8 +988,10 @@ impl inference_server::Inference for InferenceService {
         let (metadata, extensions, request) = request.into_parts();
         let checked = checked_key(&extensions);
         let service = self.clone();
-        let (response, served) =
-            detached(async move { service.complete(metadata, checked, request).await }).await?;
+        let (response, served) = detached(Box::pin(async move {
+            service.complete(metadata, checked, request).await
+        }))
+        .await?;
         let id = response.id.clone();
         Ok(with_served_by(
             with_request_id(Response::new(response), &id),

@@ -70,7 +70,16 @@ pub(crate) fn start(
     let span = meter.span().clone();
     tokio::spawn(
         async move {
-            match open(&service, &metadata, checked.as_ref(), &request, &mut meter).await {
+            // Boxed: opening (admission, the upstream call and its retries) takes far more state
+            // than relaying, and a held stream would otherwise keep that room for its whole life.
+            let opening = Box::pin(open(
+                &service,
+                &metadata,
+                checked.as_ref(),
+                &request,
+                &mut meter,
+            ));
+            match opening.await {
                 Ok(Opened {
                     admitted,
                     first,

@@ -352,17 +352,22 @@ enum SseError {
     EventTooLarge,
 }
 
-/// The bytes of `chunk` after its last event end (a blank line), if it has one.
+/// The bytes of `chunk` after its last event end (a blank line: `\n\n`, `\r\r` or `\r\n\r\n`),
+/// if it has one. One backward pass over the line-ending bytes (memchr), as every upstream chunk
+/// goes through it.
 fn bytes_after_last_event_end(chunk: &[u8]) -> Option<usize> {
-    [&b"\n\n"[..], b"\r\r", b"\r\n\r\n"]
-        .iter()
-        .filter_map(|end| {
-            chunk
-                .windows(end.len())
-                .rposition(|w| w == *end)
-                .map(|at| chunk.len() - at - end.len())
-        })
-        .min()
+    let mut end = chunk.len();
+    while let Some(at) = memchr::memrchr2(b'\n', b'\r', &chunk[..end]) {
+        let through = &chunk[..=at];
+        if through.ends_with(b"\n\n")
+            || through.ends_with(b"\r\r")
+            || through.ends_with(b"\r\n\r\n")
+        {
+            return Some(chunk.len() - at - 1);
+        }
+        end = at;
+    }
+    None
 }
 
 fn transport_message(e: &reqwest::Error) -> String {
@@ -416,6 +421,10 @@ mod tests {
         assert_eq!(bytes_after_last_event_end(b"data: x\n\ndata: y"), Some(7));
         assert_eq!(bytes_after_last_event_end(b"a\r\n\r\nbc"), Some(2));
         assert_eq!(bytes_after_last_event_end(b"a\r\rb\n\n"), Some(0));
+        assert_eq!(bytes_after_last_event_end(b"\n\nab\r\nc\rd\n"), Some(8));
+        assert_eq!(bytes_after_last_event_end(b"x\r\n\r\n"), Some(0));
+        assert_eq!(bytes_after_last_event_end(b"\r\n\r"), None);
+        assert_eq!(bytes_after_last_event_end(b""), None);
     }
 
     #[test]

@@ -370,11 +370,15 @@ async fn phases(
     }
 
     let hold_cap = Duration::from_secs(if mode == "smoke" { 30 } else { 300 });
+    // Each process's resident memory before its first hold: the allocator keeps the pages a
+    // released phase freed, so a later phase of the same process (the other key, more streams)
+    // is measured against this, not against its own start.
+    let mut baselines: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     for &streams in &plan.streams {
         for (endpoint, pid) in &endpoints {
             let Some(pid) = pid else { continue };
             eprintln!("-- {streams} idle streams held via {}", endpoint.name);
-            let held = load::hold(
+            let mut held = load::hold(
                 endpoint,
                 streams,
                 256,
@@ -383,6 +387,7 @@ async fn phases(
                 hold_cap,
             )
             .await?;
+            held.rss_before_kib = *baselines.entry(*pid).or_insert(held.rss_before_kib);
             report.add_memory(&endpoint.name, &held);
         }
     }

@@ -93,44 +93,49 @@ macro_rules! unary {
     )*};
 }
 
-/// `tollgate.v1.Catalog`, over a transport or called directly.
-#[derive(Clone)]
-pub enum CatalogCaller {
-    Network(CatalogClient<GrpcTransport>),
-    Direct(Arc<dyn Catalog>),
+/// A caller of a service whose answers are all unary: the enum (network client or the
+/// implementation), its `direct` constructor, the network one from a transport, and the methods.
+macro_rules! unary_caller {
+    ($(#[$doc:meta])* $name:ident($service:ident, $client:ident) {
+        $($method:ident($request:ty) -> $response:ty;)*
+    }) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub enum $name {
+            Network($client<GrpcTransport>),
+            Direct(Arc<dyn $service>),
+        }
+
+        impl $name {
+            pub fn direct(service: impl $service) -> Self {
+                Self::Direct(Arc::new(service))
+            }
+
+            unary! {
+                $($method($request) -> $response;)*
+            }
+        }
+
+        impl From<GrpcTransport> for $name {
+            fn from(transport: GrpcTransport) -> Self {
+                Self::Network($client::new(transport))
+            }
+        }
+    };
 }
 
-impl CatalogCaller {
-    pub fn direct(service: impl Catalog) -> Self {
-        Self::Direct(Arc::new(service))
-    }
-
-    unary! {
+unary_caller! {
+    /// `tollgate.v1.Catalog`, over a transport or called directly.
+    CatalogCaller(Catalog, CatalogClient) {
         list_models(ListModelsRequest) -> ListModelsResponse;
         get_model(GetModelRequest) -> Model;
         resolve_model(ResolveModelRequest) -> ResolvedModel;
     }
 }
 
-impl From<GrpcTransport> for CatalogCaller {
-    fn from(transport: GrpcTransport) -> Self {
-        Self::Network(CatalogClient::new(transport))
-    }
-}
-
-/// `tollgate.v1.Metering` (Billing's internal API), over a transport or called directly.
-#[derive(Clone)]
-pub enum MeteringCaller {
-    Network(MeteringClient<GrpcTransport>),
-    Direct(Arc<dyn Metering>),
-}
-
-impl MeteringCaller {
-    pub fn direct(service: impl Metering) -> Self {
-        Self::Direct(Arc::new(service))
-    }
-
-    unary! {
+unary_caller! {
+    /// `tollgate.v1.Metering` (Billing's internal API), over a transport or called directly.
+    MeteringCaller(Metering, MeteringClient) {
         authenticate(AuthenticateRequest) -> KeyInfo;
         admit(AdmitRequest) -> Admission;
         settle(SettleRequest) -> Settlement;
@@ -138,34 +143,12 @@ impl MeteringCaller {
     }
 }
 
-impl From<GrpcTransport> for MeteringCaller {
-    fn from(transport: GrpcTransport) -> Self {
-        Self::Network(MeteringClient::new(transport))
-    }
-}
-
-/// `tollgate.v1.Billing` (the caller's own account), over a transport or called directly.
-#[derive(Clone)]
-pub enum BillingCaller {
-    Network(BillingClient<GrpcTransport>),
-    Direct(Arc<dyn Billing>),
-}
-
-impl BillingCaller {
-    pub fn direct(service: impl Billing) -> Self {
-        Self::Direct(Arc::new(service))
-    }
-
-    unary! {
+unary_caller! {
+    /// `tollgate.v1.Billing` (the caller's own account), over a transport or called directly.
+    BillingCaller(Billing, BillingClient) {
         get_usage(GetUsageRequest) -> UsageReport;
         get_subscription(GetSubscriptionRequest) -> Subscription;
         check_key(CheckKeyRequest) -> KeyInfo;
-    }
-}
-
-impl From<GrpcTransport> for BillingCaller {
-    fn from(transport: GrpcTransport) -> Self {
-        Self::Network(BillingClient::new(transport))
     }
 }
 

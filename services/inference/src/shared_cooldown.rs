@@ -198,7 +198,7 @@ impl SharedCooldown {
             .key(self.set_key())
             .key(self.probe_key(&member))
             .arg(&member)
-            .arg(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX));
+            .arg(millis(cooldown));
         self.run::<i64>(invocation).await.map(drop)
     }
 
@@ -235,7 +235,7 @@ impl SharedCooldown {
             .key(self.set_key())
             .key(self.probe_key(&member))
             .arg(&member)
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(lease))
             .arg(&self.owner);
         let (verdict, ms): (i64, i64) = self.run(invocation).await?;
         let ms = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -261,7 +261,7 @@ impl SharedCooldown {
             .key(self.set_key())
             .key(self.probe_key(&member))
             .arg(&member)
-            .arg(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1));
+            .arg(millis(keep).max(1));
         self.run::<i64>(invocation).await.map(drop)
     }
 
@@ -277,4 +277,9 @@ impl SharedCooldown {
         invocation.key(self.probe_key(&member)).arg(&self.owner);
         self.run::<i64>(invocation).await.map(drop)
     }
+}
+
+/// A duration as the whole milliseconds Redis's `PX` and the scripts take.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -2,7 +2,8 @@
 //! is opened with a WAL journal, a 5 s busy timeout and foreign keys on; PostgreSQL goes through
 //! sea-orm's own pool. Both honour `[database] durability` ([`Durability`]): whether each commit
 //! waits for the disk (SQLite `synchronous = FULL`, PostgreSQL `synchronous_commit = on`) or only
-//! for the database (`NORMAL` under WAL, `synchronous_commit = off`).
+//! for the database (`NORMAL` under WAL, `synchronous_commit = off`). [`writer`] gives the
+//! connection the hot path writes on: one SQLite connection the process's writers queue for.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,6 +21,33 @@ use crate::migration::Migrator;
 
 /// Connections in the SQLite pool. WAL lets readers run beside the one writer.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
+
+/// The connection the request path writes on (reservations, the ledger's group commits) and the
+/// expiry sweep. A SQLite file has one write lock: writers on different connections of one pool
+/// collide on it, and the loser sleeps in SQLite's busy handler (1, 2, 5, 10, ... up to 100 ms a
+/// try) even when the winner commits a moment later. So a SQLite file gets a pool of its own with
+/// one connection, opened with the same options: the process's writers wait for it in order, and
+/// each is woken the moment the one before is done. Reads stay on `db`'s connections beside it
+/// (WAL), and a rare write elsewhere (the Admin API, another process) still meets the busy
+/// timeout. PostgreSQL locks rows, and an in-memory SQLite pool already has one connection: `db`.
+pub async fn writer(db: &DatabaseConnection) -> Result<DatabaseConnection, BillingError> {
+    if !matches!(db, DatabaseConnection::SqlxSqlitePoolConnection(_)) {
+        return Ok(db.clone());
+    }
+    let pool = db.get_sqlite_connection_pool();
+    if pool.options().get_max_connections() <= 1 {
+        return Ok(db.clone());
+    }
+    let options = SqliteConnectOptions::clone(&pool.connect_options());
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await?;
+    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(writer))
+}
 
 /// Opens the database named by `cfg.url`, creating a SQLite file (and its folder) if missing.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, BillingError> {
@@ -206,6 +234,71 @@ mod tests {
             .unwrap();
         migrate(&db).await.unwrap();
         migrate(&db).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_file_is_written_on_one_connection_with_the_same_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = connect(&DatabaseConfig::at(format!(
+            "sqlite://{}",
+            dir.path().join("one-writer.db").display()
+        )))
+        .await
+        .unwrap();
+        migrate(&db).await.unwrap();
+        let writer = writer(&db).await.unwrap();
+        let pool = writer.get_sqlite_connection_pool();
+        assert_eq!(pool.options().get_max_connections(), 1);
+        assert_eq!(
+            db.get_sqlite_connection_pool()
+                .options()
+                .get_max_connections(),
+            SQLITE_MAX_CONNECTIONS
+        );
+        assert_eq!(pragma(&writer, "journal_mode").await, "wal");
+        assert_eq!(pragma(&writer, "synchronous").await, "2"); // FULL, as `db`
+        assert_eq!(pragma(&writer, "busy_timeout").await, "5000");
+        assert_eq!(pragma(&writer, "foreign_keys").await, "1");
+        // The same file: what the writer commits, the readers see.
+        for sql in [
+            "CREATE TABLE probe (x INTEGER)",
+            "INSERT INTO probe VALUES (7)",
+        ] {
+            writer
+                .execute(Statement::from_string(writer.get_database_backend(), sql))
+                .await
+                .unwrap();
+        }
+        let seen = db
+            .query_one(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT x FROM probe",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(seen, 7);
+
+        // An in-memory database lives in its one connection: it is its own writer.
+        let memory = connect(&DatabaseConfig::at("sqlite::memory:".to_owned()))
+            .await
+            .unwrap();
+        let same = super::writer(&memory).await.unwrap();
+        same.execute(Statement::from_string(
+            same.get_database_backend(),
+            "CREATE TABLE probe (x INTEGER)",
+        ))
+        .await
+        .unwrap();
+        memory
+            .execute(Statement::from_string(
+                memory.get_database_backend(),
+                "SELECT x FROM probe",
+            ))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -75,7 +75,7 @@ impl BillingService {
         let amount =
             worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, prices);
         accounts::reserve(
-            &self.inner.db,
+            &self.inner.writer,
             &Reservation {
                 request_id: request_id.to_owned(),
                 key_id: key.record.id.clone(),

@@ -56,6 +56,8 @@ pub struct BillingService {
 
 pub(crate) struct Inner {
     pub(crate) db: DatabaseConnection,
+    /// Where reservations are written ([`crate::db::writer`]; the ledger writes there too).
+    pub(crate) writer: DatabaseConnection,
     pub(crate) tiers: Tiers,
     pub(crate) keys: Arc<KeyCache>,
     pub(crate) prices: PriceBook,
@@ -124,11 +126,13 @@ impl BillingService {
         // Before any key is cached: every change after this point reaches the cache.
         let refresher = KeyRefresher::start(&db).await?;
         let keys = Arc::new(KeyCache::new());
-        let (ledger, ledger_writer) = Ledger::start(db.clone());
-        let tasks = Tasks::spawn(&db, &keys, refresher, ledger_writer, &options);
+        let writer = crate::db::writer(&db).await?;
+        let (ledger, ledger_writer) = Ledger::start(writer.clone());
+        let tasks = Tasks::spawn(&db, &writer, &keys, refresher, ledger_writer, &options);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
+                writer,
                 tiers,
                 keys,
                 prices: PriceBook::new(catalog),

@@ -33,9 +33,10 @@ pub(crate) struct Tasks {
 
 impl Tasks {
     /// Spawns the refresh poll (from `refresher`, started before any key was cached) and the
-    /// sweep beside the already running `ledger_writer`.
+    /// sweep (on `writer`, [`crate::db::writer`]) beside the already running `ledger_writer`.
     pub(crate) fn spawn(
         db: &DatabaseConnection,
+        writer: &DatabaseConnection,
         keys: &Arc<KeyCache>,
         refresher: KeyRefresher,
         ledger_writer: LedgerWriter,
@@ -50,7 +51,7 @@ impl Tasks {
             stopped.clone(),
         ));
         let sweep = tokio::spawn(sweep_reservations(
-            db.clone(),
+            writer.clone(),
             options.sweep_interval.max(MIN_INTERVAL),
             stopped,
         ));

@@ -2,15 +2,15 @@
 //! `key_accounts` and `reservations`, and all changed by conditional SQL so that concurrent
 //! requests (in one process or in many, on one database) can never spend money that is not there.
 //!
-//! - [`reserve`] holds a request's worst-case cost before the upstream call: one `UPDATE` that
-//!   succeeds only if the balance (and the month's budget) still covers everything reserved plus
-//!   this amount, and the `reservations` row, in one transaction.
+//! - [`hold`] holds a request's worst-case cost before the upstream call: the `reservations` row
+//!   and one `UPDATE` that succeeds only if the balance (and the month's budget) still covers
+//!   everything reserved plus this amount, inside the ledger writer's batch transaction.
 //! - [`apply_settlements`] runs inside the ledger's group-commit transaction for the rows it newly
 //!   inserted: it deletes their reservations, releases them, debits the real cost and adds it to
 //!   the spend totals. A row and its money move together or not at all.
 //! - [`release_expired`] sweeps reservations whose request never settled (the process died).
 //!
-//! Keys without a balance or budget never reach [`reserve`]; their spend totals are still kept by
+//! Keys without a balance or budget never reach [`hold`]; their spend totals are still kept by
 //! settlement, so `spent_total_picodollars` equals the sum of the key's ledger costs for every key.
 
 use std::collections::{BTreeMap, HashMap};
@@ -225,16 +225,38 @@ pub struct Reservation {
     pub expires_at: i64,
 }
 
-/// Holds `r.amount` against the key's balance and monthly budget, atomically: one conditional
-/// `UPDATE` (which the database serialises per row, across processes too) and the reservation
-/// row, in one transaction. Refused with [`BillingError::InsufficientBalance`] or
-/// [`BillingError::BudgetExceeded`] when the money is not there; nothing is held then.
-pub async fn reserve(db: &DatabaseConnection, r: &Reservation) -> Result<(), BillingError> {
-    let now = now_ms();
+/// Holds `r.amount` against the key's balance and monthly budget inside `txn`, the ledger
+/// writer's batch transaction ([`crate::ledger::Ledger::reserve`]), so reservations share the
+/// batch's one commit with settlements. First the reservation row, `ON CONFLICT DO NOTHING`: a
+/// request id that already holds one for this key answers with the amount it holds (a retried
+/// or concurrent Admit of one request reserves once), and one held by another key is refused.
+/// Then one conditional `UPDATE`, which the database serialises per row (across processes too);
+/// when the balance or budget does not cover it, the row is deleted again and the refusal
+/// ([`BillingError::InsufficientBalance`] or [`BillingError::BudgetExceeded`]) answered: nothing
+/// stays held. The outer `Err` is a database failure, which fails the whole batch.
+pub(crate) async fn hold(
+    txn: &impl ConnectionTrait,
+    r: &Reservation,
+) -> Result<Result<i64, BillingError>, DbErr> {
+    let inserted = execute(
+        txn,
+        "INSERT INTO reservations (request_id, key_id, amount_picodollars, created_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+        vec![
+            r.request_id.as_str().into(),
+            r.key_id.as_str().into(),
+            r.amount.into(),
+            now_ms().into(),
+            r.expires_at.into(),
+        ],
+    )
+    .await?;
+    if inserted == 0 {
+        return held_before(txn, r).await;
+    }
     let period = r.period.label();
-    let txn = db.begin().await?;
     let held = execute(
-        &txn,
+        txn,
         "UPDATE key_accounts SET reserved_picodollars = reserved_picodollars + ? \
          WHERE key_id = ? \
          AND (balance_picodollars IS NULL \
@@ -252,37 +274,56 @@ pub async fn reserve(db: &DatabaseConnection, r: &Reservation) -> Result<(), Bil
     )
     .await?;
     if held == 0 {
-        txn.rollback().await?;
-        return Err(refusal(db, r).await);
+        execute(
+            txn,
+            "DELETE FROM reservations WHERE request_id = ?",
+            vec![r.request_id.as_str().into()],
+        )
+        .await?;
+        return Ok(Err(refusal(txn, r).await?));
     }
-    execute(
-        &txn,
-        "INSERT INTO reservations (request_id, key_id, amount_picodollars, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?)",
-        vec![
-            r.request_id.as_str().into(),
-            r.key_id.as_str().into(),
-            r.amount.into(),
-            now.into(),
-            r.expires_at.into(),
-        ],
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(())
+    Ok(Ok(r.amount))
+}
+
+/// The answer for a request id that already holds a reservation: its amount when it is this
+/// key's, a refusal when another key's request holds it.
+async fn held_before(
+    txn: &impl ConnectionTrait,
+    r: &Reservation,
+) -> Result<Result<i64, BillingError>, DbErr> {
+    let row = txn
+        .query_one(statement(
+            txn.get_database_backend(),
+            "SELECT key_id, amount_picodollars FROM reservations WHERE request_id = ?",
+            vec![r.request_id.as_str().into()],
+        ))
+        .await?;
+    let Some(row) = row else {
+        // Released between the two statements (another process's sweep): hold afresh.
+        return Box::pin(hold(txn, r)).await;
+    };
+    let key_id: String = row.try_get("", "key_id")?;
+    if key_id != r.key_id {
+        return Ok(Err(BillingError::InvalidArgument {
+            param: "request_id",
+            message: "already used by another request".to_owned(),
+        }));
+    }
+    Ok(Ok(row.try_get("", "amount_picodollars")?))
 }
 
 /// Why a reservation was refused, read after the fact (for the message only).
-async fn refusal(db: &DatabaseConnection, r: &Reservation) -> BillingError {
-    let account = match account(db, &r.key_id).await {
-        Ok(Some(account)) => account,
-        Ok(None) => return BillingError::KeyNotFound(r.key_id.clone()),
-        Err(err) => return err,
+async fn refusal(txn: &impl ConnectionTrait, r: &Reservation) -> Result<BillingError, DbErr> {
+    let Some(account) = key_account::Entity::find_by_id(r.key_id.as_str())
+        .one(txn)
+        .await?
+    else {
+        return Ok(BillingError::KeyNotFound(r.key_id.clone()));
     };
     let budget_left = account
         .monthly_budget_picodollars
         .map(|budget| budget - account.reserved_picodollars - account.spent_in(r.period));
-    match budget_left {
+    Ok(match budget_left {
         Some(left) if left < r.amount => BillingError::BudgetExceeded {
             needed: r.amount,
             available: left.max(0),
@@ -293,7 +334,7 @@ async fn refusal(db: &DatabaseConnection, r: &Reservation) -> BillingError {
                 .balance_picodollars
                 .map_or(0, |b| (b - account.reserved_picodollars).max(0)),
         },
-    }
+    })
 }
 
 /// A ledger row the settlement transaction just inserted: what its money effect needs.
@@ -496,7 +537,6 @@ pub async fn release_expired(db: &DatabaseConnection, before: i64) -> Result<u64
     Ok(count)
 }
 
-/// Reservations still held (all keys).
 /// The amount `request_id` of `key_id` holds, if it holds a reservation: a retried Admit of an
 /// admitted request finds its reservation here (and reserves nothing more).
 pub async fn reserved_for(
@@ -517,6 +557,7 @@ pub async fn reserved_for(
     })
 }
 
+/// Reservations still held (all keys).
 pub async fn open_reservations(db: &DatabaseConnection) -> Result<u64, BillingError> {
     let row = db
         .query_one(statement(

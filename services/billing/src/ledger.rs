@@ -13,6 +13,12 @@
 //! must not fail the others); a row that still cannot be written fails its request and keeps its
 //! reservation out of the expiry sweep.
 //!
+//! The writer also makes reservations ([`Ledger::reserve`]): each queued reservation is held in
+//! the batch's transaction after its settlements ([`crate::accounts::hold`]; a refusal answers
+//! its caller and fails nothing else), and answered once the batch commits. Under load the
+//! admissions' reservations share the batch's one commit (and fsync) with the settlements, and
+//! every write of the request path goes through one connection in order.
+//!
 //! Each waiter has its `ledger commit` span (in its request's trace: the Settle call's span is
 //! its parent) from the moment its row is queued to its answer, recording the size of the batch
 //! its row was committed in (`tollgate.ledger.batch_rows`); a row given up marks it an error.
@@ -23,11 +29,12 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr};
 use sea_orm::{
-    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    TransactionTrait,
 };
 
-use crate::accounts::{self, Settled};
+use crate::accounts::{self, Reservation, Settled};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -128,10 +135,21 @@ impl std::fmt::Debug for Reply {
     }
 }
 
-/// The handle that queues rows for the writer. Cheap to clone.
+/// What the writer commits: a settled request's row, or a reservation to hold.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a job is moved once, into the queue; boxing the row would add an allocation to every settlement"
+)]
+enum Job {
+    Settle(LedgerRow, Reply),
+    Reserve(Reservation, oneshot::Sender<Result<i64, BillingError>>),
+}
+
+/// The handle that queues rows and reservations for the writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    queue: mpsc::Sender<(LedgerRow, Reply)>,
+    queue: mpsc::Sender<Job>,
 }
 
 /// The running writer task. [`shutdown`](Self::shutdown) flushes what is queued and stops it;
@@ -167,13 +185,28 @@ impl Ledger {
         };
         async move {
             self.queue
-                .send((row, reply))
+                .send(Job::Settle(row, reply))
                 .await
                 .map_err(|_| BillingError::LedgerClosed)?;
             answer.await.map_err(|_| BillingError::LedgerClosed)?
         }
         .instrument(span)
         .await
+    }
+}
+
+impl Ledger {
+    /// Holds `reservation` ([`accounts::hold`]) in the writer's next batch and returns the amount
+    /// its request id holds once that batch is committed (the amount held before, when the
+    /// request id already held one). Refusals are [`BillingError::InsufficientBalance`] and
+    /// [`BillingError::BudgetExceeded`]; nothing is held then.
+    pub async fn reserve(&self, reservation: Reservation) -> Result<i64, BillingError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job::Reserve(reservation, reply))
+            .await
+            .map_err(|_| BillingError::LedgerClosed)?;
+        answer.await.map_err(|_| BillingError::LedgerClosed)?
     }
 }
 
@@ -190,7 +223,7 @@ impl LedgerWriter {
 
 async fn run_writer(
     db: DatabaseConnection,
-    mut rx: mpsc::Receiver<(LedgerRow, Reply)>,
+    mut rx: mpsc::Receiver<Job>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut stopping = false;
@@ -222,30 +255,53 @@ async fn run_writer(
 }
 
 /// Commits a batch; a failed one is retried ([`commit_retrying`]), then, since one poisoned row
-/// fails the whole transaction, written row by row (each with its retries), so the other rows
-/// of the batch are stored. A row that still cannot be written answers its caller with the
-/// error (the request fails with a 500) and keeps its reservation ([`hold_reservation`]).
-async fn write_batch(db: &DatabaseConnection, batch: Vec<(LedgerRow, Reply)>) {
-    let (rows, replies): (Vec<LedgerRow>, Vec<Reply>) = batch.into_iter().unzip();
-    let err = match commit_retrying(db, &rows).await {
-        Ok(costs) => {
-            answer(&rows, replies, &costs);
+/// fails the whole transaction, written job by job (each with its retries), so the other rows
+/// and reservations of the batch are stored. A row that still cannot be written answers its
+/// caller with the error (the request fails with a 500) and keeps its reservation
+/// ([`hold_reservation`]); a reservation that cannot be written answers with the error (the
+/// admission fails, nothing is held).
+async fn write_batch(db: &DatabaseConnection, batch: Vec<Job>) {
+    let mut rows = Vec::new();
+    let mut replies = Vec::new();
+    let mut holds = Vec::new();
+    let mut holders = Vec::new();
+    for job in batch {
+        match job {
+            Job::Settle(row, reply) => {
+                rows.push(row);
+                replies.push(reply);
+            }
+            Job::Reserve(reservation, holder) => {
+                holds.push(reservation);
+                holders.push(holder);
+            }
+        }
+    }
+    let err = match commit_retrying(db, &holds, &rows).await {
+        Ok(committed) => {
+            answer(&rows, replies, &committed.costs);
+            answer_holds(holders, committed.holds);
             return;
         }
         Err(err) => err,
     };
-    if rows.len() > 1 {
-        tracing::warn!(error = %err, rows = rows.len(), "ledger batch failed; writing its rows one by one");
-        for (row, reply) in rows.into_iter().zip(replies) {
-            match commit_retrying(db, std::slice::from_ref(&row)).await {
-                Ok(costs) => answer(std::slice::from_ref(&row), vec![reply], &costs),
-                Err(err) => give_up(db, &row, reply, err).await,
+    if rows.len() + holds.len() > 1 {
+        tracing::warn!(error = %err, rows = rows.len(), reservations = holds.len(), "ledger batch failed; writing its jobs one by one");
+    }
+    for (row, reply) in rows.into_iter().zip(replies) {
+        match commit_retrying(db, &[], std::slice::from_ref(&row)).await {
+            Ok(committed) => answer(std::slice::from_ref(&row), vec![reply], &committed.costs),
+            Err(err) => give_up(db, &row, reply, err).await,
+        }
+    }
+    for (hold, holder) in holds.into_iter().zip(holders) {
+        match commit_retrying(db, std::slice::from_ref(&hold), &[]).await {
+            Ok(committed) => answer_holds(vec![holder], committed.holds),
+            Err(err) => {
+                tracing::error!(request_id = %hold.request_id, key_id = %hold.key_id, error = %err, "reservation could not be written");
+                let _ = holder.send(Err(BillingError::Database(err)));
             }
         }
-        return;
-    }
-    if let (Some(row), Some(reply)) = (rows.first(), replies.into_iter().next()) {
-        give_up(db, row, reply, err).await;
     }
 }
 
@@ -259,16 +315,19 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// connection) stores each row and moves its money exactly once.
 async fn commit_retrying(
     db: &DatabaseConnection,
+    holds: &[Reservation],
     rows: &[LedgerRow],
-) -> Result<HashMap<String, i64>, DbErr> {
+) -> Result<Committed, DbErr> {
     let mut delay = FIRST_RETRY_DELAY;
     let mut attempt = 1;
     let started = std::time::Instant::now();
     loop {
-        match commit(db, rows).await {
-            Ok(costs) => {
-                telemetry::batch_committed(rows.len(), started.elapsed().as_secs_f64());
-                return Ok(costs);
+        match commit(db, holds, rows).await {
+            Ok(committed) => {
+                if !rows.is_empty() {
+                    telemetry::batch_committed(rows.len(), started.elapsed().as_secs_f64());
+                }
+                return Ok(committed);
             }
             Err(err) if attempt >= COMMIT_ATTEMPTS => return Err(err),
             Err(err) => {
@@ -278,6 +337,17 @@ async fn commit_retrying(
                 attempt += 1;
             }
         }
+    }
+}
+
+/// Answers each reservation's caller, in queue order.
+fn answer_holds(
+    holders: Vec<oneshot::Sender<Result<i64, BillingError>>>,
+    holds: Vec<Result<i64, BillingError>>,
+) {
+    for (holder, held) in holders.into_iter().zip(holds) {
+        // An admission that went away: its reservation is released by the sweep when it expires.
+        let _ = holder.send(held);
     }
 }
 
@@ -324,20 +394,52 @@ async fn hold_reservation(db: &DatabaseConnection, request_id: &str) {
     }
 }
 
-/// Inserts `rows` in one transaction, applies the newly inserted ones to their accounts, and
-/// returns the cost stored under each request id. The newly inserted rows are counted in the
-/// metrics once committed.
+/// What one committed batch answers.
+struct Committed {
+    /// The cost stored under each settled request id.
+    costs: HashMap<String, i64>,
+    /// Each reservation's outcome, in order: the amount held, or its refusal.
+    holds: Vec<Result<i64, BillingError>>,
+}
+
+/// In one transaction: inserts `rows`, applies the newly inserted ones to their accounts, then
+/// holds `holds` (after the settlements, so money a settlement frees counts for them). Returns the
+/// cost stored under each request id and each reservation's outcome. The newly inserted rows are
+/// counted in the metrics once committed.
 async fn commit(
     db: &DatabaseConnection,
+    holds: &[Reservation],
     rows: &[LedgerRow],
-) -> Result<HashMap<String, i64>, DbErr> {
+) -> Result<Committed, DbErr> {
+    let txn = db.begin().await?;
+    let (costs, newly) = if rows.is_empty() {
+        (HashMap::new(), HashSet::new())
+    } else {
+        settle(&txn, rows).await?
+    };
+    let mut held = Vec::with_capacity(holds.len());
+    for hold in holds {
+        held.push(accounts::hold(&txn, hold).await?);
+    }
+    txn.commit().await?;
+    for row in rows.iter().filter(|r| newly.contains(&r.request_id)) {
+        telemetry::settled(row);
+    }
+    Ok(Committed { costs, holds: held })
+}
+
+/// Inserts `rows` inside `txn`, applies the newly inserted ones to their accounts, and returns
+/// the cost stored under each request id and the request ids newly inserted.
+async fn settle(
+    txn: &DatabaseTransaction,
+    rows: &[LedgerRow],
+) -> Result<(HashMap<String, i64>, HashSet<String>), DbErr> {
     let ids: Vec<String> = rows
         .iter()
         .map(|r| r.request_id.clone())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let txn = db.begin().await?;
     let mut insert =
         usage_ledger::Entity::insert_many(rows.iter().cloned().map(LedgerRow::into_active_model))
             .on_conflict(
@@ -368,7 +470,7 @@ async fn commit(
             })
         })
         .collect::<Result<Vec<_>, DbErr>>()?;
-    accounts::apply_settlements(&txn, &settled).await?;
+    accounts::apply_settlements(txn, &settled).await?;
     let mut stored: HashMap<String, i64> = settled
         .iter()
         .map(|s| (s.request_id.clone(), s.cost))
@@ -385,19 +487,12 @@ async fn commit(
             .column(usage_ledger::Column::CostPicodollars)
             .filter(usage_ledger::Column::RequestId.is_in(earlier))
             .into_tuple()
-            .all(&txn)
+            .all(txn)
             .await?;
         stored.extend(rows);
     }
-    txn.commit().await?;
-    let newly: HashSet<&str> = settled.iter().map(|s| s.request_id.as_str()).collect();
-    for row in rows
-        .iter()
-        .filter(|r| newly.contains(r.request_id.as_str()))
-    {
-        telemetry::settled(row);
-    }
-    Ok(stored)
+    let newly = settled.into_iter().map(|s| s.request_id).collect();
+    Ok((stored, newly))
 }
 
 /// Ledger rows of `key_id` in `period`: the requests it made that month.
@@ -657,6 +752,119 @@ mod tests {
             created_at: crate::clock::now_ms(),
             period: Period::current(),
         }
+    }
+
+    fn reservation(request_id: &str, key_id: &str, amount: i64) -> Reservation {
+        Reservation {
+            request_id: request_id.to_owned(),
+            key_id: key_id.to_owned(),
+            amount,
+            period: Period::current(),
+            expires_at: i64::MAX,
+        }
+    }
+
+    async fn money(db: &DatabaseConnection, key_id: &str) -> (Option<i64>, i64, u64) {
+        let account = accounts::account(db, key_id).await.unwrap().unwrap();
+        let open = db
+            .query_one(accounts::statement(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM reservations WHERE key_id = ?",
+                vec![key_id.into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        (
+            account.balance_picodollars,
+            account.reserved_picodollars,
+            u64::try_from(open).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn one_batch_settles_first_then_holds_each_reservation_or_refuses_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let prepaid = accounts::KeyMoney {
+            balance_picodollars: Some(100),
+            monthly_budget_picodollars: None,
+        };
+        accounts::open(&db, "key-1", prepaid, 0).await.unwrap();
+        let first = commit(&db, &[reservation("r1", "key-1", 80)], &[])
+            .await
+            .unwrap();
+        assert_eq!(first.holds[0].as_ref().unwrap(), &80);
+        assert_eq!(money(&db, "key-1").await, (Some(100), 80, 1));
+
+        // r1 settles at 10 in the same batch as three reservations: its 80 is released first,
+        // so r2 (50) fits in the 90 left; r3 (50) does not, and is refused without failing the
+        // others; r2 again (a concurrent Admit of one request) holds nothing more.
+        let batch = commit(
+            &db,
+            &[
+                reservation("r2", "key-1", 50),
+                reservation("r3", "key-1", 50),
+                reservation("r2", "key-1", 50),
+            ],
+            &[row("r1", 10)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(batch.costs.get("r1"), Some(&10));
+        assert_eq!(batch.holds[0].as_ref().unwrap(), &50);
+        match &batch.holds[1] {
+            Err(BillingError::InsufficientBalance { needed, available }) => {
+                assert_eq!((*needed, *available), (50, 40));
+            }
+            other => panic!("r3 should be refused, not {other:?}"),
+        }
+        assert_eq!(batch.holds[2].as_ref().unwrap(), &50);
+        assert_eq!(money(&db, "key-1").await, (Some(90), 50, 1));
+
+        // Another key's request cannot take over a request id that holds a reservation.
+        accounts::open(&db, "key-2", prepaid, 0).await.unwrap();
+        let taken = commit(&db, &[reservation("r2", "key-2", 5)], &[])
+            .await
+            .unwrap();
+        assert!(matches!(
+            &taken.holds[0],
+            Err(BillingError::InvalidArgument {
+                param: "request_id",
+                ..
+            })
+        ));
+        assert_eq!(money(&db, "key-2").await, (Some(100), 0, 0));
+    }
+
+    #[tokio::test]
+    async fn reservations_queued_together_are_answered_once_their_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let prepaid = accounts::KeyMoney {
+            balance_picodollars: Some(1_000),
+            monthly_budget_picodollars: None,
+        };
+        accounts::open(&db, "key-1", prepaid, 0).await.unwrap();
+        let (ledger, writer) = Ledger::start(db.clone());
+        let answers = futures::future::join_all(
+            (0..20).map(|i| ledger.reserve(reservation(&format!("q{i}"), "key-1", 100))),
+        )
+        .await;
+        let held = answers.iter().filter(|a| a.is_ok()).count();
+        let refused = answers
+            .iter()
+            .filter(|a| matches!(a, Err(BillingError::InsufficientBalance { .. })))
+            .count();
+        assert_eq!((held, refused), (10, 10), "{answers:?}");
+        assert_eq!(money(&db, "key-1").await, (Some(1_000), 1_000, 10));
+        writer.shutdown().await;
+        assert!(matches!(
+            ledger.reserve(reservation("late", "key-1", 1)).await,
+            Err(BillingError::LedgerClosed)
+        ));
     }
 
     #[tokio::test]

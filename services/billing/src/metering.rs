@@ -61,8 +61,8 @@ impl BillingService {
         }
     }
 
-    /// Reserves the request's worst-case cost against the key's balance and budget; returns the
-    /// amount.
+    /// Reserves the request's worst-case cost against the key's balance and budget (in the
+    /// ledger writer's next batch); returns the amount held.
     async fn reserve(
         &self,
         key: &ActiveKey,
@@ -74,18 +74,16 @@ impl BillingService {
     ) -> Result<i64, BillingError> {
         let amount =
             worst_case_picodollars(req.max_prompt_tokens, req.max_completion_tokens, prices);
-        accounts::reserve(
-            &self.inner.writer,
-            &Reservation {
+        self.inner
+            .ledger
+            .reserve(Reservation {
                 request_id: request_id.to_owned(),
                 key_id: key.record.id.clone(),
                 amount,
                 period,
                 expires_at,
-            },
-        )
-        .await?;
-        Ok(amount)
+            })
+            .await
     }
 
     /// The admission of `request_id` when it was already admitted: remembered by this process,

@@ -56,8 +56,6 @@ pub struct BillingService {
 
 pub(crate) struct Inner {
     pub(crate) db: DatabaseConnection,
-    /// Where reservations are written ([`crate::db::writer`]; the ledger writes there too).
-    pub(crate) writer: DatabaseConnection,
     pub(crate) tiers: Tiers,
     pub(crate) keys: Arc<KeyCache>,
     pub(crate) prices: PriceBook,
@@ -132,7 +130,6 @@ impl BillingService {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                writer,
                 tiers,
                 keys,
                 prices: PriceBook::new(catalog),

@@ -86,6 +86,8 @@ impl Dialect for MiniMax {
         Ok(())
     }
 
+    const IN_BAND_MEMBER: Option<&'static str> = Some("\"base_resp\"");
+
     fn in_band_error(provider: &str, body: &Value) -> Option<UpstreamError> {
         let base = body.get("base_resp")?;
         let code = base.get("status_code").and_then(Value::as_i64).unwrap_or(0);

@@ -114,6 +114,10 @@ pub trait Dialect: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// The member (quoted, as it appears in the JSON text) that [`Self::in_band_error`] reads,
+    /// when the dialect has one: a stream event that holds it is read whole before the chunk.
+    const IN_BAND_MEMBER: Option<&'static str> = None;
+
     /// A finish reason that means the generation failed (DeepSeek's lack of capacity).
     fn failed_finish(_provider: &str, _reason: &str) -> Option<UpstreamError> {
         None
@@ -239,6 +243,16 @@ fn in_band_error<D: Dialect>(provider: &str, value: &Value) -> Option<UpstreamEr
     }
 }
 
+/// Whether a stream event's text may hold an in-band failure: an `"error"` member, the
+/// dialect's own ([`Dialect::IN_BAND_MEMBER`]), or an escape (`\u0065rror` spells `error` too).
+/// Only such events are read as a [`Value`] first; every other event, nearly all of them, is read
+/// straight into its chunk (one pass, no tree of values).
+fn may_fail_in_band<D: Dialect>(data: &str) -> bool {
+    data.contains("\"error\"")
+        || data.contains("\\u")
+        || D::IN_BAND_MEMBER.is_some_and(|member| data.contains(member))
+}
+
 /// A whole `chat.completion` body, normalised.
 pub(super) fn parse_completion<D: Dialect>(
     provider: &str,
@@ -346,13 +360,17 @@ impl<D: Dialect> StreamNormaliser<D> {
         provider: &str,
         data: &str,
     ) -> Result<v1::ChatChunk, UpstreamError> {
-        let value: Value = serde_json::from_str(data)
-            .map_err(|e| failed(provider, format!("unreadable stream event: {e}")))?;
-        if let Some(error) = in_band_error::<D>(provider, &value) {
-            return Err(error);
-        }
-        let chunk: ChatCompletionChunk = serde_json::from_value(value)
-            .map_err(|e| failed(provider, format!("unreadable stream event: {e}")))?;
+        let unreadable =
+            |e: serde_json::Error| failed(provider, format!("unreadable stream event: {e}"));
+        let chunk: ChatCompletionChunk = if may_fail_in_band::<D>(data) {
+            let value: Value = serde_json::from_str(data).map_err(unreadable)?;
+            if let Some(error) = in_band_error::<D>(provider, &value) {
+                return Err(error);
+            }
+            serde_json::from_value(value).map_err(unreadable)?
+        } else {
+            serde_json::from_str(data).map_err(unreadable)?
+        };
         let mut proto = chunk.to_proto();
         proto.usage = chunk.usage.flatten().as_ref().map(D::read_usage);
         for choice in &mut proto.choices {
@@ -505,6 +523,43 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("overloaded"));
+    }
+
+    #[test]
+    fn an_error_member_spelled_with_an_escape_still_fails_the_stream() {
+        let e = replay::<OpenAiCompatible>(&[
+            &delta(json!({"role":"assistant","content":"Hel"})),
+            r#"{"\u0065rror":{"message":"escaped overload","type":"server_error"}}"#,
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("escaped overload"), "{e}");
+        assert!(!may_fail_in_band::<OpenAiCompatible>(&delta(
+            json!({"content":"Hel"})
+        )));
+    }
+
+    #[test]
+    fn an_event_reads_the_same_straight_or_through_a_value() {
+        // Plain text takes the direct path; the escaped one goes through a Value first.
+        let plain = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"café"},"finish_reason":null}],"usage":null}"#;
+        let escaped = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"caf\u00e9"},"finish_reason":null}],"usage":null}"#;
+        assert!(!may_fail_in_band::<OpenAiCompatible>(plain));
+        assert!(may_fail_in_band::<OpenAiCompatible>(escaped));
+        let read = |event: &str| {
+            StreamNormaliser::<OpenAiCompatible>::default()
+                .chunk("p", event)
+                .unwrap()
+        };
+        assert_eq!(read(plain), read(escaped));
+        assert_eq!(
+            read(plain).choices[0]
+                .delta
+                .as_ref()
+                .unwrap()
+                .content
+                .as_deref(),
+            Some("café")
+        );
     }
 
     #[test]

@@ -235,7 +235,12 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<(LedgerRow, Reply)>) {
         Err(err) => err,
     };
     if rows.len() > 1 {
-        tracing::warn!(error = %err, rows = rows.len(), "ledger batch failed; writing its rows one by one");
+        tracing::warn!(
+            error = %err,
+            rows = rows.len(),
+            request_ids = %RequestIds(&rows),
+            "ledger batch failed; writing its rows one by one"
+        );
         for (row, reply) in rows.into_iter().zip(replies) {
             match commit_retrying(db, std::slice::from_ref(&row)).await {
                 Ok(costs) => answer(std::slice::from_ref(&row), vec![reply], &costs),
@@ -272,12 +277,34 @@ async fn commit_retrying(
             }
             Err(err) if attempt >= COMMIT_ATTEMPTS => return Err(err),
             Err(err) => {
-                tracing::warn!(error = %err, rows = rows.len(), attempt, "ledger commit failed; retrying");
+                tracing::warn!(
+                    error = %err,
+                    rows = rows.len(),
+                    request_ids = %RequestIds(rows),
+                    attempt,
+                    "ledger commit failed; retrying"
+                );
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
             }
         }
+    }
+}
+
+/// The request ids of a batch's rows, space-separated, for a log line that names its requests:
+/// formatted only when the line is written.
+struct RequestIds<'a>(&'a [LedgerRow]);
+
+impl std::fmt::Display for RequestIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, row) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(&row.request_id)?;
+        }
+        Ok(())
     }
 }
 

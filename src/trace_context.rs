@@ -16,6 +16,10 @@ use crate::transport::GrpcTransport;
 
 /// Makes `span` a child of the trace context `headers` carry, when they carry one.
 pub fn follow(span: &tracing::Span, headers: &http::HeaderMap) {
+    // No layer wants the span (no exporter): no context to read.
+    if span.is_disabled() {
+        return;
+    }
     let parent =
         global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
     // Only an error when no OpenTelemetry layer is installed: nothing to follow then.

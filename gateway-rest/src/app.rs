@@ -6,7 +6,7 @@ use axum::{
     BoxError, Router,
     error_handling::HandleErrorLayer,
     http::{
-        HeaderName, HeaderValue, Method, StatusCode, Uri,
+        HeaderName, HeaderValue, Method, Uri,
         header::{CONTENT_TYPE, RETRY_AFTER},
     },
     middleware,
@@ -23,9 +23,7 @@ use tollgate::{
     },
 };
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
-use tower_http::{
-    catch_panic::CatchPanicLayer, classify::ServerErrorsFailureClass, trace::TraceLayer,
-};
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 use crate::{
     admin, chat_completions,
@@ -116,7 +114,7 @@ impl AppState {
 
 /// The OpenAI-compatible API, and key administration under `/admin` (admin token, not API keys).
 /// The management routes (admin, usage, subscription) are rate-limited per client address.
-/// Layers, outermost first: tracing; CORS (preflights answered here, never shed or routed);
+/// Layers, outermost first: tracing (the span); the access line; CORS (preflights answered here, never shed or routed);
 /// load shedding (over `max_in_flight_requests` requests in
 /// the router at once, one shared count for all routes: 503 `service_unavailable` with
 /// `Retry-After`, at once rather than queued); panics → 500 in the product's error format.
@@ -171,26 +169,13 @@ pub fn app(state: AppState) -> Router {
                 .layer(GlobalConcurrencyLimitLayer::new(max_in_flight)),
         )
         .layer(cors)
+        .layer(middleware::from_fn(request_span::access_line))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span::make)
                 .on_response(request_span::RecordStatus)
-                .on_failure(log_server_error),
+                .on_failure(request_span::body_failed),
         )
-}
-
-/// The trace of a 5xx answer: a 500 (the gateway's own failure) at ERROR; a 502, 503 or 504
-/// (an upstream's failure, logged where it was seen; an unset provider key, warned about at
-/// start-up; load shedding) at DEBUG, so one operator state does not log an error per request.
-fn log_server_error(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
-    match class {
-        ServerErrorsFailureClass::StatusCode(status)
-            if status != StatusCode::INTERNAL_SERVER_ERROR =>
-        {
-            tracing::debug!(%status, ?latency, "response failed");
-        }
-        class => tracing::error!(classification = %class, ?latency, "response failed"),
-    }
 }
 
 /// Marks every SSE answer (chat completions, Messages, Responses streams) `X-Accel-Buffering: no`,

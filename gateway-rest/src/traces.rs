@@ -1,8 +1,8 @@
 //! Traces: the OpenTelemetry layer of the process's `tracing` subscriber, exporting spans over
 //! OTLP/HTTP (protobuf) to `[telemetry] otlp_endpoint`, and the W3C trace context propagator
 //! `tollgate::trace_context` reads and writes `traceparent` with (to upstreams too when
-//! `[telemetry] propagate_upstream` is on). Without an endpoint nothing is installed: spans stay
-//! plain `tracing` spans (the log lines), at no export cost.
+//! `[telemetry] propagate_upstream` is on). Without an endpoint nothing is installed, and since
+//! the log writer takes events only, no layer takes a span: opening one costs next to nothing.
 //!
 //! The spans themselves are where the work happens (the REST request span in `app`, the chat,
 //! admit and settle spans in the services); this module only ships them.

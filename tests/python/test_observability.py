@@ -6,7 +6,8 @@ the money truth: requests, tokens by kind, cost, settlements, upstream calls, re
 the gauges are back at zero; the process metrics are there. Each request's one JSON log line
 carries the id REST returns as `x-request-id` (the ledger's), the key's id and prefix but never
 its secret, model, provider, status, tokens, cost, latency and time to first token; a client's
-error is not logged at ERROR."""
+error is not logged at ERROR. Lines inside a request name it by themselves (no span context):
+a WARN its request id, the access line its method, route, status and request id."""
 
 from __future__ import annotations
 
@@ -36,7 +37,14 @@ models = ["deepseek-v4-pro"]
 @pytest.fixture(scope="module")
 def gateway(mock: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Gateway:
     gw = Gateway(
-        tmp_path_factory.mktemp("observed"), mock, extra_config=EXTRA_CONFIG, extra_env={"TOLLGATE_LOG_FORMAT": "json"}
+        tmp_path_factory.mktemp("observed"),
+        mock,
+        extra_config=EXTRA_CONFIG,
+        extra_env={
+            "TOLLGATE_LOG_FORMAT": "json",
+            # The default filter, and the access lines (DEBUG) for the test that reads them.
+            "RUST_LOG": "info,sqlx=warn,sea_orm=warn,tower_http::trace::on_response=debug",
+        },
     )
     yield gw
     gw.stop()
@@ -233,3 +241,65 @@ def test_one_json_log_line_per_request_named_by_the_x_request_id_header(gateway:
         if record["status"] in ("not_found_error", "invalid_request_error", "rate_limit_error", "insufficient_quota"):
             assert record["level"] == "INFO", record
     assert not any(key.secret in line for line in gateway.process.stderr_lines)
+
+
+def json_lines(gateway: Gateway) -> list[dict]:
+    """Every JSON log line the gateway wrote so far."""
+    records = []
+    for line in list(gateway.process.stderr_lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def test_lines_inside_a_request_name_it_by_themselves(gateway: Gateway):
+    """The log writer sees no span (opening one costs next to nothing then), so a line written
+    inside a request carries what names it: an upstream failure's WARN its request id, the
+    access line (DEBUG, enabled here through RUST_LOG) the method, route, status, latency and
+    request id. No line carries span context."""
+    key = gateway.create_key("enterprise")
+    # An upstream that answers 401 to the gateway's provider key: a failure after admission.
+    failed = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-badkey", "messages": user("logged upstream failure")},
+        timeout=TIMEOUT,
+    )
+    assert failed.status_code >= 400
+    failed_id = failed.headers["x-request-id"]
+    served = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=auth(key),
+        json={"model": "deepseek-chat", "messages": user("logged access line")},
+        timeout=TIMEOUT,
+    )
+    assert served.status_code == 200
+    served_id = served.headers["x-request-id"]
+
+    def access_line(request_id: str) -> dict | None:
+        return next(
+            (
+                r
+                for r in json_lines(gateway)
+                if r.get("target") == "tower_http::trace::on_response" and r.get("request_id") == request_id
+            ),
+            None,
+        )
+
+    wait_until(
+        lambda: access_line(served_id) and access_line(failed_id),
+        timeout=TIMEOUT,
+        what="the access lines of both requests",
+    )
+    records = json_lines(gateway)
+    [warning] = [r for r in records if r.get("message") == "upstream call failed" and r.get("request_id") == failed_id]
+    assert warning["level"] == "WARN"
+    for request_id, status in ((served_id, 200), (failed_id, failed.status_code)):
+        line = access_line(request_id)
+        assert line["level"] == "DEBUG"
+        assert (line["method"], line["route"], line["status"]) == ("POST", "/v1/chat/completions", status)
+        assert line["latency_ms"] > 0
+    # Spans never reach the log writer: no line names one.
+    assert not [r for r in records if "span" in r or "spans" in r]

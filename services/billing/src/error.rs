@@ -216,12 +216,20 @@ impl BillingError {
     }
 }
 
+impl BillingError {
+    /// The caller's status; a failure of billing itself is logged at ERROR, naming the request
+    /// `request_id` when the call is about one (Admit, Settle).
+    pub(crate) fn into_status_of(self, request_id: Option<&str>) -> tonic::Status {
+        if self.is_internal() {
+            tracing::error!(request_id, error = %self, "billing request failed");
+        }
+        self.to_api_error().into_status()
+    }
+}
+
 impl From<BillingError> for tonic::Status {
     fn from(err: BillingError) -> Self {
-        if err.is_internal() {
-            tracing::error!(error = %err, "billing request failed");
-        }
-        err.to_api_error().into_status()
+        err.into_status_of(None)
     }
 }
 

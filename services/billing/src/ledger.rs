@@ -286,7 +286,13 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Job>) {
         Err(err) => err,
     };
     if rows.len() + holds.len() > 1 {
-        tracing::warn!(error = %err, rows = rows.len(), reservations = holds.len(), "ledger batch failed; writing its jobs one by one");
+        tracing::warn!(
+            error = %err,
+            rows = rows.len(),
+            reservations = holds.len(),
+            request_ids = %RequestIds(&rows, &holds),
+            "ledger batch failed; writing its jobs one by one"
+        );
     }
     for (row, reply) in rows.into_iter().zip(replies) {
         match commit_retrying(db, &[], std::slice::from_ref(&row)).await {
@@ -331,12 +337,36 @@ async fn commit_retrying(
             }
             Err(err) if attempt >= COMMIT_ATTEMPTS => return Err(err),
             Err(err) => {
-                tracing::warn!(error = %err, rows = rows.len(), attempt, "ledger commit failed; retrying");
+                tracing::warn!(
+                    error = %err,
+                    rows = rows.len(),
+                    request_ids = %RequestIds(rows, holds),
+                    attempt,
+                    "ledger commit failed; retrying"
+                );
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
             }
         }
+    }
+}
+
+/// The request ids of a batch's rows and reservations, space-separated, for a log line that
+/// names its requests: formatted only when the line is written.
+struct RequestIds<'a>(&'a [LedgerRow], &'a [Reservation]);
+
+impl std::fmt::Display for RequestIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = self.0.iter().map(|row| row.request_id.as_str());
+        let holds = self.1.iter().map(|hold| hold.request_id.as_str());
+        for (i, id) in rows.chain(holds).enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(id)?;
+        }
+        Ok(())
     }
 }
 

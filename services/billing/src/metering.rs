@@ -49,12 +49,12 @@ impl BillingService {
         }
     }
 
-    /// Gives back the monthly slot of a request refused after [`Self::take_slot`].
-    async fn give_back_slot(&self, key: &ActiveKey, period: Period) {
+    /// Gives back the monthly slot of request `request_id`, refused after [`Self::take_slot`].
+    async fn give_back_slot(&self, key: &ActiveKey, period: Period, request_id: &str) {
         match &self.inner.shared_limits {
             Some(shared) => {
                 if let Err(err) = shared.release(&key.record.id, period).await {
-                    tracing::error!(error = %err, "could not give back a monthly slot");
+                    tracing::error!(request_id, error = %err, "could not give back a monthly slot");
                 }
             }
             None => key.limits.release(period),
@@ -103,21 +103,26 @@ impl BillingService {
         Ok(None)
     }
 
-    async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, BillingError> {
+    /// Settle's answer; a failure of billing itself is logged naming the request.
+    async fn settle_row(&self, req: SettleRequest) -> Result<Settlement, Status> {
         // The stream has ended, however it ended: its slot is free whatever the ledger answers.
         if req.streamed {
             self.inner.streams.close(&req.key_id, &req.request_id);
         }
         // Priced by the model and deployment the Settle names, at the catalogue's prices.
-        let prices = self
-            .inner
-            .prices
-            .prices(&req.model_id)
-            .await?
-            .of(&req.deployment)?;
+        let prices = match self.inner.prices.prices(&req.model_id).await {
+            Ok(prices) => prices.of(&req.deployment),
+            Err(err) => Err(err),
+        }
+        .map_err(|err| err.into_status_of(Some(&req.request_id)))?;
         let row = ledger_row(req, &prices, now_ms(), Period::current())?;
         let request_id = row.request_id.clone();
-        let cost_picodollars = self.inner.ledger.record(row).await?;
+        let cost_picodollars = self
+            .inner
+            .ledger
+            .record(row)
+            .await
+            .map_err(|err| err.into_status_of(Some(&request_id)))?;
         self.inner.admissions.forget(&request_id);
         Ok(Settlement {
             request_id,
@@ -135,8 +140,8 @@ pub(crate) fn key_info(key: &ActiveKey) -> KeyInfo {
     }
 }
 
-fn non_empty(param: &'static str, value: String) -> Result<String, BillingError> {
-    if value.trim().is_empty() {
+fn non_empty<S: AsRef<str>>(param: &'static str, value: S) -> Result<S, BillingError> {
+    if value.as_ref().trim().is_empty() {
         Err(BillingError::invalid(
             param,
             format!("{param} must not be empty"),
@@ -204,13 +209,18 @@ impl Metering for BillingService {
         Ok(Response::new(key_info(&key)))
     }
 
-    async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
-        self.admission(request)
+    async fn admit(
+        &self,
+        mut request: Request<AdmitRequest>,
+    ) -> Result<Response<Admission>, Status> {
+        // Taken out so a failure's log line can name it after the request is consumed.
+        let request_id = std::mem::take(&mut request.get_mut().request_id);
+        self.admission(request, &request_id)
             .await
             .map(Response::new)
             .map_err(|err| {
                 telemetry::admission_failed(&err);
-                err.into()
+                err.into_status_of(Some(&request_id))
             })
     }
 
@@ -218,7 +228,9 @@ impl Metering for BillingService {
         &self,
         request: Request<SettleRequest>,
     ) -> Result<Response<Settlement>, Status> {
-        Ok(Response::new(self.settle_row(request.into_inner()).await?))
+        self.settle_row(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn invalidate_key(
@@ -233,10 +245,14 @@ impl Metering for BillingService {
 impl BillingService {
     /// Admit's answer, or why not: the key, its tier's model allow-list, the model's prices,
     /// the limits, and the money reserved for a metered key.
-    async fn admission(&self, request: Request<AdmitRequest>) -> Result<Admission, BillingError> {
+    async fn admission(
+        &self,
+        request: Request<AdmitRequest>,
+        request_id: &str,
+    ) -> Result<Admission, BillingError> {
         let key = self.authenticate_request(&request).await?;
         let req = request.into_inner();
-        let request_id = non_empty("request_id", req.request_id.clone())?;
+        let request_id = non_empty("request_id", request_id)?;
         // Before the limits: a refused model must not use a slot of either.
         let tier = key.limits.tier();
         if !tier.allows(&req.model, &req.model_id) {
@@ -266,11 +282,11 @@ impl BillingService {
         // counts nothing again.
         let admission = |reserved_picodollars| Admission {
             key: Some(key_info(&key)),
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             reserved_picodollars,
             allowed_fallbacks: allowed_fallbacks.clone(),
         };
-        if let Some(reserved) = self.admitted_before(&key, &request_id, now).await? {
+        if let Some(reserved) = self.admitted_before(&key, request_id, now).await? {
             return Ok(admission(reserved));
         }
         let ttl = if req.reservation_ttl_ms == 0 {
@@ -289,7 +305,7 @@ impl BillingService {
             && !self
                 .inner
                 .streams
-                .open(&key.record.id, &request_id, cap.get(), now, expires_at)
+                .open(&key.record.id, request_id, cap.get(), now, expires_at)
         {
             return Err(BillingError::TooManyStreams {
                 tier: tier.name.clone(),
@@ -298,7 +314,7 @@ impl BillingService {
         }
         let close_stream = || {
             if stream_cap.is_some() {
-                self.inner.streams.close(&key.record.id, &request_id);
+                self.inner.streams.close(&key.record.id, request_id);
             }
         };
         if let Err(err) = self.take_slot(&key, period).await {
@@ -307,12 +323,12 @@ impl BillingService {
         }
         let reserved_picodollars = if key.metered {
             match self
-                .reserve(&key, &req, &prices, &request_id, period, expires_at)
+                .reserve(&key, &req, &prices, request_id, period, expires_at)
                 .await
             {
                 Ok(amount) => amount,
                 Err(err) => {
-                    self.give_back_slot(&key, period).await;
+                    self.give_back_slot(&key, period, request_id).await;
                     close_stream();
                     return Err(err);
                 }
@@ -321,7 +337,7 @@ impl BillingService {
             0
         };
         self.inner.admissions.remember(
-            &request_id,
+            request_id,
             &key.record.id,
             reserved_picodollars,
             expires_at,

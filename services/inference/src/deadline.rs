@@ -79,9 +79,11 @@ where
 }
 
 /// Runs an idempotent `call` until it answers, fails for a reason other than reachability, or
-/// `deadline` passes; each attempt gets the time left.
+/// `deadline` passes; each attempt gets the time left. `request_id` names the request in the
+/// retry's log line.
 pub(crate) async fn retried<T, Fut>(
     what: &str,
+    request_id: &str,
     deadline: Deadline,
     mut call: impl FnMut(Duration) -> Fut,
 ) -> Result<T, Status>
@@ -101,7 +103,7 @@ where
         };
         match deadline.left() {
             Some(left) if left > backoff => {
-                tracing::warn!(attempt, error = %status, "{what}: unreachable; retrying");
+                tracing::warn!(request_id, attempt, error = %status, "{what}: unreachable; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 attempt += 1;
@@ -135,16 +137,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unreachable_calls_are_retried_until_they_answer() {
         let calls = AtomicU32::new(0);
-        let answer = retried("Admit", Deadline::after(Duration::from_secs(10)), |_| {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n < 3 {
-                    Err(Status::unavailable("connection refused"))
-                } else {
-                    Ok(n)
+        let answer = retried(
+            "Admit",
+            "chatcmpl-test",
+            Deadline::after(Duration::from_secs(10)),
+            |_| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 3 {
+                        Err(Status::unavailable("connection refused"))
+                    } else {
+                        Ok(n)
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         assert_eq!(answer.unwrap(), 3);
     }
@@ -152,22 +159,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn other_failures_are_not_retried_and_the_deadline_ends_the_retries() {
         let calls = AtomicU32::new(0);
-        let refused: Result<(), _> =
-            retried("Admit", Deadline::after(Duration::from_secs(10)), |_| {
+        let refused: Result<(), _> = retried(
+            "Admit",
+            "chatcmpl-test",
+            Deadline::after(Duration::from_secs(10)),
+            |_| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async { Err(Status::resource_exhausted("rate limited")) }
-            })
-            .await;
+            },
+        )
+        .await;
         assert_eq!(refused.unwrap_err().code(), Code::ResourceExhausted);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         let started = Instant::now();
-        let down: Result<(), _> =
-            retried("Settle", Deadline::after(Duration::from_secs(3)), |left| {
+        let down: Result<(), _> = retried(
+            "Settle",
+            "chatcmpl-test",
+            Deadline::after(Duration::from_secs(3)),
+            |left| {
                 assert!(left <= Duration::from_secs(3));
                 async { Err(Status::unavailable("connection refused")) }
-            })
-            .await;
+            },
+        )
+        .await;
         let down = down.unwrap_err();
         assert_eq!(down.code(), Code::Unavailable);
         assert!(down.message().contains("deadline"), "{}", down.message());

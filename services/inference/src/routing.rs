@@ -558,6 +558,7 @@ impl Router {
     pub(crate) fn failed(
         &self,
         attempt: &mut Attempt,
+        request_id: &str,
         model_id: &str,
         deployment: &str,
         sole: bool,
@@ -581,6 +582,7 @@ impl Router {
         if cools {
             if state.cooling_until.is_none() || was_probe {
                 tracing::warn!(
+                    request_id,
                     model = model_id,
                     deployment,
                     cooldown_secs = self.config.cooldown_secs,
@@ -762,6 +764,7 @@ pub(crate) struct Served<T> {
 /// be passed. `attempt` gets the pick and the time left.
 pub(crate) async fn with_retries<T, F, Fut>(
     router: &Router,
+    request_id: &str,
     candidates: &[Candidate],
     deadline: Instant,
     mut attempt: F,
@@ -828,7 +831,13 @@ where
             }
             Err(error) => {
                 if error.deployment_fault() {
-                    router.failed(&mut chosen, &pick.route.model_id, &pick.deployment, sole);
+                    router.failed(
+                        &mut chosen,
+                        request_id,
+                        &pick.route.model_id,
+                        &pick.deployment,
+                        sole,
+                    );
                 }
                 drop(chosen);
                 if !error.retryable() {
@@ -839,6 +848,7 @@ where
                     });
                 }
                 tracing::info!(
+                    request_id,
                     model = pick.route.model_id,
                     deployment = pick.deployment,
                     attempt = attempts,
@@ -1018,7 +1028,7 @@ mod tests {
         for _ in 0..2 {
             let (index, mut attempt) = router.choose(&c, &only_a).await.unwrap();
             assert_eq!(index, 0);
-            router.failed(&mut attempt, "m", "a", false);
+            router.failed(&mut attempt, "chatcmpl-test", "m", "a", false);
         }
         assert!(router.choose(&c, &only_a).await.is_none(), "cooling down");
         assert!(
@@ -1031,7 +1041,7 @@ mod tests {
             router.choose(&c, &only_a).await.is_none(),
             "one probe at a time"
         );
-        router.failed(&mut probe, "m", "a", false);
+        router.failed(&mut probe, "chatcmpl-test", "m", "a", false);
         drop(probe);
         assert!(
             router.choose(&c, &only_a).await.is_none(),
@@ -1052,7 +1062,7 @@ mod tests {
         // A probe dropped unresolved (its request was cut) frees the probe slot.
         for _ in 0..2 {
             let (_, mut attempt) = router.choose(&c, &only_a).await.unwrap();
-            router.failed(&mut attempt, "m", "a", false);
+            router.failed(&mut attempt, "chatcmpl-test", "m", "a", false);
         }
         tokio::time::advance(Duration::from_secs(11)).await;
         drop(router.choose(&c, &only_a).await.unwrap());
@@ -1068,7 +1078,7 @@ mod tests {
         let c = candidate(&[("a", 1)]);
         for _ in 0..3 {
             let (_, mut attempt) = router.choose(&c, &|_| false).await.unwrap();
-            router.failed(&mut attempt, "m", "a", true);
+            router.failed(&mut attempt, "chatcmpl-test", "m", "a", true);
         }
         assert!(router.choose(&c, &|_| false).await.is_some());
     }
@@ -1080,17 +1090,23 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(60);
         for _ in 0..20 {
             let mut called: Vec<String> = Vec::new();
-            let served = with_retries(&router, &candidates, deadline, |pick, _| {
-                called.push(pick.deployment.clone());
-                let failing = pick.deployment == "a";
-                async move {
-                    if failing {
-                        Err(overloaded(None))
-                    } else {
-                        Ok(())
+            let served = with_retries(
+                &router,
+                "chatcmpl-test",
+                &candidates,
+                deadline,
+                |pick, _| {
+                    called.push(pick.deployment.clone());
+                    let failing = pick.deployment == "a";
+                    async move {
+                        if failing {
+                            Err(overloaded(None))
+                        } else {
+                            Ok(())
+                        }
                     }
-                }
-            })
+                },
+            )
             .await
             .unwrap();
             assert_eq!(served.pick.deployment, "b");
@@ -1100,7 +1116,7 @@ mod tests {
         }
         // A caller's fault is not retried.
         let mut calls = 0;
-        let e = with_retries(&router, &candidates, deadline, |_, _| {
+        let e = with_retries(&router, "chatcmpl-test", &candidates, deadline, |_, _| {
             calls += 1;
             async { Err::<(), _>(UpstreamError::from_status("p", 400, "bad".into())) }
         })
@@ -1117,6 +1133,7 @@ mod tests {
         let mut calls = 0;
         let served = with_retries(
             &router,
+            "chatcmpl-test",
             &candidates,
             started + Duration::from_secs(60),
             |_, _| {
@@ -1139,6 +1156,7 @@ mod tests {
         let started = Instant::now();
         let e = with_retries(
             &router,
+            "chatcmpl-test",
             &candidates,
             started + Duration::from_secs(1),
             |_, _| async { Err::<(), _>(overloaded(Some(5))) },
@@ -1183,7 +1201,7 @@ mod tests {
         drop(b.choose(&c, &only_a).await.unwrap());
         for _ in 0..2 {
             let (_, mut attempt) = a.choose(&c, &only_a).await.unwrap();
-            a.failed(&mut attempt, "m", "a", false);
+            a.failed(&mut attempt, "chatcmpl-test", "m", "a", false);
         }
         assert!(a.choose(&c, &only_a).await.is_none(), "cooled down on A");
         // B learns it from Redis (its refresh task; no request of B asks Redis).
@@ -1255,7 +1273,7 @@ mod tests {
         let c = candidate(&[("a", 1), ("b", 1)]);
         let only_a = |name: &str| name != "a";
         let (_, mut attempt) = router.choose(&c, &only_a).await.unwrap();
-        router.failed(&mut attempt, "m", "a", false);
+        router.failed(&mut attempt, "chatcmpl-test", "m", "a", false);
         drop(attempt);
         router.refresh_shared().await;
         let started = std::time::Instant::now();

@@ -182,6 +182,7 @@ impl Admitted {
         let routed = tokio::select! {
             routed = routing::with_retries(
                 &service.inner.router,
+                &self.request_id,
                 &self.candidates,
                 self.upstream_by,
                 call,
@@ -571,7 +572,8 @@ impl InferenceService {
         };
         // Retried by request id while Billing is unreachable: Admit is idempotent.
         let metering = self.inner.metering.clone();
-        let admission = deadline::retried("Metering.Admit", admit_by.min(settle_by), |left| {
+        let admitting_by = admit_by.min(settle_by);
+        let admission = deadline::retried("Metering.Admit", &request_id, admitting_by, |left| {
             let mut call = with_key(metadata, checked, admit.clone());
             call.set_timeout(left);
             let mut metering = metering.clone();
@@ -661,12 +663,17 @@ impl InferenceService {
         // Retried by request id while Billing is unreachable (the ledger is idempotent by it),
         // for as long as the request's reservation holds.
         let metering = self.inner.metering.clone();
-        let settlement = deadline::retried("Metering.Settle", admitted.settle_by, |left| {
-            let mut call = Request::new(settle.clone());
-            call.set_timeout(left);
-            let mut metering = metering.clone();
-            async move { metering.settle(call).await }
-        })
+        let settlement = deadline::retried(
+            "Metering.Settle",
+            &admitted.request_id,
+            admitted.settle_by,
+            |left| {
+                let mut call = Request::new(settle.clone());
+                call.set_timeout(left);
+                let mut metering = metering.clone();
+                async move { metering.settle(call).await }
+            },
+        )
         .await
         .inspect_err(|e| {
             tracing::error!(request_id = %admitted.request_id, error = %e, "settlement failed");

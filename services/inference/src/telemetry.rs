@@ -373,6 +373,10 @@ impl RequestMeter {
 
     /// A choice finished for `reason`.
     pub(crate) fn finish_reason(&mut self, reason: &str) {
+        // Only the span wants them: nothing to keep when no layer takes it (no exporter).
+        if self.span.is_disabled() {
+            return;
+        }
         if !reason.is_empty() && !self.finish_reasons.iter().any(|seen| seen == reason) {
             self.finish_reasons.push(reason.to_owned());
             self.span.record(
@@ -438,9 +442,7 @@ impl RequestMeter {
     /// its upstream failed (WARN), or the gateway itself (ERROR); a client's error is INFO.
     fn write_log(&self, status: RequestStatus, elapsed: std::time::Duration) {
         let log = &self.log;
-        let cost_usd = log
-            .cost_picodollars
-            .map(tollgate::money::format_picodollars);
+        // Fields are evaluated only when the line is written (the cost's formatting included).
         macro_rules! line {
             ($level:expr) => {
                 tracing::event!(
@@ -455,7 +457,10 @@ impl RequestMeter {
                     status = status.label(),
                     prompt_tokens = log.prompt_tokens,
                     completion_tokens = log.completion_tokens,
-                    cost_usd = cost_usd.as_deref(),
+                    cost_usd = log
+                        .cost_picodollars
+                        .map(tollgate::money::format_picodollars)
+                        .as_deref(),
                     latency_ms = elapsed.as_secs_f64() * 1000.0,
                     ttft_ms = log.time_to_first_token.map(|t| t.as_secs_f64() * 1000.0),
                     "request"

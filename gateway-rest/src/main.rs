@@ -75,11 +75,16 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
 /// Logs to stderr at `RUST_LOG` (default `info`, database drivers at `warn`) in `format`, and
 /// spans to the OTLP exporter when `traces` is installed (at every level the filter lets through).
 ///
-/// Each layer has its own filter and the registry has none: the log writer takes events only,
-/// so without the exporter no layer wants a span, and opening one (about six per request) costs
-/// a disabled-callsite check instead of the registry's span data and the fields formatted into
-/// a String for each (12% of a request's instructions). Log lines carry what names their request
-/// as fields of their own (`request_id`, and the access line's method, route and status).
+/// Each layer has its own filter and the registry has none: the log writer takes what
+/// `RUST_LOG` enables, and of that events only ([`log_lines`]), so without the exporter no layer
+/// wants a span, and opening one (about six per request) costs a disabled-callsite check instead
+/// of the registry's span data and the fields formatted into a String for each (12% of a
+/// request's instructions). Log lines carry what names their request as fields of their own
+/// (`request_id`, and the access line's method, route and status).
+///
+/// The two filters are nested (`with_filter` twice), not combined with `FilterExt::and`: the
+/// combined filter dropped an enabled WARN that followed events it refused (PostgreSQL notices
+/// at start-up under the default directives; `test_replicas` sees it).
 fn init_logs(format: LogFormat, traces: Option<&Traces>) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
@@ -91,21 +96,21 @@ fn init_logs(format: LogFormat, traces: Option<&Traces>) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let span_scoped = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV)
         .is_ok_and(|directives| directives.contains('['));
+    let env = env_filter();
+    let lines = log_lines(span_scoped, env.max_level_hint());
     let logs: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
-        LogFormat::Text => logs
-            .with_filter(log_lines(env_filter(), span_scoped))
-            .boxed(),
+        LogFormat::Text => logs.with_filter(env).with_filter(lines).boxed(),
         // Fields at the top level of each object, next to `timestamp`, `level` and `message`.
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
-            .with_filter(log_lines(env_filter(), span_scoped))
+            .with_filter(env)
+            .with_filter(lines)
             .boxed(),
     };
     let registry = tracing_subscriber::registry().with(logs);
     match traces {
-        // Spans, and the events inside them, at the levels `RUST_LOG` lets through, as before
-        // the filters were per layer.
+        // Added only when it exists: an absent optional layer would say it wants every span.
         Some(traces) => registry
             .with(traces.layer().with_filter(env_filter()))
             .init(),
@@ -113,29 +118,21 @@ fn init_logs(format: LogFormat, traces: Option<&Traces>) {
     }
 }
 
-/// What the log writer takes: the events `env` enables, except span events (a stream's
-/// `first_token`, for traces only); spans only when a `RUST_LOG` directive is scoped to one
-/// (`target[span]=level`), which needs the spans entered to know the scope.
+/// What the log writer takes of what `RUST_LOG` lets through: events, except span events (a
+/// stream's `first_token`, for traces only); spans only when a `RUST_LOG` directive is scoped to
+/// one (`target[span]=level`), which needs the spans entered to know the scope. `max` is the most
+/// verbose level `RUST_LOG` enables anywhere: as the hint, it lets every callsite above it be
+/// disabled once, at registration, instead of checked at each call.
 fn log_lines<S>(
-    env: tracing_subscriber::EnvFilter,
     span_scoped: bool,
-) -> impl tracing_subscriber::layer::Filter<S>
-where
-    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
-{
-    use tracing_subscriber::filter::FilterExt;
-    use tracing_subscriber::filter::LevelFilter;
-    // The most verbose level `env` enables anywhere: without it as the pair's hint, every
-    // disabled event would be checked at its callsite instead of by the global maximum level.
-    let max = env.max_level_hint().unwrap_or(LevelFilter::TRACE);
-    let lines = tracing_subscriber::filter::filter_fn(move |meta| {
-        max >= *meta.level()
-            && (meta.is_event() || span_scoped)
+    max: Option<tracing_subscriber::filter::LevelFilter>,
+) -> impl tracing_subscriber::layer::Filter<S> {
+    let max = max.unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
+    tracing_subscriber::filter::filter_fn(move |meta| {
+        (meta.is_event() || span_scoped)
             && meta.target() != tollgate_inference::telemetry::SPAN_EVENT_TARGET
     })
-    .with_max_level_hint(max);
-    // The cheap test first: a span is refused before the directives are consulted.
-    lines.and(env)
+    .with_max_level_hint(max)
 }
 
 #[derive(Subcommand)]
@@ -626,7 +623,11 @@ mod tests {
         let logs = tracing_subscriber::fmt::layer()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .with_filter(log_lines(EnvFilter::new(directives), span_scoped));
+            .with_filter(EnvFilter::new(directives))
+            .with_filter(log_lines(
+                span_scoped,
+                EnvFilter::new(directives).max_level_hint(),
+            ));
         (tracing_subscriber::registry().with(logs), captured)
     }
 
@@ -662,6 +663,16 @@ mod tests {
             !text.contains("first_token"),
             "span events are for traces: {text}"
         );
+
+        // An event a directive refuses (a driver's notice) must not take the next one with it.
+        let (subscriber, captured) = logging("info,sqlx=warn,sea_orm=warn", false);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "sqlx::postgres::notice", "relation already exists");
+            tracing::warn!(target: "tollgate_billing::service", released = 1, "released reservations");
+        });
+        let text = captured.text();
+        assert!(!text.contains("relation already exists"), "{text}");
+        assert!(text.contains("released reservations released=1"), "{text}");
 
         let (subscriber, captured) = logging("warn,[chat]=debug", true);
         tracing::subscriber::with_default(subscriber, || {

@@ -285,7 +285,11 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Job>) {
         }
         Err(err) => err,
     };
-    if rows.len() + holds.len() > 1 {
+    // A batch of one job has had its retries: its failure is the job's. Otherwise each job is
+    // written alone, with retries of its own.
+    let mut failed_alone = if rows.len() + holds.len() == 1 {
+        Some(err)
+    } else {
         tracing::warn!(
             error = %err,
             rows = rows.len(),
@@ -293,15 +297,24 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Job>) {
             request_ids = %RequestIds(&rows, &holds),
             "ledger batch failed; writing its jobs one by one"
         );
-    }
+        None
+    };
     for (row, reply) in rows.into_iter().zip(replies) {
-        match commit_retrying(db, &[], std::slice::from_ref(&row)).await {
+        let written = match failed_alone.take() {
+            Some(err) => Err(err),
+            None => commit_retrying(db, &[], std::slice::from_ref(&row)).await,
+        };
+        match written {
             Ok(committed) => answer(std::slice::from_ref(&row), vec![reply], &committed.costs),
             Err(err) => give_up(db, &row, reply, err).await,
         }
     }
     for (hold, holder) in holds.into_iter().zip(holders) {
-        match commit_retrying(db, std::slice::from_ref(&hold), &[]).await {
+        let written = match failed_alone.take() {
+            Some(err) => Err(err),
+            None => commit_retrying(db, std::slice::from_ref(&hold), &[]).await,
+        };
+        match written {
             Ok(committed) => answer_holds(vec![holder], committed.holds),
             Err(err) => {
                 tracing::error!(request_id = %hold.request_id, key_id = %hold.key_id, error = %err, "reservation could not be written");
@@ -794,6 +807,14 @@ mod tests {
         }
     }
 
+    /// A prepaid balance of `balance` picodollars, no monthly budget.
+    fn prepaid(balance: i64) -> accounts::KeyMoney {
+        accounts::KeyMoney {
+            balance_picodollars: Some(balance),
+            monthly_budget_picodollars: None,
+        }
+    }
+
     async fn money(db: &DatabaseConnection, key_id: &str) -> (Option<i64>, i64, u64) {
         let account = accounts::account(db, key_id).await.unwrap().unwrap();
         let open = db
@@ -818,10 +839,7 @@ mod tests {
     async fn one_batch_settles_first_then_holds_each_reservation_or_refuses_it_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
-        let prepaid = accounts::KeyMoney {
-            balance_picodollars: Some(100),
-            monthly_budget_picodollars: None,
-        };
+        let prepaid = prepaid(100);
         accounts::open(&db, "key-1", prepaid, 0).await.unwrap();
         let first = commit(&db, &[reservation("r1", "key-1", 80)], &[])
             .await
@@ -873,10 +891,7 @@ mod tests {
     async fn reservations_queued_together_are_answered_once_their_batch_commits() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
-        let prepaid = accounts::KeyMoney {
-            balance_picodollars: Some(1_000),
-            monthly_budget_picodollars: None,
-        };
+        let prepaid = prepaid(1_000);
         accounts::open(&db, "key-1", prepaid, 0).await.unwrap();
         let (ledger, writer) = Ledger::start(db.clone());
         let answers = futures::future::join_all(

@@ -114,8 +114,8 @@ impl AppState {
 
 /// The OpenAI-compatible API, and key administration under `/admin` (admin token, not API keys).
 /// The management routes (admin, usage, subscription) are rate-limited per client address.
-/// Layers, outermost first: tracing (the span); the access line; CORS (preflights answered here, never shed or routed);
-/// load shedding (over `max_in_flight_requests` requests in
+/// Layers, outermost first: tracing (the span); the access line; CORS (preflights answered
+/// here, never shed or routed); load shedding (over `max_in_flight_requests` requests in
 /// the router at once, one shared count for all routes: 503 `service_unavailable` with
 /// `Retry-After`, at once rather than queued); panics → 500 in the product's error format.
 pub fn app(state: AppState) -> Router {

@@ -110,11 +110,13 @@ impl BillingService {
             self.inner.streams.close(&req.key_id, &req.request_id);
         }
         // Priced by the model and deployment the Settle names, at the catalogue's prices.
-        let prices = match self.inner.prices.prices(&req.model_id).await {
-            Ok(prices) => prices.of(&req.deployment),
-            Err(err) => Err(err),
-        }
-        .map_err(|err| err.into_status_of(Some(&req.request_id)))?;
+        let prices = self
+            .inner
+            .prices
+            .prices(&req.model_id)
+            .await
+            .and_then(|prices| prices.of(&req.deployment))
+            .map_err(|err| err.into_status_of(Some(&req.request_id)))?;
         let row = ledger_row(req, &prices, now_ms(), Period::current())?;
         let request_id = row.request_id.clone();
         let cost_picodollars = self

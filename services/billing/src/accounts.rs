@@ -196,7 +196,7 @@ pub async fn set_monthly_budget(
 
 /// The account of `key_id`, if it has one.
 pub async fn account(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     key_id: &str,
 ) -> Result<Option<KeyAccount>, BillingError> {
     Ok(key_account::Entity::find_by_id(key_id).one(db).await?)
@@ -280,7 +280,7 @@ pub(crate) async fn hold(
             vec![r.request_id.as_str().into()],
         )
         .await?;
-        return Ok(Err(refusal(txn, r).await?));
+        return Ok(Err(refusal(txn, r).await));
     }
     Ok(Ok(r.amount))
 }
@@ -313,17 +313,16 @@ async fn held_before(
 }
 
 /// Why a reservation was refused, read after the fact (for the message only).
-async fn refusal(txn: &impl ConnectionTrait, r: &Reservation) -> Result<BillingError, DbErr> {
-    let Some(account) = key_account::Entity::find_by_id(r.key_id.as_str())
-        .one(txn)
-        .await?
-    else {
-        return Ok(BillingError::KeyNotFound(r.key_id.clone()));
+async fn refusal(txn: &impl ConnectionTrait, r: &Reservation) -> BillingError {
+    let account = match account(txn, &r.key_id).await {
+        Ok(Some(account)) => account,
+        Ok(None) => return BillingError::KeyNotFound(r.key_id.clone()),
+        Err(err) => return err,
     };
     let budget_left = account
         .monthly_budget_picodollars
         .map(|budget| budget - account.reserved_picodollars - account.spent_in(r.period));
-    Ok(match budget_left {
+    match budget_left {
         Some(left) if left < r.amount => BillingError::BudgetExceeded {
             needed: r.amount,
             available: left.max(0),
@@ -334,7 +333,7 @@ async fn refusal(txn: &impl ConnectionTrait, r: &Reservation) -> Result<BillingE
                 .balance_picodollars
                 .map_or(0, |b| (b - account.reserved_picodollars).max(0)),
         },
-    })
+    }
 }
 
 /// A ledger row the settlement transaction just inserted: what its money effect needs.

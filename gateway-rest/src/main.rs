@@ -11,7 +11,10 @@ use std::process::ExitCode;
 /// mimalloc instead of the system allocator: the gateway allocates per request and per chunk
 /// (bodies, JSON values, protobuf messages), and glibc's malloc/free was the largest single
 /// cost in the profile (22% of instructions). With mimalloc a request costs 12% fewer
-/// instructions (`scripts/profile.sh`, README "Benchmark").
+/// instructions (`scripts/profile.sh`, README "Benchmark"). Built without transparent huge
+/// pages (`no_thp`): mimalloc otherwise asks the kernel for 2 MiB pages on its arenas, and a
+/// process holding many idle streams paid for whole huge pages it barely touched (5,000 held
+/// streams: 79 KiB each with them, 59 KiB without; 54 MiB at rest instead of 38).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -15,17 +15,15 @@ use std::{
 };
 
 use tokio::sync::{Notify, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tollgate::{
     admin_token::AdminToken,
     auth::{AUTHORIZATION, AuthenticatedKey},
     caller::{CatalogCaller, MeteringCaller},
     error::{ApiError, ErrorKind},
     v1::{
-        AdmitRequest, AuthenticateRequest, Candidate as AdmitCandidate, ChatChunk, ChatRequest,
-        ChatResponse, ListDeploymentHealthRequest, ListDeploymentHealthResponse, ListModelsRequest,
-        Outcome, ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount, Usage,
-        inference_server,
+        AdmitRequest, AuthenticateRequest, Candidate as AdmitCandidate, ChatRequest, ChatResponse,
+        ListDeploymentHealthRequest, ListDeploymentHealthResponse, ListModelsRequest, Outcome,
+        ResolveModelRequest, ResolvedModel, SettleRequest, TokenCount, Usage, inference_server,
     },
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -124,7 +122,8 @@ pub(crate) struct Admitted {
     pub route: ResolvedModel,
     pub provider: Arc<Provider>,
     pub thinking: Thinking,
-    /// The models the request may be served by, in order (the tier's allowed ones only).
+    /// The models the request may be served by, in order (the tier's allowed ones only); emptied
+    /// once [`Admitted::call_with_retries`] is over, since a held stream needs them no longer.
     pub candidates: Vec<Candidate>,
     /// The deployment of `route` that serves (or last failed).
     pub deployment: String,
@@ -193,6 +192,9 @@ impl Admitted {
                 attempts: 0,
             }),
         };
+        // Nothing is retried after this (a stream never after its first chunk): free them now
+        // rather than at the end of a stream that may be held for minutes.
+        self.candidates = Vec::new();
         match routed {
             Ok(Served {
                 value,
@@ -1006,7 +1008,7 @@ impl inference_server::Inference for InferenceService {
         ))
     }
 
-    type ChatStreamStream = ReceiverStream<Result<ChatChunk, Status>>;
+    type ChatStreamStream = streaming::Chunks;
 
     /// Answers once the first upstream chunk exists, so early upstream failures become real
     /// errors (an HTTP status over REST) instead of a broken stream.

@@ -17,7 +17,7 @@
 //! row is marked `estimated`. The client gets its usage chunk (with the cost) only after the
 //! ledger row is durable, then the stream ends.
 
-use futures::StreamExt;
+use futures::{StreamExt, stream::Map};
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -41,12 +41,20 @@ use crate::{
 /// Chunks buffered between the upstream reader and the client before the reader waits.
 const CHANNEL_CHUNKS: usize = 32;
 
+/// One item on the channel, boxed: tokio's channel allocates its slots 32 at a time, as soon as
+/// it is made, so each held stream keeps a block of them. Boxed, a slot is two words instead of
+/// a `Status` (the larger of the two), and the block under 1 KiB instead of over 5 KiB.
+type Relayed = Result<Box<ChatChunk>, Box<Status>>;
+
+/// The chunks of a started stream, as the client reads them.
+pub(crate) type Chunks = Map<ReceiverStream<Relayed>, fn(Relayed) -> Result<ChatChunk, Status>>;
+
 /// A started stream: `opened` says whether it opened (admitted, and the upstream's first chunk
 /// arrived); the chunks follow on `chunks`.
 pub(crate) struct Started {
     /// The request's id and what serves it, once it opened.
     pub opened: oneshot::Receiver<Result<(String, ServedBy), Status>>,
-    pub chunks: ReceiverStream<Result<ChatChunk, Status>>,
+    pub chunks: Chunks,
 }
 
 /// A stream that is admitted and has its first upstream chunk.
@@ -55,6 +63,15 @@ struct Opened {
     first: ChatChunk,
     rest: ChunkStream,
     deadline: Instant,
+    /// Whether the client asked for a usage chunk at the end (all a relay keeps of the request).
+    include_usage: bool,
+}
+
+/// What the caller asked: all of it is needed to open the stream, none of it to relay it.
+struct Asked {
+    metadata: MetadataMap,
+    checked: Option<AuthenticatedKey>,
+    request: ChatRequest,
 }
 
 /// Starts a stream's task.
@@ -66,55 +83,53 @@ pub(crate) fn start(
 ) -> Started {
     let (opened_tx, opened_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let mut meter = RequestMeter::start(true, &request.model);
+    let meter = RequestMeter::start(true, &request.model);
     let span = meter.span().clone();
-    tokio::spawn(
-        async move {
-            // Boxed: opening (admission, the upstream call and its retries) takes far more state
-            // than relaying, and a held stream would otherwise keep that room for its whole life.
-            let opening = Box::pin(open(
-                &service,
-                &metadata,
-                checked.as_ref(),
-                &request,
-                &mut meter,
-            ));
-            match opening.await {
-                Ok(Opened {
-                    admitted,
-                    first,
-                    rest,
-                    deadline,
-                }) => {
-                    meter.admitted(&admitted);
-                    meter.first_token();
-                    meter.response_model(&first.model);
-                    let include_usage = request
-                        .stream_options
-                        .is_some_and(|options| options.include_usage);
-                    // If the caller is gone already, the first send fails and the stream is settled
-                    // as cancelled.
-                    let _ = opened_tx.send(Ok((admitted.request_id.clone(), admitted.served_by())));
-                    let relay = Relay {
-                        include_usage,
-                        deadline,
-                        tx,
-                    };
-                    let status = run(service, admitted, first, rest, relay, &mut meter).await;
-                    meter.finish(status);
-                }
-                Err(status) => {
-                    meter.finish(RequestStatus::of(&status));
-                    let _ = opened_tx.send(Err(status));
-                }
-            }
-        }
-        .instrument(span),
-    );
+    let asked = Box::new(Asked {
+        metadata,
+        checked,
+        request,
+    });
+    tokio::spawn(stream(service, asked, meter, opened_tx, tx).instrument(span));
     Started {
         opened: opened_rx,
-        chunks: ReceiverStream::new(rx),
+        chunks: ReceiverStream::new(rx).map(unbox),
     }
+}
+
+/// A stream's task, from admission to settlement. Held streams are many and long, so the task
+/// keeps little: opening (admission, the upstream call and its retries) and relaying are each
+/// boxed, and the caller's request (with its whole prompt) is freed once the stream is open.
+async fn stream(
+    service: InferenceService,
+    asked: Box<Asked>,
+    mut meter: RequestMeter,
+    opened_tx: oneshot::Sender<Result<(String, ServedBy), Status>>,
+    tx: mpsc::Sender<Relayed>,
+) {
+    let relaying = match Box::pin(open(&service, asked, &mut meter)).await {
+        Ok(opened) => {
+            meter.admitted(&opened.admitted);
+            meter.first_token();
+            meter.response_model(&opened.first.model);
+            // If the caller is gone already, the first send fails and the stream is settled
+            // as cancelled.
+            let admitted = &opened.admitted;
+            let _ = opened_tx.send(Ok((admitted.request_id.clone(), admitted.served_by())));
+            Box::pin(run(&service, opened, tx, &mut meter))
+        }
+        Err(status) => {
+            meter.finish(RequestStatus::of(&status));
+            let _ = opened_tx.send(Err(status));
+            return;
+        }
+    };
+    let status = relaying.await;
+    meter.finish(status);
+}
+
+fn unbox(item: Relayed) -> Result<ChatChunk, Status> {
+    item.map(|chunk| *chunk).map_err(|status| *status)
 }
 
 /// Admits the request and waits, within the first-token deadline, for the upstream's first chunk;
@@ -122,12 +137,18 @@ pub(crate) fn start(
 /// after admission is settled here.
 async fn open(
     service: &InferenceService,
-    metadata: &MetadataMap,
-    checked: Option<&AuthenticatedKey>,
-    request: &ChatRequest,
+    asked: Box<Asked>,
     meter: &mut RequestMeter,
 ) -> Result<Opened, Status> {
-    let mut admitted = service.admit(metadata, checked, request, true).await?;
+    let Asked {
+        metadata,
+        checked,
+        request,
+    } = *asked;
+    let mut admitted = service
+        .admit(&metadata, checked.as_ref(), &request, true)
+        .await?;
+    let request = &request;
     let opened = admitted
         .call_with_retries(service, |pick, left| async move {
             let first_token = pick.provider.timeouts().first_token.min(left);
@@ -152,6 +173,9 @@ async fn open(
                 first,
                 rest,
                 deadline,
+                include_usage: request
+                    .stream_options
+                    .is_some_and(|options| options.include_usage),
             })
         }
         Err(error) => {
@@ -182,10 +206,11 @@ enum Delivery {
 /// Sends `item` to the client within the stall timeout, unless a shutdown cuts the stream first.
 async fn deliver(
     service: &InferenceService,
-    tx: &mpsc::Sender<Result<ChatChunk, Status>>,
+    tx: &mpsc::Sender<Relayed>,
     item: Result<ChatChunk, Status>,
 ) -> Delivery {
     let stall = service.client_policy().stall_timeout;
+    let item = item.map(Box::new).map_err(Box::new);
     tokio::select! {
         sent = tokio::time::timeout(stall, tx.send(item)) => match sent {
             Ok(Ok(())) => Delivery::Sent,
@@ -195,26 +220,20 @@ async fn deliver(
     }
 }
 
-/// Where and how a stream's chunks go.
-struct Relay {
-    include_usage: bool,
-    deadline: Instant,
-    tx: mpsc::Sender<Result<ChatChunk, Status>>,
-}
-
+/// Relays an opened stream to the client through `tx`, then settles it.
 async fn run(
-    service: InferenceService,
-    admitted: Admitted,
-    first: ChatChunk,
-    mut rest: ChunkStream,
-    relay: Relay,
+    service: &InferenceService,
+    opened: Opened,
+    tx: mpsc::Sender<Relayed>,
     meter: &mut RequestMeter,
 ) -> RequestStatus {
-    let Relay {
-        include_usage,
+    let Opened {
+        admitted,
+        first,
+        mut rest,
         deadline,
-        tx,
-    } = relay;
+        include_usage,
+    } = opened;
     let total_secs = admitted.provider.timeouts().total.as_secs();
     let cancel_on_leave = service.client_policy().on_disconnect == ClientDisconnect::Cancel;
     let mut usage: Option<Usage> = None;
@@ -277,7 +296,7 @@ async fn run(
         chunk.id.clone_from(&admitted.request_id);
         chunk.created = admitted.created;
         chunk.model.clone_from(&admitted.route.requested_id);
-        match deliver(&service, &tx, Ok(chunk)).await {
+        match deliver(service, &tx, Ok(chunk)).await {
             Delivery::Sent => {}
             Delivery::Cut => break End::Failed(shutdown_error(&admitted)),
             Delivery::Left if cancel_on_leave => {
@@ -313,9 +332,8 @@ async fn run(
             true,
         ),
     };
-    let settled = service
-        .settle(&admitted, Some(usage), outcome, estimated)
-        .await;
+    // Boxed like opening: settling (with its retries) is a large future needed once, at the end.
+    let settled = Box::pin(service.settle(&admitted, Some(usage), outcome, estimated)).await;
     if let Ok(cost) = &settled {
         meter.settled(&usage, *cost);
     }
@@ -345,6 +363,39 @@ async fn run(
     let status = RequestStatus::of_result(&last);
     // Bounded like every send: the client may have left or stalled meanwhile.
     drop(admitted);
-    let _ = deliver(&service, &tx, last).await;
+    let _ = Box::pin(deliver(service, &tx, last)).await;
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an `async fn` returns, from the function alone.
+    fn future_size<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    fn relay_size<R>(
+        _: fn(
+            &'static InferenceService,
+            Opened,
+            mpsc::Sender<Relayed>,
+            &'static mut RequestMeter,
+        ) -> R,
+    ) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A held stream keeps its task and its relay for as long as the client reads: both stay
+    /// small (unboxed, opening and settling made the task over 8 KiB), and a channel slot is two
+    /// words.
+    #[test]
+    fn a_held_stream_keeps_little() {
+        let task = future_size(stream as fn(_, _, _, _, _) -> _);
+        assert!(task <= 1024, "the stream task is {task} bytes");
+        let relay = relay_size(run as fn(_, _, _, _) -> _);
+        assert!(relay <= 4096, "the relay is {relay} bytes");
+        assert_eq!(std::mem::size_of::<Relayed>(), 16);
+    }
 }

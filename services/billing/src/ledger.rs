@@ -246,20 +246,23 @@ impl Ledger {
     /// request id already held one). Refusals are [`BillingError::InsufficientBalance`] and
     /// [`BillingError::BudgetExceeded`]; nothing is held then.
     pub async fn reserve(&self, reservation: Reservation) -> Result<i64, BillingError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Job::Reserve(reservation, reply))
-            .await
-            .map_err(|_| BillingError::LedgerClosed)?;
-        answer.await.map_err(|_| BillingError::LedgerClosed)?
+        self.ask(|reply| Job::Reserve(reservation, reply)).await
     }
 
     /// Releases the reservations whose expiry is before `before` (requests that never settled),
     /// on the writer's connection between its batches; returns how many.
     pub async fn release_expired(&self, before: i64) -> Result<u64, BillingError> {
+        self.ask(|reply| Job::Release(before, reply)).await
+    }
+
+    /// Queues the job `job` makes around its reply channel and waits for the writer's answer.
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, BillingError>>) -> Job,
+    ) -> Result<T, BillingError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job::Release(before, reply))
+            .send(job(reply))
             .await
             .map_err(|_| BillingError::LedgerClosed)?;
         answer.await.map_err(|_| BillingError::LedgerClosed)?

@@ -506,7 +506,7 @@ fn per_key(released: &[Released]) -> BTreeMap<String, i64> {
 /// `i64::MAX`): its request was served but its ledger row could not be written, so its money
 /// stays held until an operator settles it. Start-up on SQLite still releases it.
 pub(crate) async fn hold_reservation(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     request_id: &str,
 ) -> Result<u64, DbErr> {
     execute(
@@ -521,18 +521,27 @@ pub(crate) async fn hold_reservation(
 /// their requests never settled, so their money goes back. Returns how many were released.
 pub async fn release_expired(db: &DatabaseConnection, before: i64) -> Result<u64, BillingError> {
     let txn = db.begin().await?;
-    let released = delete_reservations(&txn, "expires_at < ?", vec![before.into()]).await?;
+    let count = release_expired_in(&txn, before).await?;
+    txn.commit().await?;
+    Ok(count)
+}
+
+/// [`release_expired`] inside `txn` (the ledger writer's sweep: [`crate::ledger::Ledger::release_expired`]).
+pub(crate) async fn release_expired_in(
+    txn: &impl ConnectionTrait,
+    before: i64,
+) -> Result<u64, DbErr> {
+    let released = delete_reservations(txn, "expires_at < ?", vec![before.into()]).await?;
     let count = released.len() as u64;
     for (key_id, amount) in per_key(&released) {
         execute(
-            &txn,
+            txn,
             "UPDATE key_accounts SET reserved_picodollars = reserved_picodollars - ? \
              WHERE key_id = ?",
             vec![amount.into(), key_id.into()],
         )
         .await?;
     }
-    txn.commit().await?;
     Ok(count)
 }
 

@@ -3,14 +3,14 @@
 //! sea-orm's own pool. Both honour `[database] durability` ([`Durability`]): whether each commit
 //! waits for the disk (SQLite `synchronous = FULL`, PostgreSQL `synchronous_commit = on`) or only
 //! for the database (`NORMAL` under WAL, `synchronous_commit = off`). [`writer`] gives the
-//! connection the hot path writes on: one SQLite connection the process's writers queue for.
+//! connection the hot path writes on: on a SQLite file, one connection of the ledger writer's own.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, SqlxSqliteConnector,
-    Statement, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    SqlxSqliteConnector, Statement, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -18,35 +18,49 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::config::{DatabaseConfig, Durability, redact_url_password};
 use crate::error::BillingError;
 use crate::migration::Migrator;
+use crate::sqlite_writer::SqliteWriterConnection;
+use crate::writer_connection::WriterConnection;
 
 /// Connections in the SQLite pool. WAL lets readers run beside the one writer.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// How long a SQLite statement waits for another connection's lock before it fails.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The connection the request path writes on (reservations, the ledger's group commits) and the
-/// expiry sweep. A SQLite file has one write lock: writers on different connections of one pool
-/// collide on it, and the loser sleeps in SQLite's busy handler (1, 2, 5, 10, ... up to 100 ms a
-/// try) even when the winner commits a moment later. So a SQLite file gets a pool of its own with
-/// one connection, opened with the same options: the process's writers wait for it in order, and
-/// each is woken the moment the one before is done. Reads stay on `db`'s connections beside it
-/// (WAL), and a rare write elsewhere (the Admin API, another process) still meets the busy
-/// timeout. PostgreSQL locks rows, and an in-memory SQLite pool already has one connection: `db`.
-pub async fn writer(db: &DatabaseConnection) -> Result<DatabaseConnection, BillingError> {
+/// expiry sweep: the ledger writer's ([`crate::ledger::Ledger::start`]). A SQLite file has one
+/// write lock, and its writers on different connections collide on it (the loser sleeps in
+/// SQLite's busy handler, 1, 2, 5, 10, ... up to 100 ms a try, even when the winner commits a
+/// moment later), so every write of the request path goes through one connection, in order: for
+/// a SQLite file, a connection of its own ([`SqliteWriterConnection`]), opened with the pool's
+/// pragmas (WAL, the pool's `synchronous`, the busy timeout, foreign keys), that the writer's
+/// thread calls directly, without sqlx's worker thread and its two wake-ups per statement. Reads
+/// stay on `db`'s connections beside it (WAL), and a rare write elsewhere (the Admin API, another
+/// process) still meets the busy timeout. PostgreSQL locks rows, and an in-memory SQLite pool
+/// already has its one connection: the writer writes on `db` itself.
+pub async fn writer(db: &DatabaseConnection) -> Result<WriterConnection, BillingError> {
     if !matches!(db, DatabaseConnection::SqlxSqlitePoolConnection(_)) {
-        return Ok(db.clone());
+        return Ok(WriterConnection::Pooled(db.clone()));
     }
     let pool = db.get_sqlite_connection_pool();
     if pool.options().get_max_connections() <= 1 {
-        return Ok(db.clone());
+        return Ok(WriterConnection::Pooled(db.clone()));
     }
-    let options = SqliteConnectOptions::clone(&pool.connect_options());
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_with(options)
-        .await?;
-    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(writer))
+    let path = pool.connect_options().get_filename().to_owned();
+    // Whatever `[database] durability` chose for the pool's connections ([`connect_sqlite`]).
+    let synchronous: i64 = db
+        .query_one(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA synchronous",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("PRAGMA synchronous returned no row".to_owned()))?
+        .try_get_by_index(0)?;
+    let conn = tokio::task::spawn_blocking(move || {
+        SqliteWriterConnection::open(&path, synchronous, SQLITE_BUSY_TIMEOUT)
+    })
+    .await
+    .map_err(|err| DbErr::Custom(format!("opening the ledger writer's connection: {err}")))??;
+    Ok(WriterConnection::SqliteFile(conn))
 }
 
 /// Opens the database named by `cfg.url`, creating a SQLite file (and its folder) if missing.
@@ -80,7 +94,7 @@ async fn connect_sqlite(
         Durability::ProcessCrash => SqliteSynchronous::Normal,
     };
     let options = SqliteConnectOptions::from_str(url)?
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true)
         .synchronous(synchronous);
     // An in-memory database lives only as long as a connection to it, so keep exactly one open.
@@ -160,7 +174,7 @@ mod tests {
 
     use super::*;
 
-    async fn pragma(db: &DatabaseConnection, name: &str) -> String {
+    async fn pragma(db: &(impl ConnectionTrait + ?Sized), name: &str) -> String {
         let row = db
             .query_one(Statement::from_string(
                 db.get_database_backend(),
@@ -238,54 +252,68 @@ mod tests {
 
     #[tokio::test]
     async fn a_sqlite_file_is_written_on_one_connection_with_the_same_pragmas() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = connect(&DatabaseConfig::at(format!(
-            "sqlite://{}",
-            dir.path().join("one-writer.db").display()
-        )))
-        .await
-        .unwrap();
-        migrate(&db).await.unwrap();
-        let writer = writer(&db).await.unwrap();
-        let pool = writer.get_sqlite_connection_pool();
-        assert_eq!(pool.options().get_max_connections(), 1);
-        assert_eq!(
-            db.get_sqlite_connection_pool()
-                .options()
-                .get_max_connections(),
-            SQLITE_MAX_CONNECTIONS
-        );
-        assert_eq!(pragma(&writer, "journal_mode").await, "wal");
-        assert_eq!(pragma(&writer, "synchronous").await, "2"); // FULL, as `db`
-        assert_eq!(pragma(&writer, "busy_timeout").await, "5000");
-        assert_eq!(pragma(&writer, "foreign_keys").await, "1");
-        // The same file: what the writer commits, the readers see.
-        for sql in [
-            "CREATE TABLE probe (x INTEGER)",
-            "INSERT INTO probe VALUES (7)",
-        ] {
-            writer
-                .execute(Statement::from_string(writer.get_database_backend(), sql))
-                .await
-                .unwrap();
-        }
-        let seen = db
-            .query_one(Statement::from_string(
-                db.get_database_backend(),
-                "SELECT x FROM probe",
-            ))
+        for durability in [Durability::PowerLoss, Durability::ProcessCrash] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = connect(&DatabaseConfig {
+                durability,
+                ..DatabaseConfig::at(format!(
+                    "sqlite://{}",
+                    dir.path().join("one-writer.db").display()
+                ))
+            })
             .await
-            .unwrap()
-            .unwrap()
-            .try_get_by_index::<i64>(0)
             .unwrap();
-        assert_eq!(seen, 7);
+            migrate(&db).await.unwrap();
+            let writer = writer(&db).await.unwrap();
+            assert!(
+                matches!(writer, WriterConnection::SqliteFile(_)),
+                "{writer:?}"
+            );
+            assert_eq!(
+                db.get_sqlite_connection_pool()
+                    .options()
+                    .get_max_connections(),
+                SQLITE_MAX_CONNECTIONS
+            );
+            let synchronous = match durability {
+                Durability::PowerLoss => "2",    // FULL
+                Durability::ProcessCrash => "1", // NORMAL
+            };
+            for connection in [&writer as &dyn ConnectionTrait, &db] {
+                assert_eq!(pragma(connection, "journal_mode").await, "wal");
+                assert_eq!(pragma(connection, "synchronous").await, synchronous);
+                assert_eq!(pragma(connection, "busy_timeout").await, "5000");
+                assert_eq!(pragma(connection, "foreign_keys").await, "1");
+            }
+            // The same file: what the writer commits, the readers see.
+            for sql in [
+                "CREATE TABLE probe (x INTEGER)",
+                "INSERT INTO probe VALUES (7)",
+            ] {
+                writer
+                    .execute(Statement::from_string(writer.get_database_backend(), sql))
+                    .await
+                    .unwrap();
+            }
+            let seen = db
+                .query_one(Statement::from_string(
+                    db.get_database_backend(),
+                    "SELECT x FROM probe",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index::<i64>(0)
+                .unwrap();
+            assert_eq!(seen, 7);
+        }
 
         // An in-memory database lives in its one connection: it is its own writer.
         let memory = connect(&DatabaseConfig::at("sqlite::memory:".to_owned()))
             .await
             .unwrap();
         let same = super::writer(&memory).await.unwrap();
+        assert!(matches!(same, WriterConnection::Pooled(_)), "{same:?}");
         same.execute(Statement::from_string(
             same.get_database_backend(),
             "CREATE TABLE probe (x INTEGER)",

@@ -17,7 +17,13 @@
 //! the batch's transaction after its settlements ([`crate::accounts::hold`]; a refusal answers
 //! its caller and fails nothing else), and answered once the batch commits. Under load the
 //! admissions' reservations share the batch's one commit (and fsync) with the settlements, and
-//! every write of the request path goes through one connection in order.
+//! every write of the request path goes through one connection in order. So does the sweep of
+//! expired reservations ([`Ledger::release_expired`]), between batches.
+//!
+//! Where the writer runs follows its connection ([`crate::db::writer`], [`Ledger::start`]): on a
+//! SQLite file, a thread of its own that owns a synchronous SQLite connection, so a batch costs
+//! one wake-up of that thread and its statements are direct calls; on PostgreSQL (and an
+//! in-memory SQLite database), a task on the runtime writing through sqlx. The SQL is the same.
 //!
 //! Each waiter has its `ledger commit` span (in its request's trace: the Settle call's span is
 //! its parent) from the moment its row is queued to its answer, recording the size of the batch
@@ -29,9 +35,8 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr};
 use sea_orm::{
-    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    TransactionTrait,
+    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use crate::accounts::{self, Reservation, Settled};
@@ -43,6 +48,7 @@ use crate::clock::Period;
 use crate::entity::usage_ledger;
 use crate::error::BillingError;
 use crate::telemetry;
+use crate::writer_connection::WriterConnection;
 
 /// Most rows committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -144,6 +150,11 @@ impl std::fmt::Debug for Reply {
 enum Job {
     Settle(LedgerRow, Reply),
     Reserve(Reservation, oneshot::Sender<Result<i64, BillingError>>),
+    /// Release the reservations that expire before this time ([`accounts::release_expired_in`]).
+    Release(i64, oneshot::Sender<Result<u64, BillingError>>),
+    /// A writer that dies mid-batch, for the tests of what its callers see.
+    #[cfg(test)]
+    Panic,
 }
 
 /// The handle that queues rows and reservations for the writer. Cheap to clone.
@@ -152,21 +163,55 @@ pub struct Ledger {
     queue: mpsc::Sender<Job>,
 }
 
-/// The running writer task. [`shutdown`](Self::shutdown) flushes what is queued and stops it;
-/// it also stops, after flushing, once this handle and every [`Ledger`] are dropped.
+/// The running writer. [`shutdown`](Self::shutdown) flushes what is queued and stops it; it also
+/// stops, after flushing, once this handle and every [`Ledger`] are dropped.
 #[derive(Debug)]
 pub struct LedgerWriter {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    running: Running,
+}
+
+/// Where the writer runs, to wait for its end.
+#[derive(Debug)]
+enum Running {
+    /// A task on the runtime.
+    Task(JoinHandle<()>),
+    /// A thread of its own; answers whether the writer ended without a panic.
+    Thread(oneshot::Receiver<bool>),
 }
 
 impl Ledger {
-    /// Starts the writer on `db`.
-    pub fn start(db: DatabaseConnection) -> (Self, LedgerWriter) {
+    /// Starts the writer on `writer` ([`crate::db::writer`]). On a sea-orm (sqlx) connection it is
+    /// a task on the runtime. On a SQLite file's own connection it is a thread of its own, which
+    /// owns the connection and runs the writer on a current-thread runtime: a batch costs one
+    /// wake-up of that thread (the jobs in, the answers out), and each of its statements is a
+    /// direct call. A panic there drops the queue and every job taken from it, so callers get
+    /// [`BillingError::LedgerClosed`] rather than waiting.
+    pub fn start(writer: WriterConnection) -> Result<(Self, LedgerWriter), BillingError> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run_writer(db, rx, stop_rx));
-        (Self { queue }, LedgerWriter { stop, task })
+        let running = match writer {
+            WriterConnection::Pooled(_) => {
+                Running::Task(tokio::spawn(run_writer(writer, rx, stop_rx)))
+            }
+            WriterConnection::SqliteFile(_) => {
+                // Time for the retries' backoff.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()?;
+                let (ended, end) = oneshot::channel();
+                std::thread::Builder::new()
+                    .name("ledger-writer".to_owned())
+                    .spawn(move || {
+                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            runtime.block_on(run_writer(writer, rx, stop_rx));
+                        }));
+                        let _ = ended.send(ran.is_ok());
+                    })?;
+                Running::Thread(end)
+            }
+        };
+        Ok((Self { queue }, LedgerWriter { stop, running }))
     }
 
     /// Stores `row` (or finds the row already stored under its request id) and returns the cost
@@ -201,9 +246,23 @@ impl Ledger {
     /// request id already held one). Refusals are [`BillingError::InsufficientBalance`] and
     /// [`BillingError::BudgetExceeded`]; nothing is held then.
     pub async fn reserve(&self, reservation: Reservation) -> Result<i64, BillingError> {
+        self.ask(|reply| Job::Reserve(reservation, reply)).await
+    }
+
+    /// Releases the reservations whose expiry is before `before` (requests that never settled),
+    /// on the writer's connection between its batches; returns how many.
+    pub async fn release_expired(&self, before: i64) -> Result<u64, BillingError> {
+        self.ask(|reply| Job::Release(before, reply)).await
+    }
+
+    /// Queues the job `job` makes around its reply channel and waits for the writer's answer.
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, BillingError>>) -> Job,
+    ) -> Result<T, BillingError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job::Reserve(reservation, reply))
+            .send(job(reply))
             .await
             .map_err(|_| BillingError::LedgerClosed)?;
         answer.await.map_err(|_| BillingError::LedgerClosed)?
@@ -215,14 +274,18 @@ impl LedgerWriter {
     pub async fn shutdown(self) {
         // An error means the writer already ended.
         let _ = self.stop.send(true);
-        if let Err(err) = self.task.await {
-            tracing::error!(error = %err, "ledger writer panicked");
+        let panicked = match self.running {
+            Running::Task(task) => task.await.is_err(),
+            Running::Thread(end) => !matches!(end.await, Ok(true)),
+        };
+        if panicked {
+            tracing::error!("ledger writer panicked");
         }
     }
 }
 
 async fn run_writer(
-    db: DatabaseConnection,
+    db: WriterConnection,
     mut rx: mpsc::Receiver<Job>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -260,13 +323,19 @@ async fn run_writer(
 /// caller with the error (the request fails with a 500) and keeps its reservation
 /// ([`hold_reservation`]); a reservation that cannot be written answers with the error (the
 /// admission fails, nothing is held).
-async fn write_batch(db: &DatabaseConnection, batch: Vec<Job>) {
+async fn write_batch(db: &WriterConnection, batch: Vec<Job>) {
     let mut rows = Vec::new();
     let mut replies = Vec::new();
     let mut holds = Vec::new();
     let mut holders = Vec::new();
     for job in batch {
         match job {
+            Job::Release(before, reply) => {
+                // A sweep failed is tried again at its next tick.
+                let _ = reply.send(release_expired(db, before).await);
+            }
+            #[cfg(test)]
+            Job::Panic => panic!("the ledger writer's test panic"),
             Job::Settle(row, reply) => {
                 rows.push(row);
                 replies.push(reply);
@@ -276,6 +345,9 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Job>) {
                 holders.push(holder);
             }
         }
+    }
+    if rows.is_empty() && holds.is_empty() {
+        return;
     }
     let err = match commit_retrying(db, &holds, &rows).await {
         Ok(committed) => {
@@ -333,7 +405,7 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// idempotent per request id, so a retry after a transient failure (a lock timeout, a dropped
 /// connection) stores each row and moves its money exactly once.
 async fn commit_retrying(
-    db: &DatabaseConnection,
+    db: &WriterConnection,
     holds: &[Reservation],
     rows: &[LedgerRow],
 ) -> Result<Committed, DbErr> {
@@ -413,7 +485,7 @@ fn answer(rows: &[LedgerRow], replies: Vec<Reply>, costs: &HashMap<String, i64>)
 
 /// A row that could not be written after every retry: logged, its reservation held, its caller
 /// answered with the error.
-async fn give_up(db: &DatabaseConnection, row: &LedgerRow, reply: Reply, err: DbErr) {
+async fn give_up(db: &WriterConnection, row: &LedgerRow, reply: Reply, err: DbErr) {
     tracing::error!(
         request_id = %row.request_id,
         key_id = %row.key_id,
@@ -431,10 +503,18 @@ async fn give_up(db: &DatabaseConnection, row: &LedgerRow, reply: Reply, err: Db
 /// Keeps the reservation of a request whose row could not be written out of the expiry sweep:
 /// the request was served, so its money stays held (visible as `reserved_picodollars`) until an
 /// operator settles it, rather than being freed as if nothing was spent.
-async fn hold_reservation(db: &DatabaseConnection, request_id: &str) {
+async fn hold_reservation(db: &WriterConnection, request_id: &str) {
     if let Err(err) = accounts::hold_reservation(db, request_id).await {
         tracing::error!(request_id, error = %err, "could not keep the reservation of an unwritten row");
     }
+}
+
+/// Releases the reservations that expire before `before`, in a transaction of its own.
+async fn release_expired(db: &WriterConnection, before: i64) -> Result<u64, BillingError> {
+    let txn = db.begin().await?;
+    let released = accounts::release_expired_in(&txn, before).await?;
+    txn.commit().await?;
+    Ok(released)
 }
 
 /// What one committed batch answers.
@@ -450,7 +530,7 @@ struct Committed {
 /// cost stored under each request id and each reservation's outcome. The newly inserted rows are
 /// counted in the metrics once committed.
 async fn commit(
-    db: &DatabaseConnection,
+    db: &WriterConnection,
     holds: &[Reservation],
     rows: &[LedgerRow],
 ) -> Result<Committed, DbErr> {
@@ -474,7 +554,7 @@ async fn commit(
 /// Inserts `rows` inside `txn`, applies the newly inserted ones to their accounts, and returns
 /// the cost stored under each request id and the request ids newly inserted.
 async fn settle(
-    txn: &DatabaseTransaction,
+    txn: &impl ConnectionTrait,
     rows: &[LedgerRow],
 ) -> Result<(HashMap<String, i64>, HashSet<String>), DbErr> {
     let ids: Vec<String> = rows
@@ -524,15 +604,24 @@ async fn settle(
         .filter(|id| !stored.contains_key(id))
         .collect();
     if !earlier.is_empty() {
-        let rows: Vec<(String, i64)> = usage_ledger::Entity::find()
-            .select_only()
-            .column(usage_ledger::Column::RequestId)
-            .column(usage_ledger::Column::CostPicodollars)
-            .filter(usage_ledger::Column::RequestId.is_in(earlier))
-            .into_tuple()
-            .all(txn)
-            .await?;
-        stored.extend(rows);
+        let select = Query::select()
+            .columns([
+                usage_ledger::Column::RequestId,
+                usage_ledger::Column::CostPicodollars,
+            ])
+            .from(usage_ledger::Entity)
+            .and_where(usage_ledger::Column::RequestId.is_in(earlier))
+            .to_owned();
+        // Read by column name: a SQLite file writer's rows are keyed by name, not position.
+        for row in txn
+            .query_all(txn.get_database_backend().build(&select))
+            .await?
+        {
+            stored.insert(
+                row.try_get("", "request_id")?,
+                row.try_get("", "cost_picodollars")?,
+            );
+        }
     }
     let newly = settled.into_iter().map(|s| s.request_id).collect();
     Ok((stored, newly))
@@ -765,6 +854,54 @@ mod tests {
     use crate::config::DatabaseConfig;
     use crate::db;
 
+    /// The two ways the writer runs on a SQLite file: on a connection of its own on a thread of
+    /// its own (what a gateway does), and on sea-orm's sqlx pool (what it does on PostgreSQL).
+    #[derive(Debug, Clone, Copy)]
+    enum WriterPath {
+        OwnConnection,
+        Pooled,
+    }
+
+    async fn writer_on(db: &DatabaseConnection, path: WriterPath) -> WriterConnection {
+        match path {
+            WriterPath::OwnConnection => {
+                let writer = db::writer(db).await.unwrap();
+                assert!(matches!(writer, WriterConnection::SqliteFile(_)));
+                writer
+            }
+            WriterPath::Pooled => WriterConnection::Pooled(db.clone()),
+        }
+    }
+
+    /// Runs each named test once per [`WriterPath`].
+    macro_rules! on_both_writers {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[tokio::test]
+                async fn on_its_own_connection() {
+                    super::$name(super::WriterPath::OwnConnection).await;
+                }
+
+                #[tokio::test]
+                async fn on_the_pool() {
+                    super::$name(super::WriterPath::Pooled).await;
+                }
+            }
+        )*};
+    }
+
+    on_both_writers!(
+        one_batch_settles_first_then_holds_each_reservation_or_refuses_it_alone,
+        reservations_queued_together_are_answered_once_their_batch_commits,
+        duplicate_request_ids_keep_the_first_row_even_within_one_batch,
+        shutdown_flushes_queued_rows_and_refuses_new_ones,
+        daily_usage_groups_by_utc_day_and_model_within_the_range,
+        a_keys_requests_page_newest_first_and_top_keys_rank_by_cost,
+        rows_keep_cache_writes_and_the_estimate_mark,
+        a_failed_commit_is_retried_then_fails_only_its_own_row,
+        the_sweep_releases_expired_reservations_on_the_writer,
+    );
+
     async fn open(path: &std::path::Path) -> DatabaseConnection {
         let db = db::connect(&DatabaseConfig::at(format!("sqlite://{}", path.display())))
             .await
@@ -835,13 +972,15 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn one_batch_settles_first_then_holds_each_reservation_or_refuses_it_alone() {
+    async fn one_batch_settles_first_then_holds_each_reservation_or_refuses_it_alone(
+        path: WriterPath,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
         let prepaid = prepaid(100);
         accounts::open(&db, "key-1", prepaid, 0).await.unwrap();
-        let first = commit(&db, &[reservation("r1", "key-1", 80)], &[])
+        let writer = writer_on(&db, path).await;
+        let first = commit(&writer, &[reservation("r1", "key-1", 80)], &[])
             .await
             .unwrap();
         assert_eq!(first.holds[0].as_ref().unwrap(), &80);
@@ -851,7 +990,7 @@ mod tests {
         // so r2 (50) fits in the 90 left; r3 (50) does not, and is refused without failing the
         // others; r2 again (a concurrent Admit of one request) holds nothing more.
         let batch = commit(
-            &db,
+            &writer,
             &[
                 reservation("r2", "key-1", 50),
                 reservation("r3", "key-1", 50),
@@ -874,7 +1013,7 @@ mod tests {
 
         // Another key's request cannot take over a request id that holds a reservation.
         accounts::open(&db, "key-2", prepaid, 0).await.unwrap();
-        let taken = commit(&db, &[reservation("r2", "key-2", 5)], &[])
+        let taken = commit(&writer, &[reservation("r2", "key-2", 5)], &[])
             .await
             .unwrap();
         assert!(matches!(
@@ -887,13 +1026,12 @@ mod tests {
         assert_eq!(money(&db, "key-2").await, (Some(100), 0, 0));
     }
 
-    #[tokio::test]
-    async fn reservations_queued_together_are_answered_once_their_batch_commits() {
+    async fn reservations_queued_together_are_answered_once_their_batch_commits(path: WriterPath) {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
         let prepaid = prepaid(1_000);
         accounts::open(&db, "key-1", prepaid, 0).await.unwrap();
-        let (ledger, writer) = Ledger::start(db.clone());
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
         let answers = futures::future::join_all(
             (0..20).map(|i| ledger.reserve(reservation(&format!("q{i}"), "key-1", 100))),
         )
@@ -912,11 +1050,10 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn duplicate_request_ids_keep_the_first_row_even_within_one_batch() {
+    async fn duplicate_request_ids_keep_the_first_row_even_within_one_batch(path: WriterPath) {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
-        let (ledger, writer) = Ledger::start(db.clone());
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
         let (a, b) = tokio::join!(ledger.record(row("r1", 100)), ledger.record(row("r1", 999)));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(
@@ -945,12 +1082,11 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn shutdown_flushes_queued_rows_and_refuses_new_ones() {
+    async fn shutdown_flushes_queued_rows_and_refuses_new_ones(path: WriterPath) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.db");
-        let db = open(&path).await;
-        let (ledger, writer) = Ledger::start(db.clone());
+        let file = dir.path().join("l.db");
+        let db = open(&file).await;
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
         let waiters: Vec<_> = (0..300)
             .map(|i| {
                 let ledger = ledger.clone();
@@ -966,17 +1102,16 @@ mod tests {
             Err(BillingError::LedgerClosed)
         ));
         drop(db);
-        let db = open(&path).await;
+        let db = open(&file).await;
         let totals = usage_totals(&db, "key-1", Period::current()).await.unwrap();
         assert_eq!(totals.requests, 300);
         assert_eq!(totals.cost_picodollars, (0..300).sum::<i64>());
     }
 
-    #[tokio::test]
-    async fn daily_usage_groups_by_utc_day_and_model_within_the_range() {
+    async fn daily_usage_groups_by_utc_day_and_model_within_the_range(path: WriterPath) {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
-        let (ledger, writer) = Ledger::start(db.clone());
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
         let day0 = 20_000 * DAY_MS;
         let rows = [
             ("a", "flash", day0, 10),
@@ -1017,11 +1152,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_keys_requests_page_newest_first_and_top_keys_rank_by_cost() {
+    async fn a_keys_requests_page_newest_first_and_top_keys_rank_by_cost(path: WriterPath) {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
-        let (ledger, writer) = Ledger::start(db.clone());
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
         let day0 = 20_000 * DAY_MS;
         // Two rows share a settlement time: the row id orders them.
         let rows = [
@@ -1070,11 +1204,10 @@ mod tests {
         assert_eq!((all[0].requests, all[0].cost_picodollars), (8, 220));
     }
 
-    #[tokio::test]
-    async fn rows_keep_cache_writes_and_the_estimate_mark() {
+    async fn rows_keep_cache_writes_and_the_estimate_mark(path: WriterPath) {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir.path().join("l.db")).await;
-        let (ledger, writer) = Ledger::start(db.clone());
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
         let mut estimated = row("est", 3);
         estimated.cache_write_tokens = 7;
         estimated.estimated = true;
@@ -1096,6 +1229,90 @@ mod tests {
             stored,
             vec![("est".to_owned(), 7, true), ("real".to_owned(), 0, false)]
         );
+    }
+
+    /// A failure at COMMIT itself (here a deferred foreign key the trigger breaks for one request
+    /// id; on a live gateway a full disk or a lock held past the busy timeout) is the batch's
+    /// error: the batch is retried, then written job by job, the other rows are stored, the
+    /// unlucky one fails alone, and the failed COMMIT leaves no transaction open behind it.
+    async fn a_failed_commit_is_retried_then_fails_only_its_own_row(path: WriterPath) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        db.execute_unprepared(
+            "CREATE TABLE guard_parent (id TEXT PRIMARY KEY); \
+             CREATE TABLE guard_child (parent TEXT \
+               REFERENCES guard_parent (id) DEFERRABLE INITIALLY DEFERRED); \
+             CREATE TRIGGER fails_at_commit AFTER INSERT ON usage_ledger \
+               WHEN NEW.request_id = 'unlucky' \
+               BEGIN INSERT INTO guard_child VALUES ('missing'); END",
+        )
+        .await
+        .unwrap();
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
+        let ids = ["a", "unlucky", "b", "c"];
+        let answers =
+            futures::future::join_all(ids.iter().map(|id| ledger.record(row(id, 10)))).await;
+        for (id, answer) in ids.iter().zip(&answers) {
+            match (*id, answer) {
+                ("unlucky", Err(BillingError::LedgerWrite(err))) => {
+                    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+                }
+                ("unlucky", other) => panic!("the unlucky row should fail, not {other:?}"),
+                (_, answer) => assert_eq!(answer.as_ref().unwrap(), &10, "{id}"),
+            }
+        }
+        // The writer goes on: its connection is out of the failed transaction.
+        assert_eq!(ledger.record(row("d", 5)).await.unwrap(), 5);
+        writer.shutdown().await;
+        let totals = usage_totals(&db, "key-1", Period::current()).await.unwrap();
+        assert_eq!((totals.requests, totals.cost_picodollars), (4, 35));
+    }
+
+    /// The sweep of expired reservations runs between the writer's batches, on its connection.
+    async fn the_sweep_releases_expired_reservations_on_the_writer(path: WriterPath) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        accounts::open(&db, "key-1", prepaid(100), 0).await.unwrap();
+        let (ledger, writer) = Ledger::start(writer_on(&db, path).await).unwrap();
+        let mut expired = reservation("old", "key-1", 30);
+        expired.expires_at = 1_000;
+        ledger.reserve(expired).await.unwrap();
+        ledger
+            .reserve(reservation("live", "key-1", 20))
+            .await
+            .unwrap();
+        assert_eq!(ledger.release_expired(2_000).await.unwrap(), 1);
+        assert_eq!(money(&db, "key-1").await, (Some(100), 20, 1));
+        writer.shutdown().await;
+    }
+
+    /// A writer thread that dies answers its callers (queued or yet to come) with
+    /// `LedgerClosed` instead of leaving them waiting.
+    #[tokio::test]
+    async fn a_writer_that_panics_closes_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        let (ledger, writer) =
+            Ledger::start(writer_on(&db, WriterPath::OwnConnection).await).unwrap();
+        ledger.queue.send(Job::Panic).await.unwrap();
+        let bounded = Duration::from_secs(10);
+        let (queued, later) = tokio::time::timeout(bounded, async {
+            let queued = ledger.record(row("r1", 1)).await;
+            (queued, ledger.reserve(reservation("r2", "key-1", 1)).await)
+        })
+        .await
+        .expect("callers of a dead writer must not wait");
+        assert!(
+            matches!(queued, Err(BillingError::LedgerClosed)),
+            "{queued:?}"
+        );
+        assert!(
+            matches!(later, Err(BillingError::LedgerClosed)),
+            "{later:?}"
+        );
+        tokio::time::timeout(bounded, writer.shutdown())
+            .await
+            .expect("shutting down a dead writer returns");
     }
 
     #[tokio::test]

@@ -48,9 +48,11 @@ mod reports;
 pub mod self_rotation;
 pub mod service;
 pub mod shared_limits;
+pub mod sqlite_writer;
 mod streams;
 pub mod tasks;
 pub mod telemetry;
+pub mod writer_connection;
 
 pub use accounts::{KeyAccount, KeyMoney};
 pub use admin::{AdminService, AdminToken, LocalOperator};

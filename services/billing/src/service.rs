@@ -125,8 +125,8 @@ impl BillingService {
         let refresher = KeyRefresher::start(&db).await?;
         let keys = Arc::new(KeyCache::new());
         let writer = crate::db::writer(&db).await?;
-        let (ledger, ledger_writer) = Ledger::start(writer.clone());
-        let tasks = Tasks::spawn(&db, &writer, &keys, refresher, ledger_writer, &options);
+        let (ledger, ledger_writer) = Ledger::start(writer)?;
+        let tasks = Tasks::spawn(&db, &ledger, &keys, refresher, ledger_writer, &options);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,

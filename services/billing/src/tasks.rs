@@ -9,10 +9,9 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::accounts;
 use crate::clock::now_ms;
 use crate::keys::{KeyCache, KeyRefresher};
-use crate::ledger::LedgerWriter;
+use crate::ledger::{Ledger, LedgerWriter};
 use crate::service::BillingOptions;
 
 /// How often a service polls `api_keys` for changes made elsewhere, unless told otherwise.
@@ -33,10 +32,11 @@ pub(crate) struct Tasks {
 
 impl Tasks {
     /// Spawns the refresh poll (from `refresher`, started before any key was cached) and the
-    /// sweep (on `writer`, [`crate::db::writer`]) beside the already running `ledger_writer`.
+    /// sweep (through `ledger`, on its writer's connection) beside the already running
+    /// `ledger_writer`.
     pub(crate) fn spawn(
         db: &DatabaseConnection,
-        writer: &DatabaseConnection,
+        ledger: &Ledger,
         keys: &Arc<KeyCache>,
         refresher: KeyRefresher,
         ledger_writer: LedgerWriter,
@@ -51,7 +51,7 @@ impl Tasks {
             stopped.clone(),
         ));
         let sweep = tokio::spawn(sweep_reservations(
-            writer.clone(),
+            ledger.clone(),
             options.sweep_interval.max(MIN_INTERVAL),
             stopped,
         ));
@@ -100,14 +100,10 @@ impl Ticks {
 }
 
 /// Releases expired reservations every `interval` until told to stop.
-async fn sweep_reservations(
-    db: DatabaseConnection,
-    interval: Duration,
-    stop: watch::Receiver<bool>,
-) {
+async fn sweep_reservations(ledger: Ledger, interval: Duration, stop: watch::Receiver<bool>) {
     let mut ticks = Ticks::new(interval, stop);
     while ticks.next().await {
-        match accounts::release_expired(&db, now_ms()).await {
+        match ledger.release_expired(now_ms()).await {
             Ok(0) => {}
             Ok(released) => {
                 tracing::warn!(

@@ -423,7 +423,7 @@ pub async fn assert_a_late_row_keeps_the_months_spend(db: &DatabaseConnection) {
     let key_id = format!("key-late-{}", uuid::Uuid::now_v7().simple());
     let now = Period::current();
     let before = Period::of(chrono::Utc::now() - chrono::Duration::days(40));
-    let (ledger, writer) = Ledger::start(db.clone());
+    let (ledger, writer) = Ledger::start(tollgate_billing::db::writer(db).await.unwrap()).unwrap();
     let row = |n: u32, period: Period, cost: i64| LedgerRow {
         request_id: format!("chatcmpl-{key_id}-{n}"),
         key_id: key_id.clone(),

@@ -305,6 +305,13 @@ async fn run_writer(
         };
         let mut batch = Vec::with_capacity(MAX_BATCH);
         batch.push(first);
+        if matches!(db, WriterConnection::SqliteFile(_)) {
+            // On its own thread the writer wakes the moment one job arrives, ahead of the
+            // runtime's thread that is making the next ones; on a busy core that meant batches of
+            // one or two, each a commit and an fsync. Giving way once first lets the jobs being
+            // made join this batch; on an idle core it returns at once.
+            std::thread::yield_now();
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(item) => batch.push(item),

@@ -38,7 +38,9 @@ impl std::fmt::Debug for SqliteWriterConnection {
 impl SqliteWriterConnection {
     /// Opens the existing database file at `path` with the pragmas of the pool's connections
     /// ([`crate::db::connect`]): a WAL journal, `synchronous` as given (`PRAGMA synchronous`'s
-    /// number: 2 FULL, 1 NORMAL), `busy_timeout`, and foreign keys on.
+    /// number: 2 FULL, 1 NORMAL), `busy_timeout`, and foreign keys on; it checkpoints the WAL
+    /// itself only past [`crate::db::WRITER_AUTOCHECKPOINT_PAGES`] ([`crate::db::checkpoint_wal`]
+    /// does it in the background).
     pub(crate) fn open(
         path: &Path,
         synchronous: i64,
@@ -51,7 +53,8 @@ impl SqliteWriterConnection {
             .map_err(|err| DbErr::Conn(runtime_err(&err)))?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
-             PRAGMA foreign_keys = ON;"
+             PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = {};",
+            crate::db::WRITER_AUTOCHECKPOINT_PAGES
         ))
         .map_err(|err| DbErr::Conn(runtime_err(&err)))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);

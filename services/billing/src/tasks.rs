@@ -1,6 +1,6 @@
 //! The billing service's background work: the key-refresh poll (evicting keys other processes
-//! changed from the cache) and the sweep of reservations whose request never settled, plus the
-//! ledger writer they are stopped with.
+//! changed from the cache), the sweep of reservations whose request never settled and, on a
+//! SQLite file, the WAL checkpoint, plus the ledger writer they are stopped with.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
+use crate::db;
 use crate::keys::{KeyCache, KeyRefresher};
 use crate::ledger::{Ledger, LedgerWriter};
 use crate::service::BillingOptions;
@@ -20,6 +21,8 @@ pub const DEFAULT_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// How often expired reservations are released, unless told otherwise.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a SQLite file's WAL is checkpointed in the background ([`crate::db::checkpoint_wal`]).
+const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The running background tasks of one service.
 pub(crate) struct Tasks {
@@ -28,6 +31,8 @@ pub(crate) struct Tasks {
     stop: watch::Sender<bool>,
     refresh: JoinHandle<()>,
     sweep: JoinHandle<()>,
+    /// On a SQLite file.
+    checkpoint: Option<JoinHandle<()>>,
 }
 
 impl Tasks {
@@ -53,13 +58,17 @@ impl Tasks {
         let sweep = tokio::spawn(sweep_reservations(
             ledger.clone(),
             options.sweep_interval.max(MIN_INTERVAL),
-            stopped,
+            stopped.clone(),
         ));
+        let checkpoint = db::sqlite_file(db)
+            .is_some()
+            .then(|| tokio::spawn(checkpoint_wal(db.clone(), WAL_CHECKPOINT_INTERVAL, stopped)));
         Self {
             ledger_writer,
             stop,
             refresh,
             sweep,
+            checkpoint,
         }
     }
 
@@ -72,6 +81,11 @@ impl Tasks {
         }
         if let Err(err) = self.sweep.await {
             tracing::error!(error = %err, "reservation sweep task panicked");
+        }
+        if let Some(checkpoint) = self.checkpoint
+            && let Err(err) = checkpoint.await
+        {
+            tracing::error!(error = %err, "WAL checkpoint task panicked");
         }
     }
 }
@@ -112,6 +126,16 @@ async fn sweep_reservations(ledger: Ledger, interval: Duration, stop: watch::Rec
                 )
             }
             Err(err) => tracing::warn!(error = %err, "sweeping reservations failed"),
+        }
+    }
+}
+
+/// Checkpoints a SQLite file's WAL every `interval` until told to stop.
+async fn checkpoint_wal(db: DatabaseConnection, interval: Duration, stop: watch::Receiver<bool>) {
+    let mut ticks = Ticks::new(interval, stop);
+    while ticks.next().await {
+        if let Err(err) = db::checkpoint_wal(&db).await {
+            tracing::warn!(error = %err, "checkpointing the WAL failed");
         }
     }
 }

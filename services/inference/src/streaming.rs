@@ -363,7 +363,7 @@ async fn run(
     let status = RequestStatus::of_result(&last);
     // Bounded like every send: the client may have left or stalled meanwhile.
     drop(admitted);
-    let _ = Box::pin(deliver(service, &tx, last)).await;
+    let _ = deliver(service, &tx, last).await;
     status
 }
 

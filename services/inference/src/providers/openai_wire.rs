@@ -326,14 +326,16 @@ fn finish_reason<D: Dialect>(
 /// Per-stream state: one entry per choice index.
 #[derive(Debug)]
 pub(super) struct StreamNormaliser<D> {
-    choices: HashMap<u32, ChoiceState>,
+    /// Per choice index, in the order first seen: nearly always one, held as long as the stream
+    /// (a hash map would allocate room for four).
+    choices: Vec<(u32, ChoiceState)>,
     dialect: PhantomData<D>,
 }
 
 impl<D> Default for StreamNormaliser<D> {
     fn default() -> Self {
         Self {
-            choices: HashMap::new(),
+            choices: Vec::new(),
             dialect: PhantomData,
         }
     }
@@ -354,6 +356,19 @@ struct ChoiceState {
 }
 
 impl<D: Dialect> StreamNormaliser<D> {
+    /// The state of choice `index`, made on its first chunk.
+    fn choice(&mut self, index: u32) -> &mut ChoiceState {
+        let at = match self.choices.iter().position(|(seen, _)| *seen == index) {
+            Some(at) => at,
+            None => {
+                self.choices.reserve_exact(1);
+                self.choices.push((index, ChoiceState::default()));
+                self.choices.len() - 1
+            }
+        };
+        &mut self.choices[at].1
+    }
+
     /// Parses and normalises one SSE data payload.
     pub(super) fn chunk(
         &mut self,
@@ -374,7 +389,7 @@ impl<D: Dialect> StreamNormaliser<D> {
         let mut proto = chunk.to_proto();
         proto.usage = chunk.usage.flatten().as_ref().map(D::read_usage);
         for choice in &mut proto.choices {
-            let state = self.choices.entry(choice.index).or_default();
+            let state = self.choice(choice.index);
             let delta = choice.delta.get_or_insert_default();
             normalise_delta::<D>(state, delta, choice.finish_reason.is_some());
             if let Some(reason) = &choice.finish_reason {

@@ -326,16 +326,17 @@ fn finish_reason<D: Dialect>(
 /// Per-stream state: one entry per choice index.
 #[derive(Debug)]
 pub(super) struct StreamNormaliser<D> {
-    /// Per choice index, in the order first seen: nearly always one, held as long as the stream
-    /// (a hash map would allocate room for four).
-    choices: Vec<(u32, ChoiceState)>,
+    /// Per choice index: nearly always one, held as long as the stream. Boxed: the map makes
+    /// room for four entries at its first, so unboxed it held four whole states (about 600
+    /// bytes); a map, not a list, since an upstream may send any number of indexes.
+    choices: HashMap<u32, Box<ChoiceState>>,
     dialect: PhantomData<D>,
 }
 
 impl<D> Default for StreamNormaliser<D> {
     fn default() -> Self {
         Self {
-            choices: Vec::new(),
+            choices: HashMap::new(),
             dialect: PhantomData,
         }
     }
@@ -356,19 +357,6 @@ struct ChoiceState {
 }
 
 impl<D: Dialect> StreamNormaliser<D> {
-    /// The state of choice `index`, made on its first chunk.
-    fn choice(&mut self, index: u32) -> &mut ChoiceState {
-        let at = match self.choices.iter().position(|(seen, _)| *seen == index) {
-            Some(at) => at,
-            None => {
-                self.choices.reserve_exact(1);
-                self.choices.push((index, ChoiceState::default()));
-                self.choices.len() - 1
-            }
-        };
-        &mut self.choices[at].1
-    }
-
     /// Parses and normalises one SSE data payload.
     pub(super) fn chunk(
         &mut self,
@@ -389,7 +377,7 @@ impl<D: Dialect> StreamNormaliser<D> {
         let mut proto = chunk.to_proto();
         proto.usage = chunk.usage.flatten().as_ref().map(D::read_usage);
         for choice in &mut proto.choices {
-            let state = self.choice(choice.index);
+            let state = &mut **self.choices.entry(choice.index).or_default();
             let delta = choice.delta.get_or_insert_default();
             normalise_delta::<D>(state, delta, choice.finish_reason.is_some());
             if let Some(reason) = &choice.finish_reason {

@@ -30,13 +30,13 @@
 //! its row was committed in (`tollgate.ledger.batch_rows`); a row given up marks it an error.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use sea_orm::sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Alias, Expr, Func, Query, SimpleExpr};
 use sea_orm::{
-    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Value,
 };
 
 use crate::accounts::{self, Reservation, Settled};
@@ -102,30 +102,54 @@ pub struct LedgerRow {
     pub attempts: Option<i32>,
 }
 
+/// The columns a settlement inserts into `usage_ledger` (every column but the generated `id`), in
+/// the order of [`LedgerRow::values`].
+const INSERT_COLUMNS: [&str; 19] = [
+    "request_id",
+    "key_id",
+    "requested_model",
+    "model_id",
+    "provider",
+    "upstream_model",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cache_write_tokens",
+    "cost_picodollars",
+    "outcome",
+    "streamed",
+    "estimated",
+    "created_at",
+    "period",
+    "deployment",
+    "attempts",
+];
+
 impl LedgerRow {
-    fn into_active_model(self) -> usage_ledger::ActiveModel {
-        usage_ledger::ActiveModel {
-            id: ActiveValue::NotSet,
-            request_id: ActiveValue::Set(self.request_id),
-            key_id: ActiveValue::Set(self.key_id),
-            requested_model: ActiveValue::Set(self.requested_model),
-            model_id: ActiveValue::Set(self.model_id),
-            provider: ActiveValue::Set(self.provider),
-            upstream_model: ActiveValue::Set(self.upstream_model),
-            prompt_tokens: ActiveValue::Set(self.prompt_tokens),
-            cached_prompt_tokens: ActiveValue::Set(self.cached_prompt_tokens),
-            completion_tokens: ActiveValue::Set(self.completion_tokens),
-            reasoning_tokens: ActiveValue::Set(self.reasoning_tokens),
-            cache_write_tokens: ActiveValue::Set(self.cache_write_tokens),
-            cost_picodollars: ActiveValue::Set(self.cost_picodollars),
-            outcome: ActiveValue::Set(self.outcome.as_str().to_owned()),
-            streamed: ActiveValue::Set(self.streamed),
-            estimated: ActiveValue::Set(self.estimated),
-            created_at: ActiveValue::Set(self.created_at),
-            period: ActiveValue::Set(self.period.label()),
-            deployment: ActiveValue::Set(self.deployment),
-            attempts: ActiveValue::Set(self.attempts),
-        }
+    /// The row's values, in the order of [`INSERT_COLUMNS`].
+    fn values(&self) -> [Value; INSERT_COLUMNS.len()] {
+        [
+            self.request_id.as_str().into(),
+            self.key_id.as_str().into(),
+            self.requested_model.as_str().into(),
+            self.model_id.as_str().into(),
+            self.provider.as_str().into(),
+            self.upstream_model.as_str().into(),
+            self.prompt_tokens.into(),
+            self.cached_prompt_tokens.into(),
+            self.completion_tokens.into(),
+            self.reasoning_tokens.into(),
+            self.cache_write_tokens.into(),
+            self.cost_picodollars.into(),
+            self.outcome.as_str().into(),
+            self.streamed.into(),
+            self.estimated.into(),
+            self.created_at.into(),
+            self.period.label().into(),
+            self.deployment.clone().into(),
+            self.attempts.into(),
+        ]
     }
 }
 
@@ -558,6 +582,37 @@ async fn commit(
     Ok(Committed { costs, holds: held })
 }
 
+/// The statement that inserts `rows` ledger rows, skips the request ids already stored, and
+/// returns the rows it inserted. Written out rather than built by sea-query: the writer runs it
+/// for every batch, and sea-query formats every identifier and placeholder of it anew each time,
+/// while this text is the same for every batch of the same size (and is prepared once per size on
+/// a SQLite file: [`crate::sqlite_writer`]).
+fn insert_sql(rows: usize) -> String {
+    const RETURNING: &str = " ON CONFLICT (request_id) DO NOTHING \
+                             RETURNING request_id, key_id, cost_picodollars, period";
+    // The statement's head, and one row's placeholders.
+    static PARTS: LazyLock<(String, String)> = LazyLock::new(|| {
+        (
+            format!(
+                "INSERT INTO usage_ledger ({}) VALUES ",
+                INSERT_COLUMNS.join(", ")
+            ),
+            format!("({})", ["?"; INSERT_COLUMNS.len()].join(", ")),
+        )
+    });
+    let (head, row) = &*PARTS;
+    let mut sql = String::with_capacity(head.len() + rows * (row.len() + 2) + RETURNING.len());
+    sql.push_str(head);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql.push_str(RETURNING);
+    sql
+}
+
 /// Inserts `rows` inside `txn`, applies the newly inserted ones to their accounts, and returns
 /// the cost stored under each request id and the request ids newly inserted.
 async fn settle(
@@ -570,24 +625,14 @@ async fn settle(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let mut insert =
-        usage_ledger::Entity::insert_many(rows.iter().cloned().map(LedgerRow::into_active_model))
-            .on_conflict(
-                OnConflict::column(usage_ledger::Column::RequestId)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .into_query();
     // RETURNING names exactly the rows this statement inserted (not the duplicates it skipped):
     // only those move money.
-    insert.returning(Query::returning().columns([
-        usage_ledger::Column::RequestId,
-        usage_ledger::Column::KeyId,
-        usage_ledger::Column::CostPicodollars,
-        usage_ledger::Column::Period,
-    ]));
     let inserted = txn
-        .query_all(txn.get_database_backend().build(&insert))
+        .query_all(accounts::statement(
+            txn.get_database_backend(),
+            &insert_sql(rows.len()),
+            rows.iter().flat_map(LedgerRow::values).collect(),
+        ))
         .await?;
     let settled = inserted
         .into_iter()
@@ -860,6 +905,21 @@ mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
     use crate::db;
+
+    /// The settlement's insert names every column of the entity but the generated id, so a
+    /// column added to `usage_ledger` cannot be left out of it.
+    #[test]
+    fn the_insert_names_every_column_but_the_id() {
+        use sea_orm::{IdenStatic, Iterable};
+        let entity: Vec<String> = usage_ledger::Column::iter()
+            .filter(|c| !matches!(c, usage_ledger::Column::Id))
+            .map(|c| c.as_str().to_owned())
+            .collect();
+        assert_eq!(entity, INSERT_COLUMNS);
+        let sql = insert_sql(2);
+        assert_eq!(sql.matches('?').count(), 2 * INSERT_COLUMNS.len());
+        assert!(sql.starts_with("INSERT INTO usage_ledger (request_id, key_id, "));
+    }
 
     /// The two ways the writer runs on a SQLite file: on a connection of its own on a thread of
     /// its own (what a gateway does), and on sea-orm's sqlx pool (what it does on PostgreSQL).

@@ -2,8 +2,9 @@
 //! request id, so a retried `Admit` (the caller lost the answer to a broken connection or a
 //! deadline) gets the same admission back without counting the request twice. An entry leaves
 //! when its request settles or, at the latest, when its reservation would expire. Across a
-//! restart of this process the memory is gone; the reservation row (keys with a balance or
-//! budget) then answers the retry instead ([`crate::accounts::reserved_for`]).
+//! restart of this process (or on another replica) the memory does not have it; the reservation
+//! row (keys with a balance or budget) then answers a retry that says it is one
+//! (`AdmitRequest.retry`, [`crate::accounts::reserved_for`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -87,17 +87,20 @@ impl BillingService {
     }
 
     /// The admission of `request_id` when it was already admitted: remembered by this process,
-    /// or (after a restart) found as its reservation.
+    /// or, on a `retry` (after a restart, or by another replica), found as its reservation. A
+    /// first attempt's request id is new: reading the database for it would cost every metered
+    /// admission a query that finds nothing.
     async fn admitted_before(
         &self,
         key: &ActiveKey,
         request_id: &str,
+        retry: bool,
         now: i64,
     ) -> Result<Option<i64>, BillingError> {
         if let Some(reserved) = self.inner.admissions.get(request_id, &key.record.id, now) {
             return Ok(Some(reserved));
         }
-        if key.metered {
+        if retry && key.metered {
             return accounts::reserved_for(&self.inner.db, request_id, &key.record.id).await;
         }
         Ok(None)
@@ -288,7 +291,10 @@ impl BillingService {
             reserved_picodollars,
             allowed_fallbacks: allowed_fallbacks.clone(),
         };
-        if let Some(reserved) = self.admitted_before(&key, request_id, now).await? {
+        if let Some(reserved) = self
+            .admitted_before(&key, request_id, req.retry, now)
+            .await?
+        {
             return Ok(admission(reserved));
         }
         let ttl = if req.reservation_ttl_ms == 0 {

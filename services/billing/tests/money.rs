@@ -37,6 +37,7 @@ fn admit(request_id: &str) -> AdmitRequest {
         reservation_ttl_ms: 60_000,
         streamed: false,
         fallbacks: vec![],
+        retry: false,
     }
 }
 
@@ -454,8 +455,23 @@ async fn a_repeated_admit_returns_the_same_admission_and_counts_once(h: Harness,
 
     let h = if restart {
         let h = h.restart().await;
-        let after = admit_for(&h, &secret, &id(1)).await.unwrap();
+        // The caller's retry says so: the restarted billing remembers nothing of the first
+        // attempt, and finds its reservation.
+        let mut client = h.client.clone();
+        let retried = AdmitRequest {
+            retry: true,
+            ..admit(&id(1))
+        };
+        let after = client
+            .admit(with_key(retried, secret.expose_secret()))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(after.reserved_picodollars, RESERVE);
+        // A repeat that does not say it is one is not looked for, but its money is still held
+        // once: the writer finds the reservation its insert would duplicate.
+        let unflagged = admit_for(&h, &secret, &id(2)).await.unwrap();
+        assert_eq!(unflagged.reserved_picodollars, RESERVE);
         let account = accounts::account(&h.db, &record.id).await.unwrap().unwrap();
         assert_eq!(
             account.reserved_picodollars,

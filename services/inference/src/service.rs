@@ -571,12 +571,20 @@ impl InferenceService {
                     model_id: c.route.model_id.clone(),
                 })
                 .collect(),
+            retry: false,
         };
-        // Retried by request id while Billing is unreachable: Admit is idempotent.
+        // Retried by request id while Billing is unreachable: Admit is idempotent, and a retry
+        // says so (Billing then looks for the first attempt's reservation).
         let metering = self.inner.metering.clone();
         let admitting_by = admit_by.min(settle_by);
+        let mut attempts = 0u32;
         let admission = deadline::retried("Metering.Admit", &request_id, admitting_by, |left| {
-            let mut call = with_key(metadata, checked, admit.clone());
+            attempts += 1;
+            let admit = AdmitRequest {
+                retry: attempts > 1,
+                ..admit.clone()
+            };
+            let mut call = with_key(metadata, checked, admit);
             call.set_timeout(left);
             let mut metering = metering.clone();
             async move { metering.admit(call).await }

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::SqlitePool;
@@ -15,10 +16,16 @@ use tollgate::{
     error::ApiError,
     transport::{GrpcTransport, in_process},
     v1::{
-        ChatChunk, ChatRequest, ChatResponse, CreateKeyRequest, Message, Role, StreamOptions,
-        admin_client::AdminClient, admin_server::AdminServer, catalog_server::CatalogServer,
-        inference_client::InferenceClient, inference_server::InferenceServer, message::Content,
-        metering_server::MeteringServer,
+        Admission, AdmitRequest, AuthenticateRequest, ChatChunk, ChatRequest, ChatResponse,
+        CreateKeyRequest, InvalidateKeyRequest, InvalidateKeyResponse, KeyInfo, Message, Role,
+        SettleRequest, Settlement, StreamOptions,
+        admin_client::AdminClient,
+        admin_server::AdminServer,
+        catalog_server::CatalogServer,
+        inference_client::InferenceClient,
+        inference_server::InferenceServer,
+        message::Content,
+        metering_server::{Metering, MeteringServer},
     },
 };
 use tollgate_billing::{AdminService, AdminToken, BillingService, TierConfig, Tiers};
@@ -27,7 +34,7 @@ use tollgate_e2e::mock_upstream::{self, MockConfig, MockHandle};
 use tollgate_inference::{
     ClientDisconnect, ClientPolicy, ImagesConfig, InferenceService, ProviderConfig, Providers,
 };
-use tonic::{Code, Request, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 const ADMIN_TOKEN: &str = "settlement-test-admin-token";
 /// gpt-4.1-mini's prices in micro-USD per 1M tokens, i.e. picodollars per token.
@@ -90,6 +97,14 @@ impl Stack {
     }
 
     async fn start_with(client: ClientPolicy) -> Self {
+        Self::start_full(client, |billing| in_process(MeteringServer::new(billing))).await
+    }
+
+    /// The stack with Inference calling Metering through `metering` (given Billing).
+    async fn start_full(
+        client: ClientPolicy,
+        metering: impl FnOnce(BillingService) -> GrpcTransport,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
         let db = tollgate_billing::connect(&tollgate_billing::DatabaseConfig::at(url.clone()))
@@ -155,7 +170,7 @@ impl Stack {
         let inference = InferenceService::new(
             providers,
             in_process(CatalogServer::new(catalog)),
-            in_process(MeteringServer::new(billing.clone())),
+            metering(billing.clone()),
         )
         .with_client_policy(client);
         Self {
@@ -331,6 +346,74 @@ async fn a_successful_call_is_settled_once_at_the_upstreams_count() {
         .assert_settled_once(&key_id, Row::counted(response.id, "succeeded", text, false))
         .await;
     assert_eq!(stack.mock.requests().len(), 1);
+    stack.billing.shutdown().await;
+}
+
+/// Billing whose first answer to Admit is lost on the way back (it admitted the request, the
+/// caller sees `UNAVAILABLE`), recording the `retry` flag of every Admit it is sent.
+#[derive(Clone)]
+struct LostFirstAdmission {
+    billing: BillingService,
+    retries: Arc<Mutex<Vec<bool>>>,
+}
+
+#[tonic::async_trait]
+impl Metering for LostFirstAdmission {
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<KeyInfo>, Status> {
+        self.billing.authenticate(request).await
+    }
+
+    async fn admit(&self, request: Request<AdmitRequest>) -> Result<Response<Admission>, Status> {
+        let first = {
+            let mut retries = self.retries.lock().unwrap();
+            retries.push(request.get_ref().retry);
+            retries.len() == 1
+        };
+        let admission = self.billing.admit(request).await?;
+        if first {
+            return Err(Status::unavailable("connection reset"));
+        }
+        Ok(admission)
+    }
+
+    async fn settle(
+        &self,
+        request: Request<SettleRequest>,
+    ) -> Result<Response<Settlement>, Status> {
+        self.billing.settle(request).await
+    }
+
+    async fn invalidate_key(
+        &self,
+        request: Request<InvalidateKeyRequest>,
+    ) -> Result<Response<InvalidateKeyResponse>, Status> {
+        self.billing.invalidate_key(request).await
+    }
+}
+
+#[tokio::test]
+async fn a_retried_admission_says_it_is_one_and_holds_the_money_once() {
+    let retries = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&retries);
+    let stack = Stack::start_full(ClientPolicy::default(), move |billing| {
+        in_process(MeteringServer::new(LostFirstAdmission {
+            billing,
+            retries: recorded,
+        }))
+    })
+    .await;
+    let (key_id, secret) = stack.key().await;
+    let text = "admit me twice";
+    let response = stack.chat(&secret, text).await.unwrap();
+    stack.drained().await;
+
+    assert_eq!(*retries.lock().unwrap(), vec![false, true]);
+    stack
+        .assert_settled_once(&key_id, Row::counted(response.id, "succeeded", text, false))
+        .await;
     stack.billing.shutdown().await;
 }
 

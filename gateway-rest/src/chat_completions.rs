@@ -21,7 +21,7 @@ use crate::{
     app::AppState,
     error::RestError,
     extract::{ApiKey, JsonBody},
-    request_id,
+    request_id, sse_json,
 };
 
 pub(crate) async fn create(
@@ -76,10 +76,10 @@ fn sse_events(
         let mut chunks = state?;
         let event = match chunks.next().await {
             Some(Ok(chunk)) => {
-                // Serialised straight into the event's buffer: no intermediate string.
-                let event = Event::default()
-                    .json_data(ChatCompletionChunk::from_proto(&chunk, include_usage))
-                    .unwrap_or_else(|_| Event::default().data(""));
+                let event = sse_json::with_json(
+                    Event::default(),
+                    &ChatCompletionChunk::from_proto(&chunk, include_usage),
+                );
                 return Some((Ok(event), Some(chunks)));
             }
             Some(Err(status)) => {

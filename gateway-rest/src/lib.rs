@@ -30,6 +30,7 @@ mod request_id;
 mod request_span;
 mod responses;
 pub mod server;
+mod sse_json;
 pub mod traces;
 mod usage;
 

@@ -38,11 +38,10 @@ pub fn events<T: Translator>(
         let events: Vec<Result<Event, Infallible>> = events
             .into_iter()
             .map(|(name, data)| {
-                // Serialised straight into the event's buffer: no intermediate string.
-                Ok(Event::default()
-                    .event(name)
-                    .json_data(&data)
-                    .unwrap_or_else(|_| Event::default().event(name).data("")))
+                Ok(crate::sse_json::with_json(
+                    Event::default().event(name),
+                    &data,
+                ))
             })
             .collect();
         Some((futures::stream::iter(events), next))

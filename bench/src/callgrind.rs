@@ -135,9 +135,7 @@ pub fn categorise(name: &str) -> Category {
         "hyper" | "hyper_util" | "axum" | "axum_core" | "h2" | "http" | "http_body"
         | "http_body_util" | "httparse" | "tower" | "tower_http" | "tower_layer"
         | "tower_service" | "matchit" | "httpdate" | "mime" => Category::Http,
-        "reqwest" | "eventsource_stream" | "nom" | "url" | "idna" | "form_urlencoded" => {
-            Category::UpstreamClient
-        }
+        "reqwest" | "url" | "idna" | "form_urlencoded" => Category::UpstreamClient,
         "tokio" | "tokio_util" | "tokio_stream" | "mio" | "futures_util" | "futures_core"
         | "futures_channel" | "futures_task" | "futures_executor" | "async_stream"
         | "parking_lot" | "parking_lot_core" | "pin_project_lite" | "flume" | "crossbeam_queue"

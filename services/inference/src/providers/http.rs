@@ -1,8 +1,7 @@
 //! The HTTP side every upstream shares, whatever its protocol: one pooled client per provider
 //! (TCP_NODELAY, connect timeout), the provider key (never printed), the first-token deadline on
 //! the response headers, upstream error statuses mapped onto [`UpstreamError`], JSON bodies and
-//! SSE event streams (`eventsource-stream`, which accepts `\n`, `\r\n` and `\r` line endings,
-//! multi-line `data:` fields and comments). Protocol files (`openai_wire.rs`, `anthropic.rs`,
+//! SSE event streams ([`super::sse`]). Protocol files (`openai_wire.rs`, `anthropic.rs`,
 //! `gemini.rs`) build URLs, bodies and chunks on top of it. What an upstream sends is bounded:
 //! a JSON answer ([`MAX_RESPONSE_BYTES`]), an error body ([`MAX_ERROR_READ_BYTES`], of which a
 //! short excerpt without control characters or the provider key reaches the client), one SSE
@@ -16,7 +15,6 @@ use std::{
     time::Instant,
 };
 
-use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
@@ -245,36 +243,19 @@ impl Upstream {
         serde_json::from_slice(&bytes).map_err(|e| self.failed(format!("unreadable response: {e}")))
     }
 
-    /// The SSE events of a successful streaming response; a broken connection is an error item.
-    /// Comment lines are dropped by the parser; events with empty data are dropped here.
+    /// The data of each SSE event of a successful streaming response; a broken connection is an
+    /// error item, and the last. Comments and events with blank data are skipped by the decoder.
     pub fn events(
         &self,
         response: reqwest::Response,
-    ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<String, UpstreamError>> + Send + 'static {
         let name = self.name.clone();
-        let mut since_blank_line = 0usize;
-        response
-            .bytes_stream()
-            .map(move |chunk| {
-                let chunk = chunk.map_err(SseError::Transport)?;
-                since_blank_line = bytes_after_last_event_end(&chunk)
-                    .unwrap_or(since_blank_line.saturating_add(chunk.len()));
-                if since_blank_line > MAX_SSE_EVENT_BYTES {
-                    return Err(SseError::EventTooLarge);
-                }
-                Ok(chunk)
+        super::sse::Events::new(response.bytes_stream(), MAX_SSE_EVENT_BYTES).map(move |event| {
+            event.map_err(|e| UpstreamError::Failed {
+                provider: name.clone(),
+                message: format!("stream broke: {e}"),
             })
-            .eventsource()
-            .filter_map(move |event| {
-                futures::future::ready(match event {
-                    Err(e) => Some(Err(UpstreamError::Failed {
-                        provider: name.clone(),
-                        message: format!("stream broke: {e}"),
-                    })),
-                    Ok(event) if event.data.trim().is_empty() => None,
-                    Ok(event) => Some(Ok(event)),
-                })
-            })
+        })
     }
 
     /// An upstream failure (unreadable answer, in-band error) of this provider.
@@ -343,33 +324,6 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
     Ok(body)
 }
 
-/// Why an upstream event stream stopped before its end.
-#[derive(Debug, thiserror::Error)]
-enum SseError {
-    #[error("{0}")]
-    Transport(reqwest::Error),
-    #[error("an event is larger than {MAX_SSE_EVENT_BYTES} bytes")]
-    EventTooLarge,
-}
-
-/// The bytes of `chunk` after its last event end (a blank line: `\n\n`, `\r\r` or `\r\n\r\n`),
-/// if it has one. One backward pass over the line-ending bytes (memchr), as every upstream chunk
-/// goes through it.
-fn bytes_after_last_event_end(chunk: &[u8]) -> Option<usize> {
-    let mut end = chunk.len();
-    while let Some(at) = memchr::memrchr2(b'\n', b'\r', &chunk[..end]) {
-        let through = &chunk[..=at];
-        if through.ends_with(b"\n\n")
-            || through.ends_with(b"\r\r")
-            || through.ends_with(b"\r\n\r\n")
-        {
-            return Some(chunk.len() - at - 1);
-        }
-        end = at;
-    }
-    None
-}
-
 fn transport_message(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let what = if e.is_connect() {
@@ -413,19 +367,6 @@ pub fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_ends_are_found_in_every_line_ending() {
-        assert_eq!(bytes_after_last_event_end(b"data: x"), None);
-        assert_eq!(bytes_after_last_event_end(b"data: x\n"), None);
-        assert_eq!(bytes_after_last_event_end(b"data: x\n\ndata: y"), Some(7));
-        assert_eq!(bytes_after_last_event_end(b"a\r\n\r\nbc"), Some(2));
-        assert_eq!(bytes_after_last_event_end(b"a\r\rb\n\n"), Some(0));
-        assert_eq!(bytes_after_last_event_end(b"\n\nab\r\nc\rd\n"), Some(8));
-        assert_eq!(bytes_after_last_event_end(b"x\r\n\r\n"), Some(0));
-        assert_eq!(bytes_after_last_event_end(b"\r\n\r"), None);
-        assert_eq!(bytes_after_last_event_end(b""), None);
-    }
 
     #[test]
     fn error_messages_come_from_the_error_body() {

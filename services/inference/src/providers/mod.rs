@@ -18,6 +18,7 @@ mod minimax;
 mod openai;
 mod openai_compatible;
 mod openai_wire;
+mod sse;
 mod think_tags;
 
 use std::{collections::HashMap, pin::Pin, sync::Arc};

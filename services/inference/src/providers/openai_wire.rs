@@ -219,11 +219,11 @@ impl OpenAiWire {
             .upstream
             .events(response)
             .take_while(|event| {
-                let done = matches!(event, Ok(e) if e.data.trim() == "[DONE]");
+                let done = matches!(event, Ok(data) if data.trim() == "[DONE]");
                 futures::future::ready(!done)
             })
             // The service ends the client's stream at the first failure; nothing after it is read.
-            .map(move |event| event.and_then(|e| normaliser.chunk(&name, &e.data)));
+            .map(move |event| event.and_then(|data| normaliser.chunk(&name, &data)));
         Ok(Box::pin(stream))
     }
 }

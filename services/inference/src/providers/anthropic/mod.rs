@@ -143,7 +143,7 @@ impl ChatProvider for Anthropic {
         let response = self.send(&self.url, request, &body).await?;
         let mut translator = stream::StreamTranslator::new(self.upstream.name());
         let chunks = self.upstream.events(response).filter_map(move |event| {
-            let chunk = event.and_then(|e| translator.on_event(&e.data));
+            let chunk = event.and_then(|data| translator.on_event(&data));
             futures::future::ready(chunk.transpose())
         });
         Ok(Box::pin(chunks))

@@ -120,9 +120,9 @@ impl ChatProvider for Gemini {
         let name = self.upstream.name().to_owned();
         let mut translator = response::StreamTranslator::default();
         let stream = self.upstream.events(response).map(move |event| {
-            event.and_then(|e| {
+            event.and_then(|data| {
                 translator
-                    .on_event(&e.data)
+                    .on_event(&data)
                     .map_err(|failure| failure.into_error(&name))
             })
         });

@@ -51,6 +51,26 @@ impl fmt::Debug for ProviderKey {
     }
 }
 
+/// A request URL. One that is the same for every request is parsed once, when the provider is
+/// made ([`Endpoint::fixed`]): reqwest parses a URL given as text anew for every request (6,600
+/// instructions each in the profile). One that does not parse stays text, so each request fails
+/// as it did before, with reqwest's error.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Parsed(reqwest::Url),
+    Text(String),
+}
+
+impl Endpoint {
+    /// A URL used for every request: parsed now.
+    pub fn fixed(url: String) -> Self {
+        match reqwest::Url::parse(&url) {
+            Ok(parsed) => Self::Parsed(parsed),
+            Err(_) => Self::Text(url),
+        }
+    }
+}
+
 /// Where a provider expects its API key.
 #[derive(Debug, Clone, Copy)]
 pub enum KeyPlacement {
@@ -156,7 +176,7 @@ impl Upstream {
     /// upstream's message (`{"error":{"message"}}`, the shape OpenAI, Anthropic and Gemini share).
     pub async fn post_json(
         &self,
-        url: &str,
+        url: &Endpoint,
         key: KeyPlacement,
         headers: &[(&'static str, &str)],
         body: &impl Serialize,
@@ -172,14 +192,18 @@ impl Upstream {
     /// counts once its headers arrived within the first-token deadline.
     pub async fn post_json_with(
         &self,
-        url: &str,
+        url: &Endpoint,
         key: KeyPlacement,
         headers: &[(&'static str, &str)],
         body: &impl Serialize,
         status_error: impl FnOnce(&str, u16, &str) -> UpstreamError,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.ready()?;
-        let mut request = self.client.post(url).json(body);
+        let mut request = match url {
+            Endpoint::Parsed(url) => self.client.post(url.clone()),
+            Endpoint::Text(url) => self.client.post(url.as_str()),
+        }
+        .json(body);
         if let Some(secret) = self.next_key() {
             request = match key {
                 KeyPlacement::Bearer => request.bearer_auth(&secret.0),
@@ -367,6 +391,18 @@ pub fn error_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fixed_url_is_parsed_once_and_a_bad_one_stays_text() {
+        let url = "http://127.0.0.1:9/v1/chat/completions";
+        assert!(
+            matches!(Endpoint::fixed(url.to_owned()), Endpoint::Parsed(u) if u.as_str() == url)
+        );
+        assert!(matches!(
+            Endpoint::fixed("http://exa mple/v1".to_owned()),
+            Endpoint::Text(t) if t == "http://exa mple/v1"
+        ));
+    }
 
     #[test]
     fn error_messages_come_from_the_error_body() {

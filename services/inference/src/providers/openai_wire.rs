@@ -27,7 +27,7 @@ use tollgate::{
 
 use super::{
     ChatProvider, ChunkStream, Target,
-    http::{KeyPlacement, Upstream, error_text},
+    http::{Endpoint, KeyPlacement, Upstream, error_text},
     think_tags::ThinkTagSplitter,
 };
 use crate::{UpstreamError, config::ProviderConfig};
@@ -178,7 +178,7 @@ impl<D: Dialect> ChatProvider for OpenAiFamily<D> {
 #[derive(Debug)]
 pub struct OpenAiWire {
     upstream: Upstream,
-    url: String,
+    url: Endpoint,
 }
 
 impl OpenAiWire {
@@ -187,7 +187,7 @@ impl OpenAiWire {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, reqwest::Error> {
         let upstream = Upstream::new(config, env)?;
-        let url = format!("{}/chat/completions", upstream.base_url());
+        let url = Endpoint::fixed(format!("{}/chat/completions", upstream.base_url()));
         Ok(Self { upstream, url })
     }
 

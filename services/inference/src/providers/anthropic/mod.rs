@@ -30,7 +30,7 @@ use tollgate::v1::{ChatRequest, ChatResponse, NativeRequest};
 
 use super::{
     ChatProvider, ChunkStream, Target,
-    http::{KeyPlacement, Upstream, error_text},
+    http::{Endpoint, KeyPlacement, Upstream, error_text},
 };
 use crate::{UpstreamError, config::ProviderConfig};
 
@@ -50,8 +50,8 @@ const BETA_HEADER: &str = "anthropic-beta";
 #[derive(Debug)]
 pub struct Anthropic {
     upstream: Upstream,
-    url: String,
-    count_url: String,
+    url: Endpoint,
+    count_url: Endpoint,
 }
 
 impl Anthropic {
@@ -60,8 +60,8 @@ impl Anthropic {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, reqwest::Error> {
         let upstream = Upstream::new(config, env)?;
-        let url = format!("{}/messages", upstream.base_url());
-        let count_url = format!("{}/messages/count_tokens", upstream.base_url());
+        let url = Endpoint::fixed(format!("{}/messages", upstream.base_url()));
+        let count_url = Endpoint::fixed(format!("{}/messages/count_tokens", upstream.base_url()));
         Ok(Self {
             upstream,
             url,
@@ -73,7 +73,7 @@ impl Anthropic {
     /// the request is native.
     async fn send(
         &self,
-        url: &str,
+        url: &Endpoint,
         request: &ChatRequest,
         body: &impl serde::Serialize,
     ) -> Result<reqwest::Response, UpstreamError> {

@@ -18,7 +18,7 @@ use tollgate::v1::{ChatRequest, ChatResponse};
 
 use super::{
     ChatProvider, ChunkStream, Target,
-    http::{KeyPlacement, Upstream, error_message},
+    http::{Endpoint, KeyPlacement, Upstream, error_message},
 };
 use crate::{UpstreamError, config::ProviderConfig, images::ImageFetcher};
 
@@ -48,17 +48,21 @@ impl Gemini {
         })
     }
 
-    fn url(&self, target: &Target<'_>, method: &str) -> String {
+    /// The URL names the model, so it is made (and parsed by reqwest) for each request.
+    fn url(&self, target: &Target<'_>, method: &str) -> Endpoint {
         // The catalogue may name the model with or without the `models/` resource prefix.
         let model = target.route.upstream_model.trim_start_matches("models/");
-        format!("{}/models/{model}:{method}", self.upstream.base_url())
+        Endpoint::Text(format!(
+            "{}/models/{model}:{method}",
+            self.upstream.base_url()
+        ))
     }
 
     /// Sends `body`; a non-2xx answer becomes the matching [`UpstreamError`] (see
     /// [`status_error`]).
     async fn send(
         &self,
-        url: &str,
+        url: &Endpoint,
         body: &request::GenerateContentRequest,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.upstream

@@ -343,6 +343,8 @@ pub(crate) struct Settled {
     pub key_id: String,
     pub cost: i64,
     pub period: String,
+    /// Its reservation is looked for (see [`crate::ledger::LedgerRow::may_hold_reservation`]).
+    pub may_hold_reservation: bool,
 }
 
 /// Applies newly inserted ledger rows to their keys' accounts, inside the ledger's transaction:
@@ -356,16 +358,17 @@ pub(crate) async fn apply_settlements(
     if settled.is_empty() {
         return Ok(());
     }
-    let placeholders = vec!["?"; settled.len()].join(", ");
-    let reservations = delete_reservations(
-        txn,
-        &format!("request_id IN ({placeholders})"),
-        settled
-            .iter()
-            .map(|s| s.request_id.as_str().into())
-            .collect(),
-    )
-    .await?;
+    let held: Vec<Value> = settled
+        .iter()
+        .filter(|s| s.may_hold_reservation)
+        .map(|s| s.request_id.as_str().into())
+        .collect();
+    let reservations = if held.is_empty() {
+        Vec::new()
+    } else {
+        let placeholders = vec!["?"; held.len()].join(", ");
+        delete_reservations(txn, &format!("request_id IN ({placeholders})"), held).await?
+    };
     let mut released = per_key(&reservations);
     let reserved: HashMap<&str, i64> = reservations
         .iter()

@@ -101,6 +101,11 @@ pub struct LedgerRow {
     pub deployment: Option<String>,
     /// Upstream calls the request took, when known.
     pub attempts: Option<i32>,
+    /// The request may hold a reservation, which settling it deletes and releases. `false`
+    /// (not stored) only when Metering knows it admitted the request without one, so the
+    /// settlement skips looking: a request of a key without balance or budget. Were one there
+    /// anyway, the expiry sweep releases it.
+    pub may_hold_reservation: bool,
 }
 
 /// The columns a settlement inserts into `usage_ledger` (every column but the generated `id`), in
@@ -646,6 +651,7 @@ async fn insert_rows(
                     key_id: row.key_id.clone(),
                     cost: row.cost_picodollars,
                     period: row.period.label(),
+                    may_hold_reservation: row.may_hold_reservation,
                 });
             }
         }
@@ -658,11 +664,18 @@ async fn insert_rows(
             rows.iter().flat_map(LedgerRow::values).collect(),
         ))
         .await?;
+    let hold_none: HashSet<&str> = rows
+        .iter()
+        .filter(|row| !row.may_hold_reservation)
+        .map(|row| row.request_id.as_str())
+        .collect();
     inserted
         .into_iter()
         .map(|row| {
+            let request_id: String = row.try_get("", "request_id")?;
             Ok(Settled {
-                request_id: row.try_get("", "request_id")?,
+                may_hold_reservation: !hold_none.contains(request_id.as_str()),
+                request_id,
                 key_id: row.try_get("", "key_id")?,
                 cost: row.try_get("", "cost_picodollars")?,
                 period: row.try_get("", "period")?,
@@ -1014,6 +1027,7 @@ mod tests {
         rows_keep_cache_writes_and_the_estimate_mark,
         a_failed_commit_is_retried_then_fails_only_its_own_row,
         the_sweep_releases_expired_reservations_on_the_writer,
+        a_row_known_to_hold_no_reservation_settles_without_looking_for_one,
     );
 
     async fn open(path: &std::path::Path) -> DatabaseConnection {
@@ -1045,6 +1059,7 @@ mod tests {
             attempts: None,
             created_at: crate::clock::now_ms(),
             period: Period::current(),
+            may_hold_reservation: true,
         }
     }
 
@@ -1084,6 +1099,32 @@ mod tests {
             account.reserved_picodollars,
             u64::try_from(open).unwrap(),
         )
+    }
+
+    async fn a_row_known_to_hold_no_reservation_settles_without_looking_for_one(path: WriterPath) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("l.db")).await;
+        accounts::open(&db, "key-1", prepaid(100), 0).await.unwrap();
+        let writer = writer_on(&db, path).await;
+        let mut r2 = reservation("r2", "key-1", 20);
+        r2.expires_at = 1_000;
+        commit(&writer, &[reservation("r1", "key-1", 30), r2], &[])
+            .await
+            .unwrap();
+        assert_eq!(money(&db, "key-1").await, (Some(100), 50, 2));
+        // r1 may hold one: released. r2 is said to hold none: its row is not looked for (the
+        // expiry sweep would release it), while its cost is debited all the same. r3 holds none.
+        let free = |id: &str, cost: i64| LedgerRow {
+            may_hold_reservation: false,
+            ..row(id, cost)
+        };
+        let batch = commit(&writer, &[], &[row("r1", 10), free("r2", 5), free("r3", 1)])
+            .await
+            .unwrap();
+        assert_eq!(batch.costs.len(), 3);
+        assert_eq!(money(&db, "key-1").await, (Some(84), 20, 1));
+        assert_eq!(release_expired(&writer, 2_000).await.unwrap(), 1);
+        assert_eq!(money(&db, "key-1").await, (Some(84), 0, 0));
     }
 
     async fn one_batch_settles_first_then_holds_each_reservation_or_refuses_it_alone(

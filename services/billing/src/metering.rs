@@ -120,7 +120,11 @@ impl BillingService {
             .await
             .and_then(|prices| prices.of(&req.deployment))
             .map_err(|err| err.into_status_of(Some(&req.request_id)))?;
-        let row = ledger_row(req, &prices, now_ms(), Period::current())?;
+        let mut row = ledger_row(req, &prices, now_ms(), Period::current())?;
+        row.may_hold_reservation = self
+            .inner
+            .admissions
+            .may_hold_reservation(&row.request_id, &row.key_id);
         let request_id = row.request_id.clone();
         let cost_picodollars = self
             .inner
@@ -201,6 +205,7 @@ fn ledger_row(
         period,
         deployment: (!req.deployment.is_empty()).then_some(req.deployment),
         attempts: (req.attempts > 0).then(|| i32::try_from(req.attempts).unwrap_or(i32::MAX)),
+        may_hold_reservation: true,
     })
 }
 
@@ -348,6 +353,7 @@ impl BillingService {
             request_id,
             &key.record.id,
             reserved_picodollars,
+            key.metered,
             expires_at,
             now,
         );

@@ -444,6 +444,7 @@ pub async fn assert_a_late_row_keeps_the_months_spend(db: &DatabaseConnection) {
         period,
         deployment: None,
         attempts: None,
+        may_hold_reservation: true,
     };
     ledger.record(row(1, now, 100)).await.unwrap();
     ledger.record(row(2, before, 7)).await.unwrap();

@@ -49,7 +49,7 @@ use crate::clock::Period;
 use crate::entity::usage_ledger;
 use crate::error::BillingError;
 use crate::telemetry;
-use crate::writer_connection::WriterConnection;
+use crate::writer_connection::{Commit, WriterConnection};
 
 /// Most rows committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -541,14 +541,19 @@ async fn give_up(db: &WriterConnection, row: &LedgerRow, reply: Reply, err: DbEr
 /// the request was served, so its money stays held (visible as `reserved_picodollars`) until an
 /// operator settles it, rather than being freed as if nothing was spent.
 async fn hold_reservation(db: &WriterConnection, request_id: &str) {
-    if let Err(err) = accounts::hold_reservation(db, request_id).await {
+    let held = async {
+        let txn = db.begin(Commit::Durable).await?;
+        accounts::hold_reservation(&txn, request_id).await?;
+        txn.commit().await
+    };
+    if let Err(err) = held.await {
         tracing::error!(request_id, error = %err, "could not keep the reservation of an unwritten row");
     }
 }
 
 /// Releases the reservations that expire before `before`, in a transaction of its own.
 async fn release_expired(db: &WriterConnection, before: i64) -> Result<u64, BillingError> {
-    let txn = db.begin().await?;
+    let txn = db.begin(Commit::Durable).await?;
     let released = accounts::release_expired_in(&txn, before).await?;
     txn.commit().await?;
     Ok(released)
@@ -571,7 +576,14 @@ async fn commit(
     holds: &[Reservation],
     rows: &[LedgerRow],
 ) -> Result<Committed, DbErr> {
-    let txn = db.begin().await?;
+    // A batch of reservations alone moves no money: its commit need not wait for the disk
+    // (see `Commit::ProcessCrashSafe`), and the next settlement's fsync makes it durable.
+    let durability = if rows.is_empty() {
+        Commit::ProcessCrashSafe
+    } else {
+        Commit::Durable
+    };
+    let txn = db.begin(durability).await?;
     let (costs, newly) = if rows.is_empty() {
         (HashMap::new(), HashSet::new())
     } else {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use sea_orm::{
     RuntimeErr, Statement, Value,
 };
 
+use crate::writer_connection::Commit;
+
 /// Prepared statements kept per connection: the writer's statements, whose SQL varies with the
 /// number of rows in a batch (as many as sqlx keeps for each of its connections).
 const STATEMENT_CACHE_CAPACITY: usize = 100;
@@ -27,6 +30,10 @@ const STATEMENT_CACHE_CAPACITY: usize = 100;
 /// contended: it is what lets sea-orm's `Sync` connection trait hold a rusqlite connection).
 pub struct SqliteWriterConnection {
     conn: Mutex<rusqlite::Connection>,
+    /// `PRAGMA synchronous` as `[database] durability` set it (2 FULL, 1 NORMAL).
+    synchronous: i64,
+    /// `PRAGMA synchronous` as it is now: NORMAL for a [`Commit::ProcessCrashSafe`] transaction.
+    current: AtomicI64,
 }
 
 impl std::fmt::Debug for SqliteWriterConnection {
@@ -60,6 +67,8 @@ impl SqliteWriterConnection {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         Ok(Self {
             conn: Mutex::new(conn),
+            synchronous,
+            current: AtomicI64::new(synchronous),
         })
     }
 
@@ -120,11 +129,25 @@ impl SqliteWriterConnection {
     }
 
     /// `BEGIN IMMEDIATE`: the transaction takes the file's write lock at once (waiting up to the
-    /// busy timeout), so a write after a read inside it can never fail on a stale snapshot.
-    pub(crate) fn begin(&self) -> Result<SqliteTransaction<'_>, DbErr> {
-        self.lock()
-            .execute_batch("BEGIN IMMEDIATE")
+    /// busy timeout), so a write after a read inside it can never fail on a stale snapshot. Its
+    /// commit waits for the disk as `commit` says: a [`Commit::ProcessCrashSafe`] one under
+    /// `synchronous = NORMAL` (no fsync under WAL), whatever the configured setting; the pragma
+    /// is set before `BEGIN`, and only when it changes.
+    pub(crate) fn begin(&self, commit: Commit) -> Result<SqliteTransaction<'_>, DbErr> {
+        let conn = self.lock();
+        let synchronous = match commit {
+            Commit::Durable => self.synchronous,
+            Commit::ProcessCrashSafe => self.synchronous.min(1),
+        };
+        if self.current.load(Ordering::Relaxed) != synchronous {
+            conn.prepare_cached(&format!("PRAGMA synchronous = {synchronous}"))
+                .and_then(|mut pragma| pragma.execute([]))
+                .map_err(|err| DbErr::Exec(runtime_err(&err)))?;
+            self.current.store(synchronous, Ordering::Relaxed);
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(|err| DbErr::Exec(runtime_err(&err)))?;
+        drop(conn);
         Ok(SqliteTransaction {
             conn: self,
             open: true,

@@ -21,12 +21,33 @@ pub enum WriterConnection {
     SqliteFile(SqliteWriterConnection),
 }
 
+/// What a transaction's commit waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// What `[database] durability` says: with `power_loss`, the disk (fsync).
+    Durable,
+    /// The database only, never the disk: the commit survives the process (`kill -9`), and the
+    /// next durable commit's fsync makes it durable too (SQLite's WAL and PostgreSQL's WAL are
+    /// written in order). For reservations alone: a hold is not money moved, and a power loss
+    /// that loses one also ends the request it was held for on that machine.
+    ProcessCrashSafe,
+}
+
 impl WriterConnection {
-    /// Begins a transaction.
-    pub(crate) async fn begin(&self) -> Result<WriterTransaction<'_>, DbErr> {
+    /// Begins a transaction whose commit waits for what `commit` says.
+    pub(crate) async fn begin(&self, commit: Commit) -> Result<WriterTransaction<'_>, DbErr> {
         Ok(match self {
-            Self::Pooled(db) => WriterTransaction::Pooled(db.begin().await?),
-            Self::SqliteFile(conn) => WriterTransaction::SqliteFile(conn.begin()?),
+            Self::Pooled(db) => {
+                let txn = db.begin().await?;
+                if commit == Commit::ProcessCrashSafe
+                    && txn.get_database_backend() == DbBackend::Postgres
+                {
+                    txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+                        .await?;
+                }
+                WriterTransaction::Pooled(txn)
+            }
+            Self::SqliteFile(conn) => WriterTransaction::SqliteFile(conn.begin(commit)?),
         })
     }
 

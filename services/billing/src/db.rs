@@ -388,23 +388,20 @@ mod tests {
             assert_eq!(seen, 7);
             // A transaction of reservations alone commits without waiting for the disk; the
             // next durable one waits again as configured.
-            let insert = |x: i64| {
-                Statement::from_string(DbBackend::Sqlite, format!("INSERT INTO probe VALUES ({x})"))
-            };
-            let relaxed = writer
-                .begin(crate::writer_connection::Commit::ProcessCrashSafe)
+            for (x, commit, expected) in [
+                (8, crate::writer_connection::Commit::ProcessCrashSafe, "1"),
+                (9, crate::writer_connection::Commit::Durable, synchronous),
+            ] {
+                let txn = writer.begin(commit).await.unwrap();
+                txn.execute(Statement::from_string(
+                    DbBackend::Sqlite,
+                    format!("INSERT INTO probe VALUES ({x})"),
+                ))
                 .await
                 .unwrap();
-            relaxed.execute(insert(8)).await.unwrap();
-            relaxed.commit().await.unwrap();
-            assert_eq!(pragma(&writer, "synchronous").await, "1");
-            let durable = writer
-                .begin(crate::writer_connection::Commit::Durable)
-                .await
-                .unwrap();
-            durable.execute(insert(9)).await.unwrap();
-            durable.commit().await.unwrap();
-            assert_eq!(pragma(&writer, "synchronous").await, synchronous);
+                txn.commit().await.unwrap();
+                assert_eq!(pragma(&writer, "synchronous").await, expected, "{commit:?}");
+            }
         }
 
         // An in-memory database lives in its one connection: it is its own writer.
